@@ -1,0 +1,311 @@
+//! Cluster control: broker registration, the heartbeat state machine, session expiry,
+//! controlled shutdown and unregistration (KIP-631 semantics).
+//!
+//! Heartbeats move a broker through FENCED → UNFENCED → CONTROLLED_SHUTDOWN → SHUTDOWN_NOW
+//! (table in `reference/kraft-anchors.md` §1.3). Records are ordered so that the image keeps
+//! its invariants after every single record: leadership moves away before a broker is marked
+//! fenced or shutting down, and a broker is unfenced before it is elected.
+
+use super::heartbeat::BrokerHeartbeatTracker;
+use super::replication::election::{elect_for_unfenced_broker, remove_broker_from_isrs};
+use super::{ControllerConfig, ControllerResult, NextOffset};
+use crate::error::{ApiError, ErrorCode};
+use crate::image::MetadataImage;
+use crate::record::*;
+use crate::types::*;
+
+/// A BrokerRegistration request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerRegistrationRequest {
+    /// The broker's `node.id`.
+    pub broker_id: BrokerId,
+    /// The cluster id the broker was formatted with.
+    pub cluster_id: String,
+    /// A UUID drawn at process start.
+    pub incarnation_id: uuid::Uuid,
+    /// Client listeners.
+    pub listeners: Vec<Endpoint>,
+    /// Supported features.
+    pub features: Vec<FeatureRange>,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+}
+
+/// Registers a broker. A new incarnation gets epoch `next_offset` (the offset its record will
+/// be written at) and starts fenced; the same incarnation re-registering keeps its epoch and
+/// state. Refused: a wrong cluster id, or a new incarnation while the old one still has a
+/// live session.
+pub fn register_broker(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    tracker: &BrokerHeartbeatTracker,
+    request: &BrokerRegistrationRequest,
+    next_offset: NextOffset,
+    now_ms: u64,
+) -> Result<ControllerResult<BrokerEpoch>, ApiError> {
+    if request.cluster_id != config.cluster_id {
+        return Err(ApiError::new(
+            ErrorCode::InconsistentClusterId,
+            format!(
+                "Expected cluster ID {}, but got cluster ID {}",
+                config.cluster_id, request.cluster_id
+            ),
+        ));
+    }
+    if request.broker_id.is_none() {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "broker id must be non-negative"));
+    }
+    if request.listeners.is_empty() {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "a broker needs at least one listener"));
+    }
+    let mut records = Vec::new();
+    let (epoch, fenced, in_controlled_shutdown) = match image.broker(request.broker_id) {
+        Some(old) if old.incarnation_id == request.incarnation_id => {
+            (old.epoch, old.fenced, old.in_controlled_shutdown)
+        }
+        Some(old) => {
+            if tracker.has_valid_session(image, old.broker_id, now_ms, config.session_timeout_ms)
+                && !old.in_controlled_shutdown
+            {
+                return Err(ApiError::new(
+                    ErrorCode::DuplicateBrokerRegistration,
+                    format!(
+                        "Another broker is registered with that broker id. Its session expires in at most {} ms.",
+                        config.session_timeout_ms
+                    ),
+                ));
+            }
+            // The old incarnation is gone: take it out of every ISR first (unclean shutdown).
+            records.extend(remove_broker_from_isrs(image, config, old.broker_id));
+            (BrokerEpoch(next_offset.0), true, false)
+        }
+        None => (BrokerEpoch(next_offset.0), true, false),
+    };
+    records.push(MetadataRecord::RegisterBroker(RegisterBrokerRecord {
+        broker_id: request.broker_id,
+        incarnation_id: request.incarnation_id,
+        broker_epoch: epoch,
+        listeners: request.listeners.clone(),
+        features: request.features.clone(),
+        rack: request.rack.clone(),
+        fenced,
+        in_controlled_shutdown,
+    }));
+    Ok(ControllerResult::atomic(records, epoch))
+}
+
+/// A BrokerHeartbeat request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokerHeartbeatRequest {
+    /// The broker.
+    pub broker_id: BrokerId,
+    /// Its epoch.
+    pub broker_epoch: BrokerEpoch,
+    /// The highest metadata offset it has applied.
+    pub current_metadata_offset: LogOffset,
+    /// True until the broker is ready to serve.
+    pub want_fence: bool,
+    /// True once the broker wants to stop.
+    pub want_shut_down: bool,
+}
+
+/// The controller's view of a broker, per Kafka's `BrokerControlState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerControlState {
+    /// Fenced: leads nothing, hidden from clients.
+    Fenced,
+    /// Serving.
+    Unfenced,
+    /// Moving leadership away before stopping.
+    ControlledShutdown,
+    /// May stop now.
+    ShutdownNow,
+}
+
+/// A BrokerHeartbeat reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokerHeartbeatReply {
+    /// The broker's metadata has reached its own registration.
+    pub is_caught_up: bool,
+    /// The broker is fenced.
+    pub is_fenced: bool,
+    /// The broker may shut down now.
+    pub should_shut_down: bool,
+}
+
+/// The next state of a broker, by Kafka's heartbeat state table.
+pub fn next_broker_state(
+    current: BrokerControlState,
+    request: &BrokerHeartbeatRequest,
+    registration_offset: LogOffset,
+    leads_partitions: bool,
+    shutdown_offset_reached: bool,
+) -> BrokerControlState {
+    use BrokerControlState::*;
+    match current {
+        Fenced | ShutdownNow => {
+            if request.want_shut_down {
+                ShutdownNow
+            } else if !request.want_fence && request.current_metadata_offset >= registration_offset {
+                Unfenced
+            } else {
+                Fenced
+            }
+        }
+        Unfenced => {
+            if request.want_fence {
+                if request.want_shut_down {
+                    ShutdownNow
+                } else {
+                    Fenced
+                }
+            } else if request.want_shut_down {
+                if leads_partitions {
+                    ControlledShutdown
+                } else {
+                    ShutdownNow
+                }
+            } else {
+                Unfenced
+            }
+        }
+        ControlledShutdown => {
+            if !leads_partitions && shutdown_offset_reached {
+                ShutdownNow
+            } else {
+                ControlledShutdown
+            }
+        }
+    }
+}
+
+fn leads_any(image: &MetadataImage, broker: BrokerId) -> bool {
+    image
+        .partitions_on_broker(broker)
+        .any(|tp| image.partition(tp).is_some_and(|p| p.leader == broker))
+}
+
+/// Processes a heartbeat: refreshes the session, then moves the broker through the state
+/// machine. `next_offset` is where this decision's first record would be written.
+pub fn process_heartbeat(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    tracker: &mut BrokerHeartbeatTracker,
+    request: &BrokerHeartbeatRequest,
+    next_offset: NextOffset,
+    now_ms: u64,
+) -> Result<ControllerResult<BrokerHeartbeatReply>, ApiError> {
+    let broker = match image.broker(request.broker_id) {
+        Some(b) if b.epoch == request.broker_epoch => b,
+        Some(b) => {
+            return Err(ApiError::new(
+                ErrorCode::StaleBrokerEpoch,
+                format!("Expected broker epoch {}, but got broker epoch {}", b.epoch, request.broker_epoch),
+            ))
+        }
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::StaleBrokerEpoch,
+                format!("Broker {} is not registered.", request.broker_id),
+            ))
+        }
+    };
+    tracker.touch(request.broker_id, now_ms, request.current_metadata_offset);
+    let id = broker.broker_id;
+    let current = if broker.fenced {
+        BrokerControlState::Fenced
+    } else if broker.in_controlled_shutdown {
+        BrokerControlState::ControlledShutdown
+    } else {
+        BrokerControlState::Unfenced
+    };
+    let registration_offset = LogOffset(broker.epoch.0);
+    let leads = leads_any(image, id);
+    let shutdown_offset_reached = tracker
+        .contact(id)
+        .and_then(|c| c.controlled_shutdown_offset)
+        .is_some_and(|offset| tracker.lowest_active_offset(image).is_none_or(|low| low >= offset));
+    let next = next_broker_state(current, request, registration_offset, leads, shutdown_offset_reached);
+    let change = |fenced: Option<bool>, shutdown: Option<bool>| {
+        MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+            broker_id: id,
+            broker_epoch: broker.epoch,
+            fenced,
+            in_controlled_shutdown: shutdown,
+        })
+    };
+    let mut records = Vec::new();
+    use BrokerControlState::*;
+    match (current, next) {
+        (Fenced, Unfenced) => {
+            records.push(change(Some(false), None));
+            records.extend(elect_for_unfenced_broker(image, config, id));
+        }
+        (Unfenced, Fenced) | (Unfenced, ShutdownNow) => {
+            records.extend(remove_broker_from_isrs(image, config, id));
+            records.push(change(Some(true), None));
+        }
+        (ControlledShutdown, ShutdownNow) => {
+            records.extend(remove_broker_from_isrs(image, config, id));
+            records.push(change(Some(true), Some(false)));
+        }
+        (Unfenced, ControlledShutdown) => {
+            records.extend(remove_broker_from_isrs(image, config, id));
+            records.push(change(None, Some(true)));
+            tracker.set_controlled_shutdown_offset(id, next_offset);
+        }
+        (ControlledShutdown, ControlledShutdown) => {
+            // Leadership may have been stuck on this broker (sole ISR member); try again.
+            records.extend(remove_broker_from_isrs(image, config, id));
+        }
+        _ => {}
+    }
+    let reply = BrokerHeartbeatReply {
+        is_caught_up: request.current_metadata_offset >= registration_offset,
+        is_fenced: matches!(next, Fenced | ShutdownNow),
+        should_shut_down: next == ShutdownNow,
+    };
+    Ok(ControllerResult::non_atomic(records, reply))
+}
+
+/// Fences the stalest broker whose session expired, if any: one broker per call, so the
+/// effect of each fencing is visible before the next. The reply names the fenced broker.
+pub fn fence_stale_broker(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    tracker: &BrokerHeartbeatTracker,
+    now_ms: u64,
+) -> ControllerResult<Option<BrokerId>> {
+    let Some(id) = tracker.find_stale_broker(image, now_ms, config.session_timeout_ms) else {
+        return ControllerResult::reply_only(None);
+    };
+    let broker = image.broker(id).expect("tracker only returns registered brokers");
+    let mut records = remove_broker_from_isrs(image, config, id);
+    records.push(MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
+        broker_id: id,
+        broker_epoch: broker.epoch,
+        fenced: Some(true),
+        in_controlled_shutdown: broker.in_controlled_shutdown.then_some(false),
+    }));
+    ControllerResult::non_atomic(records, Some(id))
+}
+
+/// UnregisterBroker: takes the broker out of every ISR, then removes its registration.
+pub fn unregister_broker(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker_id: BrokerId,
+) -> Result<ControllerResult<()>, ApiError> {
+    let broker = image.broker(broker_id).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::BrokerIdNotRegistered,
+            format!("Broker ID {broker_id} is not currently registered"),
+        )
+    })?;
+    let mut records = remove_broker_from_isrs(image, config, broker_id);
+    records.push(MetadataRecord::UnregisterBroker(UnregisterBrokerRecord {
+        broker_id,
+        broker_epoch: broker.epoch,
+    }));
+    Ok(ControllerResult::non_atomic(records, ()))
+}

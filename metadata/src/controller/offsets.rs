@@ -1,0 +1,159 @@
+//! Consumer-group offsets: OffsetCommit validation and OffsetFetch.
+//!
+//! kmeta keeps committed offsets in the metadata log. Only simple commits are supported
+//! (generation -1, no member id): kmeta brokers run no group membership protocol.
+
+use super::ControllerResult;
+use crate::error::{ApiError, ErrorCode};
+use crate::image::MetadataImage;
+use crate::record::{CommittedOffset, MetadataRecord, OffsetCommitRecord};
+use crate::types::TopicIdPartition;
+use std::collections::BTreeMap;
+
+/// Longest metadata string a commit may carry (Kafka's `offset.metadata.max.bytes` default).
+pub const MAX_OFFSET_METADATA_BYTES: usize = 4096;
+
+/// One partition of an OffsetCommit request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommitPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+    /// Leader epoch, or -1.
+    pub leader_epoch: i32,
+    /// Client metadata.
+    pub metadata: String,
+}
+
+/// An OffsetCommit request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommitRequest {
+    /// The group.
+    pub group_id: String,
+    /// -1 for simple commits.
+    pub generation_id: i32,
+    /// Empty for simple commits.
+    pub member_id: String,
+    /// The offsets.
+    pub partitions: Vec<OffsetCommitPartition>,
+}
+
+/// Per-partition outcome, keyed by (topic, partition); `None` is success.
+pub type OffsetCommitReply = BTreeMap<(String, i32), Option<ErrorCode>>;
+
+/// Validates a commit and turns the valid partitions into one record. A request-level error
+/// (bad group id, a member-based commit) fails every partition with that code.
+pub fn commit_offsets(
+    image: &MetadataImage,
+    request: &OffsetCommitRequest,
+    now_ms: i64,
+) -> ControllerResult<OffsetCommitReply> {
+    let group_error = if request.group_id.is_empty() {
+        Some(ErrorCode::InvalidGroupId)
+    } else if request.generation_id >= 0 || !request.member_id.is_empty() {
+        Some(ErrorCode::IllegalGeneration)
+    } else {
+        None
+    };
+    let mut reply = OffsetCommitReply::new();
+    let mut offsets = Vec::new();
+    for p in &request.partitions {
+        let tp = image.topic_id(&p.topic).map(|topic_id| TopicIdPartition {
+            topic_id,
+            partition: p.partition,
+        });
+        let error = if let Some(code) = group_error {
+            Some(code)
+        } else if p.metadata.len() > MAX_OFFSET_METADATA_BYTES {
+            Some(ErrorCode::OffsetMetadataTooLarge)
+        } else if !tp.is_some_and(|tp| image.partition(tp).is_some()) {
+            Some(ErrorCode::UnknownTopicOrPartition)
+        } else {
+            None
+        };
+        if let (None, Some(tp)) = (error, tp) {
+            offsets.push(CommittedOffset {
+                group_id: request.group_id.clone(),
+                topic_id: tp.topic_id,
+                partition: tp.partition,
+                offset: p.offset,
+                leader_epoch: p.leader_epoch,
+                metadata: p.metadata.clone(),
+                commit_timestamp_ms: now_ms,
+            });
+        }
+        reply.insert((p.topic.clone(), p.partition), error);
+    }
+    let records = if offsets.is_empty() {
+        vec![]
+    } else {
+        vec![MetadataRecord::OffsetCommit(OffsetCommitRecord { offsets })]
+    };
+    ControllerResult::atomic(records, reply)
+}
+
+/// A fetched offset: -1 with empty metadata when nothing is committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedOffset {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: i32,
+    /// The committed offset or -1.
+    pub offset: i64,
+    /// Leader epoch or -1.
+    pub leader_epoch: i32,
+    /// Metadata or empty.
+    pub metadata: String,
+}
+
+/// OffsetFetch. With `partitions = None`, every partition the group committed; otherwise
+/// each named partition, -1 where nothing is committed or the partition does not exist
+/// (no error, as Kafka answers).
+pub fn fetch_offsets(
+    image: &MetadataImage,
+    group_id: &str,
+    partitions: Option<&[(String, i32)]>,
+) -> Result<Vec<FetchedOffset>, ApiError> {
+    if group_id.is_empty() {
+        return Err(ApiError::new(ErrorCode::InvalidGroupId, "group id is empty"));
+    }
+    let committed = image.group_offsets(group_id);
+    let name_of = |tp: &TopicIdPartition| image.topic(&tp.topic_id).map(|t| t.name.clone());
+    Ok(match partitions {
+        None => committed
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter_map(|(tp, v)| {
+                Some(FetchedOffset {
+                    topic: name_of(tp)?,
+                    partition: tp.partition,
+                    offset: v.offset,
+                    leader_epoch: v.leader_epoch,
+                    metadata: v.metadata.clone(),
+                })
+            })
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|(topic, partition)| {
+                let value = image.topic_id(topic).and_then(|topic_id| {
+                    committed?.get(&TopicIdPartition {
+                        topic_id,
+                        partition: *partition,
+                    })
+                });
+                FetchedOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: value.map_or(-1, |v| v.offset),
+                    leader_epoch: value.map_or(-1, |v| v.leader_epoch),
+                    metadata: value.map(|v| v.metadata.clone()).unwrap_or_default(),
+                }
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,226 @@
+//! Leader elections: on broker fence/unfence/shutdown, ElectLeaders, and the periodic passes
+//! (preferred-leader balancing, unclean election for leaderless partitions).
+
+use super::find_partition;
+use crate::controller::partition_change::{Election, PartitionChangeBuilder};
+use crate::controller::{
+    unclean_election_enabled, ControllerConfig, ControllerResult, LeaderAcceptance,
+    MAX_ELECTIONS_PER_PASS,
+};
+use crate::error::{ApiError, ErrorCode};
+use crate::image::MetadataImage;
+use crate::record::MetadataRecord;
+use crate::types::{BrokerId, TopicIdPartition};
+use std::collections::BTreeMap;
+
+fn topic_name(image: &MetadataImage, tp: TopicIdPartition) -> &str {
+    image
+        .topic(&tp.topic_id)
+        .map(|t| t.name.as_str())
+        .unwrap_or_default()
+}
+
+/// The election rule for an ISR shrink on `tp`: UNCLEAN when the topic allows it.
+fn shrink_election(image: &MetadataImage, config: &ControllerConfig, tp: TopicIdPartition) -> Election {
+    if unclean_election_enabled(image, config, topic_name(image, tp)) {
+        Election::Unclean
+    } else {
+        Election::Online
+    }
+}
+
+/// Removes `broker` from the ISR of every partition it hosts and moves its leaderships away.
+/// Used when a broker is fenced, enters controlled shutdown, re-registers with a new
+/// incarnation, or is unregistered. Costs O(partitions the broker hosts).
+pub fn remove_broker_from_isrs(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+) -> Vec<MetadataRecord> {
+    let acceptance = LeaderAcceptance {
+        excluded: Some(broker),
+        ..LeaderAcceptance::of(image)
+    };
+    let mut records = Vec::new();
+    for tp in image.partitions_on_broker(broker) {
+        let Some(p) = image.partition(tp) else { continue };
+        if !p.isr.contains(&broker) && p.leader != broker {
+            continue;
+        }
+        let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
+        let change = PartitionChangeBuilder::new(tp, p, acceptance)
+            .election(shrink_election(image, config, tp))
+            .target_isr(isr)
+            .build();
+        records.extend(change.map(MetadataRecord::PartitionChange));
+    }
+    records
+}
+
+/// Elects leaders for the leaderless partitions that `broker`, being unfenced in the same
+/// batch, can now lead.
+pub fn elect_for_unfenced_broker(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+) -> Vec<MetadataRecord> {
+    let acceptance = LeaderAcceptance {
+        included: Some(broker),
+        ..LeaderAcceptance::of(image)
+    };
+    let mut records = Vec::new();
+    for tp in image.partitions_on_broker(broker) {
+        let Some(p) = image.partition(tp) else { continue };
+        if !p.leader.is_none() {
+            continue;
+        }
+        let change = PartitionChangeBuilder::new(tp, p, acceptance)
+            .election(shrink_election(image, config, tp))
+            .build();
+        records.extend(change.map(MetadataRecord::PartitionChange));
+    }
+    records
+}
+
+/// ElectLeaders' election type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElectionType {
+    /// Wire value 0.
+    Preferred,
+    /// Wire value 1.
+    Unclean,
+}
+
+/// Per-topic, per-partition outcome of ElectLeaders: `None` is success.
+pub type ElectLeadersReply = BTreeMap<String, BTreeMap<i32, Option<ApiError>>>;
+
+/// ElectLeaders (KIP-460). `partitions = None` means every partition; then partitions that
+/// need no election are left out of the reply, as Kafka does.
+pub fn elect_leaders(
+    image: &MetadataImage,
+    election_type: ElectionType,
+    partitions: Option<&[(String, i32)]>,
+) -> ControllerResult<ElectLeadersReply> {
+    let mut reply = ElectLeadersReply::new();
+    let mut records = Vec::new();
+    let all = partitions.is_none();
+    let targets: Vec<(String, i32)> = match partitions {
+        Some(list) => list.to_vec(),
+        None => image
+            .topics_by_name()
+            .flat_map(|t| t.partitions.keys().map(move |p| (t.name.clone(), *p)))
+            .collect(),
+    };
+    for (topic, partition) in targets {
+        let outcome = match find_partition(image, &topic, partition) {
+            None => Err(ApiError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("{topic}-{partition} does not exist"),
+            )),
+            Some(tp) => elect_one(image, tp, election_type),
+        };
+        match outcome {
+            Ok(record) => {
+                records.push(MetadataRecord::PartitionChange(record));
+                reply.entry(topic).or_default().insert(partition, None);
+            }
+            Err(e) if all && e.code == ErrorCode::ElectionNotNeeded => {}
+            Err(e) => {
+                reply.entry(topic).or_default().insert(partition, Some(e));
+            }
+        }
+    }
+    ControllerResult::non_atomic(records, reply)
+}
+
+fn elect_one(
+    image: &MetadataImage,
+    tp: TopicIdPartition,
+    election_type: ElectionType,
+) -> Result<crate::record::PartitionChangeRecord, ApiError> {
+    let p = image.partition(tp).expect("caller resolved the partition");
+    let acceptance = LeaderAcceptance::of(image);
+    match election_type {
+        ElectionType::Preferred => {
+            if p.leader == p.preferred_leader() {
+                return Err(ApiError::new(ErrorCode::ElectionNotNeeded, "preferred leader already leads"));
+            }
+            let change = PartitionChangeBuilder::new(tp, p, acceptance)
+                .election(Election::Preferred)
+                .build();
+            match change {
+                Some(r) if r.leader == Some(p.preferred_leader()) => Ok(r),
+                _ => Err(ApiError::new(
+                    ErrorCode::PreferredLeaderNotAvailable,
+                    format!("preferred leader {} is not available", p.preferred_leader()),
+                )),
+            }
+        }
+        ElectionType::Unclean => {
+            if !p.leader.is_none() {
+                return Err(ApiError::new(ErrorCode::ElectionNotNeeded, "partition has a leader"));
+            }
+            let change = PartitionChangeBuilder::new(tp, p, acceptance)
+                .election(Election::Unclean)
+                .build();
+            match change {
+                Some(r) if r.leader.is_some_and(|l| !l.is_none()) => Ok(r),
+                _ => Err(ApiError::new(
+                    ErrorCode::EligibleLeadersNotAvailable,
+                    "no replica is available to lead",
+                )),
+            }
+        }
+    }
+}
+
+/// One preferred-leader balancing pass: moves leadership back to the preferred replica where
+/// it is in the ISR and active, at most `MAX_ELECTIONS_PER_PASS` partitions. The reply is true
+/// when more imbalanced partitions may remain (schedule another pass soon).
+pub fn balance_partition_leaders(image: &MetadataImage) -> ControllerResult<bool> {
+    let acceptance = LeaderAcceptance::of(image);
+    let mut records = Vec::new();
+    let mut more = false;
+    for tp in image.imbalanced_partitions() {
+        let Some(p) = image.partition(tp) else { continue };
+        let preferred = p.preferred_leader();
+        if !p.isr.contains(&preferred) || !acceptance.accepts(preferred) {
+            continue;
+        }
+        if records.len() == MAX_ELECTIONS_PER_PASS {
+            more = true;
+            break;
+        }
+        let change = PartitionChangeBuilder::new(tp, p, acceptance)
+            .election(Election::Preferred)
+            .build();
+        records.extend(change.map(MetadataRecord::PartitionChange));
+    }
+    ControllerResult::non_atomic(records, more)
+}
+
+/// One unclean-election pass over leaderless partitions whose topic allows unclean election,
+/// at most `MAX_ELECTIONS_PER_PASS` elections. The reply is true when more may remain.
+pub fn elect_unclean_leaders(image: &MetadataImage, config: &ControllerConfig) -> ControllerResult<bool> {
+    let acceptance = LeaderAcceptance::of(image);
+    let mut records = Vec::new();
+    let mut more = false;
+    for tp in image.leaderless_partitions() {
+        if !unclean_election_enabled(image, config, topic_name(image, tp)) {
+            continue;
+        }
+        let Some(p) = image.partition(tp) else { continue };
+        let Some(change) = PartitionChangeBuilder::new(tp, p, acceptance)
+            .election(Election::Unclean)
+            .build()
+        else {
+            continue;
+        };
+        if records.len() == MAX_ELECTIONS_PER_PASS {
+            more = true;
+            break;
+        }
+        records.push(MetadataRecord::PartitionChange(change));
+    }
+    ControllerResult::non_atomic(records, more)
+}

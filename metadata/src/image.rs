@@ -1,0 +1,807 @@
+//! `MetadataImage`: the state the metadata log builds, and `replay`, the only way to change it.
+//!
+//! The image is built from persistent (structurally shared) ordered maps, so cloning it is O(1):
+//! readers take a clone and keep a consistent view while the writer replays on. Iteration is
+//! ordered, so anything produced from an image (records, replies, the canonical hash) is
+//! deterministic.
+//!
+//! Replay validates every record against the current state and refuses one that does not fit
+//! (a duplicate topic id, a change to an unknown partition, a broker epoch going backwards, a
+//! partition shape that breaks leader ∈ ISR ⊆ replicas). A refused record means the log and the
+//! image disagree: the caller must treat it as fatal, never skip it. On error the image is
+//! left unchanged.
+//!
+//! Besides the primary state the image keeps derived indexes (partitions per broker, partitions
+//! under reassignment, partitions without their preferred leader, leaderless partitions, groups
+//! per topic) so that the controller's work is proportional to what it touches: fencing a broker
+//! costs O(partitions it hosts), not O(all partitions).
+
+use crate::record::*;
+use crate::types::*;
+use imbl::{OrdMap, OrdSet};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// A registered broker as the image knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerRegistration {
+    /// The broker's `node.id`.
+    pub broker_id: BrokerId,
+    /// The process incarnation that registered.
+    pub incarnation_id: uuid::Uuid,
+    /// The log offset of this incarnation's first registration.
+    pub epoch: BrokerEpoch,
+    /// Client listeners.
+    pub listeners: Vec<Endpoint>,
+    /// Supported features.
+    pub features: Vec<FeatureRange>,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// Fenced brokers hold no leadership and are hidden from clients.
+    pub fenced: bool,
+    /// Shutting down: leads nothing, joins no ISR.
+    pub in_controlled_shutdown: bool,
+}
+
+impl BrokerRegistration {
+    /// True when the broker may lead partitions and join ISRs: unfenced and not shutting down.
+    pub fn is_active(&self) -> bool {
+        !self.fenced && !self.in_controlled_shutdown
+    }
+
+    fn to_record(&self) -> RegisterBrokerRecord {
+        RegisterBrokerRecord {
+            broker_id: self.broker_id,
+            incarnation_id: self.incarnation_id,
+            broker_epoch: self.epoch,
+            listeners: self.listeners.clone(),
+            features: self.features.clone(),
+            rack: self.rack.clone(),
+            fenced: self.fenced,
+            in_controlled_shutdown: self.in_controlled_shutdown,
+        }
+    }
+}
+
+/// One partition's replication state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionRegistration {
+    /// All replicas, preferred leader first.
+    pub replicas: Vec<BrokerId>,
+    /// In-sync replicas.
+    pub isr: Vec<BrokerId>,
+    /// Replicas an in-flight reassignment removes.
+    pub removing_replicas: Vec<BrokerId>,
+    /// Replicas an in-flight reassignment adds.
+    pub adding_replicas: Vec<BrokerId>,
+    /// The leader, or `BrokerId::NONE`.
+    pub leader: BrokerId,
+    /// RECOVERING after an unclean election.
+    pub leader_recovery_state: LeaderRecoveryState,
+    /// Bumped on every leader change.
+    pub leader_epoch: LeaderEpoch,
+    /// Bumped on every change.
+    pub partition_epoch: PartitionEpoch,
+}
+
+impl PartitionRegistration {
+    /// The preferred leader: the first replica.
+    pub fn preferred_leader(&self) -> BrokerId {
+        self.replicas.first().copied().unwrap_or(BrokerId::NONE)
+    }
+
+    /// True while a reassignment is in flight.
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
+
+    /// True when the preferred leader does not lead.
+    pub fn has_imbalanced_leader(&self) -> bool {
+        self.leader != self.preferred_leader()
+    }
+
+    /// The replicas the reassignment is moving to: `replicas − removing` (target order).
+    pub fn target_replicas(&self) -> Vec<BrokerId> {
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !self.removing_replicas.contains(r))
+            .collect()
+    }
+
+    /// This partition with a change record applied: the partition epoch always bumps, the
+    /// leader epoch bumps whenever the record names a leader.
+    pub fn merge(&self, r: &PartitionChangeRecord) -> PartitionRegistration {
+        let mut new = self.clone();
+        if let Some(isr) = &r.isr {
+            new.isr = isr.clone();
+        }
+        if let Some(leader) = r.leader {
+            new.leader = leader;
+            new.leader_epoch = self.leader_epoch.next();
+        }
+        if let Some(replicas) = &r.replicas {
+            new.replicas = replicas.clone();
+        }
+        if let Some(removing) = &r.removing_replicas {
+            new.removing_replicas = removing.clone();
+        }
+        if let Some(adding) = &r.adding_replicas {
+            new.adding_replicas = adding.clone();
+        }
+        if let Some(state) = r.leader_recovery_state {
+            new.leader_recovery_state = state;
+        }
+        new.partition_epoch = self.partition_epoch.next();
+        new
+    }
+
+    fn from_record(r: &PartitionRecord) -> Self {
+        PartitionRegistration {
+            replicas: r.replicas.clone(),
+            isr: r.isr.clone(),
+            removing_replicas: r.removing_replicas.clone(),
+            adding_replicas: r.adding_replicas.clone(),
+            leader: r.leader,
+            leader_recovery_state: r.leader_recovery_state,
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+        }
+    }
+
+    fn to_record(&self, tp: TopicIdPartition) -> PartitionRecord {
+        PartitionRecord {
+            topic_id: tp.topic_id,
+            partition: tp.partition,
+            replicas: self.replicas.clone(),
+            isr: self.isr.clone(),
+            removing_replicas: self.removing_replicas.clone(),
+            adding_replicas: self.adding_replicas.clone(),
+            leader: self.leader,
+            leader_recovery_state: self.leader_recovery_state,
+            leader_epoch: self.leader_epoch,
+            partition_epoch: self.partition_epoch,
+        }
+    }
+
+    /// Checks the shape every partition must have. Returns a description of the first fault.
+    pub fn shape_error(&self) -> Option<String> {
+        if self.replicas.is_empty() {
+            return Some("empty replica list".into());
+        }
+        if has_duplicates(&self.replicas) {
+            return Some(format!("duplicate replicas {:?}", self.replicas));
+        }
+        if self.replicas.iter().any(|r| r.is_none()) {
+            return Some(format!("negative replica id in {:?}", self.replicas));
+        }
+        if has_duplicates(&self.isr) {
+            return Some(format!("duplicate ISR members {:?}", self.isr));
+        }
+        if let Some(r) = self.isr.iter().find(|r| !self.replicas.contains(r)) {
+            return Some(format!("ISR member {r} is not a replica"));
+        }
+        if !self.leader.is_none() && !self.isr.contains(&self.leader) {
+            return Some(format!("leader {} is not in the ISR", self.leader));
+        }
+        if self.leader.0 < BrokerId::NONE.0 {
+            return Some(format!("invalid leader {}", self.leader));
+        }
+        for (name, set) in [
+            ("adding", &self.adding_replicas),
+            ("removing", &self.removing_replicas),
+        ] {
+            if has_duplicates(set) {
+                return Some(format!("duplicate {name} replicas {set:?}"));
+            }
+            if let Some(r) = set.iter().find(|r| !self.replicas.contains(r)) {
+                return Some(format!("{name} replica {r} is not a replica"));
+            }
+        }
+        if let Some(r) = self
+            .adding_replicas
+            .iter()
+            .find(|r| self.removing_replicas.contains(r))
+        {
+            return Some(format!("replica {r} is both adding and removing"));
+        }
+        if self.leader_recovery_state == LeaderRecoveryState::Recovering && self.isr.len() > 1 {
+            return Some("a RECOVERING partition must have an ISR of one".into());
+        }
+        None
+    }
+}
+
+fn has_duplicates(list: &[BrokerId]) -> bool {
+    list.iter()
+        .enumerate()
+        .any(|(i, r)| list[..i].contains(r))
+}
+
+/// A topic and its partitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicImage {
+    /// The topic name.
+    pub name: String,
+    /// The topic UUID.
+    pub id: TopicId,
+    /// Partitions by index.
+    pub partitions: OrdMap<i32, Arc<PartitionRegistration>>,
+}
+
+/// A committed consumer-group offset as the image stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetValue {
+    /// The committed offset.
+    pub offset: i64,
+    /// Leader epoch, or -1.
+    pub leader_epoch: i32,
+    /// Client metadata.
+    pub metadata: String,
+    /// When the controller accepted it (ms since the Unix epoch).
+    pub commit_timestamp_ms: i64,
+}
+
+/// Why a record could not be replayed. Always fatal for the node replaying it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("cannot replay record at offset {offset}: {reason}")]
+pub struct ReplayError {
+    /// The offset of the record.
+    pub offset: LogOffset,
+    /// What did not fit.
+    pub reason: String,
+}
+
+/// The whole metadata state at one log offset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataImage {
+    offset: Option<LogOffset>,
+    brokers: OrdMap<BrokerId, Arc<BrokerRegistration>>,
+    topics: OrdMap<TopicId, Arc<TopicImage>>,
+    topic_ids: OrdMap<String, TopicId>,
+    configs: OrdMap<ConfigResource, OrdMap<String, String>>,
+    features: OrdMap<String, u16>,
+    offsets: OrdMap<String, OrdMap<TopicIdPartition, OffsetValue>>,
+    // Derived indexes, maintained by replay.
+    partitions_by_broker: OrdMap<BrokerId, OrdSet<TopicIdPartition>>,
+    reassigning: OrdSet<TopicIdPartition>,
+    imbalanced: OrdSet<TopicIdPartition>,
+    leaderless: OrdSet<TopicIdPartition>,
+    groups_by_topic: OrdMap<TopicId, OrdSet<String>>,
+    partition_count: usize,
+}
+
+impl MetadataImage {
+    /// An empty image, before any record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The offset of the last record replayed, or `LogOffset::NONE`.
+    pub fn offset(&self) -> LogOffset {
+        self.offset.unwrap_or(LogOffset::NONE)
+    }
+
+    /// A registered broker.
+    pub fn broker(&self, id: BrokerId) -> Option<&BrokerRegistration> {
+        self.brokers.get(&id).map(|b| b.as_ref())
+    }
+
+    /// All registered brokers, by id.
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerRegistration> + '_ {
+        self.brokers.values().map(|b| b.as_ref())
+    }
+
+    /// True when the broker is registered, unfenced and not shutting down.
+    pub fn is_active_broker(&self, id: BrokerId) -> bool {
+        self.broker(id).is_some_and(BrokerRegistration::is_active)
+    }
+
+    /// A topic by id.
+    pub fn topic(&self, id: &TopicId) -> Option<&TopicImage> {
+        self.topics.get(id).map(|t| t.as_ref())
+    }
+
+    /// A topic's id by name.
+    pub fn topic_id(&self, name: &str) -> Option<TopicId> {
+        self.topic_ids.get(name).copied()
+    }
+
+    /// A topic by name.
+    pub fn topic_by_name(&self, name: &str) -> Option<&TopicImage> {
+        self.topic_id(name).and_then(|id| self.topic(&id))
+    }
+
+    /// All topics, ordered by name.
+    pub fn topics_by_name(&self) -> impl Iterator<Item = &TopicImage> + '_ {
+        self.topic_ids.values().filter_map(|id| self.topic(id))
+    }
+
+    /// Number of topics.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    /// Number of partitions across all topics.
+    pub fn partition_count(&self) -> usize {
+        self.partition_count
+    }
+
+    /// One partition.
+    pub fn partition(&self, tp: TopicIdPartition) -> Option<&PartitionRegistration> {
+        self.topic(&tp.topic_id)
+            .and_then(|t| t.partitions.get(&tp.partition))
+            .map(|p| p.as_ref())
+    }
+
+    /// Partitions that list `broker` as a replica (including adding/removing replicas).
+    pub fn partitions_on_broker(&self, broker: BrokerId) -> impl Iterator<Item = TopicIdPartition> + '_ {
+        self.partitions_by_broker
+            .get(&broker)
+            .into_iter()
+            .flat_map(|set| set.iter().copied())
+    }
+
+    /// Partitions with a reassignment in flight.
+    pub fn reassigning_partitions(&self) -> impl Iterator<Item = TopicIdPartition> + '_ {
+        self.reassigning.iter().copied()
+    }
+
+    /// Partitions whose leader is not the preferred replica (including leaderless ones).
+    pub fn imbalanced_partitions(&self) -> impl Iterator<Item = TopicIdPartition> + '_ {
+        self.imbalanced.iter().copied()
+    }
+
+    /// Partitions with no leader.
+    pub fn leaderless_partitions(&self) -> impl Iterator<Item = TopicIdPartition> + '_ {
+        self.leaderless.iter().copied()
+    }
+
+    /// Number of partitions with no leader (Kafka's OfflinePartitionsCount).
+    pub fn leaderless_count(&self) -> usize {
+        self.leaderless.len()
+    }
+
+    /// Configs of one resource (empty when none are set).
+    pub fn configs(&self, resource: &ConfigResource) -> Option<&OrdMap<String, String>> {
+        self.configs.get(resource)
+    }
+
+    /// One config value.
+    pub fn config(&self, resource: &ConfigResource, key: &str) -> Option<&str> {
+        self.configs
+            .get(resource)
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
+    }
+
+    /// Finalized feature levels.
+    pub fn features(&self) -> &OrdMap<String, u16> {
+        &self.features
+    }
+
+    /// The committed offsets of one group, by partition.
+    pub fn group_offsets(&self, group: &str) -> Option<&OrdMap<TopicIdPartition, OffsetValue>> {
+        self.offsets.get(group)
+    }
+
+    /// All groups that have committed offsets, ordered.
+    pub fn groups(&self) -> impl Iterator<Item = &str> + '_ {
+        self.offsets.keys().map(String::as_str)
+    }
+
+    /// Applies one record at `offset`. On error the image is unchanged.
+    pub fn replay(&mut self, offset: LogOffset, record: &MetadataRecord) -> Result<(), ReplayError> {
+        let fail = |reason: String| ReplayError { offset, reason };
+        if let Some(current) = self.offset {
+            if offset < current {
+                return Err(fail(format!("offset goes backwards from {current}")));
+            }
+        }
+        match record {
+            MetadataRecord::RegisterBroker(r) => self.replay_register_broker(r),
+            MetadataRecord::UnregisterBroker(r) => self.replay_unregister_broker(r),
+            MetadataRecord::BrokerRegistrationChange(r) => self.replay_broker_change(r),
+            MetadataRecord::Topic(r) => self.replay_topic(r),
+            MetadataRecord::Partition(r) => self.replay_partition(r),
+            MetadataRecord::PartitionChange(r) => self.replay_partition_change(r),
+            MetadataRecord::RemoveTopic(r) => self.replay_remove_topic(r),
+            MetadataRecord::Config(r) => self.replay_config(r),
+            MetadataRecord::FeatureLevel(r) => {
+                if r.level == 0 {
+                    self.features.remove(&r.name);
+                } else {
+                    self.features.insert(r.name.clone(), r.level);
+                }
+                Ok(())
+            }
+            MetadataRecord::NoOp => Ok(()),
+            MetadataRecord::OffsetCommit(r) => self.replay_offset_commit(r),
+        }
+        .map_err(fail)?;
+        self.offset = Some(offset);
+        Ok(())
+    }
+
+    fn replay_register_broker(&mut self, r: &RegisterBrokerRecord) -> Result<(), String> {
+        if r.broker_id.is_none() {
+            return Err(format!("invalid broker id {}", r.broker_id));
+        }
+        if let Some(old) = self.brokers.get(&r.broker_id) {
+            if old.incarnation_id == r.incarnation_id && old.epoch != r.broker_epoch {
+                return Err(format!(
+                    "broker {} re-registered the same incarnation with epoch {} (was {})",
+                    r.broker_id, r.broker_epoch, old.epoch
+                ));
+            }
+            if old.incarnation_id != r.incarnation_id && r.broker_epoch <= old.epoch {
+                return Err(format!(
+                    "broker {} epoch goes backwards from {} to {}",
+                    r.broker_id, old.epoch, r.broker_epoch
+                ));
+            }
+        }
+        self.brokers.insert(
+            r.broker_id,
+            Arc::new(BrokerRegistration {
+                broker_id: r.broker_id,
+                incarnation_id: r.incarnation_id,
+                epoch: r.broker_epoch,
+                listeners: r.listeners.clone(),
+                features: r.features.clone(),
+                rack: r.rack.clone(),
+                fenced: r.fenced,
+                in_controlled_shutdown: r.in_controlled_shutdown,
+            }),
+        );
+        Ok(())
+    }
+
+    fn registered(&self, id: BrokerId, epoch: BrokerEpoch) -> Result<&BrokerRegistration, String> {
+        match self.brokers.get(&id) {
+            None => Err(format!("broker {id} is not registered")),
+            Some(b) if b.epoch != epoch => Err(format!(
+                "broker {id} has epoch {}, record names {epoch}",
+                b.epoch
+            )),
+            Some(b) => Ok(b),
+        }
+    }
+
+    fn replay_unregister_broker(&mut self, r: &UnregisterBrokerRecord) -> Result<(), String> {
+        self.registered(r.broker_id, r.broker_epoch)?;
+        self.brokers.remove(&r.broker_id);
+        Ok(())
+    }
+
+    fn replay_broker_change(&mut self, r: &BrokerRegistrationChangeRecord) -> Result<(), String> {
+        let mut broker = self.registered(r.broker_id, r.broker_epoch)?.clone();
+        if let Some(fenced) = r.fenced {
+            broker.fenced = fenced;
+        }
+        if let Some(shutdown) = r.in_controlled_shutdown {
+            broker.in_controlled_shutdown = shutdown;
+        }
+        self.brokers.insert(r.broker_id, Arc::new(broker));
+        Ok(())
+    }
+
+    fn replay_topic(&mut self, r: &TopicRecord) -> Result<(), String> {
+        if let Some(id) = self.topic_ids.get(&r.name) {
+            return Err(format!("topic {} already exists with id {id}", r.name));
+        }
+        if let Some(t) = self.topics.get(&r.topic_id) {
+            return Err(format!("topic id {} already used by {}", r.topic_id, t.name));
+        }
+        if r.topic_id.is_nil() {
+            return Err("nil topic id".into());
+        }
+        self.topic_ids.insert(r.name.clone(), r.topic_id);
+        self.topics.insert(
+            r.topic_id,
+            Arc::new(TopicImage {
+                name: r.name.clone(),
+                id: r.topic_id,
+                partitions: OrdMap::new(),
+            }),
+        );
+        Ok(())
+    }
+
+    fn replay_partition(&mut self, r: &PartitionRecord) -> Result<(), String> {
+        let tp = TopicIdPartition {
+            topic_id: r.topic_id,
+            partition: r.partition,
+        };
+        let topic = self
+            .topics
+            .get(&r.topic_id)
+            .ok_or_else(|| format!("partition {tp} of unknown topic"))?;
+        if r.partition < 0 {
+            return Err(format!("negative partition index in {tp}"));
+        }
+        if topic.partitions.contains_key(&r.partition) {
+            return Err(format!("partition {tp} already exists"));
+        }
+        let partition = PartitionRegistration::from_record(r);
+        if let Some(fault) = partition.shape_error() {
+            return Err(format!("partition {tp}: {fault}"));
+        }
+        self.partition_count += 1;
+        self.put_partition(tp, None, partition);
+        Ok(())
+    }
+
+    fn replay_partition_change(&mut self, r: &PartitionChangeRecord) -> Result<(), String> {
+        let tp = TopicIdPartition {
+            topic_id: r.topic_id,
+            partition: r.partition,
+        };
+        let old = self
+            .partition(tp)
+            .ok_or_else(|| format!("change to unknown partition {tp}"))?
+            .clone();
+        let new = old.merge(r);
+        if let Some(fault) = new.shape_error() {
+            return Err(format!("partition {tp}: {fault}"));
+        }
+        self.put_partition(tp, Some(&old), new);
+        Ok(())
+    }
+
+    /// Stores a partition and keeps every derived index in step.
+    fn put_partition(
+        &mut self,
+        tp: TopicIdPartition,
+        old: Option<&PartitionRegistration>,
+        new: PartitionRegistration,
+    ) {
+        let old_replicas: &[BrokerId] = old.map(|p| p.replicas.as_slice()).unwrap_or(&[]);
+        for r in old_replicas.iter().filter(|r| !new.replicas.contains(r)) {
+            self.unindex_broker(*r, tp);
+        }
+        for r in new.replicas.iter().filter(|r| !old_replicas.contains(r)) {
+            self.partitions_by_broker
+                .entry(*r)
+                .or_default()
+                .insert(tp);
+        }
+        set_membership(&mut self.reassigning, tp, new.is_reassigning());
+        set_membership(&mut self.imbalanced, tp, new.has_imbalanced_leader());
+        set_membership(&mut self.leaderless, tp, new.leader.is_none());
+        let topic = Arc::make_mut(
+            self.topics
+                .get_mut(&tp.topic_id)
+                .expect("callers check that the topic exists"),
+        );
+        topic.partitions.insert(tp.partition, Arc::new(new));
+    }
+
+    fn unindex_broker(&mut self, broker: BrokerId, tp: TopicIdPartition) {
+        if let Some(set) = self.partitions_by_broker.get_mut(&broker) {
+            set.remove(&tp);
+            if set.is_empty() {
+                self.partitions_by_broker.remove(&broker);
+            }
+        }
+    }
+
+    fn replay_remove_topic(&mut self, r: &RemoveTopicRecord) -> Result<(), String> {
+        let topic = self
+            .topics
+            .remove(&r.topic_id)
+            .ok_or_else(|| format!("removal of unknown topic id {}", r.topic_id))?;
+        self.topic_ids.remove(&topic.name);
+        for (&partition, p) in topic.partitions.iter() {
+            let tp = TopicIdPartition {
+                topic_id: r.topic_id,
+                partition,
+            };
+            for &b in &p.replicas {
+                self.unindex_broker(b, tp);
+            }
+            self.reassigning.remove(&tp);
+            self.imbalanced.remove(&tp);
+            self.leaderless.remove(&tp);
+        }
+        self.partition_count -= topic.partitions.len();
+        self.configs.remove(&ConfigResource::topic(&topic.name));
+        if let Some(groups) = self.groups_by_topic.remove(&r.topic_id) {
+            for group in groups.iter() {
+                if let Some(offsets) = self.offsets.get_mut(group) {
+                    let low = TopicIdPartition {
+                        topic_id: r.topic_id,
+                        partition: i32::MIN,
+                    };
+                    let high = TopicIdPartition {
+                        topic_id: r.topic_id,
+                        partition: i32::MAX,
+                    };
+                    let gone: Vec<TopicIdPartition> =
+                        offsets.range(low..=high).map(|(tp, _)| *tp).collect();
+                    for tp in gone {
+                        offsets.remove(&tp);
+                    }
+                    if offsets.is_empty() {
+                        self.offsets.remove(group);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn replay_config(&mut self, r: &ConfigRecord) -> Result<(), String> {
+        if r.resource.resource_type == ConfigResourceType::Topic
+            && !self.topic_ids.contains_key(&r.resource.resource_name)
+        {
+            return Err(format!(
+                "config for unknown topic {}",
+                r.resource.resource_name
+            ));
+        }
+        match &r.value {
+            Some(value) => {
+                self.configs
+                    .entry(r.resource.clone())
+                    .or_default()
+                    .insert(r.name.clone(), value.clone());
+            }
+            None => {
+                if let Some(map) = self.configs.get_mut(&r.resource) {
+                    map.remove(&r.name);
+                    if map.is_empty() {
+                        self.configs.remove(&r.resource);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn replay_offset_commit(&mut self, r: &OffsetCommitRecord) -> Result<(), String> {
+        for c in &r.offsets {
+            let tp = TopicIdPartition {
+                topic_id: c.topic_id,
+                partition: c.partition,
+            };
+            if self.partition(tp).is_none() {
+                return Err(format!("offset commit for unknown partition {tp}"));
+            }
+        }
+        for c in &r.offsets {
+            let tp = TopicIdPartition {
+                topic_id: c.topic_id,
+                partition: c.partition,
+            };
+            self.offsets.entry(c.group_id.clone()).or_default().insert(
+                tp,
+                OffsetValue {
+                    offset: c.offset,
+                    leader_epoch: c.leader_epoch,
+                    metadata: c.metadata.clone(),
+                    commit_timestamp_ms: c.commit_timestamp_ms,
+                },
+            );
+            self.groups_by_topic
+                .entry(c.topic_id)
+                .or_default()
+                .insert(c.group_id.clone());
+        }
+        Ok(())
+    }
+
+    /// Records that rebuild this image from empty: the content of a snapshot. Replaying them
+    /// in order into an empty image yields an image equal to this one (offsets aside).
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        let mut out = Vec::new();
+        self.for_each_record(|r| out.push(r));
+        out
+    }
+
+    /// Like [`to_records`](Self::to_records) without materializing the whole list.
+    pub fn for_each_record(&self, mut f: impl FnMut(MetadataRecord)) {
+        for (name, &level) in self.features.iter() {
+            f(MetadataRecord::FeatureLevel(FeatureLevelRecord {
+                name: name.clone(),
+                level,
+            }));
+        }
+        for b in self.brokers.values() {
+            f(MetadataRecord::RegisterBroker(b.to_record()));
+        }
+        for topic in self.topics_by_name() {
+            f(MetadataRecord::Topic(TopicRecord {
+                name: topic.name.clone(),
+                topic_id: topic.id,
+            }));
+            for (&partition, p) in topic.partitions.iter() {
+                let tp = TopicIdPartition {
+                    topic_id: topic.id,
+                    partition,
+                };
+                f(MetadataRecord::Partition(p.to_record(tp)));
+            }
+        }
+        for (resource, map) in self.configs.iter() {
+            for (name, value) in map.iter() {
+                f(MetadataRecord::Config(ConfigRecord {
+                    resource: resource.clone(),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                }));
+            }
+        }
+        const OFFSETS_PER_RECORD: usize = 1000;
+        for (group, offsets) in self.offsets.iter() {
+            let all: Vec<CommittedOffset> = offsets
+                .iter()
+                .map(|(tp, v)| CommittedOffset {
+                    group_id: group.clone(),
+                    topic_id: tp.topic_id,
+                    partition: tp.partition,
+                    offset: v.offset,
+                    leader_epoch: v.leader_epoch,
+                    metadata: v.metadata.clone(),
+                    commit_timestamp_ms: v.commit_timestamp_ms,
+                })
+                .collect();
+            for chunk in all.chunks(OFFSETS_PER_RECORD) {
+                f(MetadataRecord::OffsetCommit(OffsetCommitRecord {
+                    offsets: chunk.to_vec(),
+                }));
+            }
+        }
+    }
+
+    /// SHA-256 over the canonical encoding of the state (the snapshot records in order).
+    /// Two images hold the same state exactly when their hashes are equal.
+    pub fn canonical_hash(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        let mut buf = Vec::with_capacity(256);
+        self.for_each_record(|r| {
+            buf.clear();
+            r.encode_into(&mut buf);
+            hasher.update((buf.len() as u64).to_le_bytes());
+            hasher.update(&buf);
+        });
+        hasher.finalize().into()
+    }
+
+    /// The canonical hash as lowercase hex.
+    pub fn canonical_hash_hex(&self) -> String {
+        self.canonical_hash()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub(crate) fn derived_indexes(&self) -> DerivedIndexes<'_> {
+        DerivedIndexes {
+            partitions_by_broker: &self.partitions_by_broker,
+            reassigning: &self.reassigning,
+            imbalanced: &self.imbalanced,
+            leaderless: &self.leaderless,
+            groups_by_topic: &self.groups_by_topic,
+            partition_count: self.partition_count,
+        }
+    }
+}
+
+/// Read access to the derived indexes, for the invariant checker.
+pub(crate) struct DerivedIndexes<'a> {
+    pub partitions_by_broker: &'a OrdMap<BrokerId, OrdSet<TopicIdPartition>>,
+    pub reassigning: &'a OrdSet<TopicIdPartition>,
+    pub imbalanced: &'a OrdSet<TopicIdPartition>,
+    pub leaderless: &'a OrdSet<TopicIdPartition>,
+    pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<String>>,
+    pub partition_count: usize,
+}
+
+fn set_membership(set: &mut OrdSet<TopicIdPartition>, tp: TopicIdPartition, member: bool) {
+    if member {
+        set.insert(tp);
+    } else {
+        set.remove(&tp);
+    }
+}

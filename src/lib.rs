@@ -1,0 +1,17 @@
+//! kmeta's runtime: everything that waits, talks or touches the disk. The decisions live in
+//! the pure `kmeta-metadata` crate.
+
+pub use kmeta_metadata as metadata;
+
+/// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters).
+pub fn random_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bits = uuid::Uuid::new_v4().as_u128();
+    (0..22)
+        .map(|i| {
+            let shift = 128i32 - 6 * (i + 1);
+            let index = if shift >= 0 { (bits >> shift) & 63 } else { (bits << -shift) & 63 };
+            ALPHABET[index as usize] as char
+        })
+        .collect()
+}
