@@ -10,7 +10,11 @@ pub fn random_cluster_id() -> String {
     (0..22)
         .map(|i| {
             let shift = 128i32 - 6 * (i + 1);
-            let index = if shift >= 0 { (bits >> shift) & 63 } else { (bits << -shift) & 63 };
+            let index = if shift >= 0 {
+                (bits >> shift) & 63
+            } else {
+                (bits << -shift) & 63
+            };
             ALPHABET[index as usize] as char
         })
         .collect()

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "kmeta", version, about = "A KIP-500-style Kafka metadata controller quorum")]
+#[command(
+    name = "kmeta",
+    version,
+    about = "A KIP-500-style Kafka metadata controller quorum"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -213,9 +213,7 @@ impl PartitionRegistration {
 }
 
 fn has_duplicates(list: &[BrokerId]) -> bool {
-    list.iter()
-        .enumerate()
-        .any(|(i, r)| list[..i].contains(r))
+    list.iter().enumerate().any(|(i, r)| list[..i].contains(r))
 }
 
 /// A topic and its partitions.
@@ -335,7 +333,10 @@ impl MetadataImage {
     }
 
     /// Partitions that list `broker` as a replica (including adding/removing replicas).
-    pub fn partitions_on_broker(&self, broker: BrokerId) -> impl Iterator<Item = TopicIdPartition> + '_ {
+    pub fn partitions_on_broker(
+        &self,
+        broker: BrokerId,
+    ) -> impl Iterator<Item = TopicIdPartition> + '_ {
         self.partitions_by_broker
             .get(&broker)
             .into_iter()
@@ -391,7 +392,11 @@ impl MetadataImage {
     }
 
     /// Applies one record at `offset`. On error the image is unchanged.
-    pub fn replay(&mut self, offset: LogOffset, record: &MetadataRecord) -> Result<(), ReplayError> {
+    pub fn replay(
+        &mut self,
+        offset: LogOffset,
+        record: &MetadataRecord,
+    ) -> Result<(), ReplayError> {
         let fail = |reason: String| ReplayError { offset, reason };
         if let Some(current) = self.offset {
             if offset < current {
@@ -491,7 +496,10 @@ impl MetadataImage {
             return Err(format!("topic {} already exists with id {id}", r.name));
         }
         if let Some(t) = self.topics.get(&r.topic_id) {
-            return Err(format!("topic id {} already used by {}", r.topic_id, t.name));
+            return Err(format!(
+                "topic id {} already used by {}",
+                r.topic_id, t.name
+            ));
         }
         if r.topic_id.is_nil() {
             return Err("nil topic id".into());
@@ -561,10 +569,7 @@ impl MetadataImage {
             self.unindex_broker(*r, tp);
         }
         for r in new.replicas.iter().filter(|r| !old_replicas.contains(r)) {
-            self.partitions_by_broker
-                .entry(*r)
-                .or_default()
-                .insert(tp);
+            self.partitions_by_broker.entry(*r).or_default().insert(tp);
         }
         set_membership(&mut self.reassigning, tp, new.is_reassigning());
         set_membership(&mut self.imbalanced, tp, new.has_imbalanced_leader());

@@ -73,16 +73,25 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
         ));
     }
     for group in image.groups() {
-        for tp in image.group_offsets(group).into_iter().flat_map(|m| m.keys()) {
+        for tp in image
+            .group_offsets(group)
+            .into_iter()
+            .flat_map(|m| m.keys())
+        {
             if image.partition(*tp).is_none() {
-                faults.push(format!("group {group} has an offset for unknown partition {tp}"));
+                faults.push(format!(
+                    "group {group} has an offset for unknown partition {tp}"
+                ));
             }
             let indexed = derived
                 .groups_by_topic
                 .get(&tp.topic_id)
                 .is_some_and(|g| g.contains(group));
             if !indexed {
-                faults.push(format!("group {group} is not indexed under topic {}", tp.topic_id));
+                faults.push(format!(
+                    "group {group} is not indexed under topic {}",
+                    tp.topic_id
+                ));
             }
         }
     }

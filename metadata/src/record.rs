@@ -513,14 +513,10 @@ mod tests {
             leader: Some(BrokerId::NONE),
             ..Default::default()
         });
-        let hex: String = record
-            .encode()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex: String = record.encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "050000100123456789abcdef0123456789abcdef060102020401010000000000"
+            "050000100123456789abcdef0123456789abcdef0601020204010100000000"
         );
     }
 

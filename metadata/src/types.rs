@@ -91,7 +91,9 @@ impl fmt::Display for TopicIdPartition {
 }
 
 /// After an unclean election the new leader is RECOVERING until it reports RECOVERED (KIP-704).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub enum LeaderRecoveryState {
     /// Normal state; wire value 0.
     #[default]

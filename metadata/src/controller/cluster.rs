@@ -53,10 +53,16 @@ pub fn register_broker(
         ));
     }
     if request.broker_id.is_none() {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "broker id must be non-negative"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "broker id must be non-negative",
+        ));
     }
     if request.listeners.is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "a broker needs at least one listener"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a broker needs at least one listener",
+        ));
     }
     let mut records = Vec::new();
     let (epoch, fenced, in_controlled_shutdown) = match image.broker(request.broker_id) {
@@ -146,7 +152,8 @@ pub fn next_broker_state(
         Fenced | ShutdownNow => {
             if request.want_shut_down {
                 ShutdownNow
-            } else if !request.want_fence && request.current_metadata_offset >= registration_offset {
+            } else if !request.want_fence && request.current_metadata_offset >= registration_offset
+            {
                 Unfenced
             } else {
                 Fenced
@@ -200,7 +207,10 @@ pub fn process_heartbeat(
         Some(b) => {
             return Err(ApiError::new(
                 ErrorCode::StaleBrokerEpoch,
-                format!("Expected broker epoch {}, but got broker epoch {}", b.epoch, request.broker_epoch),
+                format!(
+                    "Expected broker epoch {}, but got broker epoch {}",
+                    b.epoch, request.broker_epoch
+                ),
             ))
         }
         None => {
@@ -224,8 +234,18 @@ pub fn process_heartbeat(
     let shutdown_offset_reached = tracker
         .contact(id)
         .and_then(|c| c.controlled_shutdown_offset)
-        .is_some_and(|offset| tracker.lowest_active_offset(image).is_none_or(|low| low >= offset));
-    let next = next_broker_state(current, request, registration_offset, leads, shutdown_offset_reached);
+        .is_some_and(|offset| {
+            tracker
+                .lowest_active_offset(image)
+                .is_none_or(|low| low >= offset)
+        });
+    let next = next_broker_state(
+        current,
+        request,
+        registration_offset,
+        leads,
+        shutdown_offset_reached,
+    );
     let change = |fenced: Option<bool>, shutdown: Option<bool>| {
         MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
             broker_id: id,
@@ -279,14 +299,18 @@ pub fn fence_stale_broker(
     let Some(id) = tracker.find_stale_broker(image, now_ms, config.session_timeout_ms) else {
         return ControllerResult::reply_only(None);
     };
-    let broker = image.broker(id).expect("tracker only returns registered brokers");
+    let broker = image
+        .broker(id)
+        .expect("tracker only returns registered brokers");
     let mut records = remove_broker_from_isrs(image, config, id);
-    records.push(MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
-        broker_id: id,
-        broker_epoch: broker.epoch,
-        fenced: Some(true),
-        in_controlled_shutdown: broker.in_controlled_shutdown.then_some(false),
-    }));
+    records.push(MetadataRecord::BrokerRegistrationChange(
+        BrokerRegistrationChangeRecord {
+            broker_id: id,
+            broker_epoch: broker.epoch,
+            fenced: Some(true),
+            in_controlled_shutdown: broker.in_controlled_shutdown.then_some(false),
+        },
+    ));
     ControllerResult::non_atomic(records, Some(id))
 }
 

@@ -8,7 +8,10 @@ use crate::record::{ConfigRecord, ConfigResource, ConfigResourceType, MetadataRe
 /// Topic config keys Kafka defines, with the kind of value each takes.
 const TOPIC_CONFIGS: &[(&str, Kind)] = &[
     ("cleanup.policy", Kind::CleanupPolicy),
-    ("compression.type", Kind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"])),
+    (
+        "compression.type",
+        Kind::OneOf(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+    ),
     ("delete.retention.ms", Kind::Long { min: 0 }),
     ("file.delete.delay.ms", Kind::Long { min: 0 }),
     ("flush.messages", Kind::Long { min: 1 }),
@@ -16,7 +19,10 @@ const TOPIC_CONFIGS: &[(&str, Kind)] = &[
     ("index.interval.bytes", Kind::Long { min: 0 }),
     ("max.compaction.lag.ms", Kind::Long { min: 1 }),
     ("max.message.bytes", Kind::Long { min: 0 }),
-    ("message.timestamp.type", Kind::OneOf(&["CreateTime", "LogAppendTime"])),
+    (
+        "message.timestamp.type",
+        Kind::OneOf(&["CreateTime", "LogAppendTime"]),
+    ),
     ("min.cleanable.dirty.ratio", Kind::Ratio),
     ("min.compaction.lag.ms", Kind::Long { min: 0 }),
     ("min.insync.replicas", Kind::Long { min: 1 }),
@@ -56,7 +62,10 @@ fn validate(table: &[(&str, Kind)], what: &str, key: &str, value: &str) -> Resul
     let ok = match kind {
         Kind::Bool => value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false"),
         Kind::Long { min } => value.trim().parse::<i64>().is_ok_and(|v| v >= *min),
-        Kind::Ratio => value.trim().parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)),
+        Kind::Ratio => value
+            .trim()
+            .parse::<f64>()
+            .is_ok_and(|v| (0.0..=1.0).contains(&v)),
         Kind::CleanupPolicy => value
             .split(',')
             .all(|p| matches!(p.trim(), "delete" | "compact")),
@@ -65,7 +74,9 @@ fn validate(table: &[(&str, Kind)], what: &str, key: &str, value: &str) -> Resul
     if ok {
         Ok(())
     } else {
-        Err(invalid(format!("Invalid value {value} for configuration {key}")))
+        Err(invalid(format!(
+            "Invalid value {value} for configuration {key}"
+        )))
     }
 }
 

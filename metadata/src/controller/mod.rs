@@ -101,7 +101,11 @@ impl<T> ControllerResult<T> {
 
 /// Whether unclean leader election is enabled for a topic: its own config, else the
 /// cluster-wide dynamic default, else the static config.
-pub fn unclean_election_enabled(image: &MetadataImage, config: &ControllerConfig, topic: &str) -> bool {
+pub fn unclean_election_enabled(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    topic: &str,
+) -> bool {
     const KEY: &str = "unclean.leader.election.enable";
     image
         .config(&ConfigResource::topic(topic), KEY)
@@ -128,6 +132,22 @@ impl<'a> LeaderAcceptance<'a> {
             image,
             excluded: None,
             included: None,
+        }
+    }
+
+    /// The same acceptance, with `broker` never acceptable (it is being fenced or removed).
+    pub fn excluding(self, broker: BrokerId) -> Self {
+        LeaderAcceptance {
+            excluded: Some(broker),
+            ..self
+        }
+    }
+
+    /// The same acceptance, with `broker` acceptable (it is being unfenced).
+    pub fn including(self, broker: BrokerId) -> Self {
+        LeaderAcceptance {
+            included: Some(broker),
+            ..self
         }
     }
 

@@ -119,7 +119,10 @@ pub fn fetch_offsets(
     partitions: Option<&[(String, i32)]>,
 ) -> Result<Vec<FetchedOffset>, ApiError> {
     if group_id.is_empty() {
-        return Err(ApiError::new(ErrorCode::InvalidGroupId, "group id is empty"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidGroupId,
+            "group id is empty",
+        ));
     }
     let committed = image.group_offsets(group_id);
     let name_of = |tp: &TopicIdPartition| image.topic(&tp.topic_id).map(|t| t.name.clone());

@@ -142,11 +142,19 @@ impl<'a> PartitionChangeBuilder<'a> {
         if !current.is_none() && self.is_valid_leader(current) {
             return (current, false);
         }
-        if let Some(&r) = self.target_replicas.iter().find(|r| self.is_valid_leader(**r)) {
+        if let Some(&r) = self
+            .target_replicas
+            .iter()
+            .find(|r| self.is_valid_leader(**r))
+        {
             return (r, false);
         }
         if self.election == Election::Unclean {
-            if let Some(&r) = self.target_replicas.iter().find(|r| self.acceptance.accepts(**r)) {
+            if let Some(&r) = self
+                .target_replicas
+                .iter()
+                .find(|r| self.acceptance.accepts(**r))
+            {
                 return (r, true);
             }
         }
@@ -180,7 +188,9 @@ impl<'a> PartitionChangeBuilder<'a> {
         {
             record.leader = Some(self.partition.leader);
         }
-        if record.isr.is_none() && !self.target_isr.is_empty() && self.target_isr != self.partition.isr
+        if record.isr.is_none()
+            && !self.target_isr.is_empty()
+            && self.target_isr != self.partition.isr
         {
             record.isr = Some(self.target_isr.clone());
         }

@@ -61,7 +61,10 @@ pub fn alter_partition(
         _ => {
             return Err(ApiError::new(
                 ErrorCode::StaleBrokerEpoch,
-                format!("broker {} epoch {} is not current", request.broker_id, request.broker_epoch),
+                format!(
+                    "broker {} epoch {} is not current",
+                    request.broker_id, request.broker_epoch
+                ),
             ))
         }
     }
@@ -117,7 +120,9 @@ fn alter_one(
     tp: TopicIdPartition,
     data: &AlterPartitionData,
 ) -> Result<AlterOutcome, ErrorCode> {
-    let p = image.partition(tp).ok_or(ErrorCode::UnknownTopicOrPartition)?;
+    let p = image
+        .partition(tp)
+        .ok_or(ErrorCode::UnknownTopicOrPartition)?;
     validate(image, request, p, data)?;
     let isr: Vec<BrokerId> = data.new_isr.iter().map(|(b, _)| *b).collect();
     let record = PartitionChangeBuilder::new(tp, p, LeaderAcceptance::of(image))
@@ -179,10 +184,13 @@ fn validate(
     {
         return Err(ErrorCode::InvalidRequest);
     }
-    let ineligible = data.new_isr.iter().any(|(b, epoch)| match image.broker(*b) {
-        None => true,
-        Some(reg) => !reg.is_active() || epoch.is_some_and(|e| e != reg.epoch),
-    });
+    let ineligible = data
+        .new_isr
+        .iter()
+        .any(|(b, epoch)| match image.broker(*b) {
+            None => true,
+            Some(reg) => !reg.is_active() || epoch.is_some_and(|e| e != reg.epoch),
+        });
     if ineligible {
         return Err(if request.version >= 2 {
             ErrorCode::IneligibleReplica

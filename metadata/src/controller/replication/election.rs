@@ -21,7 +21,11 @@ fn topic_name(image: &MetadataImage, tp: TopicIdPartition) -> &str {
 }
 
 /// The election rule for an ISR shrink on `tp`: UNCLEAN when the topic allows it.
-fn shrink_election(image: &MetadataImage, config: &ControllerConfig, tp: TopicIdPartition) -> Election {
+fn shrink_election(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    tp: TopicIdPartition,
+) -> Election {
     if unclean_election_enabled(image, config, topic_name(image, tp)) {
         Election::Unclean
     } else {
@@ -37,13 +41,12 @@ pub fn remove_broker_from_isrs(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
-    let acceptance = LeaderAcceptance {
-        excluded: Some(broker),
-        ..LeaderAcceptance::of(image)
-    };
+    let acceptance = LeaderAcceptance::of(image).excluding(broker);
     let mut records = Vec::new();
     for tp in image.partitions_on_broker(broker) {
-        let Some(p) = image.partition(tp) else { continue };
+        let Some(p) = image.partition(tp) else {
+            continue;
+        };
         if !p.isr.contains(&broker) && p.leader != broker {
             continue;
         }
@@ -64,13 +67,12 @@ pub fn elect_for_unfenced_broker(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
-    let acceptance = LeaderAcceptance {
-        included: Some(broker),
-        ..LeaderAcceptance::of(image)
-    };
+    let acceptance = LeaderAcceptance::of(image).including(broker);
     let mut records = Vec::new();
     for tp in image.partitions_on_broker(broker) {
-        let Some(p) = image.partition(tp) else { continue };
+        let Some(p) = image.partition(tp) else {
+            continue;
+        };
         if !p.leader.is_none() {
             continue;
         }
@@ -143,7 +145,10 @@ fn elect_one(
     match election_type {
         ElectionType::Preferred => {
             if p.leader == p.preferred_leader() {
-                return Err(ApiError::new(ErrorCode::ElectionNotNeeded, "preferred leader already leads"));
+                return Err(ApiError::new(
+                    ErrorCode::ElectionNotNeeded,
+                    "preferred leader already leads",
+                ));
             }
             let change = PartitionChangeBuilder::new(tp, p, acceptance)
                 .election(Election::Preferred)
@@ -158,7 +163,10 @@ fn elect_one(
         }
         ElectionType::Unclean => {
             if !p.leader.is_none() {
-                return Err(ApiError::new(ErrorCode::ElectionNotNeeded, "partition has a leader"));
+                return Err(ApiError::new(
+                    ErrorCode::ElectionNotNeeded,
+                    "partition has a leader",
+                ));
             }
             let change = PartitionChangeBuilder::new(tp, p, acceptance)
                 .election(Election::Unclean)
@@ -182,7 +190,9 @@ pub fn balance_partition_leaders(image: &MetadataImage) -> ControllerResult<bool
     let mut records = Vec::new();
     let mut more = false;
     for tp in image.imbalanced_partitions() {
-        let Some(p) = image.partition(tp) else { continue };
+        let Some(p) = image.partition(tp) else {
+            continue;
+        };
         let preferred = p.preferred_leader();
         if !p.isr.contains(&preferred) || !acceptance.accepts(preferred) {
             continue;
@@ -201,7 +211,10 @@ pub fn balance_partition_leaders(image: &MetadataImage) -> ControllerResult<bool
 
 /// One unclean-election pass over leaderless partitions whose topic allows unclean election,
 /// at most `MAX_ELECTIONS_PER_PASS` elections. The reply is true when more may remain.
-pub fn elect_unclean_leaders(image: &MetadataImage, config: &ControllerConfig) -> ControllerResult<bool> {
+pub fn elect_unclean_leaders(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+) -> ControllerResult<bool> {
     let acceptance = LeaderAcceptance::of(image);
     let mut records = Vec::new();
     let mut more = false;
@@ -209,7 +222,9 @@ pub fn elect_unclean_leaders(image: &MetadataImage, config: &ControllerConfig) -
         if !unclean_election_enabled(image, config, topic_name(image, tp)) {
             continue;
         }
-        let Some(p) = image.partition(tp) else { continue };
+        let Some(p) = image.partition(tp) else {
+            continue;
+        };
         let Some(change) = PartitionChangeBuilder::new(tp, p, acceptance)
             .election(Election::Unclean)
             .build()

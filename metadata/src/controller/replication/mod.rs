@@ -31,7 +31,11 @@ impl TopicRef {
 }
 
 /// Resolves `topic`-`partition` by name to an existing partition.
-pub fn find_partition(image: &MetadataImage, topic: &str, partition: i32) -> Option<TopicIdPartition> {
+pub fn find_partition(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Option<TopicIdPartition> {
     let topic_id = image.topic_id(topic)?;
     let tp = TopicIdPartition {
         topic_id,

@@ -34,7 +34,10 @@ pub fn alter_partition_reassignments(
     let mut seen = BTreeSet::new();
     for (topic, partition, target) in requests {
         let outcome = if !seen.insert((topic, *partition)) {
-            Err(ApiError::new(ErrorCode::InvalidRequest, "Partition named twice in request."))
+            Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Partition named twice in request.",
+            ))
         } else {
             match find_partition(image, topic, *partition) {
                 None => Err(ApiError::new(
@@ -54,10 +57,16 @@ pub fn alter_partition_reassignments(
         match outcome {
             Ok(record) => {
                 records.extend(record.map(MetadataRecord::PartitionChange));
-                reply.entry(topic.clone()).or_default().insert(*partition, None);
+                reply
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, None);
             }
             Err(e) => {
-                reply.entry(topic.clone()).or_default().insert(*partition, Some(e));
+                reply
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, Some(e));
             }
         }
     }
@@ -117,19 +126,30 @@ fn reassign(
         .collect();
     let replicas: Vec<BrokerId> = target.iter().chain(removing.iter()).copied().collect();
     // Adding replicas of a superseded reassignment that the new target drops leave the ISR.
-    let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| replicas.contains(r)).collect();
+    let isr: Vec<BrokerId> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| replicas.contains(r))
+        .collect();
     if isr.is_empty() {
         return Err(ApiError::new(
             ErrorCode::InvalidReplicaAssignment,
             "The new assignment would leave the partition with no in-sync replica.",
         ));
     }
-    Ok(PartitionChangeBuilder::new(tp, p, LeaderAcceptance::of(image))
-        .election(if unclean { Election::Unclean } else { Election::Online })
-        .target_replicas(replicas)
-        .target_isr(isr)
-        .target_reassignment(removing, adding)
-        .build())
+    Ok(
+        PartitionChangeBuilder::new(tp, p, LeaderAcceptance::of(image))
+            .election(if unclean {
+                Election::Unclean
+            } else {
+                Election::Online
+            })
+            .target_replicas(replicas)
+            .target_isr(isr)
+            .target_reassignment(removing, adding)
+            .build(),
+    )
 }
 
 fn cancel(
@@ -156,12 +176,14 @@ fn cancel(
         original.isr = vec![original.replicas[0]];
         election = Election::Unclean;
     }
-    Ok(PartitionChangeBuilder::new(tp, p, LeaderAcceptance::of(image))
-        .election(election)
-        .target_replicas(original.replicas)
-        .target_isr(original.isr)
-        .target_reassignment(vec![], vec![])
-        .build())
+    Ok(
+        PartitionChangeBuilder::new(tp, p, LeaderAcceptance::of(image))
+            .election(election)
+            .target_replicas(original.replicas)
+            .target_isr(original.isr)
+            .target_reassignment(vec![], vec![])
+            .build(),
+    )
 }
 
 /// One in-flight reassignment, as ListPartitionReassignments reports it.

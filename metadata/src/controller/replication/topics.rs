@@ -104,9 +104,9 @@ pub fn create_topics(
         } else {
             create_one(image, config, topic, &collision_keys)
         };
-        let result = match outcome
-            .and_then(|(new, rf, n)| check_batch_size(records.len() + new.len()).map(|_| (new, rf, n)))
-        {
+        let result = match outcome.and_then(|(new, rf, n)| {
+            check_batch_size(records.len() + new.len()).map(|_| (new, rf, n))
+        }) {
             Ok((new, rf, n)) => {
                 collision_keys.insert(collision_key(&topic.name));
                 records.extend(new);
@@ -157,7 +157,10 @@ fn create_one(
         ));
     }
     if topic.topic_id.is_nil() || image.topic(&topic.topic_id).is_some() {
-        return Err(ApiError::new(ErrorCode::UnknownServerError, "topic id unusable"));
+        return Err(ApiError::new(
+            ErrorCode::UnknownServerError,
+            "topic id unusable",
+        ));
     }
     for (k, v) in &topic.configs {
         validate_topic_config(k, v)?;
@@ -241,9 +244,18 @@ fn create_one(
 }
 
 /// A new partition: the ISR is its active replicas, the leader the first of them.
-fn new_partition(image: &MetadataImage, topic_id: TopicId, partition: i32, replicas: Vec<BrokerId>) -> PartitionRecord {
+fn new_partition(
+    image: &MetadataImage,
+    topic_id: TopicId,
+    partition: i32,
+    replicas: Vec<BrokerId>,
+) -> PartitionRecord {
     let acceptance = LeaderAcceptance::of(image);
-    let isr: Vec<BrokerId> = replicas.iter().copied().filter(|r| acceptance.accepts(*r)).collect();
+    let isr: Vec<BrokerId> = replicas
+        .iter()
+        .copied()
+        .filter(|r| acceptance.accepts(*r))
+        .collect();
     PartitionRecord {
         topic_id,
         partition,
@@ -269,7 +281,9 @@ fn validate_manual_assignment(
     let rf = expected_rf.unwrap_or_else(|| lists.first().map_or(0, Vec::len));
     for (i, replicas) in lists.iter().enumerate() {
         if replicas.is_empty() {
-            return Err(invalid(format!("The manual partition assignment includes an empty replica list for partition {i}.")));
+            return Err(invalid(format!(
+                "The manual partition assignment includes an empty replica list for partition {i}."
+            )));
         }
         if replicas.len() != rf {
             return Err(invalid(format!(
@@ -279,7 +293,9 @@ fn validate_manual_assignment(
         }
         let distinct: BTreeSet<_> = replicas.iter().collect();
         if distinct.len() != replicas.len() {
-            return Err(invalid(format!("The manual partition assignment for partition {i} contains duplicate replicas.")));
+            return Err(invalid(format!(
+                "The manual partition assignment for partition {i} contains duplicate replicas."
+            )));
         }
         if let Some(b) = replicas.iter().find(|b| image.broker(**b).is_none()) {
             return Err(invalid(format!(
@@ -310,7 +326,10 @@ pub struct DeleteTopicResult {
 
 /// DeleteTopics: one RemoveTopic record per existing topic; offsets and configs of the topic
 /// go with it.
-pub fn delete_topics(image: &MetadataImage, topics: &[TopicRef]) -> ControllerResult<Vec<DeleteTopicResult>> {
+pub fn delete_topics(
+    image: &MetadataImage,
+    topics: &[TopicRef],
+) -> ControllerResult<Vec<DeleteTopicResult>> {
     let mut records = Vec::new();
     let mut results = Vec::with_capacity(topics.len());
     let mut seen = BTreeSet::new();
@@ -319,7 +338,10 @@ pub fn delete_topics(image: &MetadataImage, topics: &[TopicRef]) -> ControllerRe
     for topic in topics {
         let id = topic.resolve(image);
         let error = if duplicates.contains(topic) {
-            Some(ApiError::new(ErrorCode::InvalidRequest, "Duplicate topic in request."))
+            Some(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Duplicate topic in request.",
+            ))
         } else if id.is_none() {
             let code = match topic {
                 TopicRef::Name(_) => ErrorCode::UnknownTopicOrPartition,
@@ -327,12 +349,17 @@ pub fn delete_topics(image: &MetadataImage, topics: &[TopicRef]) -> ControllerRe
             };
             Some(ApiError::new(code, "This server does not host this topic."))
         } else if !removed.insert(id) {
-            Some(ApiError::new(ErrorCode::InvalidRequest, "Topic named twice in request."))
+            Some(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Topic named twice in request.",
+            ))
         } else {
             None
         };
         if let (None, Some(id)) = (&error, id) {
-            records.push(MetadataRecord::RemoveTopic(RemoveTopicRecord { topic_id: id }));
+            records.push(MetadataRecord::RemoveTopic(RemoveTopicRecord {
+                topic_id: id,
+            }));
         }
         results.push(DeleteTopicResult {
             topic: topic.clone(),
@@ -366,7 +393,10 @@ pub fn create_partitions(
     let mut seen = BTreeSet::new();
     for t in topics {
         let outcome = if !seen.insert(t.name.as_str()) {
-            Err(ApiError::new(ErrorCode::InvalidRequest, "Duplicate topic in request."))
+            Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Duplicate topic in request.",
+            ))
         } else {
             create_partitions_one(image, t)
                 .and_then(|new| check_batch_size(records.len() + new.len()).map(|_| new))
@@ -385,15 +415,24 @@ pub fn create_partitions(
     ControllerResult::atomic(records, results)
 }
 
-fn create_partitions_one(image: &MetadataImage, t: &CreatePartitionsTopic) -> Result<Vec<MetadataRecord>, ApiError> {
+fn create_partitions_one(
+    image: &MetadataImage,
+    t: &CreatePartitionsTopic,
+) -> Result<Vec<MetadataRecord>, ApiError> {
     let topic = image.topic_by_name(&t.name).ok_or_else(|| {
-        ApiError::new(ErrorCode::UnknownTopicOrPartition, format!("Topic {} does not exist.", t.name))
+        ApiError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("Topic {} does not exist.", t.name),
+        )
     })?;
     let current = topic.partitions.len() as i32;
     if t.count < current {
         return Err(ApiError::new(
             ErrorCode::InvalidPartitions,
-            format!("The topic {} currently has {current} partition(s); {} would not be an increase.", t.name, t.count),
+            format!(
+                "The topic {} currently has {current} partition(s); {} would not be an increase.",
+                t.name, t.count
+            ),
         ));
     }
     if t.count == current {

@@ -1,0 +1,372 @@
+//! Broker registration, heartbeats, fencing and controlled shutdown (kraft-anchors §1.10
+//! items 1–4, 13, 22–23).
+
+use crate::harness::*;
+use kmeta_metadata::controller::cluster::*;
+use kmeta_metadata::controller::replication::topics::create_topics;
+use kmeta_metadata::record::MetadataRecord;
+use kmeta_metadata::*;
+
+#[test]
+fn new_registration_takes_its_record_offset_as_epoch_and_starts_fenced() {
+    let mut h = Harness::default();
+    h.register(0);
+    h.register(1);
+    let epoch = h.register(2);
+    assert_eq!(epoch, BrokerEpoch(2));
+    let b = h.image.broker(BrokerId(2)).unwrap();
+    assert_eq!(b.epoch, BrokerEpoch(2));
+    assert!(b.fenced);
+}
+
+#[test]
+fn same_incarnation_keeps_its_epoch_and_a_new_incarnation_gets_a_new_one() {
+    let mut h = Harness::default();
+    let first = h.register_incarnation(1, 77, None);
+    h.heartbeat(1, false, false).unwrap();
+    h.apply(&[MetadataRecord::NoOp, MetadataRecord::NoOp]);
+    let again = h.register_incarnation(1, 77, Some("r1"));
+    assert_eq!(again, first);
+    let b = h.image.broker(BrokerId(1)).unwrap();
+    assert!(!b.fenced, "an amended registration keeps the fencing state");
+    assert_eq!(b.rack.as_deref(), Some("r1"));
+
+    h.now_ms += h.config.session_timeout_ms + 1;
+    let offset = h.next_offset();
+    let newer = h.register_incarnation(1, 78, None);
+    assert_eq!(newer, BrokerEpoch(offset.0));
+    assert!(h.image.broker(BrokerId(1)).unwrap().fenced);
+}
+
+#[test]
+fn registration_with_the_wrong_cluster_id_is_inconsistent_cluster_id() {
+    let h = Harness::default();
+    let mut req = h.register_request(1, 5, None);
+    req.cluster_id = "other".into();
+    let err = register_broker(
+        &h.image,
+        &h.config,
+        &h.tracker,
+        &req,
+        h.next_offset(),
+        h.now_ms,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InconsistentClusterId);
+}
+
+#[test]
+fn new_incarnation_while_the_old_session_is_live_is_a_duplicate_registration() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1]);
+    let req = h.register_request(1, 99, None);
+    let err = register_broker(
+        &h.image,
+        &h.config,
+        &h.tracker,
+        &req,
+        h.next_offset(),
+        h.now_ms,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::DuplicateBrokerRegistration);
+    h.now_ms += h.config.session_timeout_ms + 1;
+    assert!(register_broker(
+        &h.image,
+        &h.config,
+        &h.tracker,
+        &req,
+        h.next_offset(),
+        h.now_ms
+    )
+    .is_ok());
+}
+
+#[test]
+fn a_new_incarnation_is_removed_from_the_isrs_of_the_old_one() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("t", &[&[1, 0, 2]]);
+    h.now_ms += h.config.session_timeout_ms + 1;
+    h.register_incarnation(1, 5555, None);
+    let p = h.partition("t", 0);
+    assert_eq!(p.isr, ids(&[0, 2]));
+    assert_eq!(p.leader, BrokerId(0));
+}
+
+#[test]
+fn heartbeat_state_table_matches_kraft() {
+    use BrokerControlState::*;
+    let req = |want_fence: bool, want_shut_down: bool, offset: i64| BrokerHeartbeatRequest {
+        broker_id: BrokerId(0),
+        broker_epoch: BrokerEpoch(10),
+        current_metadata_offset: LogOffset(offset),
+        want_fence,
+        want_shut_down,
+    };
+    let reg = LogOffset(10);
+    // (current, want_fence, want_shut_down, offset, leads, shutdown offset reached) -> next
+    let table = [
+        (Fenced, true, true, 20, false, false, ShutdownNow),
+        (Fenced, false, false, 10, false, false, Unfenced),
+        (Fenced, false, false, 9, false, false, Fenced),
+        (Fenced, true, false, 20, false, false, Fenced),
+        (Unfenced, true, true, 20, true, false, ShutdownNow),
+        (Unfenced, true, false, 20, true, false, Fenced),
+        (Unfenced, false, true, 20, true, false, ControlledShutdown),
+        (Unfenced, false, true, 20, false, false, ShutdownNow),
+        (Unfenced, false, false, 20, true, false, Unfenced),
+        (
+            ControlledShutdown,
+            false,
+            true,
+            20,
+            true,
+            true,
+            ControlledShutdown,
+        ),
+        (
+            ControlledShutdown,
+            false,
+            true,
+            20,
+            false,
+            false,
+            ControlledShutdown,
+        ),
+        (
+            ControlledShutdown,
+            false,
+            true,
+            20,
+            false,
+            true,
+            ShutdownNow,
+        ),
+    ];
+    for (i, (current, wf, ws, offset, leads, reached, expected)) in table.into_iter().enumerate() {
+        let next = next_broker_state(current, &req(wf, ws, offset), reg, leads, reached);
+        assert_eq!(next, expected, "row {i}");
+    }
+}
+
+#[test]
+fn heartbeat_with_a_stale_epoch_or_before_registration_is_rejected() {
+    let mut h = Harness::default();
+    let err = h.heartbeat(3, false, false).unwrap_err();
+    assert_eq!(err.code, ErrorCode::StaleBrokerEpoch);
+    h.register(3);
+    let req = BrokerHeartbeatRequest {
+        broker_id: BrokerId(3),
+        broker_epoch: BrokerEpoch(12345),
+        current_metadata_offset: LogOffset(0),
+        want_fence: false,
+        want_shut_down: false,
+    };
+    let err = {
+        let next = h.next_offset();
+        process_heartbeat(&h.image, &h.config, &mut h.tracker, &req, next, h.now_ms)
+    }
+    .unwrap_err();
+    assert_eq!(err.code, ErrorCode::StaleBrokerEpoch);
+}
+
+#[test]
+fn broker_unfences_only_once_caught_up_to_its_own_registration() {
+    let mut h = Harness::default();
+    let epoch = h.register(0);
+    let req = BrokerHeartbeatRequest {
+        broker_id: BrokerId(0),
+        broker_epoch: epoch,
+        current_metadata_offset: LogOffset(epoch.0 - 1),
+        want_fence: false,
+        want_shut_down: false,
+    };
+    let result = {
+        let next = h.next_offset();
+        process_heartbeat(&h.image, &h.config, &mut h.tracker, &req, next, h.now_ms)
+    }
+    .unwrap();
+    assert!(result.records.is_empty());
+    assert_eq!(
+        result.reply,
+        BrokerHeartbeatReply {
+            is_caught_up: false,
+            is_fenced: true,
+            should_shut_down: false
+        }
+    );
+    let reply = h.heartbeat(0, false, false).unwrap();
+    assert_eq!(
+        reply,
+        BrokerHeartbeatReply {
+            is_caught_up: true,
+            is_fenced: false,
+            should_shut_down: false
+        }
+    );
+}
+
+#[test]
+fn topics_cannot_be_created_while_every_broker_is_fenced() {
+    let mut h = Harness::default();
+    h.register(0);
+    let t = h.creatable("foo", 1, 1);
+    let reply = create_topics(&h.image, &h.config, &[t.clone()], false).reply;
+    let err = reply[0].error.clone().unwrap();
+    assert_eq!(err.code, ErrorCode::InvalidReplicationFactor);
+    assert!(
+        err.message.contains("All brokers are currently fenced."),
+        "{}",
+        err.message
+    );
+    h.heartbeat(0, false, false).unwrap();
+    let reply = create_topics(&h.image, &h.config, &[t], false).reply;
+    assert_eq!(reply[0].error, None);
+}
+
+#[test]
+fn unregistering_a_broker_leaves_its_sole_replica_partitions_leaderless() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0]);
+    h.create_topic("foo", 1, 1);
+    let result = unregister_broker(&h.image, &h.config, BrokerId(0)).unwrap();
+    h.commit(result);
+    assert!(h.image.broker(BrokerId(0)).is_none());
+    let p = h.partition("foo", 0);
+    assert_eq!(p.leader, BrokerId::NONE);
+    assert_eq!(p.isr, ids(&[0]), "without ELR the last ISR member stays");
+    let err = unregister_broker(&h.image, &h.config, BrokerId(0)).unwrap_err();
+    assert_eq!(err.code, ErrorCode::BrokerIdNotRegistered);
+}
+
+#[test]
+fn session_expiry_fences_the_stalest_broker_one_per_call() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2, 3, 4]);
+    h.create_assigned("foo", &[&[0, 1, 2, 3, 4]]);
+    let start = h.now_ms;
+    // Brokers 0, 2, 3, 4 stop; broker 1 keeps heartbeating. Broker 2 was heard from last.
+    for (id, t) in [(0, 0), (3, 1), (4, 2), (2, 3)] {
+        h.now_ms = start + t;
+        h.heartbeat(id, false, false).unwrap();
+    }
+    let timeout = h.config.session_timeout_ms;
+    assert_eq!(
+        h.tracker.next_check_ms(&h.image, timeout),
+        Some(start + timeout)
+    );
+    let mut fenced = vec![];
+    for step in 0..10 {
+        h.now_ms = start + timeout + 10 + step;
+        h.heartbeat(1, false, false).unwrap();
+        let result = fence_stale_broker(&h.image, &h.config, &h.tracker, h.now_ms);
+        match h.commit(result) {
+            Some(b) => fenced.push(b.0),
+            None => break,
+        }
+    }
+    assert_eq!(
+        fenced,
+        vec![0, 3, 4, 2],
+        "oldest contact first, one per call"
+    );
+    let p = h.partition("foo", 0);
+    assert_eq!(p.isr, ids(&[1]));
+    assert_eq!(p.leader, BrokerId(1));
+    assert!(p.has_imbalanced_leader());
+    assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
+    assert!(!h.image.broker(BrokerId(1)).unwrap().fenced);
+}
+
+#[test]
+fn a_broker_heard_from_within_the_timeout_keeps_its_session() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0]);
+    let t = h.config.session_timeout_ms;
+    h.now_ms += t;
+    assert!(h
+        .tracker
+        .has_valid_session(&h.image, BrokerId(0), h.now_ms, t));
+    assert_eq!(
+        fence_stale_broker(&h.image, &h.config, &h.tracker, h.now_ms).reply,
+        None
+    );
+    h.now_ms += 1;
+    assert!(!h
+        .tracker
+        .has_valid_session(&h.image, BrokerId(0), h.now_ms, t));
+}
+
+#[test]
+fn a_new_active_controller_counts_unfenced_brokers_as_just_heard_from_but_not_fenced_ones() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0]);
+    h.register(1);
+    let mut tracker = kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker::new();
+    tracker.seed_on_activation(&h.image, 5);
+    assert_eq!(
+        tracker.contact(BrokerId(0)).map(|c| c.last_contact_ms),
+        Some(5)
+    );
+    assert!(tracker.contact(BrokerId(1)).is_none());
+}
+
+#[test]
+fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("foo", &[&[0, 1, 2]]);
+    let epoch = h.image.broker(BrokerId(0)).unwrap().epoch;
+    let req = BrokerHeartbeatRequest {
+        broker_id: BrokerId(0),
+        broker_epoch: epoch,
+        current_metadata_offset: h.image.offset(),
+        want_fence: false,
+        want_shut_down: true,
+    };
+    let tp = h.tp("foo", 0);
+    let result = {
+        let next = h.next_offset();
+        process_heartbeat(&h.image, &h.config, &mut h.tracker, &req, next, h.now_ms)
+    }
+    .unwrap();
+    // Exactly: the partition change moving leadership to 1, then the shutdown marker.
+    assert_eq!(result.records.len(), 2);
+    match &result.records[0] {
+        MetadataRecord::PartitionChange(c) => {
+            assert_eq!((c.topic_id, c.partition), (tp.topic_id, 0));
+            assert_eq!(c.isr, Some(ids(&[1, 2])));
+            assert_eq!(c.leader, Some(BrokerId(1)));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match &result.records[1] {
+        MetadataRecord::BrokerRegistrationChange(c) => {
+            assert_eq!(c.in_controlled_shutdown, Some(true));
+            assert_eq!(c.fenced, None);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let reply = h.commit(result);
+    assert!(!reply.should_shut_down);
+    // The other brokers catch up past the shutdown record; then the broker may stop.
+    h.heartbeat(1, false, false).unwrap();
+    h.heartbeat(2, false, false).unwrap();
+    let reply = h.heartbeat(0, false, true).unwrap();
+    assert!(reply.should_shut_down);
+    assert!(reply.is_fenced);
+    assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
+}
+
+#[test]
+fn unfencing_a_broker_elects_it_where_partitions_had_no_leader() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0]);
+    h.create_topic("foo", 3, 1);
+    h.heartbeat(0, true, false).unwrap();
+    assert_eq!(h.image.leaderless_count(), 3);
+    h.heartbeat(0, false, false).unwrap();
+    assert_eq!(h.image.leaderless_count(), 0);
+    assert_eq!(h.partition("foo", 2).leader, BrokerId(0));
+}

@@ -1,0 +1,7 @@
+//! The core crate's one integration-test binary.
+
+mod cluster;
+mod harness;
+mod offsets;
+mod properties;
+mod replication;
