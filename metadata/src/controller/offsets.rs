@@ -69,7 +69,7 @@ pub fn commit_offsets(
             Some(code)
         } else if p.metadata.len() > MAX_OFFSET_METADATA_BYTES {
             Some(ErrorCode::OffsetMetadataTooLarge)
-        } else if !tp.is_some_and(|tp| image.partition(tp).is_some()) {
+        } else if tp.is_none_or(|tp| image.partition(tp).is_none()) {
             Some(ErrorCode::UnknownTopicOrPartition)
         } else {
             None

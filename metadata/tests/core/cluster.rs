@@ -212,7 +212,7 @@ fn topics_cannot_be_created_while_every_broker_is_fenced() {
     let mut h = Harness::default();
     h.register(0);
     let t = h.creatable("foo", 1, 1);
-    let reply = create_topics(&h.image, &h.config, &[t.clone()], false).reply;
+    let reply = create_topics(&h.image, &h.config, std::slice::from_ref(&t), false).reply;
     let err = reply[0].error.clone().unwrap();
     assert_eq!(err.code, ErrorCode::InvalidReplicationFactor);
     assert!(

@@ -50,12 +50,15 @@ pub struct AlterPartitionResult {
     pub state: Option<PartitionRegistration>,
 }
 
+/// AlterPartition's reply: per topic, per partition outcomes.
+pub type AlterPartitionReply = Vec<(TopicRef, Vec<AlterPartitionResult>)>;
+
 /// AlterPartition. A stale requester epoch fails the whole request with STALE_BROKER_EPOCH;
 /// otherwise each partition has its own outcome.
 pub fn alter_partition(
     image: &MetadataImage,
     request: &AlterPartitionRequest,
-) -> Result<ControllerResult<Vec<(TopicRef, Vec<AlterPartitionResult>)>>, ApiError> {
+) -> Result<ControllerResult<AlterPartitionReply>, ApiError> {
     match image.broker(request.broker_id) {
         Some(b) if b.epoch == request.broker_epoch => {}
         _ => {
@@ -133,13 +136,12 @@ fn alter_one(
     let state = record.as_ref().map_or_else(|| p.clone(), |r| p.merge(r));
     // Completing a reassignment may move leadership off the requester: the change is written,
     // but the old leader must learn it is no longer leader.
-    let error = (state.leader != p.leader).then(|| {
-        if request.version >= 2 {
-            ErrorCode::NewLeaderElected
-        } else {
-            ErrorCode::FencedLeaderEpoch
-        }
-    });
+    let moved_code = if request.version >= 2 {
+        ErrorCode::NewLeaderElected
+    } else {
+        ErrorCode::FencedLeaderEpoch
+    };
+    let error = (state.leader != p.leader).then_some(moved_code);
     Ok((record, state, error))
 }
 
