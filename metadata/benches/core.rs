@@ -70,7 +70,7 @@ impl Cluster {
         self.apply(&r.records);
         let hb = BrokerHeartbeatRequest {
             broker_id: BrokerId(id),
-            broker_epoch: self.image.broker(BrokerId(id)).unwrap().epoch,
+            broker_epoch: self.image.broker(BrokerId(id)).unwrap().broker_epoch,
             current_metadata_offset: self.image.offset(),
             want_fence: false,
             want_shut_down: false,

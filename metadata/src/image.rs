@@ -22,44 +22,14 @@ use imbl::{OrdMap, OrdSet};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-/// A registered broker as the image knows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerRegistration {
-    /// The broker's `node.id`.
-    pub broker_id: BrokerId,
-    /// The process incarnation that registered.
-    pub incarnation_id: uuid::Uuid,
-    /// The log offset of this incarnation's first registration.
-    pub epoch: BrokerEpoch,
-    /// Client listeners.
-    pub listeners: Vec<Endpoint>,
-    /// Supported features.
-    pub features: Vec<FeatureRange>,
-    /// `broker.rack`.
-    pub rack: Option<String>,
-    /// Fenced brokers hold no leadership and are hidden from clients.
-    pub fenced: bool,
-    /// Shutting down: leads nothing, joins no ISR.
-    pub in_controlled_shutdown: bool,
-}
+/// A registered broker as the image knows it: its latest registration record with fencing and
+/// shutdown state applied.
+pub type BrokerRegistration = RegisterBrokerRecord;
 
-impl BrokerRegistration {
+impl RegisterBrokerRecord {
     /// True when the broker may lead partitions and join ISRs: unfenced and not shutting down.
     pub fn is_active(&self) -> bool {
         !self.fenced && !self.in_controlled_shutdown
-    }
-
-    fn to_record(&self) -> RegisterBrokerRecord {
-        RegisterBrokerRecord {
-            broker_id: self.broker_id,
-            incarnation_id: self.incarnation_id,
-            broker_epoch: self.epoch,
-            listeners: self.listeners.clone(),
-            features: self.features.clone(),
-            rack: self.rack.clone(),
-            fenced: self.fenced,
-            in_controlled_shutdown: self.in_controlled_shutdown,
-        }
     }
 }
 
@@ -433,41 +403,29 @@ impl MetadataImage {
             return Err(format!("invalid broker id {}", r.broker_id));
         }
         if let Some(old) = self.brokers.get(&r.broker_id) {
-            if old.incarnation_id == r.incarnation_id && old.epoch != r.broker_epoch {
+            if old.incarnation_id == r.incarnation_id && old.broker_epoch != r.broker_epoch {
                 return Err(format!(
                     "broker {} re-registered the same incarnation with epoch {} (was {})",
-                    r.broker_id, r.broker_epoch, old.epoch
+                    r.broker_id, r.broker_epoch, old.broker_epoch
                 ));
             }
-            if old.incarnation_id != r.incarnation_id && r.broker_epoch <= old.epoch {
+            if old.incarnation_id != r.incarnation_id && r.broker_epoch <= old.broker_epoch {
                 return Err(format!(
                     "broker {} epoch goes backwards from {} to {}",
-                    r.broker_id, old.epoch, r.broker_epoch
+                    r.broker_id, old.broker_epoch, r.broker_epoch
                 ));
             }
         }
-        self.brokers.insert(
-            r.broker_id,
-            Arc::new(BrokerRegistration {
-                broker_id: r.broker_id,
-                incarnation_id: r.incarnation_id,
-                epoch: r.broker_epoch,
-                listeners: r.listeners.clone(),
-                features: r.features.clone(),
-                rack: r.rack.clone(),
-                fenced: r.fenced,
-                in_controlled_shutdown: r.in_controlled_shutdown,
-            }),
-        );
+        self.brokers.insert(r.broker_id, Arc::new(r.clone()));
         Ok(())
     }
 
     fn registered(&self, id: BrokerId, epoch: BrokerEpoch) -> Result<&BrokerRegistration, String> {
         match self.brokers.get(&id) {
             None => Err(format!("broker {id} is not registered")),
-            Some(b) if b.epoch != epoch => Err(format!(
+            Some(b) if b.broker_epoch != epoch => Err(format!(
                 "broker {id} has epoch {}, record names {epoch}",
-                b.epoch
+                b.broker_epoch
             )),
             Some(b) => Ok(b),
         }
@@ -713,7 +671,7 @@ impl MetadataImage {
             }));
         }
         for b in self.brokers.values() {
-            f(MetadataRecord::RegisterBroker(b.to_record()));
+            f(MetadataRecord::RegisterBroker(b.as_ref().clone()));
         }
         for topic in self.topics_by_name() {
             f(MetadataRecord::Topic(TopicRecord {

@@ -111,10 +111,10 @@ pub fn check_transition(before: &MetadataImage, after: &MetadataImage) -> Vec<St
     }
     for old in before.brokers() {
         if let Some(new) = after.broker(old.broker_id) {
-            if new.epoch < old.epoch {
+            if new.broker_epoch < old.broker_epoch {
                 faults.push(format!(
                     "broker {} epoch went back from {} to {}",
-                    old.broker_id, old.epoch, new.epoch
+                    old.broker_id, old.broker_epoch, new.broker_epoch
                 ));
             }
         }

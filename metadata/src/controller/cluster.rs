@@ -67,7 +67,7 @@ pub fn register_broker(
     let mut records = Vec::new();
     let (epoch, fenced, in_controlled_shutdown) = match image.broker(request.broker_id) {
         Some(old) if old.incarnation_id == request.incarnation_id => {
-            (old.epoch, old.fenced, old.in_controlled_shutdown)
+            (old.broker_epoch, old.fenced, old.in_controlled_shutdown)
         }
         Some(old) => {
             if tracker.has_valid_session(image, old.broker_id, now_ms, config.session_timeout_ms)
@@ -203,13 +203,13 @@ pub fn process_heartbeat(
     now_ms: u64,
 ) -> Result<ControllerResult<BrokerHeartbeatReply>, ApiError> {
     let broker = match image.broker(request.broker_id) {
-        Some(b) if b.epoch == request.broker_epoch => b,
+        Some(b) if b.broker_epoch == request.broker_epoch => b,
         Some(b) => {
             return Err(ApiError::new(
                 ErrorCode::StaleBrokerEpoch,
                 format!(
                     "Expected broker epoch {}, but got broker epoch {}",
-                    b.epoch, request.broker_epoch
+                    b.broker_epoch, request.broker_epoch
                 ),
             ))
         }
@@ -229,7 +229,7 @@ pub fn process_heartbeat(
     } else {
         BrokerControlState::Unfenced
     };
-    let registration_offset = LogOffset(broker.epoch.0);
+    let registration_offset = LogOffset(broker.broker_epoch.0);
     let leads = leads_any(image, id);
     let shutdown_offset_reached = tracker
         .contact(id)
@@ -249,7 +249,7 @@ pub fn process_heartbeat(
     let change = |fenced: Option<bool>, shutdown: Option<bool>| {
         MetadataRecord::BrokerRegistrationChange(BrokerRegistrationChangeRecord {
             broker_id: id,
-            broker_epoch: broker.epoch,
+            broker_epoch: broker.broker_epoch,
             fenced,
             in_controlled_shutdown: shutdown,
         })
@@ -306,7 +306,7 @@ pub fn fence_stale_broker(
     records.push(MetadataRecord::BrokerRegistrationChange(
         BrokerRegistrationChangeRecord {
             broker_id: id,
-            broker_epoch: broker.epoch,
+            broker_epoch: broker.broker_epoch,
             fenced: Some(true),
             in_controlled_shutdown: broker.in_controlled_shutdown.then_some(false),
         },
@@ -329,7 +329,7 @@ pub fn unregister_broker(
     let mut records = remove_broker_from_isrs(image, config, broker_id);
     records.push(MetadataRecord::UnregisterBroker(UnregisterBrokerRecord {
         broker_id,
-        broker_epoch: broker.epoch,
+        broker_epoch: broker.broker_epoch,
     }));
     Ok(ControllerResult::non_atomic(records, ()))
 }

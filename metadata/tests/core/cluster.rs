@@ -15,7 +15,7 @@ fn new_registration_takes_its_record_offset_as_epoch_and_starts_fenced() {
     let epoch = h.register(2);
     assert_eq!(epoch, BrokerEpoch(2));
     let b = h.image.broker(BrokerId(2)).unwrap();
-    assert_eq!(b.epoch, BrokerEpoch(2));
+    assert_eq!(b.broker_epoch, BrokerEpoch(2));
     assert!(b.fenced);
 }
 
@@ -317,7 +317,7 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     let mut h = Harness::default();
     h.active_brokers(&[0, 1, 2]);
     h.create_assigned("foo", &[&[0, 1, 2]]);
-    let epoch = h.image.broker(BrokerId(0)).unwrap().epoch;
+    let epoch = h.image.broker(BrokerId(0)).unwrap().broker_epoch;
     let req = BrokerHeartbeatRequest {
         broker_id: BrokerId(0),
         broker_epoch: epoch,

@@ -3,7 +3,9 @@
 
 use kmeta_metadata::controller::cluster::*;
 use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
+use kmeta_metadata::controller::replication::alter_partition::*;
 use kmeta_metadata::controller::replication::topics::*;
+use kmeta_metadata::controller::replication::TopicRef;
 use kmeta_metadata::controller::{ControllerConfig, ControllerResult};
 use kmeta_metadata::image::PartitionRegistration;
 use kmeta_metadata::invariants;
@@ -128,7 +130,7 @@ impl Harness {
         let epoch = self
             .image
             .broker(BrokerId(id))
-            .map(|b| b.epoch)
+            .map(|b| b.broker_epoch)
             .unwrap_or(BrokerEpoch(-1));
         let req = BrokerHeartbeatRequest {
             broker_id: BrokerId(id),
@@ -209,6 +211,43 @@ impl Harness {
             })
             .expect("partition exists")
             .clone()
+    }
+
+    /// Sets a topic config through the controller and asserts success.
+    pub fn set_topic_config(&mut self, topic: &str, key: &str, value: &str) {
+        use kmeta_metadata::controller::configs::{alter_configs, ConfigOp};
+        let op = ConfigOp::Set(key.into(), value.into());
+        let result = alter_configs(&self.image, &ConfigResource::topic(topic), &[op], false)
+            .expect("config accepted");
+        self.commit(result);
+    }
+
+    /// An AlterPartition request (v3, with member epochs) from the partition's current leader,
+    /// asking for `isr` at the partition's current epochs.
+    pub fn alter_isr(&self, tp: TopicIdPartition, isr: &[BrokerId]) -> AlterPartitionRequest {
+        let p = self.image.partition(tp).expect("partition exists");
+        AlterPartitionRequest {
+            version: 3,
+            broker_id: p.leader,
+            broker_epoch: self
+                .image
+                .broker(p.leader)
+                .expect("leader registered")
+                .broker_epoch,
+            topics: vec![(
+                TopicRef::Id(tp.topic_id),
+                vec![AlterPartitionData {
+                    partition: tp.partition,
+                    leader_epoch: p.leader_epoch,
+                    new_isr: isr
+                        .iter()
+                        .map(|b| (*b, self.image.broker(*b).map(|r| r.broker_epoch)))
+                        .collect(),
+                    leader_recovery_state: LeaderRecoveryState::Recovered,
+                    partition_epoch: p.partition_epoch,
+                }],
+            )],
+        }
     }
 
     pub fn tp(&self, topic: &str, partition: i32) -> TopicIdPartition {

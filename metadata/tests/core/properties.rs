@@ -4,14 +4,12 @@
 
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
-use kmeta_metadata::controller::configs::{alter_configs, ConfigOp};
 use kmeta_metadata::controller::offsets::*;
 use kmeta_metadata::controller::replication::alter_partition::*;
 use kmeta_metadata::controller::replication::election::*;
 use kmeta_metadata::controller::replication::reassignment::*;
 use kmeta_metadata::controller::replication::topics::*;
 use kmeta_metadata::controller::replication::TopicRef;
-use kmeta_metadata::record::ConfigResource;
 use kmeta_metadata::*;
 use proptest::prelude::*;
 
@@ -204,24 +202,7 @@ fn apply_op(h: &mut Harness, op: &Op) {
             if !isr.contains(&p.leader) {
                 isr.insert(0, p.leader);
             }
-            let req = AlterPartitionRequest {
-                version: 3,
-                broker_id: p.leader,
-                broker_epoch: h.image.broker(p.leader).unwrap().epoch,
-                topics: vec![(
-                    TopicRef::Id(tp.topic_id),
-                    vec![AlterPartitionData {
-                        partition: tp.partition,
-                        leader_epoch: p.leader_epoch,
-                        new_isr: isr
-                            .iter()
-                            .map(|b| (*b, h.image.broker(*b).map(|r| r.epoch)))
-                            .collect(),
-                        leader_recovery_state: LeaderRecoveryState::Recovered,
-                        partition_epoch: p.partition_epoch,
-                    }],
-                )],
-            };
+            let req = h.alter_isr(tp, &isr);
             if let Ok(result) = alter_partition(&h.image, &req) {
                 h.commit(result);
             }
@@ -261,14 +242,9 @@ fn apply_op(h: &mut Harness, op: &Op) {
             h.commit(result);
         }
         Op::SetUnclean { topic, enabled } => {
-            let op = ConfigOp::Set("unclean.leader.election.enable".into(), enabled.to_string());
-            if let Ok(result) = alter_configs(
-                &h.image,
-                &ConfigResource::topic(TOPICS[*topic]),
-                &[op],
-                false,
-            ) {
-                h.commit(result);
+            if h.image.topic_id(TOPICS[*topic]).is_some() {
+                let value = enabled.to_string();
+                h.set_topic_config(TOPICS[*topic], "unclean.leader.election.enable", &value);
             }
         }
         Op::Commit {

@@ -375,26 +375,7 @@ fn preferred_election_needs_the_preferred_replica_and_never_goes_unclean() {
     );
     // 0 comes back and rejoins the ISR through its leader's AlterPartition.
     h.heartbeat(0, false, false).unwrap();
-    let p = h.partition("foo", 0);
-    let req = AlterPartitionRequest {
-        version: 3,
-        broker_id: p.leader,
-        broker_epoch: h.image.broker(p.leader).unwrap().epoch,
-        topics: vec![(
-            TopicRef::Name("foo".into()),
-            vec![AlterPartitionData {
-                partition: 0,
-                leader_epoch: p.leader_epoch,
-                new_isr: vec![
-                    (BrokerId(1), None),
-                    (BrokerId(2), None),
-                    (BrokerId(0), None),
-                ],
-                leader_recovery_state: LeaderRecoveryState::Recovered,
-                partition_epoch: p.partition_epoch,
-            }],
-        )],
-    };
+    let req = h.alter_isr(h.tp("foo", 0), &ids(&[1, 2, 0]));
     h.commit(alter_partition(&h.image, &req).unwrap());
     let result = elect_leaders(&h.image, ElectionType::Preferred, None);
     let reply = h.commit(result);
@@ -426,17 +407,7 @@ fn unclean_election_happens_only_when_asked_or_allowed_and_a_replica_is_back() {
             .is_empty(),
         "topic does not allow it"
     );
-    let result = kmeta_metadata::controller::configs::alter_configs(
-        &h.image,
-        &ConfigResource::topic("foo"),
-        &[kmeta_metadata::controller::configs::ConfigOp::Set(
-            "unclean.leader.election.enable".into(),
-            "true".into(),
-        )],
-        false,
-    )
-    .unwrap();
-    h.commit(result);
+    h.set_topic_config("foo", "unclean.leader.election.enable", "true");
     let result = elect_unclean_leaders(&h.image, &h.config);
     assert_eq!(result.records.len(), 1);
     h.commit(result);
@@ -459,24 +430,9 @@ fn balancing_pass_restores_preferred_leaders_after_brokers_return() {
     );
     // The leaders re-add 0 to their ISRs.
     for tp in imbalanced {
-        let p = h.image.partition(tp).unwrap().clone();
-        let mut isr: Vec<_> = p.isr.iter().map(|b| (*b, None)).collect();
-        isr.push((BrokerId(0), None));
-        let req = AlterPartitionRequest {
-            version: 2,
-            broker_id: p.leader,
-            broker_epoch: h.image.broker(p.leader).unwrap().epoch,
-            topics: vec![(
-                TopicRef::Id(tp.topic_id),
-                vec![AlterPartitionData {
-                    partition: tp.partition,
-                    leader_epoch: p.leader_epoch,
-                    new_isr: isr,
-                    leader_recovery_state: LeaderRecoveryState::Recovered,
-                    partition_epoch: p.partition_epoch,
-                }],
-            )],
-        };
+        let mut isr = h.image.partition(tp).unwrap().isr.clone();
+        isr.push(BrokerId(0));
+        let req = h.alter_isr(tp, &isr);
         h.commit(alter_partition(&h.image, &req).unwrap());
     }
     let more = h.commit(balance_partition_leaders(&h.image));
@@ -502,7 +458,7 @@ fn alter_request(
     AlterPartitionRequest {
         version: 2,
         broker_id: BrokerId(requester),
-        broker_epoch: h.image.broker(BrokerId(requester)).unwrap().epoch,
+        broker_epoch: h.image.broker(BrokerId(requester)).unwrap().broker_epoch,
         topics: vec![(TopicRef::Name("foo".into()), vec![data])],
     }
 }
@@ -720,18 +676,7 @@ fn cancel_that_needs_an_unclean_leader_is_refused_unless_allowed() {
         h.partition("foo", 0).is_reassigning(),
         "a refused cancel changes nothing"
     );
-    h.commit(
-        kmeta_metadata::controller::configs::alter_configs(
-            &h.image,
-            &ConfigResource::topic("foo"),
-            &[kmeta_metadata::controller::configs::ConfigOp::Set(
-                "unclean.leader.election.enable".into(),
-                "true".into(),
-            )],
-            false,
-        )
-        .unwrap(),
-    );
+    h.set_topic_config("foo", "unclean.leader.election.enable", "true");
     assert_eq!(reassign(&mut h, None), None);
     let p = h.partition("foo", 0);
     assert_eq!(

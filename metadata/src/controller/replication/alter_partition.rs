@@ -60,7 +60,7 @@ pub fn alter_partition(
     request: &AlterPartitionRequest,
 ) -> Result<ControllerResult<AlterPartitionReply>, ApiError> {
     match image.broker(request.broker_id) {
-        Some(b) if b.epoch == request.broker_epoch => {}
+        Some(b) if b.broker_epoch == request.broker_epoch => {}
         _ => {
             return Err(ApiError::new(
                 ErrorCode::StaleBrokerEpoch,
@@ -191,7 +191,7 @@ fn validate(
         .iter()
         .any(|(b, epoch)| match image.broker(*b) {
             None => true,
-            Some(reg) => !reg.is_active() || epoch.is_some_and(|e| e != reg.epoch),
+            Some(reg) => !reg.is_active() || epoch.is_some_and(|e| e != reg.broker_epoch),
         });
     if ineligible {
         return Err(if request.version >= 2 {
