@@ -3,6 +3,8 @@
 
 pub use kmeta_metadata as metadata;
 
+pub mod raft;
+
 /// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters).
 pub fn random_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
