@@ -1,3 +1,7 @@
-//! The Raft layer: durable storage of the metadata log, and (next) the openraft adapters.
+//! The Raft layer: the durable metadata log and its openraft adapters.
 
+pub mod log_store;
 pub mod segment_log;
+pub mod state_file;
+pub mod state_machine;
+pub mod types;

@@ -1,0 +1,209 @@
+//! `LogStore`: openraft's `RaftLogStorage` over [`SegmentLog`].
+//!
+//! Entries are postcard-encoded openraft entries in the segment log (one fdatasync per
+//! appended batch). The vote, the committed log id and the last purged log id live in a small
+//! state file replaced atomically (`raft-state`). The purge point is written before segments
+//! are deleted; entries at or below it that a kept segment still holds are never returned.
+//!
+//! File I/O runs inline on the calling task: openraft serializes all log writes through one
+//! task, and the metadata log's writes are small batches.
+
+use super::segment_log::{SegmentLog, DEFAULT_SEGMENT_BYTES};
+use super::state_file::{read_checked, write_atomic};
+use super::types::{Entry, LogId, TypeConfig, Vote};
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct RaftState {
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    last_purged: Option<LogId>,
+}
+
+struct Inner {
+    log: SegmentLog,
+    state: RaftState,
+    state_path: PathBuf,
+}
+
+/// The durable Raft log of one controller. Cloning shares the same log (readers).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn invalid(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl LogStore {
+    /// Opens the log in `dir` (creating it), recovering a torn tail.
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        Self::open_with_segment_bytes(dir, DEFAULT_SEGMENT_BYTES)
+    }
+
+    /// As [`open`](Self::open), with a chosen segment size.
+    pub fn open_with_segment_bytes(dir: &Path, segment_bytes: u64) -> io::Result<LogStore> {
+        let log = SegmentLog::open(dir.join("log"), segment_bytes)?;
+        let state_path = dir.join("raft-state");
+        let state = match read_checked(&state_path)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(invalid)?,
+            None => RaftState::default(),
+        };
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(Inner {
+                log,
+                state,
+                state_path,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    fn save_state(&self) -> io::Result<()> {
+        let bytes = postcard::to_allocvec(&self.state).map_err(invalid)?;
+        write_atomic(&self.state_path, &bytes)
+    }
+
+    fn first_live_index(&self) -> u64 {
+        self.state.last_purged.as_ref().map_or(0, |l| l.index() + 1)
+    }
+
+    fn decode(bytes: &[u8]) -> io::Result<Entry> {
+        postcard::from_bytes(bytes).map_err(invalid)
+    }
+
+    fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        match self.log.last_index() {
+            Some(i) if i >= self.first_live_index() => {
+                let bytes = self.log.get(i).expect("last index exists");
+                Ok(Some(Self::decode(&bytes)?.log_id))
+            }
+            _ => Ok(self.state.last_purged),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let inner = self.lock();
+        let floor = inner.first_live_index();
+        let start = match range.start_bound() {
+            Bound::Included(s) => (*s).max(floor),
+            Bound::Excluded(s) => (*s + 1).max(floor),
+            Bound::Unbounded => floor,
+        };
+        let empty = match range.end_bound() {
+            Bound::Included(e) => start > *e,
+            Bound::Excluded(e) => start >= *e,
+            Bound::Unbounded => false,
+        };
+        if empty {
+            return Ok(Vec::new());
+        }
+        let end = range.end_bound().cloned();
+        inner
+            .log
+            .range((Bound::Included(start), end))
+            .map(|(_, bytes)| Inner::decode(&bytes))
+            .collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.lock().state.vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let inner = self.lock();
+        Ok(LogState {
+            last_purged_log_id: inner.state.last_purged,
+            last_log_id: inner.last_log_id()?,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        inner.state.vote = Some(*vote);
+        inner.save_state()
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        inner.state.committed = committed;
+        inner.save_state()
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.lock().state.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .into_iter()
+            .map(|e| {
+                Ok((
+                    e.log_id.index(),
+                    postcard::to_allocvec(&e).map_err(invalid)?,
+                ))
+            })
+            .collect::<io::Result<_>>()?;
+        let refs: Vec<(u64, &[u8])> = encoded.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+        let result = self.lock().log.append(&refs);
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        inner.log.truncate_after(last_log_id.map(|l| l.index()))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut inner = self.lock();
+        let index = log_id.index();
+        inner.state.last_purged = Some(log_id);
+        inner.save_state()?;
+        inner.log.purge_upto(index)
+    }
+}

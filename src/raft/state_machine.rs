@@ -1,0 +1,229 @@
+//! `StateMachine`: openraft's `RaftStateMachine`, replaying committed entries into the
+//! `MetadataImage`.
+//!
+//! Every record of an entry is replayed at the entry's index (the metadata offset). A record
+//! that does not replay is a fatal fault: `apply` returns an error and openraft stops the node,
+//! never skipping it. Snapshots are the image's snapshot records (`MetadataImage::to_records`)
+//! written to `snapshot` in the data directory atomically (temporary file, fsync, rename);
+//! the newest one is loaded at start, and the log replays on top of it.
+
+use super::state_file::{read_checked, write_atomic};
+use super::types::{BatchApplied, LogId, TypeConfig};
+use futures_util::StreamExt;
+use kmeta_metadata::{LogOffset, MetadataImage, MetadataRecord};
+use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// A snapshot's content: the encoded records that rebuild the image.
+pub type SnapshotData = Vec<u8>;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: SnapshotMetaOf<TypeConfig>,
+    data: SnapshotData,
+}
+
+struct Inner {
+    image: MetadataImage,
+    last_applied: Option<LogId>,
+    membership: StoredMembershipOf<TypeConfig>,
+    snapshot: Option<SnapshotFile>,
+    snapshot_path: PathBuf,
+}
+
+/// The replicated metadata image of one controller. Cloning shares it.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Mutex<Inner>>,
+    published: watch::Sender<MetadataImage>,
+}
+
+fn invalid(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+fn encode_records(image: &MetadataImage) -> SnapshotData {
+    let mut records = Vec::new();
+    image.for_each_record(|r| records.push(r.encode()));
+    postcard::to_allocvec(&records).expect("postcard into a Vec is infallible")
+}
+
+fn decode_image(data: &[u8], offset: LogOffset) -> io::Result<MetadataImage> {
+    let records: Vec<Vec<u8>> = postcard::from_bytes(data).map_err(invalid)?;
+    let mut image = MetadataImage::new();
+    for bytes in records {
+        let record = MetadataRecord::decode(&bytes).map_err(invalid)?;
+        image.replay(offset, &record).map_err(invalid)?;
+    }
+    Ok(image)
+}
+
+fn offset_of(log_id: &Option<LogId>) -> LogOffset {
+    log_id
+        .as_ref()
+        .map_or(LogOffset::NONE, |l| LogOffset(l.index() as i64))
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir`, loading the newest snapshot if there is one.
+    pub fn open(dir: &Path) -> io::Result<StateMachine> {
+        std::fs::create_dir_all(dir)?;
+        let snapshot_path = dir.join("snapshot");
+        let snapshot: Option<SnapshotFile> = match read_checked(&snapshot_path)? {
+            Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(invalid)?),
+            None => None,
+        };
+        let (image, last_applied, membership) = match &snapshot {
+            Some(s) => (
+                decode_image(&s.data, offset_of(&s.meta.last_log_id))?,
+                s.meta.last_log_id,
+                s.meta.last_membership.clone(),
+            ),
+            None => (MetadataImage::new(), None, StoredMembership::default()),
+        };
+        let (published, _) = watch::channel(image.clone());
+        Ok(StateMachine {
+            inner: Arc::new(Mutex::new(Inner {
+                image,
+                last_applied,
+                membership,
+                snapshot,
+                snapshot_path,
+            })),
+            published,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The committed image now.
+    pub fn image(&self) -> MetadataImage {
+        self.lock().image.clone()
+    }
+
+    /// A watch of the committed image, updated after every applied batch.
+    pub fn subscribe(&self) -> watch::Receiver<MetadataImage> {
+        self.published.subscribe()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let (image, meta, path) = {
+            let inner = self.lock();
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+            };
+            (inner.image.clone(), meta, inner.snapshot_path.clone())
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: encode_records(&image),
+        };
+        let bytes = postcard::to_allocvec(&file).map_err(invalid)?;
+        write_atomic(&path, &bytes)?;
+        let data = file.data.clone();
+        self.lock().snapshot = Some(file);
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let inner = self.lock();
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures_util::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let index = entry.log_id.index();
+            {
+                let mut inner = self.lock();
+                match &entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(batch) => {
+                        let offset = LogOffset(index as i64);
+                        let mut next = inner.image.clone();
+                        for record in &batch.0 {
+                            next.replay(offset, record).map_err(|e| {
+                                tracing::error!(%e, index, "a committed record does not replay: stopping");
+                                invalid(e)
+                            })?;
+                        }
+                        inner.image = next;
+                    }
+                    EntryPayload::Membership(m) => {
+                        inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    }
+                }
+                inner.last_applied = Some(entry.log_id);
+                self.published.send_replace(inner.image.clone());
+            }
+            if let Some(responder) = responder {
+                responder.send(BatchApplied { offset: index });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let image = decode_image(&snapshot, offset_of(&meta.last_log_id))?;
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            data: snapshot,
+        };
+        let path = self.lock().snapshot_path.clone();
+        write_atomic(&path, &postcard::to_allocvec(&file).map_err(invalid)?)?;
+        let mut inner = self.lock();
+        inner.image = image;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some(file);
+        self.published.send_replace(inner.image.clone());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        Ok(self.lock().snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: s.data.clone(),
+        }))
+    }
+}

@@ -1,0 +1,3 @@
+//! kmeta's one integration-test binary.
+
+mod raft_storage;
