@@ -1,3 +1,4 @@
 //! kmeta's one integration-test binary.
 
+mod quorum;
 mod raft_storage;

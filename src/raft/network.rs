@@ -1,0 +1,300 @@
+//! Raft RPCs between controllers over TCP (kmeta-private encoding; `docs/PROTOCOL.md`).
+//!
+//! Each frame is `[length: u32 big-endian][postcard payload]`, at most `MAX_RAFT_FRAME_BYTES`.
+//! A client keeps one connection per peer and sends one request at a time on it; every call
+//! (connect, write, read) is bounded by the RPC's soft TTL. Any failure drops the connection
+//! and reports the peer `Unreachable`, so openraft backs off instead of spinning, and a dead
+//! peer never wedges the leader. The server caps connections and closes a connection whose
+//! frame is oversized or malformed, logging why.
+
+use super::state_machine::{SnapshotData, StateMachine};
+use super::types::{TypeConfig, Vote};
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
+use openraft::{BasicNode, RaftNetworkV2};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// The largest Raft frame accepted (a full snapshot travels in one frame).
+pub const MAX_RAFT_FRAME_BYTES: usize = 256 * 1024 * 1024;
+/// At most this many inbound Raft connections per controller.
+pub const MAX_RAFT_CONNECTIONS: usize = 64;
+
+/// The openraft instance of a controller.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+#[derive(Serialize, Deserialize)]
+enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    FullSnapshot {
+        vote: Vote,
+        meta: SnapshotMetaOf<TypeConfig>,
+        data: SnapshotData,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+enum Response {
+    AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
+    Vote(Result<VoteResponse<TypeConfig>, String>),
+    Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
+    if payload.len() > MAX_RAFT_FRAME_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    w.write_all(&(payload.len() as u32).to_be_bytes()).await?;
+    w.write_all(payload).await?;
+    w.flush().await
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max_bytes}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+/// Creates clients to peer controllers; nodes carry the peer's `host:port` as `addr`.
+#[derive(Clone, Default)]
+pub struct NetworkFactory;
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            addr: node.addr.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// A connection to one peer (opened lazily, dropped on any error).
+pub struct PeerClient {
+    addr: String,
+    conn: Option<TcpStream>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NetError(String);
+
+impl PeerClient {
+    async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, NetError> {
+        let payload = postcard::to_allocvec(request).map_err(|e| NetError(e.to_string()))?;
+        let result = tokio::time::timeout(ttl, self.exchange(&payload)).await;
+        match result {
+            Ok(Ok(bytes)) => postcard::from_bytes(&bytes).map_err(|e| {
+                self.conn = None;
+                NetError(format!("bad response from {}: {e}", self.addr))
+            }),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(NetError(format!("{}: {e}", self.addr)))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err(NetError(format!("{}: no answer within {ttl:?}", self.addr)))
+            }
+        }
+    }
+
+    async fn exchange(&mut self, payload: &[u8]) -> io::Result<Vec<u8>> {
+        if self.conn.is_none() {
+            let stream = TcpStream::connect(&self.addr).await?;
+            stream.set_nodelay(true)?;
+            self.conn = Some(stream);
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        write_frame(conn, payload).await?;
+        read_frame(conn, MAX_RAFT_FRAME_BYTES)
+            .await?
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection")
+            })
+    }
+}
+
+fn unreachable(e: NetError) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+fn remote(msg: String) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&NetError(format!("remote: {msg}"))))
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(&Request::AppendEntries(rpc), option.soft_ttl())
+            .await
+            .map_err(unreachable)?
+        {
+            Response::AppendEntries(r) => r.map_err(remote),
+            _ => Err(remote("mismatched response".into())),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(&Request::Vote(rpc), option.soft_ttl())
+            .await
+            .map_err(unreachable)?
+        {
+            Response::Vote(r) => r.map_err(remote),
+            _ => Err(remote("mismatched response".into())),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(&Request::PreVote(rpc), option.soft_ttl())
+            .await
+            .map_err(unreachable)?
+        {
+            Response::Vote(r) => r.map_err(remote),
+            _ => Err(remote("mismatched response".into())),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = Request::FullSnapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        // Snapshots can be large: allow the hard TTL rather than the soft one.
+        let call = self.call(&request, option.hard_ttl());
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            result = call => match result {
+                Ok(Response::Snapshot(Ok(r))) => Ok(r),
+                Ok(Response::Snapshot(Err(msg))) | Err(NetError(msg)) => {
+                    Err(StreamingError::Unreachable(Unreachable::new(&NetError(msg))))
+                }
+                Ok(_) => Err(StreamingError::Unreachable(Unreachable::new(&NetError("mismatched response".into())))),
+            },
+        }
+    }
+}
+
+/// Serves Raft RPCs from peers until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, raft: Raft, shutdown: impl Future<Output = ()>) {
+    let permits = Arc::new(Semaphore::new(MAX_RAFT_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%e, "raft listener accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many raft connections; closing");
+            continue;
+        };
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, raft).await {
+                tracing::debug!(%peer, %e, "raft connection closed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, raft: Raft) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    while let Some(frame) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await? {
+        let request: Request = postcard::from_bytes(&frame).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed raft request: {e}"),
+            )
+        })?;
+        let response = match request {
+            Request::AppendEntries(rpc) => {
+                Response::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+            }
+            Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+            Request::PreVote(rpc) => {
+                Response::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
+            }
+            Request::FullSnapshot { vote, meta, data } => {
+                let snapshot = SnapshotOf::<TypeConfig, SnapshotData> {
+                    meta,
+                    snapshot: data,
+                };
+                Response::Snapshot(
+                    raft.install_full_snapshot(vote, snapshot)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+        };
+        let bytes =
+            postcard::to_allocvec(&response).map_err(|e| io::Error::other(e.to_string()))?;
+        write_frame(&mut stream, &bytes).await?;
+    }
+    Ok(())
+}
