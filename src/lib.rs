@@ -3,7 +3,10 @@
 
 pub use kmeta_metadata as metadata;
 
+pub mod config;
 pub mod raft;
+pub mod server;
+pub mod storage;
 
 /// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters).
 pub fn random_cluster_id() -> String {

@@ -1,6 +1,8 @@
 //! The `kmeta` command line.
 
 use clap::{Parser, Subcommand};
+use kmeta::config::NodeConfig;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -16,6 +18,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node (controller) from a config file.
+    Server {
+        /// The node's properties file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config key: key=value (repeatable).
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Storage tools.
     Storage {
         #[command(subcommand)]
@@ -29,6 +40,50 @@ enum Command {
 enum StorageCommand {
     /// Print a new random cluster id.
     RandomUuid,
+    /// Prepare a node's log directory for a cluster.
+    Format {
+        /// The node's properties file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The cluster id (from `kmeta storage random-uuid`).
+        #[arg(long)]
+        cluster_id: String,
+        /// Succeed if the directory is already formatted for this cluster and node.
+        #[arg(long)]
+        ignore_formatted: bool,
+        /// Override a config key: key=value (repeatable).
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("kmeta: {message}");
+    ExitCode::from(1)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMETA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn main() -> ExitCode {
@@ -39,8 +94,44 @@ fn main() -> ExitCode {
             println!("{}", kmeta::random_cluster_id());
             ExitCode::SUCCESS
         }
+        Command::Storage {
+            command:
+                StorageCommand::Format {
+                    config,
+                    cluster_id,
+                    ignore_formatted,
+                    overrides,
+                },
+        } => {
+            let config = match NodeConfig::load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            match kmeta::storage::format(&config, &cluster_id, ignore_formatted) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Server { config, overrides } => {
+            init_logging();
+            let config = match NodeConfig::load(&config, &overrides) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::Dev => {
-            eprintln!("kmeta dev: not yet implemented (the controller quorum and brokers are not built yet; see README)");
+            eprintln!("kmeta dev: not yet implemented (brokers and the local cluster runner are not built yet; see README)");
             ExitCode::from(2)
         }
     }

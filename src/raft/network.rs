@@ -43,6 +43,24 @@ enum Request {
         meta: SnapshotMetaOf<TypeConfig>,
         data: SnapshotData,
     },
+    Status,
+}
+
+/// What a controller says about itself (the private `Status` request).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node.
+    pub node_id: u64,
+    /// The leader it knows, if any.
+    pub leader: Option<u64>,
+    /// Its current Raft term.
+    pub term: u64,
+    /// Index of the last entry in its log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry applied to its image.
+    pub last_applied: Option<u64>,
+    /// The canonical hash of its image, hex.
+    pub image_hash: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -50,6 +68,7 @@ enum Response {
     AppendEntries(Result<AppendEntriesResponse<TypeConfig>, String>),
     Vote(Result<VoteResponse<TypeConfig>, String>),
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
+    Status(NodeStatus),
 }
 
 /// Writes one frame.
@@ -233,7 +252,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
 }
 
 /// Serves Raft RPCs from peers until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, raft: Raft, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft,
+    sm: StateMachine,
+    shutdown: impl Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_RAFT_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -254,8 +278,9 @@ pub async fn serve(listener: TcpListener, raft: Raft, shutdown: impl Future<Outp
             continue;
         };
         let raft = raft.clone();
+        let sm = sm.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, raft).await {
+            if let Err(e) = serve_connection(stream, raft, sm).await {
                 tracing::debug!(%peer, %e, "raft connection closed");
             }
             drop(permit);
@@ -263,7 +288,36 @@ pub async fn serve(listener: TcpListener, raft: Raft, shutdown: impl Future<Outp
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: Raft) -> io::Result<()> {
+fn status(raft: &Raft, sm: &StateMachine) -> NodeStatus {
+    use openraft::async_runtime::WatchReceiver;
+    let m = raft.metrics().borrow_watched().clone();
+    NodeStatus {
+        node_id: m.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        last_applied: m.last_applied.map(|l| l.index()),
+        image_hash: sm.image().canonical_hash_hex(),
+    }
+}
+
+/// Asks the controller at `addr` for its status (bounded by `timeout`).
+pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatus> {
+    let mut client = PeerClient {
+        addr: addr.to_string(),
+        conn: None,
+    };
+    match client.call(&Request::Status, timeout).await {
+        Ok(Response::Status(s)) => Ok(s),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "mismatched response",
+        )),
+        Err(e) => Err(io::Error::other(e.0)),
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, raft: Raft, sm: StateMachine) -> io::Result<()> {
     stream.set_nodelay(true)?;
     while let Some(frame) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await? {
         let request: Request = postcard::from_bytes(&frame).map_err(|e| {
@@ -291,6 +345,7 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft) -> io::Result<()> {
                         .map_err(|e| e.to_string()),
                 )
             }
+            Request::Status => Response::Status(status(&raft, &sm)),
         };
         let bytes =
             postcard::to_allocvec(&response).map_err(|e| io::Error::other(e.to_string()))?;

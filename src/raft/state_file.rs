@@ -8,12 +8,20 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` atomically and durably, with a trailing CRC32.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut framed = Vec::with_capacity(bytes.len() + 4);
+    framed.extend_from_slice(bytes);
+    framed.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+    write_plain_atomic(path, &framed)
+}
+
+/// Writes `bytes` to `path` atomically and durably, without a checksum (for human-readable
+/// files such as `meta.properties`).
+pub fn write_plain_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
         file.sync_all()?;
     }
     fs::rename(&tmp, path)?;

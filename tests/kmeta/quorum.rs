@@ -40,7 +40,12 @@ async fn start(id: u64, listener: TcpListener, dir: &Path) -> Node {
     let raft = Raft::new(id, config(), NetworkFactory, log, sm.clone())
         .await
         .unwrap();
-    let server = tokio::spawn(serve(listener, raft.clone(), std::future::pending()));
+    let server = tokio::spawn(serve(
+        listener,
+        raft.clone(),
+        sm.clone(),
+        std::future::pending(),
+    ));
     Node { raft, sm, server }
 }
 
@@ -112,18 +117,27 @@ impl Cluster {
         }
     }
 
+    /// Writes one batch through whoever leads, retrying while leadership moves (a deposed
+    /// leader answers ForwardToLeader, as it must).
     async fn write(&self, n: u16) -> u64 {
-        let leader = self.leader(Duration::from_secs(10)).await;
-        let batch = MetadataBatch(vec![MetadataRecord::FeatureLevel(FeatureLevelRecord {
-            name: format!("f{n}"),
-            level: n + 1,
-        })]);
-        let r = self.nodes[&leader]
-            .raft
-            .client_write(batch)
-            .await
-            .expect("write commits");
-        r.log_id.index()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let leader = self.leader(Duration::from_secs(10)).await;
+            let batch = MetadataBatch(vec![MetadataRecord::FeatureLevel(FeatureLevelRecord {
+                name: format!("f{n}"),
+                level: n + 1,
+            })]);
+            match self.nodes[&leader].raft.client_write(batch).await {
+                Ok(r) => return r.log_id.index(),
+                Err(e)
+                    if e.forward_to_leader().is_some()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("write {n} failed: {e}"),
+            }
+        }
     }
 
     async fn wait_applied(&self, index: u64) {

@@ -1,0 +1,418 @@
+//! Node configuration: a Kafka-style properties file plus `--override key=value`.
+//!
+//! Keys keep Kafka's spelling (`DESIGN.md` §4). Unknown keys are logged as warnings; a value
+//! that does not parse or validate fails start-up with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A node's role(s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// Runs a broker.
+    pub broker: bool,
+    /// Runs a controller (a Raft voter).
+    pub controller: bool,
+}
+
+/// One `NAME://host:port` listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Listener name, e.g. `CONTROLLER` or `PLAINTEXT`.
+    pub name: String,
+    /// Host to bind.
+    pub host: String,
+    /// Port to bind.
+    pub port: u16,
+}
+
+impl Listener {
+    /// `host:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Every key kmeta knows, with its default (`None` = required or optional without default).
+const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
+    ("node.id", None),
+    ("process.roles", None),
+    ("controller.quorum.voters", None),
+    ("listeners", None),
+    ("advertised.listeners", None),
+    ("controller.listener.names", Some("CONTROLLER")),
+    ("log.dirs", None),
+    ("log.dir", None),
+    ("broker.rack", None),
+    ("broker.heartbeat.interval.ms", Some("2000")),
+    ("broker.session.timeout.ms", Some("9000")),
+    ("controller.quorum.election.timeout.ms", Some("1000")),
+    ("num.partitions", Some("1")),
+    ("default.replication.factor", Some("1")),
+    ("unclean.leader.election.enable", Some("false")),
+    (
+        "metadata.log.max.record.bytes.between.snapshots",
+        Some("20971520"),
+    ),
+    ("metadata.log.max.snapshot.interval.ms", Some("3600000")),
+    ("metrics.listener", None),
+];
+
+/// A parsed and validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// `node.id`.
+    pub node_id: u64,
+    /// `process.roles`.
+    pub roles: Roles,
+    /// `controller.quorum.voters`: id → `host:port`.
+    pub voters: BTreeMap<u64, String>,
+    /// `listeners`.
+    pub listeners: Vec<Listener>,
+    /// `advertised.listeners` (defaults to `listeners`).
+    pub advertised_listeners: Vec<Listener>,
+    /// `controller.listener.names` (first name).
+    pub controller_listener_name: String,
+    /// The first of `log.dirs` (or `log.dir`).
+    pub log_dir: PathBuf,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms`.
+    pub session_timeout_ms: u64,
+    /// `controller.quorum.election.timeout.ms`.
+    pub election_timeout_ms: u64,
+    /// `num.partitions`.
+    pub num_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i16,
+    /// `unclean.leader.election.enable`.
+    pub unclean_leader_election_enable: bool,
+    /// `metadata.log.max.record.bytes.between.snapshots`.
+    pub snapshot_bytes: u64,
+    /// `metadata.log.max.snapshot.interval.ms`.
+    pub snapshot_interval_ms: u64,
+    /// Keys present but unknown (warned about at start).
+    pub unknown_keys: Vec<String>,
+}
+
+/// Parses properties text: `key=value` (or `key: value`) lines, `#`/`!` comments.
+pub fn parse_properties(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some(split) = line.find(['=', ':']) else {
+            return Err(ConfigError(format!(
+                "line {}: expected key=value, got {line:?}",
+                n + 1
+            )));
+        };
+        let key = line[..split].trim();
+        if key.is_empty() {
+            return Err(ConfigError(format!("line {}: empty key", n + 1)));
+        }
+        out.insert(key.to_string(), line[split + 1..].trim().to_string());
+    }
+    Ok(out)
+}
+
+/// Applies `key=value` overrides on top of file properties.
+pub fn apply_overrides(
+    props: &mut BTreeMap<String, String>,
+    overrides: &[String],
+) -> Result<(), ConfigError> {
+    for o in overrides {
+        let Some((k, v)) = o.split_once('=') else {
+            return Err(ConfigError(format!("--override {o:?}: expected key=value")));
+        };
+        props.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(())
+}
+
+fn parse_listeners(key: &str, value: &str) -> Result<Vec<Listener>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let bad = || ConfigError(format!("{key}: {item:?} is not NAME://host:port"));
+            let (name, rest) = item.split_once("://").ok_or_else(bad)?;
+            let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+            let port = port.parse::<u16>().map_err(|_| bad())?;
+            if name.is_empty() || host.is_empty() {
+                return Err(bad());
+            }
+            Ok(Listener {
+                name: name.to_string(),
+                host: host.trim_matches(['[', ']']).to_string(),
+                port,
+            })
+        })
+        .collect()
+}
+
+fn parse_voters(value: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut voters = BTreeMap::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = || {
+            ConfigError(format!(
+                "controller.quorum.voters: {item:?} is not id@host:port"
+            ))
+        };
+        let (id, addr) = item.split_once('@').ok_or_else(bad)?;
+        let id = id.parse::<u64>().map_err(|_| bad())?;
+        let (_, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        port.parse::<u16>().map_err(|_| bad())?;
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(ConfigError(format!(
+                "controller.quorum.voters: voter {id} is listed twice"
+            )));
+        }
+    }
+    Ok(voters)
+}
+
+fn number<T>(props: &BTreeMap<String, String>, key: &str, min: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let raw = props
+        .get(key)
+        .map(String::as_str)
+        .or_else(|| {
+            KNOWN_KEYS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, d)| *d)
+        })
+        .ok_or_else(|| ConfigError(format!("{key} is required")))?;
+    let v: T = raw
+        .parse()
+        .map_err(|_| ConfigError(format!("{key}: {raw:?} is not a valid number")))?;
+    if v < min {
+        return Err(ConfigError(format!(
+            "{key}: {v} is below the minimum {min}"
+        )));
+    }
+    Ok(v)
+}
+
+impl NodeConfig {
+    /// Reads a properties file and applies overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let mut props = parse_properties(&text)?;
+        apply_overrides(&mut props, overrides)?;
+        NodeConfig::from_properties(&props)
+    }
+
+    /// Validates properties into a configuration.
+    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<NodeConfig, ConfigError> {
+        let unknown_keys = props
+            .keys()
+            .filter(|k| !KNOWN_KEYS.iter().any(|(known, _)| known == k))
+            .cloned()
+            .collect();
+        let node_id: u64 = number(props, "node.id", 0)?;
+        let roles_raw = props.get("process.roles").ok_or_else(|| {
+            ConfigError(
+                "process.roles is required (controller, broker or broker,controller)".into(),
+            )
+        })?;
+        let mut roles = Roles {
+            broker: false,
+            controller: false,
+        };
+        for r in roles_raw.split(',').map(str::trim) {
+            match r {
+                "broker" => roles.broker = true,
+                "controller" => roles.controller = true,
+                other => {
+                    return Err(ConfigError(format!(
+                        "process.roles: unknown role {other:?}"
+                    )))
+                }
+            }
+        }
+        if !roles.broker && !roles.controller {
+            return Err(ConfigError("process.roles: no role given".into()));
+        }
+        let voters = parse_voters(
+            props
+                .get("controller.quorum.voters")
+                .map(String::as_str)
+                .unwrap_or(""),
+        )?;
+        if voters.is_empty() {
+            return Err(ConfigError(
+                "controller.quorum.voters is required (id@host:port,...)".into(),
+            ));
+        }
+        let listeners = parse_listeners(
+            "listeners",
+            props.get("listeners").map(String::as_str).unwrap_or(""),
+        )?;
+        let advertised_listeners = match props.get("advertised.listeners") {
+            Some(v) => parse_listeners("advertised.listeners", v)?,
+            None => listeners.clone(),
+        };
+        let controller_listener_name = props
+            .get("controller.listener.names")
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+            .unwrap_or_else(|| "CONTROLLER".into());
+        if roles.controller {
+            if !voters.contains_key(&node_id) {
+                return Err(ConfigError(format!(
+                    "controller.quorum.voters: this controller (node.id={node_id}) is not among the voters"
+                )));
+            }
+            if !listeners.iter().any(|l| l.name == controller_listener_name) {
+                return Err(ConfigError(format!(
+                    "listeners: a controller needs a {controller_listener_name}:// listener"
+                )));
+            }
+        }
+        let log_dir = props
+            .get("log.dirs")
+            .or_else(|| props.get("log.dir"))
+            .and_then(|v| v.split(',').next())
+            .map(|v| PathBuf::from(v.trim()))
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or_else(|| ConfigError("log.dirs is required".into()))?;
+        let unclean = match props
+            .get("unclean.leader.election.enable")
+            .map(String::as_str)
+        {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "unclean.leader.election.enable: {other:?} is not true or false"
+                )))
+            }
+        };
+        let heartbeat_interval_ms = number(props, "broker.heartbeat.interval.ms", 1)?;
+        let session_timeout_ms: u64 = number(props, "broker.session.timeout.ms", 1)?;
+        if session_timeout_ms <= heartbeat_interval_ms {
+            return Err(ConfigError(format!(
+                "broker.session.timeout.ms ({session_timeout_ms}) must exceed broker.heartbeat.interval.ms ({heartbeat_interval_ms})"
+            )));
+        }
+        Ok(NodeConfig {
+            node_id,
+            roles,
+            voters,
+            listeners,
+            advertised_listeners,
+            controller_listener_name,
+            log_dir,
+            rack: props.get("broker.rack").cloned().filter(|r| !r.is_empty()),
+            heartbeat_interval_ms,
+            session_timeout_ms,
+            election_timeout_ms: number(props, "controller.quorum.election.timeout.ms", 50)?,
+            num_partitions: number(props, "num.partitions", 1)?,
+            default_replication_factor: number(props, "default.replication.factor", 1)?,
+            unclean_leader_election_enable: unclean,
+            snapshot_bytes: number(props, "metadata.log.max.record.bytes.between.snapshots", 1)?,
+            snapshot_interval_ms: number(props, "metadata.log.max.snapshot.interval.ms", 0)?,
+            unknown_keys,
+        })
+    }
+
+    /// The listener with this name.
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// Where this node's metadata log and snapshots live.
+    pub fn metadata_dir(&self) -> PathBuf {
+        self.log_dir.join("__cluster_metadata-0")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(text: &str) -> BTreeMap<String, String> {
+        parse_properties(text).unwrap()
+    }
+
+    const GOOD: &str = "
+# a controller
+node.id=1
+process.roles=controller
+controller.quorum.voters=1@127.0.0.1:9093,2@127.0.0.1:9094,3@127.0.0.1:9095
+listeners=CONTROLLER://127.0.0.1:9093
+log.dirs=/tmp/kmeta-1
+some.future.key=1
+";
+
+    #[test]
+    fn a_valid_file_parses_with_kafka_defaults() {
+        let c = NodeConfig::from_properties(&props(GOOD)).unwrap();
+        assert_eq!(c.node_id, 1);
+        assert!(c.roles.controller && !c.roles.broker);
+        assert_eq!(c.voters.len(), 3);
+        assert_eq!(c.session_timeout_ms, 9000);
+        assert_eq!(c.heartbeat_interval_ms, 2000);
+        assert_eq!(c.election_timeout_ms, 1000);
+        assert_eq!(c.listener("CONTROLLER").unwrap().addr(), "127.0.0.1:9093");
+        assert_eq!(c.unknown_keys, vec!["some.future.key".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_fail_naming_the_key() {
+        let cases = [
+            ("node.id", "abc"),
+            ("process.roles", "leader"),
+            ("controller.quorum.voters", "1@nowhere"),
+            ("listeners", "CONTROLLER:9093"),
+            ("broker.session.timeout.ms", "-5"),
+            ("unclean.leader.election.enable", "yes"),
+            ("num.partitions", "0"),
+        ];
+        for (key, value) in cases {
+            let mut p = props(GOOD);
+            p.insert(key.into(), value.into());
+            let err = NodeConfig::from_properties(&p).unwrap_err();
+            assert!(err.0.contains(key), "{key}: {err}");
+        }
+        let mut p = props(GOOD);
+        p.insert("node.id".into(), "7".into());
+        assert!(NodeConfig::from_properties(&p)
+            .unwrap_err()
+            .0
+            .contains("controller.quorum.voters"));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let mut p = props(GOOD);
+        apply_overrides(&mut p, &["broker.session.timeout.ms=3000".into()]).unwrap();
+        assert_eq!(
+            NodeConfig::from_properties(&p).unwrap().session_timeout_ms,
+            3000
+        );
+        assert!(apply_overrides(&mut p, &["nonsense".into()]).is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! Real `kmeta server` processes: format, start, kill -9, restart.
+
+use kmeta::raft::network::{query_status, NodeStatus};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kmeta");
+
+/// Kills every child on drop, so a failing test leaves no process behind.
+struct Procs(BTreeMap<u64, Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in self.0.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, id: u64, ports: &BTreeMap<u64, u16>) -> PathBuf {
+    let voters: Vec<String> = ports
+        .iter()
+        .map(|(i, p)| format!("{i}@127.0.0.1:{p}"))
+        .collect();
+    let path = dir.join(format!("node-{id}.properties"));
+    let text = format!(
+        "node.id={id}\nprocess.roles=controller\ncontroller.quorum.voters={}\nlisteners=CONTROLLER://127.0.0.1:{}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms=300\n",
+        voters.join(","),
+        ports[&id],
+        dir.join(format!("data-{id}")).display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kmeta(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new(BIN)
+        .args(["server", "--config", config.to_str().unwrap()])
+        .env("KMETA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn statuses(ports: &BTreeMap<u64, u16>, ids: &[u64]) -> BTreeMap<u64, NodeStatus> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        if let Ok(s) = query_status(
+            &format!("127.0.0.1:{}", ports[id]),
+            Duration::from_millis(500),
+        )
+        .await
+        {
+            out.insert(*id, s);
+        }
+    }
+    out
+}
+
+/// Waits until every node in `ids` answers and all name the same leader (one of `ids`).
+async fn agreed_leader(
+    ports: &BTreeMap<u64, u16>,
+    ids: &[u64],
+    within: Duration,
+) -> BTreeMap<u64, NodeStatus> {
+    let start = Instant::now();
+    loop {
+        let s = statuses(ports, ids).await;
+        if s.len() == ids.len() {
+            let leaders: Vec<Option<u64>> = s.values().map(|n| n.leader).collect();
+            if let Some(Some(l)) = leaders.first() {
+                if ids.contains(l) && leaders.iter().all(|x| *x == Some(*l)) {
+                    return s;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "no agreed leader among {ids:?} within {within:?}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_controller_processes_survive_kill_9_of_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: BTreeMap<u64, u16> = (1..=3).map(|id| (id, free_port())).collect();
+    let configs: BTreeMap<u64, PathBuf> = ports
+        .keys()
+        .map(|id| (*id, write_config(dir.path(), *id, &ports)))
+        .collect();
+
+    // An unformatted directory is refused with advice.
+    let out = kmeta(&["server", "--config", configs[&1].to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("storage format"),
+        "{out:?}"
+    );
+
+    let cluster_id = String::from_utf8(kmeta(&["storage", "random-uuid"]).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(cluster_id.len(), 22);
+    for config in configs.values() {
+        let out = kmeta(&[
+            "storage",
+            "format",
+            "--config",
+            config.to_str().unwrap(),
+            "--cluster-id",
+            &cluster_id,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Formatting for another cluster is refused.
+    let out = kmeta(&[
+        "storage",
+        "format",
+        "--config",
+        configs[&1].to_str().unwrap(),
+        "--cluster-id",
+        "other",
+    ]);
+    assert!(!out.status.success());
+
+    let mut procs = Procs(configs.iter().map(|(id, c)| (*id, spawn(c))).collect());
+    let all = [1, 2, 3];
+    let first = agreed_leader(&ports, &all, Duration::from_secs(20)).await;
+    let leader = first.values().next().unwrap().leader.unwrap();
+
+    // kill -9 the leader: the other two elect a new one.
+    let mut killed = procs.0.remove(&leader).unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let rest: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let after = agreed_leader(&ports, &rest, Duration::from_secs(20)).await;
+    assert_ne!(after.values().next().unwrap().leader, Some(leader));
+
+    // The killed node restarts from its directory and rejoins; all agree on the log and image.
+    procs.0.insert(leader, spawn(&configs[&leader]));
+    let start = Instant::now();
+    loop {
+        let s = agreed_leader(&ports, &all, Duration::from_secs(20)).await;
+        let applied: Vec<_> = s
+            .values()
+            .map(|n| (n.last_applied, n.image_hash.clone()))
+            .collect();
+        if applied.windows(2).all(|w| w[0] == w[1]) && applied[0].0.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nodes did not converge: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
