@@ -4,6 +4,7 @@
 pub use kmeta_metadata as metadata;
 
 pub mod config;
+pub mod controller;
 pub mod raft;
 pub mod server;
 pub mod storage;

@@ -111,6 +111,11 @@ impl StateMachine {
         self.lock().image.clone()
     }
 
+    /// The index of the last entry applied to the image, if any.
+    pub fn last_applied_index(&self) -> Option<u64> {
+        self.lock().last_applied.map(|l| l.index())
+    }
+
     /// A watch of the committed image, updated after every applied batch.
     pub fn subscribe(&self) -> watch::Receiver<MetadataImage> {
         self.published.subscribe()

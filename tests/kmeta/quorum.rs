@@ -1,9 +1,11 @@
 //! In-process controller quorums on 127.0.0.1: real TCP between nodes, real disks.
 
+use kmeta::controller::Controller;
 use kmeta::raft::log_store::LogStore;
 use kmeta::raft::network::{serve, NetworkFactory, Raft};
 use kmeta::raft::state_machine::StateMachine;
 use kmeta::raft::types::MetadataBatch;
+use kmeta_metadata::controller::ControllerConfig;
 use kmeta_metadata::record::{FeatureLevelRecord, MetadataRecord};
 use openraft::async_runtime::WatchReceiver;
 use openraft::BasicNode;
@@ -14,11 +16,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-struct Node {
-    raft: Raft,
-    sm: StateMachine,
+pub struct Node {
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub controller: Controller,
     server: JoinHandle<()>,
+    controller_task: JoinHandle<()>,
 }
+
+pub const SESSION_TIMEOUT_MS: u64 = 1_000;
 
 fn config() -> Arc<openraft::Config> {
     Arc::new(
@@ -46,24 +52,37 @@ async fn start(id: u64, listener: TcpListener, dir: &Path) -> Node {
         sm.clone(),
         std::future::pending(),
     ));
-    Node { raft, sm, server }
+    let config = ControllerConfig {
+        cluster_id: "test-cluster".into(),
+        session_timeout_ms: SESSION_TIMEOUT_MS,
+        ..ControllerConfig::default()
+    };
+    let (controller, controller_task) = Controller::start(id, raft.clone(), sm.clone(), config);
+    Node {
+        raft,
+        sm,
+        controller,
+        server,
+        controller_task,
+    }
 }
 
-async fn stop(node: Node) {
+pub async fn stop(node: Node) {
+    node.controller_task.abort();
     node.server.abort();
     let _ = node.server.await;
     node.raft.shutdown().await.unwrap();
 }
 
-struct Cluster {
+pub struct Cluster {
     _dir: tempfile::TempDir,
     dirs: BTreeMap<u64, PathBuf>,
     addrs: BTreeMap<u64, String>,
-    nodes: BTreeMap<u64, Node>,
+    pub nodes: BTreeMap<u64, Node>,
 }
 
 impl Cluster {
-    async fn start(n: u64) -> Cluster {
+    pub async fn start(n: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
@@ -91,7 +110,7 @@ impl Cluster {
         }
     }
 
-    async fn leader(&self, within: Duration) -> u64 {
+    pub async fn leader(&self, within: Duration) -> u64 {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             for node in self.nodes.values() {
@@ -140,7 +159,7 @@ impl Cluster {
         }
     }
 
-    async fn wait_applied(&self, index: u64) {
+    pub async fn wait_applied(&self, index: u64) {
         for (id, node) in &self.nodes {
             node.raft
                 .wait(Some(Duration::from_secs(10)))

@@ -1,0 +1,406 @@
+//! The active controller: one event loop on the Raft leader that feeds the pure core.
+//!
+//! Requests arrive as jobs on a bounded queue. While this node leads, each job is decided
+//! against the *speculative* image (the committed image plus every record proposed but not yet
+//! committed), its records are replayed onto that image at once, and its reply is parked until
+//! the Raft entry holding them is applied. The loop drains whatever jobs are queued (up to a
+//! bound) into one Raft entry, so many small writes such as offset commits share one entry and
+//! one fsync. Proposals carry the leader id they were decided under; a proposal from a deposed
+//! leader is refused by openraft.
+//!
+//! On losing leadership every parked reply fails with NOT_CONTROLLER and the speculative state
+//! is dropped; on gaining it the loop waits until the committed image has caught up with the
+//! whole log, rebuilds from it, and counts every unfenced broker as just heard from.
+//!
+//! Heartbeats refresh the session tracker directly, before queueing, so a busy loop never
+//! delays the contact time of a live broker (`Controller::heartbeat`). A timer fences one
+//! expired broker per tick.
+
+use crate::raft::network::Raft;
+use crate::raft::state_machine::StateMachine;
+use crate::raft::types::{MetadataBatch, TypeConfig};
+use kmeta_metadata::controller::cluster::{
+    fence_stale_broker, process_heartbeat, BrokerHeartbeatReply, BrokerHeartbeatRequest,
+};
+use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
+use kmeta_metadata::controller::{ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH};
+use kmeta_metadata::{ApiError, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
+use openraft::async_runtime::WatchReceiver;
+use openraft::impls::ProgressResponder;
+use openraft::type_config::alias::CommittedLeaderIdOf;
+use openraft::ServerState;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Jobs waiting for the loop, at most.
+pub const MAX_QUEUED_JOBS: usize = 4_096;
+/// Jobs folded into one Raft entry, at most.
+pub const MAX_JOBS_PER_ENTRY: usize = 512;
+/// How often expired sessions are checked.
+pub const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What a decision sees.
+pub struct Ctx<'a> {
+    /// The speculative image.
+    pub image: &'a MetadataImage,
+    /// Controller settings.
+    pub config: &'a ControllerConfig,
+    /// Broker sessions.
+    pub tracker: &'a mut BrokerHeartbeatTracker,
+    /// The offset this decision's records will be written at.
+    pub next_offset: LogOffset,
+    /// Monotonic milliseconds (for sessions).
+    pub now_ms: u64,
+    /// Wall-clock milliseconds since the Unix epoch (for commit timestamps).
+    pub wall_ms: i64,
+}
+
+type Finish = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
+
+struct Decided {
+    records: Vec<MetadataRecord>,
+    finish: Finish,
+}
+
+type Job = Box<dyn FnOnce(&mut Ctx<'_>) -> Decided + Send>;
+
+fn not_controller() -> ApiError {
+    ApiError::new(ErrorCode::NotController, "this controller is not active")
+}
+
+/// A handle to submit requests to the controller loop of this node.
+#[derive(Clone)]
+pub struct Controller {
+    jobs: mpsc::Sender<Job>,
+    tracker: Arc<Mutex<BrokerHeartbeatTracker>>,
+    clock: Instant,
+}
+
+impl Controller {
+    /// Starts the loop for this node.
+    pub fn start(
+        node_id: u64,
+        raft: Raft,
+        sm: StateMachine,
+        config: ControllerConfig,
+    ) -> (Controller, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_JOBS);
+        let tracker = Arc::new(Mutex::new(BrokerHeartbeatTracker::new()));
+        let clock = Instant::now();
+        let event_loop = EventLoop {
+            node_id,
+            raft,
+            sm,
+            config,
+            tracker: tracker.clone(),
+            clock,
+            active: None,
+        };
+        let task = tokio::spawn(event_loop.run(rx));
+        (
+            Controller {
+                jobs: tx,
+                tracker,
+                clock,
+            },
+            task,
+        )
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Decides `decide` on the active controller and returns its reply once its records have
+    /// committed (at once for a decision with no records). NOT_CONTROLLER when this node is
+    /// not (or stops being) the active controller.
+    pub async fn submit<T, F>(&self, decide: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx<'_>) -> Result<ControllerResult<T>, ApiError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |ctx| match decide(ctx) {
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                Decided {
+                    records: Vec::new(),
+                    finish: Box::new(|_| {}),
+                }
+            }
+            Ok(result) => {
+                let reply = result.reply;
+                Decided {
+                    records: result.records,
+                    finish: Box::new(move |outcome| {
+                        let _ = tx.send(outcome.map(|()| reply));
+                    }),
+                }
+            }
+        });
+        self.jobs.send(job).await.map_err(|_| not_controller())?;
+        rx.await.unwrap_or_else(|_| Err(not_controller()))
+    }
+
+    /// A broker heartbeat: the session is refreshed at once, off the write path; the state
+    /// machine step (fence, unfence, shutdown) goes through the loop.
+    pub async fn heartbeat(
+        &self,
+        request: BrokerHeartbeatRequest,
+    ) -> Result<BrokerHeartbeatReply, ApiError> {
+        let now = self.now_ms();
+        self.tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .touch(request.broker_id, now, request.current_metadata_offset);
+        self.submit(move |ctx| {
+            process_heartbeat(
+                ctx.image,
+                ctx.config,
+                ctx.tracker,
+                &request,
+                ctx.next_offset,
+                ctx.now_ms,
+            )
+        })
+        .await
+    }
+}
+
+/// State held only while this node is the active controller.
+struct Active {
+    leader_id: CommittedLeaderIdOf<TypeConfig>,
+    image: MetadataImage,
+    next_offset: u64,
+}
+
+struct EventLoop {
+    node_id: u64,
+    raft: Raft,
+    sm: StateMachine,
+    config: ControllerConfig,
+    tracker: Arc<Mutex<BrokerHeartbeatTracker>>,
+    clock: Instant,
+    active: Option<Active>,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut metrics = self.raft.metrics();
+        let mut ticker = tokio::time::interval(FENCE_CHECK_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                job = jobs.recv() => {
+                    let Some(job) = job else { return };
+                    let mut batch = vec![job];
+                    while batch.len() < MAX_JOBS_PER_ENTRY {
+                        match jobs.try_recv() {
+                            Ok(j) => batch.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    self.refresh_leadership().await;
+                    self.run_jobs(batch).await;
+                }
+                _ = ticker.tick() => {
+                    self.refresh_leadership().await;
+                    self.fence_expired().await;
+                }
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.refresh_leadership().await;
+                }
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Becomes active once this node leads and its image has applied the whole log; stops
+    /// being active the moment it does not lead.
+    async fn refresh_leadership(&mut self) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
+        if !leads {
+            if self.active.take().is_some() {
+                tracing::info!(node_id = self.node_id, "no longer the active controller");
+            }
+            return;
+        }
+        if self.active.is_some() {
+            return;
+        }
+        let caught_up =
+            m.last_applied.map(|l| l.index()) == m.last_log_index && m.last_log_index.is_some();
+        if !caught_up {
+            return;
+        }
+        let Ok(leader) = self.raft.as_leader() else {
+            return;
+        };
+        let image = self.sm.image();
+        let now = self.now_ms();
+        self.tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seed_on_activation(&image, now);
+        let next_offset = m.last_log_index.unwrap_or(0) + 1;
+        tracing::info!(
+            node_id = self.node_id,
+            term = m.current_term,
+            next_offset,
+            "active controller"
+        );
+        self.active = Some(Active {
+            leader_id: leader.to_committed_leader_id(),
+            image,
+            next_offset,
+        });
+    }
+
+    async fn run_jobs(&mut self, batch: Vec<Job>) {
+        let Some(active) = self.active.as_ref() else {
+            // Dropping a job drops its reply sender: the submitter sees NOT_CONTROLLER.
+            drop(batch);
+            return;
+        };
+        let now_ms = self.clock.elapsed().as_millis() as u64;
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut records = Vec::new();
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut speculative = active.image.clone();
+        for job in batch {
+            let Some(offset) = self.active.as_ref().map(|a| a.next_offset) else {
+                drop(job);
+                continue;
+            };
+            let decided = {
+                let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+                let mut ctx = Ctx {
+                    image: &speculative,
+                    config: &self.config,
+                    tracker: &mut tracker,
+                    next_offset: LogOffset(offset as i64),
+                    now_ms,
+                    wall_ms,
+                };
+                job(&mut ctx)
+            };
+            if decided.records.is_empty() {
+                (decided.finish)(Ok(()));
+                continue;
+            }
+            if records.len() + decided.records.len() > MAX_RECORDS_PER_BATCH && !records.is_empty()
+            {
+                // This entry is full: propose it, then start the next one for this job.
+                self.propose_and_continue(
+                    &mut speculative,
+                    std::mem::take(&mut records),
+                    std::mem::take(&mut finishes),
+                )
+                .await;
+                if self.active.is_none() {
+                    (decided.finish)(Err(not_controller()));
+                    continue;
+                }
+            }
+            let mut trial = speculative.clone();
+            let at = LogOffset(self.active.as_ref().map_or(offset, |a| a.next_offset) as i64);
+            match decided.records.iter().try_for_each(|r| trial.replay(at, r)) {
+                Ok(()) => {
+                    speculative = trial;
+                    records.extend(decided.records);
+                    finishes.push(decided.finish);
+                }
+                Err(e) => {
+                    tracing::error!(%e, "a decision produced records that do not replay; refused");
+                    (decided.finish)(Err(ApiError::new(
+                        ErrorCode::UnknownServerError,
+                        e.to_string(),
+                    )));
+                }
+            }
+        }
+        if !records.is_empty() {
+            self.propose_and_continue(&mut speculative, records, finishes)
+                .await;
+        }
+    }
+
+    /// Proposes one entry; its replies are released when it is applied. Advances the
+    /// speculative state, or drops it if the proposal could not be made.
+    async fn propose_and_continue(
+        &mut self,
+        speculative: &mut MetadataImage,
+        records: Vec<MetadataRecord>,
+        finishes: Vec<Finish>,
+    ) {
+        let Some(active) = self.active.as_mut() else {
+            finishes.into_iter().for_each(|f| f(Err(not_controller())));
+            return;
+        };
+        let predicted = active.next_offset;
+        let (responder, appended, applied) = ProgressResponder::new();
+        let written = self
+            .raft
+            .write(MetadataBatch(records))
+            .with_leader(active.leader_id)
+            .responder(responder)
+            .await;
+        if let Err(e) = written {
+            tracing::error!(%e, "raft refused a proposal");
+            finishes.into_iter().for_each(|f| f(Err(not_controller())));
+            self.active = None;
+            return;
+        }
+        active.image = speculative.clone();
+        active.next_offset += 1;
+        tokio::spawn(async move {
+            if let Ok(log_id) = appended.await {
+                if log_id.index() != predicted {
+                    tracing::warn!(
+                        predicted,
+                        actual = log_id.index(),
+                        "entry landed at an unexpected offset"
+                    );
+                }
+            }
+            let outcome = match applied.await {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(not_controller()),
+            };
+            for f in finishes {
+                f(outcome.clone());
+            }
+        });
+    }
+
+    async fn fence_expired(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        let now = self.now_ms();
+        let config = self.config.clone();
+        let job: Job = Box::new(move |ctx| {
+            let result = fence_stale_broker(ctx.image, &config, ctx.tracker, now);
+            if let Some(b) = result.reply {
+                tracing::info!(broker = %b, "broker session expired: fencing");
+                ctx.tracker.remove(b);
+            }
+            Decided {
+                records: result.records,
+                finish: Box::new(|_| {}),
+            }
+        });
+        self.run_jobs(vec![job]).await;
+    }
+}
