@@ -3,8 +3,10 @@
 
 pub use kmeta_metadata as metadata;
 
+pub mod bench;
 pub mod config;
 pub mod controller;
+pub mod local;
 pub mod raft;
 pub mod server;
 pub mod storage;

@@ -34,6 +34,30 @@ enum Command {
     },
     /// Run a whole local cluster in one process (not yet implemented).
     Dev,
+    /// Benchmarks (results in docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Committed-write throughput and failover time of 3 controllers in this process.
+    Quorum {
+        /// Concurrent writers, one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+        writers: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Failovers to measure.
+        #[arg(long, default_value_t = 3)]
+        failovers: usize,
+        /// Where the controllers keep their data (must be a real disk for fsync to count).
+        #[arg(long, default_value = "target/bench-quorum")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +151,33 @@ fn main() -> ExitCode {
                 .expect("tokio runtime");
             match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Quorum {
+                    writers,
+                    seconds,
+                    failovers,
+                    data_dir,
+                },
+        } => {
+            init_logging();
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let result = runtime.block_on(kmeta::bench::quorum(
+                &writers, seconds, failovers, &data_dir,
+            ));
+            let _ = std::fs::remove_dir_all(&data_dir);
+            match result {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => fail(e),
             }
         }

@@ -9,7 +9,7 @@
 //! task, and the metadata log's writes are small batches.
 
 use super::segment_log::{SegmentLog, DEFAULT_SEGMENT_BYTES};
-use super::state_file::{read_checked, write_atomic};
+use super::state_file::{read_checked, write_atomic, write_unsynced};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct RaftState {
     vote: Option<Vote>,
-    committed: Option<LogId>,
     last_purged: Option<LogId>,
 }
 
@@ -31,6 +30,11 @@ struct Inner {
     log: SegmentLog,
     state: RaftState,
     state_path: PathBuf,
+    /// The committed log id is a hint, not a safety fact: after a crash a node learns it again
+    /// from the leader. It is written atomically (rename) but without fsync, so it costs no
+    /// disk flush on every commit.
+    committed: Option<LogId>,
+    committed_path: PathBuf,
 }
 
 /// The durable Raft log of one controller. Cloning shares the same log (readers).
@@ -57,11 +61,19 @@ impl LogStore {
             Some(bytes) => postcard::from_bytes(&bytes).map_err(invalid)?,
             None => RaftState::default(),
         };
+        let committed_path = dir.join("raft-committed");
+        // A torn or missing hint is no loss: start without it.
+        let committed = read_checked(&committed_path)
+            .ok()
+            .flatten()
+            .and_then(|bytes| postcard::from_bytes(&bytes).ok());
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 log,
                 state,
                 state_path,
+                committed,
+                committed_path,
             })),
         })
     }
@@ -154,12 +166,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let mut inner = self.lock();
-        inner.state.committed = committed;
-        inner.save_state()
+        inner.committed = committed;
+        let bytes = postcard::to_allocvec(&committed).map_err(invalid)?;
+        write_unsynced(&inner.committed_path, &bytes)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.lock().state.committed)
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(

@@ -28,6 +28,18 @@ pub fn write_plain_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replaces `path` atomically (rename) with a CRC-framed `bytes`, without fsync: for hints
+/// whose loss in a crash is harmless. Read it back with [`read_checked`].
+pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
+    }
+    fs::rename(&tmp, path)
+}
+
 /// Reads a file written by [`write_atomic`]; `Ok(None)` when it does not exist.
 pub fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let mut bytes = match fs::read(path) {

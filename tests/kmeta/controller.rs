@@ -1,7 +1,7 @@
 //! The active controller on a real in-process quorum: decisions commit before replies, silent
 //! brokers are fenced, followers answer NOT_CONTROLLER, and a new leader takes over.
 
-use crate::quorum::{stop, Cluster, SESSION_TIMEOUT_MS};
+use crate::quorum::{Cluster, SESSION_TIMEOUT_MS};
 use kmeta::controller::Controller;
 use kmeta_metadata::controller::cluster::*;
 use kmeta_metadata::controller::offsets::*;
@@ -180,9 +180,7 @@ async fn controller_commits_decisions_and_fences_a_silent_broker() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for (_, node) in cluster.nodes {
-        stop(node).await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,9 +232,7 @@ async fn offset_commits_from_many_callers_share_log_entries() {
     }
     if moved > 0 {
         eprintln!("{moved} commits saw NOT_CONTROLLER (leadership moved during the test)");
-        for (_, node) in cluster.nodes {
-            stop(node).await;
-        }
+        cluster.shutdown().await;
         return;
     }
     let entries = applied(&cluster, leader).0 - before;
@@ -246,9 +242,7 @@ async fn offset_commits_from_many_callers_share_log_entries() {
     );
     let image = cluster.nodes[&leader].sm.image();
     assert_eq!(image.groups().count(), 20);
-    for (_, node) in cluster.nodes {
-        stop(node).await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +250,7 @@ async fn a_new_active_controller_takes_over_without_fencing_live_brokers() {
     let mut cluster = Cluster::start(3).await;
     let (leader, c) = active(&cluster).await;
     register_and_unfence(&c, &cluster, leader, &[1, 2]).await;
-    stop(cluster.nodes.remove(&leader).unwrap()).await;
+    cluster.stop_node(leader).await;
     let (new_leader, c2) = active(&cluster).await;
     assert_ne!(new_leader, leader);
     // The new controller counts unfenced brokers as just heard from: right after failover
@@ -277,7 +271,5 @@ async fn a_new_active_controller_takes_over_without_fencing_live_brokers() {
     let image = cluster.nodes[&new_leader].sm.image();
     assert!(!image.broker(BrokerId(1)).unwrap().fenced);
     assert!(!image.broker(BrokerId(2)).unwrap().fenced);
-    for (_, node) in cluster.nodes {
-        stop(node).await;
-    }
+    cluster.shutdown().await;
 }

@@ -1,0 +1,194 @@
+//! `LocalQuorum`: several controllers in one process on 127.0.0.1, each with its own data
+//! directory and real TCP between them. Used by tests, the benchmarks, and (next) `kmeta dev`.
+
+use crate::controller::Controller;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{serve, NetworkFactory, Raft};
+use crate::raft::state_machine::StateMachine;
+use kmeta_metadata::controller::ControllerConfig;
+use openraft::async_runtime::WatchReceiver;
+use openraft::BasicNode;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One controller of a local quorum.
+pub struct LocalNode {
+    /// Its Raft instance.
+    pub raft: Raft,
+    /// Its committed image.
+    pub sm: StateMachine,
+    /// Its controller loop.
+    pub controller: Controller,
+    server: JoinHandle<()>,
+    controller_task: JoinHandle<()>,
+}
+
+impl LocalNode {
+    /// Starts a controller on `listener` with data in `dir`.
+    pub async fn start(
+        id: u64,
+        listener: TcpListener,
+        dir: &Path,
+        raft_config: Arc<openraft::Config>,
+        controller_config: ControllerConfig,
+    ) -> io::Result<LocalNode> {
+        let log = LogStore::open(&dir.join("log"))?;
+        let sm = StateMachine::open(&dir.join("sm"))?;
+        let raft = Raft::new(id, raft_config, NetworkFactory, log, sm.clone())
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let server = tokio::spawn(serve(
+            listener,
+            raft.clone(),
+            sm.clone(),
+            std::future::pending(),
+        ));
+        let (controller, controller_task) =
+            Controller::start(id, raft.clone(), sm.clone(), controller_config);
+        Ok(LocalNode {
+            raft,
+            sm,
+            controller,
+            server,
+            controller_task,
+        })
+    }
+
+    /// Stops the node: no more RPCs served, Raft shut down (its files stay).
+    pub async fn stop(self) {
+        self.controller_task.abort();
+        self.server.abort();
+        let _ = self.server.await;
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// A quorum of controllers in this process.
+pub struct LocalQuorum {
+    /// Data directory per node.
+    pub dirs: BTreeMap<u64, PathBuf>,
+    /// `host:port` per node.
+    pub addrs: BTreeMap<u64, String>,
+    /// Running nodes (a stopped node is removed).
+    pub nodes: BTreeMap<u64, LocalNode>,
+    raft_config: Arc<openraft::Config>,
+    controller_config: ControllerConfig,
+}
+
+/// Raft timing for local quorums: elections after 400–800 ms of silence, heartbeats every
+/// 100 ms.
+pub fn local_raft_config() -> Arc<openraft::Config> {
+    Arc::new(
+        openraft::Config {
+            cluster_name: "kmeta-local".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 400,
+            election_timeout_max: 800,
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid raft config"),
+    )
+}
+
+impl LocalQuorum {
+    /// Starts `n` controllers under `base` on ephemeral ports and initializes the quorum.
+    pub async fn start(
+        n: u64,
+        base: &Path,
+        controller_config: ControllerConfig,
+    ) -> io::Result<LocalQuorum> {
+        let raft_config = local_raft_config();
+        let mut listeners = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        let mut dirs = BTreeMap::new();
+        for id in 1..=n {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            addrs.insert(id, l.local_addr()?.to_string());
+            listeners.insert(id, l);
+            dirs.insert(id, base.join(format!("controller-{id}")));
+        }
+        let mut nodes = BTreeMap::new();
+        for (id, l) in listeners {
+            let node = LocalNode::start(
+                id,
+                l,
+                &dirs[&id],
+                raft_config.clone(),
+                controller_config.clone(),
+            )
+            .await?;
+            nodes.insert(id, node);
+        }
+        let members: BTreeMap<u64, BasicNode> = addrs
+            .iter()
+            .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+            .collect();
+        for node in nodes.values() {
+            // Identical initialization on every voter is safe; the vote picks one leader.
+            let _ = node.raft.initialize(members.clone()).await;
+        }
+        Ok(LocalQuorum {
+            dirs,
+            addrs,
+            nodes,
+            raft_config,
+            controller_config,
+        })
+    }
+
+    /// The node every running node agrees leads, waiting up to `within`.
+    pub async fn leader(&self, within: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            for node in self.nodes.values() {
+                if let Some(l) = node.raft.metrics().borrow_watched().current_leader {
+                    let agreed = self.nodes.get(&l).is_some_and(|n| {
+                        n.raft.metrics().borrow_watched().current_leader == Some(l)
+                    });
+                    if agreed {
+                        return Some(l);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops one node (its files stay).
+    pub async fn stop_node(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.stop().await;
+        }
+    }
+
+    /// Restarts a stopped node from its directory on its old address.
+    pub async fn restart_node(&mut self, id: u64) -> io::Result<()> {
+        let listener = TcpListener::bind(&self.addrs[&id]).await?;
+        let node = LocalNode::start(
+            id,
+            listener,
+            &self.dirs[&id],
+            self.raft_config.clone(),
+            self.controller_config.clone(),
+        )
+        .await?;
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Stops every node.
+    pub async fn stop(self) {
+        for (_, node) in self.nodes {
+            node.stop().await;
+        }
+    }
+}
