@@ -66,7 +66,8 @@ impl LogStore {
         let committed = read_checked(&committed_path)
             .ok()
             .flatten()
-            .and_then(|bytes| postcard::from_bytes(&bytes).ok());
+            .and_then(|bytes| postcard::from_bytes::<Option<LogId>>(&bytes).ok())
+            .flatten();
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 log,
