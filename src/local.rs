@@ -3,7 +3,7 @@
 
 use crate::controller::Controller;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{serve, NetworkFactory, Raft};
+use crate::raft::network::{serve, LinkFaults, NetworkFactory, Raft};
 use crate::raft::state_machine::StateMachine;
 use kmeta_metadata::controller::ControllerConfig;
 use openraft::async_runtime::WatchReceiver;
@@ -36,12 +36,19 @@ impl LocalNode {
         dir: &Path,
         raft_config: Arc<openraft::Config>,
         controller_config: ControllerConfig,
+        faults: LinkFaults,
     ) -> io::Result<LocalNode> {
         let log = LogStore::open(&dir.join("log"))?;
         let sm = StateMachine::open(&dir.join("sm"))?;
-        let raft = Raft::new(id, raft_config, NetworkFactory, log, sm.clone())
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let raft = Raft::new(
+            id,
+            raft_config,
+            NetworkFactory::with_faults(id, faults),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
         let server = tokio::spawn(serve(
             listener,
             raft.clone(),
@@ -78,6 +85,8 @@ pub struct LocalQuorum {
     pub nodes: BTreeMap<u64, LocalNode>,
     raft_config: Arc<openraft::Config>,
     controller_config: ControllerConfig,
+    /// Injected link faults between the nodes (tests cut and heal links here).
+    pub faults: LinkFaults,
 }
 
 /// Raft timing for local quorums: elections after 400–800 ms of silence, heartbeats every
@@ -113,6 +122,7 @@ impl LocalQuorum {
             listeners.insert(id, l);
             dirs.insert(id, base.join(format!("controller-{id}")));
         }
+        let faults = LinkFaults::default();
         let mut nodes = BTreeMap::new();
         for (id, l) in listeners {
             let node = LocalNode::start(
@@ -121,6 +131,7 @@ impl LocalQuorum {
                 &dirs[&id],
                 raft_config.clone(),
                 controller_config.clone(),
+                faults.clone(),
             )
             .await?;
             nodes.insert(id, node);
@@ -139,6 +150,7 @@ impl LocalQuorum {
             nodes,
             raft_config,
             controller_config,
+            faults,
         })
     }
 
@@ -179,6 +191,7 @@ impl LocalQuorum {
             &self.dirs[&id],
             self.raft_config.clone(),
             self.controller_config.clone(),
+            self.faults.clone(),
         )
         .await?;
         self.nodes.insert(id, node);

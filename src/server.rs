@@ -61,7 +61,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let raft = Raft::new(
         config.node_id,
         raft_config(&config)?,
-        NetworkFactory,
+        NetworkFactory::new(config.node_id),
         log,
         sm.clone(),
     )

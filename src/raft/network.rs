@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 /// The largest Raft frame accepted (a full snapshot travels in one frame).
 pub const MAX_RAFT_FRAME_BYTES: usize = 256 * 1024 * 1024;
@@ -107,17 +106,65 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(buf))
 }
 
+/// Links that tests have cut: `(from, to)` pairs whose RPCs fail as unreachable. Empty in
+/// production; a test shares one between the nodes of an in-process quorum.
+#[derive(Clone, Debug, Default)]
+pub struct LinkFaults(Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, u64)>>>);
+
+impl LinkFaults {
+    fn links(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(u64, u64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cuts every link between `node` and each of `others`, both ways.
+    pub fn isolate(&self, node: u64, others: impl IntoIterator<Item = u64>) {
+        let mut links = self.links();
+        for other in others {
+            links.insert((node, other));
+            links.insert((other, node));
+        }
+    }
+
+    /// Restores every link.
+    pub fn heal(&self) {
+        self.links().clear();
+    }
+
+    fn blocked(&self, from: u64, to: u64) -> bool {
+        self.links().contains(&(from, to))
+    }
+}
+
 /// Creates clients to peer controllers; nodes carry the peer's `host:port` as `addr`.
 #[derive(Clone, Default)]
-pub struct NetworkFactory;
+pub struct NetworkFactory {
+    node_id: u64,
+    faults: LinkFaults,
+}
+
+impl NetworkFactory {
+    /// The network of node `node_id`.
+    pub fn new(node_id: u64) -> Self {
+        NetworkFactory {
+            node_id,
+            faults: LinkFaults::default(),
+        }
+    }
+
+    /// The network of node `node_id`, subject to injected link faults.
+    pub fn with_faults(node_id: u64, faults: LinkFaults) -> Self {
+        NetworkFactory { node_id, faults }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         PeerClient {
             addr: node.addr.clone(),
             conn: None,
+            link: Some((self.node_id, target, self.faults.clone())),
         }
     }
 }
@@ -126,6 +173,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     addr: String,
     conn: Option<TcpStream>,
+    link: Option<(u64, u64, LinkFaults)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +181,20 @@ pub struct PeerClient {
 struct NetError(String);
 
 impl PeerClient {
+    fn remote_error(&mut self, msg: String) -> RPCError<TypeConfig> {
+        self.conn = None;
+        remote(msg)
+    }
+
     async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, NetError> {
+        if let Some((from, to, faults)) = &self.link {
+            if faults.blocked(*from, *to) {
+                self.conn = None;
+                return Err(NetError(format!(
+                    "link {from}->{to} is cut (injected fault)"
+                )));
+            }
+        }
         let payload = postcard::to_allocvec(request).map_err(|e| NetError(e.to_string()))?;
         let result = tokio::time::timeout(ttl, self.exchange(&payload)).await;
         match result {
@@ -172,6 +233,8 @@ fn unreachable(e: NetError) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(&e))
 }
 
+/// An error answer from the peer. The caller drops the connection too: a peer that answers
+/// with errors may be a stopped node whose port has a new owner.
 fn remote(msg: String) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(&NetError(format!("remote: {msg}"))))
 }
@@ -189,8 +252,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(unreachable)?
         {
-            Response::AppendEntries(r) => r.map_err(remote),
-            _ => Err(remote("mismatched response".into())),
+            Response::AppendEntries(r) => r.map_err(|m| self.remote_error(m)),
+            _ => Err(self.remote_error("mismatched response".into())),
         }
     }
 
@@ -204,8 +267,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(unreachable)?
         {
-            Response::Vote(r) => r.map_err(remote),
-            _ => Err(remote("mismatched response".into())),
+            Response::Vote(r) => r.map_err(|m| self.remote_error(m)),
+            _ => Err(self.remote_error("mismatched response".into())),
         }
     }
 
@@ -219,8 +282,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(unreachable)?
         {
-            Response::Vote(r) => r.map_err(remote),
-            _ => Err(remote("mismatched response".into())),
+            Response::Vote(r) => r.map_err(|m| self.remote_error(m)),
+            _ => Err(self.remote_error("mismatched response".into())),
         }
     }
 
@@ -243,6 +306,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             result = call => match result {
                 Ok(Response::Snapshot(Ok(r))) => Ok(r),
                 Ok(Response::Snapshot(Err(msg))) | Err(NetError(msg)) => {
+                    self.conn = None;
                     Err(StreamingError::Unreachable(Unreachable::new(&NetError(msg))))
                 }
                 Ok(_) => Err(StreamingError::Unreachable(Unreachable::new(&NetError("mismatched response".into())))),
@@ -251,18 +315,21 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-/// Serves Raft RPCs from peers until `shutdown` resolves.
+/// Serves Raft RPCs from peers until `shutdown` resolves (or this future is dropped). The
+/// connection tasks belong to the server: when it stops, they stop, so no connection keeps
+/// answering for a stopped node.
 pub async fn serve(
     listener: TcpListener,
     raft: Raft,
     sm: StateMachine,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_RAFT_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -273,17 +340,16 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        if connections.len() >= MAX_RAFT_CONNECTIONS {
             tracing::warn!(%peer, "too many raft connections; closing");
             continue;
-        };
+        }
         let raft = raft.clone();
         let sm = sm.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = serve_connection(stream, raft, sm).await {
                 tracing::debug!(%peer, %e, "raft connection closed");
             }
-            drop(permit);
         });
     }
 }
@@ -306,6 +372,7 @@ pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatu
     let mut client = PeerClient {
         addr: addr.to_string(),
         conn: None,
+        link: None,
     };
     match client.call(&Request::Status, timeout).await {
         Ok(Response::Status(s)) => Ok(s),

@@ -116,6 +116,14 @@ impl StateMachine {
         self.lock().last_applied.map(|l| l.index())
     }
 
+    /// The last index covered by the current snapshot, if there is one.
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.lock()
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.meta.last_log_id.map(|l| l.index()))
+    }
+
     /// A watch of the committed image, updated after every applied batch.
     pub fn subscribe(&self) -> watch::Receiver<MetadataImage> {
         self.published.subscribe()

@@ -4,6 +4,7 @@ use kmeta::local::LocalQuorum;
 use kmeta::raft::types::MetadataBatch;
 use kmeta_metadata::controller::ControllerConfig;
 use kmeta_metadata::record::{FeatureLevelRecord, MetadataRecord};
+use openraft::async_runtime::WatchReceiver;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
@@ -129,5 +130,136 @@ async fn a_new_leader_takes_over_and_a_restarted_node_catches_up_from_disk() {
         "all controllers hold the same image"
     );
     assert_eq!(cluster.nodes[&old].sm.image().features().len(), 10);
+    cluster.shutdown().await;
+}
+
+fn feature(name: &str) -> MetadataBatch {
+    MetadataBatch(vec![MetadataRecord::FeatureLevel(FeatureLevelRecord {
+        name: name.into(),
+        level: 1,
+    })])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_commits_nothing_and_converges_after_healing() {
+    let cluster = Cluster::start(3).await;
+    cluster.write(0).await;
+    let old = cluster.leader(Duration::from_secs(10)).await;
+    let others: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != old)
+        .collect();
+    cluster.faults.isolate(old, others.clone());
+
+    // The isolated leader cannot commit: its write never succeeds.
+    let minority = tokio::time::timeout(
+        Duration::from_secs(3),
+        cluster.nodes[&old].raft.client_write(feature("minority")),
+    )
+    .await;
+    assert!(
+        !matches!(minority, Ok(Ok(_))),
+        "a minority leader committed a write"
+    );
+
+    // The majority elects a new leader and commits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let majority_index = loop {
+        let leader = others.iter().copied().find(|id| {
+            cluster.nodes[id]
+                .raft
+                .metrics()
+                .borrow_watched()
+                .current_leader
+                == Some(*id)
+        });
+        if let Some(l) = leader {
+            if let Ok(r) = cluster.nodes[&l]
+                .raft
+                .client_write(feature("majority"))
+                .await
+            {
+                break r.log_id.index();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the majority did not commit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Healed, every node converges on the majority's history.
+    cluster.faults.heal();
+    cluster.wait_applied(majority_index).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hashes = cluster.hashes();
+        if hashes.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for node in cluster.nodes.values() {
+        let image = node.sm.image();
+        assert!(image.features().contains_key("majority"));
+        assert!(
+            !image.features().contains_key("minority"),
+            "an uncommitted write survived"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_controller_catches_up_by_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("openraft=warn,kmeta=debug")
+        .with_test_writer()
+        .try_init();
+    let mut cluster = Cluster::start(3).await;
+    let mut last = 0;
+    for n in 0..30 {
+        last = cluster.write(n).await;
+    }
+    cluster.wait_applied(last).await;
+    // Every node snapshots and drops its log behind the snapshot.
+    for node in cluster.nodes.values() {
+        node.raft.trigger().snapshot().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while node.sm.snapshot_index().is_none_or(|i| i < last) {
+            assert!(tokio::time::Instant::now() < deadline, "no snapshot taken");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for node in cluster.nodes.values() {
+        node.raft.trigger().purge_log(last).await.unwrap();
+    }
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let victim = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.stop_node(victim).await;
+    std::fs::remove_dir_all(&cluster.dirs[&victim]).unwrap();
+    cluster.restart_node(victim).await.unwrap();
+    // The log it needs is gone everywhere: only a snapshot can bring it up to date.
+    let index = cluster.write(100).await;
+    cluster.wait_applied(index).await;
+    let hashes = cluster.hashes();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "the wiped node holds the same image"
+    );
+    let m = cluster.nodes[&victim]
+        .raft
+        .metrics()
+        .borrow_watched()
+        .clone();
+    assert!(m.snapshot.is_some(), "the wiped node installed a snapshot");
+    assert_eq!(cluster.nodes[&victim].sm.image().features().len(), 31);
     cluster.shutdown().await;
 }
