@@ -24,6 +24,8 @@ pub struct LocalNode {
     pub sm: StateMachine,
     /// Its controller loop.
     pub controller: Controller,
+    /// Its Raft log.
+    pub log: LogStore,
     server: JoinHandle<()>,
     controller_task: JoinHandle<()>,
 }
@@ -44,7 +46,7 @@ impl LocalNode {
             id,
             raft_config,
             NetworkFactory::with_faults(id, faults),
-            log,
+            log.clone(),
             sm.clone(),
         )
         .await
@@ -61,6 +63,7 @@ impl LocalNode {
             raft,
             sm,
             controller,
+            log,
             server,
             controller_task,
         })

@@ -6,9 +6,11 @@
 //! initialization on several nodes; the vote picks one leader).
 
 use crate::config::NodeConfig;
+use crate::controller::Controller;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{serve, NetworkFactory, Raft};
 use crate::raft::state_machine::StateMachine;
+use kmeta_metadata::controller::ControllerConfig;
 use openraft::{BasicNode, SnapshotPolicy};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,16 +26,37 @@ pub fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, String>
         heartbeat_interval: (election / 5).max(10),
         election_timeout_min: election,
         election_timeout_max: election * 2,
-        // Snapshot by entry count: each entry is one controller batch. Byte and age triggers
-        // (metadata.log.max.record.bytes.between.snapshots / .snapshot.interval.ms) come with
-        // the controller loop.
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+        // Snapshots follow Kafka's byte and age triggers (`snapshot_policy` below).
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1_000,
         ..Default::default()
     };
     raft.validate()
         .map(Arc::new)
         .map_err(|e| format!("controller.quorum.election.timeout.ms: {e}"))
+}
+
+/// Takes a snapshot after `metadata.log.max.record.bytes.between.snapshots` bytes of new log
+/// entries, or after `metadata.log.max.snapshot.interval.ms` with any new entry (0 disables
+/// the age trigger), checking once a second. openraft then purges the log behind it.
+pub async fn snapshot_policy(raft: Raft, log: LogStore, max_bytes: u64, max_age_ms: u64) {
+    let mut bytes_at_last = log.appended_bytes();
+    let mut last_at = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let bytes = log.appended_bytes();
+        let grown = bytes - bytes_at_last;
+        let aged = max_age_ms > 0 && last_at.elapsed().as_millis() as u64 >= max_age_ms;
+        if grown >= max_bytes || (aged && grown > 0) {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            tracing::info!(bytes_since_last = grown, "snapshot triggered");
+            bytes_at_last = bytes;
+            last_at = tokio::time::Instant::now();
+        }
+    }
 }
 
 /// Runs the node until `shutdown` resolves.
@@ -62,7 +85,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config.node_id,
         raft_config(&config)?,
         NetworkFactory::new(config.node_id),
-        log,
+        log.clone(),
         sm.clone(),
     )
     .await
@@ -87,6 +110,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             tracing::info!(%e, "quorum already initialized elsewhere");
         }
     }
+    let snapshots = tokio::spawn(snapshot_policy(
+        raft.clone(),
+        log,
+        config.snapshot_bytes,
+        config.snapshot_interval_ms,
+    ));
+    let controller_config = ControllerConfig {
+        cluster_id: meta.cluster_id.clone(),
+        default_num_partitions: config.num_partitions,
+        default_replication_factor: config.default_replication_factor,
+        session_timeout_ms: config.session_timeout_ms,
+        unclean_leader_election_enable: config.unclean_leader_election_enable,
+    };
+    // The active-controller loop runs on every controller and acts only while it leads.
+    let (_controller, controller_task) =
+        Controller::start(config.node_id, raft.clone(), sm.clone(), controller_config);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, raft.clone(), sm, async {
         let _ = stop_rx.await;
@@ -95,6 +134,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!("shutting down");
     let _ = stop_tx.send(());
     let _ = server.await;
+    snapshots.abort();
+    controller_task.abort();
     raft.shutdown()
         .await
         .map_err(|e| format!("raft shutdown: {e}"))?;

@@ -35,6 +35,8 @@ struct Inner {
     /// disk flush on every commit.
     committed: Option<LogId>,
     committed_path: PathBuf,
+    /// Bytes of entries appended since this store was opened (for the snapshot policy).
+    appended_bytes: u64,
 }
 
 /// The durable Raft log of one controller. Cloning shares the same log (readers).
@@ -75,8 +77,14 @@ impl LogStore {
                 state_path,
                 committed,
                 committed_path,
+                appended_bytes: 0,
             })),
         })
+    }
+
+    /// Bytes of entries appended since this store was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.lock().appended_bytes
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -195,7 +203,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<io::Result<_>>()?;
         let refs: Vec<(u64, &[u8])> = encoded.iter().map(|(i, b)| (*i, b.as_slice())).collect();
-        let result = self.lock().log.append(&refs);
+        let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
+        let result = {
+            let mut inner = self.lock();
+            let r = inner.log.append(&refs);
+            if r.is_ok() {
+                inner.appended_bytes += bytes;
+            }
+            r
+        };
         match result {
             Ok(()) => {
                 callback.io_completed(Ok(()));
