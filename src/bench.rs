@@ -9,9 +9,7 @@
 
 use crate::controller::Controller;
 use crate::local::LocalQuorum;
-use kmeta_metadata::controller::cluster::{
-    register_broker, BrokerHeartbeatRequest, BrokerRegistrationRequest,
-};
+use kmeta_metadata::controller::cluster::{BrokerHeartbeatRequest, BrokerRegistrationRequest};
 use kmeta_metadata::controller::offsets::{
     commit_offsets, OffsetCommitPartition, OffsetCommitRequest,
 };
@@ -25,22 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn active(quorum: &LocalQuorum, within: Duration) -> Result<(u64, Controller), String> {
-    let start = Instant::now();
-    loop {
-        if let Some(leader) = quorum.leader(Duration::from_millis(200)).await {
-            let c = quorum.nodes[&leader].controller.clone();
-            if c.submit(|_| Ok(kmeta_metadata::controller::ControllerResult::reply_only(())))
-                .await
-                .is_ok()
-            {
-                return Ok((leader, c));
-            }
-        }
-        if start.elapsed() > within {
-            return Err("no active controller".into());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    quorum
+        .active_controller(within)
+        .await
+        .ok_or_else(|| "no active controller".to_string())
 }
 
 fn commit_request(writer: usize, offset: i64) -> OffsetCommitRequest {
@@ -80,19 +66,7 @@ async fn setup(quorum: &LocalQuorum) -> Result<Controller, String> {
         features: vec![],
         rack: None,
     };
-    let epoch = c
-        .submit(move |ctx| {
-            register_broker(
-                ctx.image,
-                ctx.config,
-                ctx.tracker,
-                &req,
-                ctx.next_offset,
-                ctx.now_ms,
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let epoch = c.register_broker(req).await.map_err(|e| e.to_string())?;
     let applied = quorum.nodes[&leader].sm.last_applied_index().unwrap_or(0);
     c.heartbeat(BrokerHeartbeatRequest {
         broker_id: BrokerId(1),

@@ -178,6 +178,27 @@ impl LocalQuorum {
         }
     }
 
+    /// The leading node and its controller, once that controller is active (it answers a
+    /// decision), waiting up to `within`.
+    pub async fn active_controller(&self, within: Duration) -> Option<(u64, Controller)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(leader) = self.leader(Duration::from_millis(200)).await {
+                let c = self.nodes[&leader].controller.clone();
+                let probe = c
+                    .submit(|_| Ok(kmeta_metadata::controller::ControllerResult::reply_only(())))
+                    .await;
+                if probe.is_ok() {
+                    return Some((leader, c));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Stops one node (its files stay).
     pub async fn stop_node(&mut self, id: u64) {
         if let Some(node) = self.nodes.remove(&id) {

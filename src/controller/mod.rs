@@ -20,11 +20,12 @@ use crate::raft::network::Raft;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{MetadataBatch, TypeConfig};
 use kmeta_metadata::controller::cluster::{
-    fence_stale_broker, process_heartbeat, BrokerHeartbeatReply, BrokerHeartbeatRequest,
+    fence_stale_broker, process_heartbeat, register_broker, BrokerHeartbeatReply,
+    BrokerHeartbeatRequest, BrokerRegistrationRequest,
 };
 use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
 use kmeta_metadata::controller::{ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH};
-use kmeta_metadata::{ApiError, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
+use kmeta_metadata::{ApiError, BrokerEpoch, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::ProgressResponder;
 use openraft::type_config::alias::CommittedLeaderIdOf;
@@ -142,6 +143,24 @@ impl Controller {
         });
         self.jobs.send(job).await.map_err(|_| not_controller())?;
         rx.await.unwrap_or_else(|_| Err(not_controller()))
+    }
+
+    /// BrokerRegistration: the broker's epoch once its registration has committed.
+    pub async fn register_broker(
+        &self,
+        request: BrokerRegistrationRequest,
+    ) -> Result<BrokerEpoch, ApiError> {
+        self.submit(move |ctx| {
+            register_broker(
+                ctx.image,
+                ctx.config,
+                ctx.tracker,
+                &request,
+                ctx.next_offset,
+                ctx.now_ms,
+            )
+        })
+        .await
     }
 
     /// A broker heartbeat: the session is refreshed at once, off the write path; the state

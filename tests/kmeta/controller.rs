@@ -13,22 +13,10 @@ use std::time::{Duration, Instant};
 /// Submits to whichever node is the active controller, retrying NOT_CONTROLLER while
 /// leadership settles.
 async fn active(cluster: &Cluster) -> (u64, Controller) {
-    let start = Instant::now();
-    loop {
-        let leader = cluster.leader(Duration::from_secs(10)).await;
-        let c = cluster.nodes[&leader].controller.clone();
-        let probe = c
-            .submit(|_| Ok(kmeta_metadata::controller::ControllerResult::reply_only(())))
-            .await;
-        if probe.is_ok() {
-            return (leader, c);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no active controller"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster
+        .active_controller(Duration::from_secs(10))
+        .await
+        .expect("an active controller")
 }
 
 fn registration(id: i32) -> BrokerRegistrationRequest {
@@ -78,19 +66,7 @@ async fn register_and_unfence(
     let mut epochs = vec![];
     for &id in ids {
         let req = registration(id);
-        let epoch = c
-            .submit(move |ctx| {
-                register_broker(
-                    ctx.image,
-                    ctx.config,
-                    ctx.tracker,
-                    &req,
-                    ctx.next_offset,
-                    ctx.now_ms,
-                )
-            })
-            .await
-            .expect("registration commits");
+        let epoch = c.register_broker(req).await.expect("registration commits");
         epochs.push(epoch);
     }
     for (&id, &epoch) in ids.iter().zip(&epochs) {
