@@ -332,15 +332,24 @@ impl EventLoop {
                     continue;
                 }
             }
-            let mut trial = speculative.clone();
             let at = LogOffset(self.active.as_ref().map_or(offset, |a| a.next_offset) as i64);
-            match decided.records.iter().try_for_each(|r| trial.replay(at, r)) {
+            // A single record that does not replay leaves the image unchanged, so only a
+            // multi-record decision needs a copy to roll back to (a cheap O(1) clone; the copy
+            // would cost a path copy of every touched node per job, so single records skip it).
+            let rollback = (decided.records.len() > 1).then(|| speculative.clone());
+            match decided
+                .records
+                .iter()
+                .try_for_each(|r| speculative.replay(at, r))
+            {
                 Ok(()) => {
-                    speculative = trial;
                     records.extend(decided.records);
                     finishes.push(decided.finish);
                 }
                 Err(e) => {
+                    if let Some(previous) = rollback {
+                        speculative = previous;
+                    }
                     tracing::error!(%e, "a decision produced records that do not replay; refused");
                     (decided.finish)(Err(ApiError::new(
                         ErrorCode::UnknownServerError,
