@@ -249,3 +249,72 @@ async fn a_new_active_controller_takes_over_without_fencing_live_brokers() {
     assert!(!image.broker(BrokerId(2)).unwrap().fenced);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_writes_never_fences_a_heartbeating_broker() {
+    let cluster = Cluster::start(3).await;
+    let (leader, c) = active(&cluster).await;
+    let epochs = register_and_unfence(&c, &cluster, leader, &[1, 2]).await;
+    let topic = CreatableTopic {
+        name: "flood".into(),
+        topic_id: uuid::Uuid::from_u128(80),
+        num_partitions: 1,
+        replication_factor: 2,
+        assignments: vec![],
+        configs: vec![],
+    };
+    c.submit(move |ctx| Ok(create_topics(ctx.image, ctx.config, &[topic], false)))
+        .await
+        .unwrap();
+    let flood_for = Duration::from_millis(SESSION_TIMEOUT_MS * 3);
+    let deadline = Instant::now() + flood_for;
+    let mut tasks = Vec::new();
+    for writer in 0..64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let req = OffsetCommitRequest {
+                    group_id: format!("flood-{writer}"),
+                    generation_id: -1,
+                    member_id: String::new(),
+                    partitions: vec![OffsetCommitPartition {
+                        topic: "flood".into(),
+                        partition: 0,
+                        offset: i,
+                        leader_epoch: -1,
+                        metadata: String::new(),
+                    }],
+                };
+                let _ = c
+                    .submit(move |ctx| Ok(commit_offsets(ctx.image, &req, ctx.wall_ms)))
+                    .await;
+                i += 1;
+            }
+        }));
+    }
+    // Brokers heartbeat every 200 ms (a fifth of the session timeout) throughout the flood.
+    while Instant::now() < deadline {
+        for (i, id) in [1, 2].into_iter().enumerate() {
+            let reply = heartbeat(&c, &cluster, leader, id, epochs[i])
+                .await
+                .unwrap();
+            assert!(
+                !reply.is_fenced,
+                "broker {id} was fenced during a write flood"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let image = cluster.nodes[&leader].sm.image();
+    assert!(!image.broker(BrokerId(1)).unwrap().fenced);
+    assert!(!image.broker(BrokerId(2)).unwrap().fenced);
+    assert!(
+        image.group_offsets("flood-0").is_some(),
+        "the flood did commit"
+    );
+    cluster.shutdown().await;
+}
