@@ -39,6 +39,10 @@ use tokio::task::JoinHandle;
 pub const MAX_QUEUED_JOBS: usize = 4_096;
 /// Jobs folded into one Raft entry, at most.
 pub const MAX_JOBS_PER_ENTRY: usize = 512;
+/// Entries proposed but not yet applied, at most. Under load the loop waits for one to apply
+/// while jobs pile up in the queue, and those then share the next entry (batching without a
+/// fixed linger: at low load nothing waits).
+pub const MAX_ENTRIES_IN_FLIGHT: usize = 4;
 /// How often expired sessions are checked.
 pub const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -98,6 +102,7 @@ impl Controller {
             tracker: tracker.clone(),
             clock,
             active: None,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT)),
         };
         let task = tokio::spawn(event_loop.run(rx));
         (
@@ -203,6 +208,7 @@ struct EventLoop {
     tracker: Arc<Mutex<BrokerHeartbeatTracker>>,
     clock: Instant,
     active: Option<Active>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl EventLoop {
@@ -214,6 +220,8 @@ impl EventLoop {
             tokio::select! {
                 job = jobs.recv() => {
                     let Some(job) = job else { return };
+                    // Wait while the pipeline is full; meanwhile more jobs queue up.
+                    drop(self.in_flight.clone().acquire_owned().await.expect("semaphore never closes"));
                     let mut batch = vec![job];
                     while batch.len() < MAX_JOBS_PER_ENTRY {
                         match jobs.try_recv() {
@@ -377,6 +385,12 @@ impl EventLoop {
             return;
         };
         let predicted = active.next_offset;
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
         let (responder, appended, applied) = ProgressResponder::new();
         let written = self
             .raft
@@ -409,6 +423,7 @@ impl EventLoop {
             for f in finishes {
                 f(outcome.clone());
             }
+            drop(permit);
         });
     }
 
