@@ -92,20 +92,10 @@ pub struct LocalQuorum {
     pub faults: LinkFaults,
 }
 
-/// Raft timing for local quorums: elections after 400–800 ms of silence, heartbeats every
-/// 100 ms.
+/// Raft timing for local quorums: the server's, with a 400 ms election timeout (elections
+/// after 400–800 ms of silence).
 pub fn local_raft_config() -> Arc<openraft::Config> {
-    Arc::new(
-        openraft::Config {
-            cluster_name: "kmeta-local".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
-            ..Default::default()
-        }
-        .validate()
-        .expect("valid raft config"),
-    )
+    crate::server::raft_timing(400).expect("valid raft config")
 }
 
 impl LocalQuorum {

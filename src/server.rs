@@ -17,16 +17,15 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Raft timing derived from `controller.quorum.election.timeout.ms`: elections start after
-/// one to two election timeouts of silence; the leader heartbeats five times per timeout.
-pub fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, String> {
-    let election = config.election_timeout_ms;
+/// Raft timing derived from an election timeout: elections start after one to two election
+/// timeouts of silence; the leader heartbeats five times per timeout. Snapshots are taken by
+/// [`snapshot_policy`] (Kafka's byte and age triggers), not by openraft's count.
+pub fn raft_timing(election_timeout_ms: u64) -> Result<Arc<openraft::Config>, String> {
     let raft = openraft::Config {
         cluster_name: "kmeta".into(),
-        heartbeat_interval: (election / 5).max(10),
-        election_timeout_min: election,
-        election_timeout_max: election * 2,
-        // Snapshots follow Kafka's byte and age triggers (`snapshot_policy` below).
+        heartbeat_interval: (election_timeout_ms / 5).max(10),
+        election_timeout_min: election_timeout_ms,
+        election_timeout_max: election_timeout_ms * 2,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1_000,
         ..Default::default()
@@ -34,6 +33,11 @@ pub fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, String>
     raft.validate()
         .map(Arc::new)
         .map_err(|e| format!("controller.quorum.election.timeout.ms: {e}"))
+}
+
+/// The Raft configuration of a node.
+pub fn raft_config(config: &NodeConfig) -> Result<Arc<openraft::Config>, String> {
+    raft_timing(config.election_timeout_ms)
 }
 
 /// Takes a snapshot after `metadata.log.max.record.bytes.between.snapshots` bytes of new log

@@ -431,10 +431,8 @@ impl EventLoop {
         if self.active.is_none() {
             return;
         }
-        let now = self.now_ms();
-        let config = self.config.clone();
-        let job: Job = Box::new(move |ctx| {
-            let result = fence_stale_broker(ctx.image, &config, ctx.tracker, now);
+        let job: Job = Box::new(|ctx| {
+            let result = fence_stale_broker(ctx.image, ctx.config, ctx.tracker, ctx.now_ms);
             if let Some(b) = result.reply {
                 tracing::info!(broker = %b, "broker session expired: fencing");
                 ctx.tracker.remove(b);

@@ -181,9 +181,11 @@ pub struct PeerClient {
 struct NetError(String);
 
 impl PeerClient {
+    /// An error answer from the peer. The connection is dropped too: a peer that answers
+    /// with errors may be a stopped node whose port has a new owner.
     fn remote_error(&mut self, msg: String) -> RPCError<TypeConfig> {
         self.conn = None;
-        remote(msg)
+        RPCError::Unreachable(Unreachable::new(&NetError(format!("remote: {msg}"))))
     }
 
     async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, NetError> {
@@ -231,12 +233,6 @@ impl PeerClient {
 
 fn unreachable(e: NetError) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(&e))
-}
-
-/// An error answer from the peer. The caller drops the connection too: a peer that answers
-/// with errors may be a stopped node whose port has a new owner.
-fn remote(msg: String) -> RPCError<TypeConfig> {
-    RPCError::Unreachable(Unreachable::new(&NetError(format!("remote: {msg}"))))
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {

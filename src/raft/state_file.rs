@@ -6,38 +6,47 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically and durably, with a trailing CRC32.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// `bytes` followed by their CRC32 (the form [`read_checked`] reads).
+fn with_crc(bytes: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(bytes.len() + 4);
     framed.extend_from_slice(bytes);
     framed.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
-    write_plain_atomic(path, &framed)
+    framed
+}
+
+/// Replaces `path` with `bytes` through a temporary file and a rename; with `durable`, the
+/// file is fsynced before the rename and the directory after it.
+fn replace(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        if durable {
+            file.sync_all()?;
+        }
+    }
+    fs::rename(&tmp, path)?;
+    if durable {
+        File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically and durably, with a trailing CRC32.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, &with_crc(bytes), true)
 }
 
 /// Writes `bytes` to `path` atomically and durably, without a checksum (for human-readable
 /// files such as `meta.properties`).
 pub fn write_plain_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    replace(path, bytes, true)
 }
 
 /// Replaces `path` atomically (rename) with a CRC-framed `bytes`, without fsync: for hints
 /// whose loss in a crash is harmless. Read it back with [`read_checked`].
 pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.write_all(&crc32fast::hash(bytes).to_le_bytes())?;
-    }
-    fs::rename(&tmp, path)
+    replace(path, &with_crc(bytes), false)
 }
 
 /// Reads a file written by [`write_atomic`]; `Ok(None)` when it does not exist.
