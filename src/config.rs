@@ -69,6 +69,10 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ),
     ("metadata.log.max.snapshot.interval.ms", Some("3600000")),
     ("metrics.listener", None),
+    ("inter.broker.listener.name", Some("PLAINTEXT")),
+    ("socket.request.max.bytes", Some("8388608")),
+    ("max.connections", Some("1000")),
+    ("connections.max.idle.ms", Some("600000")),
 ];
 
 /// A parsed and validated node configuration.
@@ -108,6 +112,10 @@ pub struct NodeConfig {
     pub snapshot_interval_ms: u64,
     /// Keys present but unknown (warned about at start).
     pub unknown_keys: Vec<String>,
+    /// `inter.broker.listener.name`: the broker listener clients are told about.
+    pub broker_listener_name: String,
+    /// `socket.request.max.bytes`, `max.connections`, `connections.max.idle.ms`.
+    pub limits: crate::kafka::listener::Limits,
 }
 
 /// Parses properties text: `key=value` (or `key: value`) lines, `#`/`!` comments.
@@ -335,12 +343,30 @@ impl NodeConfig {
             snapshot_bytes: number(props, "metadata.log.max.record.bytes.between.snapshots", 1)?,
             snapshot_interval_ms: number(props, "metadata.log.max.snapshot.interval.ms", 0)?,
             unknown_keys,
+            broker_listener_name: props
+                .get("inter.broker.listener.name")
+                .cloned()
+                .unwrap_or_else(|| "PLAINTEXT".into()),
+            limits: crate::kafka::listener::Limits {
+                max_request_bytes: number(props, "socket.request.max.bytes", 64usize)?,
+                max_connections: number(props, "max.connections", 1usize)?,
+                idle_timeout: std::time::Duration::from_millis(number(
+                    props,
+                    "connections.max.idle.ms",
+                    1u64,
+                )?),
+            },
         })
     }
 
     /// The listener with this name.
     pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name == name)
+    }
+
+    /// The limits of this node's Kafka listeners.
+    pub fn listener_limits(&self) -> crate::kafka::listener::Limits {
+        self.limits
     }
 
     /// Where this node's metadata log and snapshots live.

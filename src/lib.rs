@@ -3,9 +3,16 @@
 
 pub use kmeta_metadata as metadata;
 
+/// See [`alloc`]: large allocations reserve address space only, so a hostile array count
+/// cannot abort the process.
+#[global_allocator]
+static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
+
+pub mod alloc;
 pub mod bench;
 pub mod config;
 pub mod controller;
+pub mod kafka;
 pub mod local;
 pub mod raft;
 pub mod server;

@@ -1,7 +1,9 @@
 //! `LocalQuorum`: several controllers in one process on 127.0.0.1, each with its own data
 //! directory and real TCP between them. Used by tests, the benchmarks, and (next) `kmeta dev`.
 
+use crate::controller::kafka_api::ControllerService;
 use crate::controller::Controller;
+use crate::kafka::listener::Limits;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{serve, LinkFaults, NetworkFactory, Raft};
 use crate::raft::state_machine::StateMachine;
@@ -51,14 +53,22 @@ impl LocalNode {
         )
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
+        let (controller, controller_task) =
+            Controller::start(id, raft.clone(), sm.clone(), controller_config);
+        let kafka = Arc::new(ControllerService::new(
+            id,
+            controller.clone(),
+            raft.clone(),
+            sm.clone(),
+        ));
         let server = tokio::spawn(serve(
             listener,
             raft.clone(),
             sm.clone(),
+            kafka,
+            Limits::default(),
             std::future::pending(),
         ));
-        let (controller, controller_task) =
-            Controller::start(id, raft.clone(), sm.clone(), controller_config);
         Ok(LocalNode {
             raft,
             sm,

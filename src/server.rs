@@ -6,6 +6,7 @@
 //! initialization on several nodes; the vote picks one leader).
 
 use crate::config::NodeConfig;
+use crate::controller::kafka_api::ControllerService;
 use crate::controller::Controller;
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{serve, NetworkFactory, Raft};
@@ -128,12 +129,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         unclean_leader_election_enable: config.unclean_leader_election_enable,
     };
     // The active-controller loop runs on every controller and acts only while it leads.
-    let (_controller, controller_task) =
+    let (controller, controller_task) =
         Controller::start(config.node_id, raft.clone(), sm.clone(), controller_config);
+    let kafka = Arc::new(ControllerService::new(
+        config.node_id,
+        controller,
+        raft.clone(),
+        sm.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, raft.clone(), sm, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        raft.clone(),
+        sm,
+        kafka,
+        config.listener_limits(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(());

@@ -16,6 +16,8 @@
 //! delays the contact time of a live broker (`Controller::heartbeat`). A timer fences one
 //! expired broker per tick.
 
+pub mod kafka_api;
+
 use crate::raft::network::Raft;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{MetadataBatch, TypeConfig};
@@ -62,7 +64,9 @@ pub struct Ctx<'a> {
     pub wall_ms: i64,
 }
 
-type Finish = Box<dyn FnOnce(Result<(), ApiError>) + Send>;
+/// Releases a reply: with the offset at which its effects are visible in the committed log,
+/// or with the error that stopped it.
+type Finish = Box<dyn FnOnce(Result<u64, ApiError>) + Send>;
 
 struct Decided {
     records: Vec<MetadataRecord>,
@@ -127,6 +131,17 @@ impl Controller {
         T: Send + 'static,
         F: FnOnce(&mut Ctx<'_>) -> Result<ControllerResult<T>, ApiError> + Send + 'static,
     {
+        self.submit_at(decide).await.map(|(reply, _)| reply)
+    }
+
+    /// Like [`Controller::submit`], also returning the metadata offset a reader must have
+    /// applied to see the decision's effects (its entry's offset, or for a decision with no
+    /// records the last offset proposed before it).
+    pub async fn submit_at<T, F>(&self, decide: F) -> Result<(T, u64), ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Ctx<'_>) -> Result<ControllerResult<T>, ApiError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |ctx| match decide(ctx) {
             Err(e) => {
@@ -141,7 +156,7 @@ impl Controller {
                 Decided {
                     records: result.records,
                     finish: Box::new(move |outcome| {
-                        let _ = tx.send(outcome.map(|()| reply));
+                        let _ = tx.send(outcome.map(|offset| (reply, offset)));
                     }),
                 }
             }
@@ -323,7 +338,7 @@ impl EventLoop {
                 job(&mut ctx)
             };
             if decided.records.is_empty() {
-                (decided.finish)(Ok(()));
+                (decided.finish)(Ok(offset.saturating_sub(1)));
                 continue;
             }
             if records.len() + decided.records.len() > MAX_RECORDS_PER_BATCH && !records.is_empty()
@@ -417,7 +432,7 @@ impl EventLoop {
                 }
             }
             let outcome = match applied.await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(applied)) => Ok(applied.data.offset),
                 _ => Err(not_controller()),
             };
             for f in finishes {

@@ -9,6 +9,7 @@
 
 use super::state_machine::{SnapshotData, StateMachine};
 use super::types::{TypeConfig, Vote};
+use crate::kafka::listener::{Limits, Service};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
@@ -26,8 +27,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The largest Raft frame accepted (a full snapshot travels in one frame).
 pub const MAX_RAFT_FRAME_BYTES: usize = 256 * 1024 * 1024;
-/// At most this many inbound Raft connections per controller.
-pub const MAX_RAFT_CONNECTIONS: usize = 64;
+/// The first frame a Raft peer sends on a new connection. The `CONTROLLER` listener serves
+/// both Raft and the Kafka protocol; a Kafka request can never start with it (its first two
+/// bytes would be a negative API key).
+pub const RAFT_HELLO: &[u8] = b"\xffkmeta-raft/1";
 
 /// The openraft instance of a controller.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -217,8 +220,9 @@ impl PeerClient {
 
     async fn exchange(&mut self, payload: &[u8]) -> io::Result<Vec<u8>> {
         if self.conn.is_none() {
-            let stream = TcpStream::connect(&self.addr).await?;
+            let mut stream = TcpStream::connect(&self.addr).await?;
             stream.set_nodelay(true)?;
+            write_frame(&mut stream, RAFT_HELLO).await?;
             self.conn = Some(stream);
         }
         let conn = self.conn.as_mut().expect("connected");
@@ -311,13 +315,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-/// Serves Raft RPCs from peers until `shutdown` resolves (or this future is dropped). The
-/// connection tasks belong to the server: when it stops, they stop, so no connection keeps
-/// answering for a stopped node.
-pub async fn serve(
+/// Serves the `CONTROLLER` listener until `shutdown` resolves (or this future is dropped):
+/// Raft RPCs from peers (connections that open with [`RAFT_HELLO`]) and the Kafka protocol
+/// (every other connection) through `kafka`. The connection tasks belong to the server: when
+/// it stops, they stop, so no connection keeps answering for a stopped node.
+pub async fn serve<S: Service>(
     listener: TcpListener,
     raft: Raft,
     sm: StateMachine,
+    kafka: Arc<S>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -328,23 +335,40 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(%e, "raft listener accept failed");
+                tracing::warn!(%e, "controller listener accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if connections.len() >= MAX_RAFT_CONNECTIONS {
-            tracing::warn!(%peer, "too many raft connections; closing");
+        if connections.len() >= limits.max_connections {
+            tracing::warn!(%peer, max = limits.max_connections, "connection limit reached: closing a new connection");
             continue;
         }
         let raft = raft.clone();
         let sm = sm.clone();
+        let kafka = kafka.clone();
         connections.spawn(async move {
-            if let Err(e) = serve_connection(stream, raft, sm).await {
-                tracing::debug!(%peer, %e, "raft connection closed");
+            let first = tokio::time::timeout(
+                limits.idle_timeout,
+                crate::kafka::wire::read_frame(&mut stream, limits.max_request_bytes),
+            )
+            .await;
+            match first {
+                Ok(Ok(Some(frame))) if frame.as_ref() == RAFT_HELLO => {
+                    if let Err(e) = serve_connection(stream, raft, sm).await {
+                        tracing::debug!(%peer, %e, "raft connection closed");
+                    }
+                }
+                Ok(Ok(Some(frame))) => {
+                    crate::kafka::listener::serve_connection(stream, Some(frame), kafka, limits)
+                        .await
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "closing connection"),
+                Err(_) => tracing::debug!(%peer, "idle connection closed"),
             }
         });
     }

@@ -8,17 +8,23 @@
 //! the newest one is loaded at start, and the log replays on top of it.
 
 use super::state_file::{read_checked, write_atomic};
-use super::types::{BatchApplied, LogId, TypeConfig};
+use super::types::{BatchApplied, LogId, MetadataBatch, TypeConfig};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use kmeta_metadata::{LogOffset, MetadataImage, MetadataRecord};
 use openraft::storage::{EntryResponder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+/// Bytes of recently applied entries kept in memory for brokers fetching the log. A broker
+/// further behind is sent a snapshot of the image instead.
+pub const MAX_TAIL_BYTES: usize = 64 * 1024 * 1024;
 
 /// A snapshot's content: the encoded records that rebuild the image.
 pub type SnapshotData = Vec<u8>;
@@ -35,6 +41,64 @@ struct Inner {
     membership: StoredMembershipOf<TypeConfig>,
     snapshot: Option<SnapshotFile>,
     snapshot_path: PathBuf,
+    tail: Tail,
+    broker_snapshot: Option<(u64, Bytes)>,
+}
+
+/// The recently applied entries, encoded as [`encode_batch`] does. It covers every index
+/// from `start` to the last applied one; entries without records (Raft's own) are absent.
+struct Tail {
+    start: u64,
+    entries: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn new(start: u64) -> Tail {
+        Tail {
+            start,
+            entries: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, index: u64, encoded: Bytes) {
+        self.bytes += encoded.len();
+        self.entries.push_back((index, encoded));
+        while self.bytes > MAX_TAIL_BYTES {
+            let Some((i, e)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= e.len();
+            self.start = i + 1;
+        }
+    }
+}
+
+/// What a broker fetching from offset `from` gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommittedRead {
+    /// The committed entries from `from` on (possibly none yet), each `(offset, encoded batch)`.
+    Entries {
+        /// The entries, in order.
+        entries: Vec<(u64, Bytes)>,
+        /// The offset to fetch from next.
+        next: u64,
+        /// The last applied (committed) offset.
+        high_watermark: u64,
+    },
+    /// `from` is older than the entries kept: load a snapshot first.
+    SnapshotNeeded,
+}
+
+/// Encodes an entry's records for brokers: a sequence of record encodings (as in the Raft log).
+pub fn encode_batch(batch: &MetadataBatch) -> Bytes {
+    Bytes::from(postcard::to_allocvec(batch).expect("postcard into a Vec is infallible"))
+}
+
+/// Decodes what [`encode_batch`] wrote.
+pub fn decode_batch(bytes: &[u8]) -> io::Result<MetadataBatch> {
+    postcard::from_bytes(bytes).map_err(invalid)
 }
 
 /// The replicated metadata image of one controller. Cloning shares it.
@@ -54,7 +118,8 @@ fn encode_records(image: &MetadataImage) -> SnapshotData {
     postcard::to_allocvec(&records).expect("postcard into a Vec is infallible")
 }
 
-fn decode_image(data: &[u8], offset: LogOffset) -> io::Result<MetadataImage> {
+/// Rebuilds an image from snapshot data taken at `offset`.
+pub fn decode_image(data: &[u8], offset: LogOffset) -> io::Result<MetadataImage> {
     let records: Vec<Vec<u8>> = postcard::from_bytes(data).map_err(invalid)?;
     let mut image = MetadataImage::new();
     for bytes in records {
@@ -88,6 +153,7 @@ impl StateMachine {
             None => (MetadataImage::new(), None, StoredMembership::default()),
         };
         let (published, _) = watch::channel(image.clone());
+        let tail = Tail::new(last_applied.map_or(0, |l| l.index() + 1));
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 image,
@@ -95,6 +161,8 @@ impl StateMachine {
                 membership,
                 snapshot,
                 snapshot_path,
+                tail,
+                broker_snapshot: None,
             })),
             published,
         })
@@ -122,6 +190,61 @@ impl StateMachine {
             .snapshot
             .as_ref()
             .and_then(|s| s.meta.last_log_id.map(|l| l.index()))
+    }
+
+    /// Committed entries from offset `from` on, at most about `max_bytes` of them (always at
+    /// least one when there is one).
+    pub fn read_committed(&self, from: u64, max_bytes: usize) -> CommittedRead {
+        let inner = self.lock();
+        let high_watermark = inner.last_applied.map_or(0, |l| l.index());
+        if from < inner.tail.start {
+            return CommittedRead::SnapshotNeeded;
+        }
+        let skip = inner.tail.entries.partition_point(|(i, _)| *i < from);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut next = high_watermark.max(from.saturating_sub(1)) + 1;
+        for (i, e) in inner.tail.entries.iter().skip(skip) {
+            if !entries.is_empty() && bytes + e.len() > max_bytes {
+                next = *i;
+                break;
+            }
+            bytes += e.len();
+            entries.push((*i, e.clone()));
+        }
+        CommittedRead::Entries {
+            entries,
+            next,
+            high_watermark,
+        }
+    }
+
+    /// A snapshot for brokers: `(last offset it covers, snapshot data)`. Reused while brokers
+    /// can continue from it with the kept entries; rebuilt from the image otherwise.
+    pub fn broker_snapshot(&self) -> (u64, Bytes) {
+        let (image, offset) = {
+            let inner = self.lock();
+            if let Some((offset, data)) = &inner.broker_snapshot {
+                if offset + 1 >= inner.tail.start {
+                    return (*offset, data.clone());
+                }
+            }
+            (
+                inner.image.clone(),
+                inner.last_applied.map_or(0, |l| l.index()),
+            )
+        };
+        let data = Bytes::from(encode_records(&image));
+        self.lock().broker_snapshot = Some((offset, data.clone()));
+        (offset, data)
+    }
+
+    /// The broker snapshot covering `offset`, if it is still the one kept.
+    pub fn broker_snapshot_at(&self, offset: u64) -> Option<Bytes> {
+        match &self.lock().broker_snapshot {
+            Some((o, data)) if *o == offset => Some(data.clone()),
+            _ => None,
+        }
     }
 
     /// A watch of the committed image, updated after every applied batch.
@@ -191,6 +314,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             })?;
                         }
                         inner.image = next;
+                        inner.tail.push(index, encode_batch(batch));
                     }
                     EntryPayload::Membership(m) => {
                         inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -227,6 +351,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(file);
+        inner.tail = Tail::new(meta.last_log_id.map_or(0, |l| l.index() + 1));
         self.published.send_replace(inner.image.clone());
         Ok(())
     }

@@ -1,0 +1,109 @@
+//! The process allocator: the system allocator, except that very large requests are served
+//! by lazily backed anonymous mappings.
+//!
+//! Why: kafka-protocol 0.18 decodes an array by calling `Vec::with_capacity(count)` with the
+//! count read from the wire, before reading any element (upstream PRs #152 and #200 are still
+//! open). A 12-byte hostile frame claiming two billion elements asks for hundreds of GiB; the
+//! system allocator refuses, and Rust aborts the whole process. kmeta may not patch the crate,
+//! so it makes such a request harmless instead: an allocation of at least
+//! [`LAZY_ALLOCATION_BYTES`] is an `mmap` with `MAP_NORESERVE`, which reserves address space
+//! but no memory. The decoder then fails on the first missing element, the vector is dropped,
+//! and the mapping is returned. A successful decode can never hold such a vector: every
+//! element takes at least one byte of the frame, and frames are capped far below this size.
+//!
+//! Under `vm.overcommit_memory = 2` (strict accounting) the kernel still refuses; the
+//! listeners' frame cap and connection cap are the remaining guard there (`docs/PROTOCOL.md`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+/// Allocations of at least this many bytes are lazily backed mappings.
+pub const LAZY_ALLOCATION_BYTES: usize = 1 << 30;
+
+const PAGE: usize = 4096;
+
+/// The allocator installed for kmeta's binaries and tests (see the module docs).
+pub struct GuardedAlloc;
+
+fn lazy(layout: &Layout) -> bool {
+    layout.size() >= LAZY_ALLOCATION_BYTES && layout.align() <= PAGE
+}
+
+unsafe fn map(size: usize) -> *mut u8 {
+    // SAFETY: an anonymous private mapping touches no existing memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        std::ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+// SAFETY: every block is either the system allocator's (and returned to it) or a mapping of
+// exactly `layout.size()` bytes (and unmapped with that size); `lazy` decides which, and
+// Rust passes the same layout to `dealloc` as to `alloc`.
+unsafe impl GlobalAlloc for GuardedAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if lazy(&layout) {
+            unsafe { map(layout.size()) }
+        } else {
+            unsafe { System.alloc(layout) }
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if lazy(&layout) {
+            // Anonymous mappings are zero-filled.
+            unsafe { map(layout.size()) }
+        } else {
+            unsafe { System.alloc_zeroed(layout) }
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if lazy(&layout) {
+            unsafe { libc::munmap(ptr.cast(), layout.size()) };
+        } else {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        if !lazy(&layout) && !lazy(&new_layout) {
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            unsafe {
+                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_allocation_far_beyond_memory_is_only_reserved() {
+        // 256 GiB: more than this machine has; the system allocator would refuse it.
+        let v: Vec<u64> = Vec::with_capacity(32 << 30);
+        assert!(v.capacity() >= 32 << 30);
+        let mut grown: Vec<u8> = Vec::with_capacity(16);
+        grown.extend_from_slice(b"kmeta");
+        grown.reserve_exact(super::LAZY_ALLOCATION_BYTES);
+        assert_eq!(&grown[..], b"kmeta");
+        grown.shrink_to_fit();
+        assert_eq!(&grown[..], b"kmeta");
+    }
+}

@@ -1,0 +1,993 @@
+//! The controller's Kafka-protocol API, served on its `CONTROLLER` listener: what brokers
+//! send (registration, heartbeats, AlterPartition, the metadata fetch), what operators and
+//! brokers forward (admin requests, offset commits, inside Envelope or directly), and
+//! DescribeQuorum. Every write is answered after its records commit; a request reaching a
+//! standby controller gets NOT_CONTROLLER.
+
+use super::Controller;
+use crate::kafka::listener::Service;
+use crate::kafka::metadata_log::{encode_entries, METADATA_TOPIC};
+use crate::kafka::wire::{decode_request, encode_response, ApiSet, Rejected, Request};
+use crate::raft::network::Raft;
+use crate::raft::state_machine::{CommittedRead, StateMachine};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
+use kmeta_metadata::controller::cluster::{
+    unregister_broker, BrokerHeartbeatRequest as CoreHeartbeat,
+    BrokerRegistrationRequest as CoreRegistration,
+};
+use kmeta_metadata::controller::offsets::{
+    commit_offsets, OffsetCommitPartition, OffsetCommitRequest as CoreCommit,
+};
+use kmeta_metadata::controller::replication::alter_partition::{
+    alter_partition, AlterPartitionData, AlterPartitionRequest as CoreAlterPartition,
+};
+use kmeta_metadata::controller::replication::election::{elect_leaders, ElectionType};
+use kmeta_metadata::controller::replication::reassignment::{
+    alter_partition_reassignments, list_partition_reassignments,
+};
+use kmeta_metadata::controller::replication::topics::{
+    create_partitions, create_topics, delete_topics, CreatableTopic as CoreTopic,
+    CreatePartitionsTopic as CorePartitions,
+};
+use kmeta_metadata::controller::replication::TopicRef;
+use kmeta_metadata::controller::ControllerResult;
+use kmeta_metadata::record::{Endpoint, FeatureRange};
+use kmeta_metadata::{
+    ApiError, BrokerEpoch, BrokerId as CoreBrokerId, ErrorCode, LeaderEpoch, LeaderRecoveryState,
+    LogOffset, PartitionEpoch,
+};
+use openraft::async_runtime::WatchReceiver;
+use std::time::Duration;
+
+/// The tagged field of an EnvelopeResponse that carries the metadata offset at which the
+/// forwarded request's effects are visible (a kmeta extension; `docs/PROTOCOL.md`).
+pub const ENVELOPE_OFFSET_TAG: i32 = 10_000;
+
+/// The longest a broker's metadata fetch waits for new entries.
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
+
+/// The largest FetchSnapshot chunk.
+pub const MAX_SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
+
+fn range<M: Message>() -> VersionRange {
+    M::VERSIONS
+}
+
+/// Admin requests a broker may forward (inside Envelope), and their versions.
+pub fn forwardable_apis() -> Vec<(ApiKey, VersionRange)> {
+    vec![
+        (ApiKey::CreateTopics, range::<CreateTopicsRequest>()),
+        (ApiKey::DeleteTopics, range::<DeleteTopicsRequest>()),
+        (ApiKey::CreatePartitions, range::<CreatePartitionsRequest>()),
+        (ApiKey::ElectLeaders, range::<ElectLeadersRequest>()),
+        (
+            ApiKey::AlterPartitionReassignments,
+            range::<AlterPartitionReassignmentsRequest>(),
+        ),
+        (
+            ApiKey::ListPartitionReassignments,
+            range::<ListPartitionReassignmentsRequest>(),
+        ),
+        (ApiKey::OffsetCommit, range::<OffsetCommitRequest>()),
+    ]
+}
+
+fn controller_apis() -> Vec<(ApiKey, VersionRange)> {
+    let mut apis = vec![
+        (ApiKey::ApiVersions, range::<ApiVersionsRequest>()),
+        (
+            ApiKey::BrokerRegistration,
+            range::<BrokerRegistrationRequest>(),
+        ),
+        (ApiKey::BrokerHeartbeat, range::<BrokerHeartbeatRequest>()),
+        (ApiKey::UnregisterBroker, range::<UnregisterBrokerRequest>()),
+        (ApiKey::AlterPartition, range::<AlterPartitionRequest>()),
+        (ApiKey::DescribeQuorum, range::<DescribeQuorumRequest>()),
+        // Fetch of the metadata log: v12+ (flexible, with snapshot ids).
+        (
+            ApiKey::Fetch,
+            VersionRange {
+                min: 12,
+                max: FetchRequest::VERSIONS.max,
+            },
+        ),
+        (ApiKey::FetchSnapshot, range::<FetchSnapshotRequest>()),
+        (ApiKey::Envelope, range::<EnvelopeRequest>()),
+    ];
+    apis.extend(forwardable_apis());
+    apis
+}
+
+fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn msg(e: &ApiError) -> Option<StrBytes> {
+    Some(sb(e.message.clone()))
+}
+
+/// The controller's Kafka service.
+pub struct ControllerService {
+    node_id: u64,
+    controller: Controller,
+    raft: Raft,
+    sm: StateMachine,
+    apis: ApiSet,
+    forwardable: ApiSet,
+}
+
+impl ControllerService {
+    /// A service for this node.
+    pub fn new(node_id: u64, controller: Controller, raft: Raft, sm: StateMachine) -> Self {
+        ControllerService {
+            node_id,
+            controller,
+            raft,
+            sm,
+            apis: ApiSet::new(controller_apis()),
+            forwardable: ApiSet::new(forwardable_apis()),
+        }
+    }
+
+    fn leader(&self) -> (Option<u64>, u64) {
+        let m = self.raft.metrics().borrow_watched().clone();
+        (m.current_leader, m.current_term)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leader().0 == Some(self.node_id)
+    }
+
+    /// Answers one request; also returns the offset at which a write's effects are visible.
+    async fn dispatch(&self, body: RequestKind) -> Result<(ResponseKind, Option<u64>), String> {
+        Ok(match body {
+            RequestKind::ApiVersions(_) => (self.apis.api_versions_response().into(), None),
+            RequestKind::BrokerRegistration(r) => (self.register(r).await.into(), None),
+            RequestKind::BrokerHeartbeat(r) => (self.heartbeat(r).await.into(), None),
+            RequestKind::UnregisterBroker(r) => (self.unregister(r).await.into(), None),
+            RequestKind::AlterPartition(r) => (self.alter_partition(r).await.into(), None),
+            RequestKind::DescribeQuorum(_) => (self.describe_quorum().into(), None),
+            RequestKind::Fetch(r) => (self.fetch(r).await?.into(), None),
+            RequestKind::FetchSnapshot(r) => (self.fetch_snapshot(r).into(), None),
+            RequestKind::CreateTopics(r) => {
+                let (resp, at) = self.create_topics(r).await;
+                (resp.into(), at)
+            }
+            RequestKind::DeleteTopics(r) => {
+                let (resp, at) = self.delete_topics(r).await;
+                (resp.into(), at)
+            }
+            RequestKind::CreatePartitions(r) => {
+                let (resp, at) = self.create_partitions(r).await;
+                (resp.into(), at)
+            }
+            RequestKind::ElectLeaders(r) => {
+                let (resp, at) = self.elect_leaders(r).await;
+                (resp.into(), at)
+            }
+            RequestKind::AlterPartitionReassignments(r) => {
+                let (resp, at) = self.alter_reassignments(r).await;
+                (resp.into(), at)
+            }
+            RequestKind::ListPartitionReassignments(r) => {
+                let (resp, at) = self.list_reassignments(r).await;
+                (resp.into(), at)
+            }
+            RequestKind::OffsetCommit(r) => {
+                let (resp, at) = self.offset_commit(r).await;
+                (resp.into(), at)
+            }
+            other => return Err(format!("unexpected request {other:?}")),
+        })
+    }
+
+    async fn envelope(&self, envelope: EnvelopeRequest) -> Result<EnvelopeResponse, String> {
+        if !self.is_leader() {
+            return Ok(EnvelopeResponse::default().with_error_code(ErrorCode::NotController.code()));
+        }
+        let inner = match decode_request(envelope.request_data, &self.forwardable) {
+            Ok(r) => r,
+            Err(Rejected::Reply(bytes)) => {
+                return Ok(EnvelopeResponse::default().with_response_data(Some(bytes)))
+            }
+            Err(Rejected::Close(reason)) => {
+                tracing::warn!(%reason, "refusing a forwarded request");
+                return Ok(
+                    EnvelopeResponse::default().with_error_code(ErrorCode::InvalidRequest.code())
+                );
+            }
+        };
+        let (response, at) = self.dispatch(inner.body).await?;
+        let data = encode_response(
+            inner.header.correlation_id,
+            inner.api_key,
+            inner.version,
+            &response,
+        )?;
+        let mut reply = EnvelopeResponse::default().with_response_data(Some(data));
+        if let Some(at) = at {
+            let mut tag = BytesMut::with_capacity(8);
+            tag.put_u64(at);
+            reply
+                .unknown_tagged_fields
+                .insert(ENVELOPE_OFFSET_TAG, tag.freeze());
+        }
+        Ok(reply)
+    }
+
+    async fn register(&self, r: BrokerRegistrationRequest) -> BrokerRegistrationResponse {
+        let request = CoreRegistration {
+            broker_id: CoreBrokerId(r.broker_id.0),
+            cluster_id: r.cluster_id.to_string(),
+            incarnation_id: r.incarnation_id,
+            listeners: r
+                .listeners
+                .iter()
+                .map(|l| Endpoint {
+                    name: l.name.to_string(),
+                    host: l.host.to_string(),
+                    port: l.port,
+                    security_protocol: l.security_protocol,
+                })
+                .collect(),
+            features: r
+                .features
+                .iter()
+                .map(|f| FeatureRange {
+                    name: f.name.to_string(),
+                    min_version: f.min_supported_version.max(0) as u16,
+                    max_version: f.max_supported_version.max(0) as u16,
+                })
+                .collect(),
+            rack: r.rack.as_ref().map(|s| s.to_string()),
+        };
+        match self.controller.register_broker(request).await {
+            Ok(epoch) => BrokerRegistrationResponse::default().with_broker_epoch(epoch.0),
+            Err(e) => BrokerRegistrationResponse::default()
+                .with_error_code(e.code.code())
+                .with_broker_epoch(-1),
+        }
+    }
+
+    async fn heartbeat(&self, r: BrokerHeartbeatRequest) -> BrokerHeartbeatResponse {
+        let request = CoreHeartbeat {
+            broker_id: CoreBrokerId(r.broker_id.0),
+            broker_epoch: BrokerEpoch(r.broker_epoch),
+            current_metadata_offset: LogOffset(r.current_metadata_offset),
+            want_fence: r.want_fence,
+            want_shut_down: r.want_shut_down,
+        };
+        match self.controller.heartbeat(request).await {
+            Ok(reply) => BrokerHeartbeatResponse::default()
+                .with_is_caught_up(reply.is_caught_up)
+                .with_is_fenced(reply.is_fenced)
+                .with_should_shut_down(reply.should_shut_down),
+            Err(e) => BrokerHeartbeatResponse::default()
+                .with_error_code(e.code.code())
+                .with_is_fenced(true),
+        }
+    }
+
+    async fn unregister(&self, r: UnregisterBrokerRequest) -> UnregisterBrokerResponse {
+        let broker = CoreBrokerId(r.broker_id.0);
+        match self
+            .controller
+            .submit(move |ctx| unregister_broker(ctx.image, ctx.config, broker))
+            .await
+        {
+            Ok(()) => UnregisterBrokerResponse::default(),
+            Err(e) => UnregisterBrokerResponse::default()
+                .with_error_code(e.code.code())
+                .with_error_message(msg(&e)),
+        }
+    }
+
+    async fn alter_partition(&self, r: AlterPartitionRequest) -> AlterPartitionResponse {
+        let request = CoreAlterPartition {
+            version: 3,
+            broker_id: CoreBrokerId(r.broker_id.0),
+            broker_epoch: BrokerEpoch(r.broker_epoch),
+            topics: r
+                .topics
+                .iter()
+                .map(|t| {
+                    let parts = t
+                        .partitions
+                        .iter()
+                        .map(|p| AlterPartitionData {
+                            partition: p.partition_index,
+                            leader_epoch: LeaderEpoch(p.leader_epoch),
+                            new_isr: p
+                                .new_isr_with_epochs
+                                .iter()
+                                .map(|b| {
+                                    (
+                                        CoreBrokerId(b.broker_id.0),
+                                        Some(BrokerEpoch(b.broker_epoch)),
+                                    )
+                                })
+                                .collect(),
+                            leader_recovery_state: LeaderRecoveryState::from_wire(
+                                p.leader_recovery_state,
+                            )
+                            .unwrap_or_default(),
+                            partition_epoch: PartitionEpoch(p.partition_epoch),
+                        })
+                        .collect();
+                    (TopicRef::Id(t.topic_id), parts)
+                })
+                .collect(),
+        };
+        match self
+            .controller
+            .submit(move |ctx| alter_partition(ctx.image, &request))
+            .await
+        {
+            Ok(reply) => AlterPartitionResponse::default().with_topics(
+                reply
+                    .into_iter()
+                    .map(|(topic, results)| {
+                        let topic_id = match topic {
+                            TopicRef::Id(id) => id,
+                            TopicRef::Name(_) => Default::default(),
+                        };
+                        alter_partition_response::TopicData::default()
+                            .with_topic_id(topic_id)
+                            .with_partitions(
+                                results
+                                    .into_iter()
+                                    .map(|r| {
+                                        let mut p =
+                                            alter_partition_response::PartitionData::default()
+                                                .with_partition_index(r.partition)
+                                                .with_error_code(r.error.map_or(0, |c| c.code()));
+                                        if let Some(s) = r.state {
+                                            p = p
+                                                .with_leader_id(BrokerId(s.leader.0))
+                                                .with_leader_epoch(s.leader_epoch.0)
+                                                .with_isr(
+                                                    s.isr.iter().map(|b| BrokerId(b.0)).collect(),
+                                                )
+                                                .with_leader_recovery_state(
+                                                    s.leader_recovery_state.wire_value(),
+                                                )
+                                                .with_partition_epoch(s.partition_epoch.0);
+                                        }
+                                        p
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+            Err(e) => AlterPartitionResponse::default().with_error_code(e.code.code()),
+        }
+    }
+
+    fn describe_quorum(&self) -> DescribeQuorumResponse {
+        use describe_quorum_response::{Node, PartitionData, ReplicaState, TopicData};
+        let m = self.raft.metrics().borrow_watched().clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let high_watermark = m.cluster_committed.map_or(-1, |l| l.index() as i64);
+        let replication = m.replication.clone().unwrap_or_default();
+        let membership = m.membership_config.membership();
+        let mut voters = Vec::new();
+        let mut nodes = Vec::new();
+        for (id, node) in membership.nodes() {
+            let log_end = if Some(*id) == m.current_leader && *id == self.node_id {
+                m.last_log_index.map_or(-1, |i| i as i64 + 1)
+            } else {
+                replication
+                    .get(id)
+                    .and_then(|l| l.as_ref())
+                    .map_or(-1, |l| l.index() as i64 + 1)
+            };
+            let caught_up = log_end > high_watermark;
+            voters.push(
+                ReplicaState::default()
+                    .with_replica_id(BrokerId(*id as i32))
+                    .with_log_end_offset(log_end)
+                    .with_last_fetch_timestamp(if log_end >= 0 { now_ms } else { -1 })
+                    .with_last_caught_up_timestamp(if caught_up { now_ms } else { -1 }),
+            );
+            let (host, port) = node
+                .addr
+                .rsplit_once(':')
+                .unwrap_or((node.addr.as_str(), "0"));
+            nodes.push(
+                Node::default()
+                    .with_node_id(BrokerId(*id as i32))
+                    .with_listeners(vec![describe_quorum_response::Listener::default()
+                        .with_name(sb("CONTROLLER"))
+                        .with_host(sb(host))
+                        .with_port(port.parse().unwrap_or(0))]),
+            );
+        }
+        let leader_id = m.current_leader.map_or(-1, |l| l as i32);
+        DescribeQuorumResponse::default()
+            .with_topics(vec![TopicData::default()
+                .with_topic_name(TopicName(sb(METADATA_TOPIC)))
+                .with_partitions(vec![PartitionData::default()
+                    .with_partition_index(0)
+                    .with_leader_id(BrokerId(leader_id))
+                    .with_leader_epoch(m.current_term as i32)
+                    .with_high_watermark(high_watermark)
+                    .with_current_voters(voters)])])
+            .with_nodes(nodes)
+    }
+
+    async fn fetch(&self, r: FetchRequest) -> Result<FetchResponse, String> {
+        use fetch_response::{FetchableTopicResponse, LeaderIdAndEpoch, PartitionData, SnapshotId};
+        let from = r
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or(0, |p| p.fetch_offset.max(0) as u64);
+        let max_bytes =
+            (r.max_bytes.max(1) as usize).min(crate::kafka::wire::MAX_RESPONSE_BYTES / 2);
+        let wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+        let (leader, term) = self.leader();
+        let mut partition = PartitionData::default()
+            .with_partition_index(0)
+            .with_current_leader(
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(leader.map_or(-1, |l| l as i32)))
+                    .with_leader_epoch(term as i32),
+            );
+        if leader != Some(self.node_id) {
+            partition = partition.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+        } else {
+            let mut changes = self.sm.subscribe();
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                match self.sm.read_committed(from, max_bytes) {
+                    CommittedRead::SnapshotNeeded => {
+                        let (offset, _) = self.sm.broker_snapshot();
+                        partition = partition.with_snapshot_id(
+                            SnapshotId::default()
+                                .with_end_offset(offset as i64 + 1)
+                                .with_epoch(0),
+                        );
+                        break;
+                    }
+                    CommittedRead::Entries {
+                        entries,
+                        next,
+                        high_watermark,
+                    } => {
+                        if entries.is_empty() && next <= from {
+                            let changed =
+                                tokio::time::timeout_at(deadline, changes.changed()).await;
+                            if matches!(changed, Ok(Ok(()))) {
+                                continue;
+                            }
+                        }
+                        partition = partition
+                            .with_high_watermark(high_watermark as i64)
+                            // kmeta: the offset this response brings the fetcher to.
+                            .with_last_stable_offset(next as i64 - 1)
+                            .with_records(Some(encode_entries(&entries)?));
+                        break;
+                    }
+                }
+            }
+        }
+        if partition.records.is_none() {
+            partition.records = Some(Bytes::new());
+        }
+        Ok(
+            FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+                .with_topic(TopicName(sb(METADATA_TOPIC)))
+                .with_partitions(vec![partition])]),
+        )
+    }
+
+    fn fetch_snapshot(&self, r: FetchSnapshotRequest) -> FetchSnapshotResponse {
+        use fetch_snapshot_response::{PartitionSnapshot, SnapshotId, TopicSnapshot};
+        let Some(p) = r.topics.first().and_then(|t| t.partitions.first()) else {
+            return FetchSnapshotResponse::default()
+                .with_error_code(ErrorCode::InvalidRequest.code());
+        };
+        let mut out = PartitionSnapshot::default()
+            .with_index(0)
+            .with_snapshot_id(
+                SnapshotId::default()
+                    .with_end_offset(p.snapshot_id.end_offset)
+                    .with_epoch(p.snapshot_id.epoch),
+            )
+            .with_position(p.position);
+        if !self.is_leader() {
+            out = out.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+        } else {
+            match self
+                .sm
+                .broker_snapshot_at((p.snapshot_id.end_offset - 1).max(0) as u64)
+            {
+                None => out = out.with_error_code(98), // SNAPSHOT_NOT_FOUND
+                Some(data) => {
+                    let start = (p.position.max(0) as usize).min(data.len());
+                    let len = (r.max_bytes.max(1) as usize).min(MAX_SNAPSHOT_CHUNK);
+                    let end = (start + len).min(data.len());
+                    out = out
+                        .with_size(data.len() as i64)
+                        .with_unaligned_records(data.slice(start..end));
+                }
+            }
+        }
+        FetchSnapshotResponse::default().with_topics(vec![TopicSnapshot::default()
+            .with_name(TopicName(sb(METADATA_TOPIC)))
+            .with_partitions(vec![out])])
+    }
+
+    async fn create_topics(&self, r: CreateTopicsRequest) -> (CreateTopicsResponse, Option<u64>) {
+        use create_topics_response::CreatableTopicResult;
+        let topics: Vec<CoreTopic> = r
+            .topics
+            .iter()
+            .map(|t| CoreTopic {
+                name: t.name.0.to_string(),
+                topic_id: uuid::Uuid::new_v4(),
+                num_partitions: t.num_partitions,
+                replication_factor: t.replication_factor,
+                assignments: t
+                    .assignments
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.partition_index,
+                            a.broker_ids.iter().map(|b| CoreBrokerId(b.0)).collect(),
+                        )
+                    })
+                    .collect(),
+                configs: t
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        let validate_only = r.validate_only;
+        let result = self
+            .controller
+            .submit_at(move |ctx| Ok(create_topics(ctx.image, ctx.config, &topics, validate_only)))
+            .await;
+        let (results, at) = match result {
+            Ok((results, at)) => (
+                results
+                    .into_iter()
+                    .map(|t| {
+                        let mut out = CreatableTopicResult::default()
+                            .with_name(TopicName(sb(t.name)))
+                            .with_num_partitions(t.num_partitions)
+                            .with_replication_factor(t.replication_factor);
+                        if let Some(id) = t.topic_id {
+                            out = out.with_topic_id(id);
+                        }
+                        if let Some(e) = t.error {
+                            out = out
+                                .with_error_code(e.code.code())
+                                .with_error_message(msg(&e))
+                                .with_num_partitions(-1)
+                                .with_replication_factor(-1);
+                        }
+                        out
+                    })
+                    .collect(),
+                Some(at),
+            ),
+            Err(e) => (
+                names
+                    .into_iter()
+                    .map(|n| {
+                        CreatableTopicResult::default()
+                            .with_name(TopicName(sb(n)))
+                            .with_error_code(e.code.code())
+                            .with_error_message(msg(&e))
+                            .with_num_partitions(-1)
+                            .with_replication_factor(-1)
+                    })
+                    .collect(),
+                None,
+            ),
+        };
+        (CreateTopicsResponse::default().with_topics(results), at)
+    }
+
+    async fn delete_topics(&self, r: DeleteTopicsRequest) -> (DeleteTopicsResponse, Option<u64>) {
+        use delete_topics_response::DeletableTopicResult;
+        let mut refs: Vec<TopicRef> = r
+            .topic_names
+            .iter()
+            .map(|n| TopicRef::Name(n.0.to_string()))
+            .collect();
+        for t in &r.topics {
+            refs.push(match &t.name {
+                Some(n) if !n.0.is_empty() => TopicRef::Name(n.0.to_string()),
+                _ => TopicRef::Id(t.topic_id),
+            });
+        }
+        let asked = refs.clone();
+        let result = self
+            .controller
+            .submit_at(move |ctx| Ok(delete_topics(ctx.image, &refs)))
+            .await;
+        let (responses, at) = match result {
+            Ok((results, at)) => (
+                results
+                    .into_iter()
+                    .map(|t| {
+                        let mut out = DeletableTopicResult::default()
+                            .with_name(t.name.map(|n| TopicName(sb(n))));
+                        if let Some(id) = t.topic_id {
+                            out = out.with_topic_id(id);
+                        }
+                        if let TopicRef::Name(n) = &t.topic {
+                            out.name = Some(TopicName(sb(n.clone())));
+                        }
+                        if let Some(e) = t.error {
+                            out = out
+                                .with_error_code(e.code.code())
+                                .with_error_message(msg(&e));
+                        }
+                        out
+                    })
+                    .collect(),
+                Some(at),
+            ),
+            Err(e) => (
+                asked
+                    .into_iter()
+                    .map(|t| {
+                        let out = DeletableTopicResult::default()
+                            .with_error_code(e.code.code())
+                            .with_error_message(msg(&e));
+                        match t {
+                            TopicRef::Name(n) => out.with_name(Some(TopicName(sb(n)))),
+                            TopicRef::Id(id) => out.with_topic_id(id),
+                        }
+                    })
+                    .collect(),
+                None,
+            ),
+        };
+        (
+            DeleteTopicsResponse::default().with_responses(responses),
+            at,
+        )
+    }
+
+    async fn create_partitions(
+        &self,
+        r: CreatePartitionsRequest,
+    ) -> (CreatePartitionsResponse, Option<u64>) {
+        use create_partitions_response::CreatePartitionsTopicResult;
+        let topics: Vec<CorePartitions> = r
+            .topics
+            .iter()
+            .map(|t| CorePartitions {
+                name: t.name.0.to_string(),
+                count: t.count,
+                assignments: t.assignments.as_ref().map(|a| {
+                    a.iter()
+                        .map(|x| x.broker_ids.iter().map(|b| CoreBrokerId(b.0)).collect())
+                        .collect()
+                }),
+            })
+            .collect();
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        let validate_only = r.validate_only;
+        let result = self
+            .controller
+            .submit_at(move |ctx| Ok(create_partitions(ctx.image, &topics, validate_only)))
+            .await;
+        let (results, at): (Vec<(String, Option<ApiError>)>, _) = match result {
+            Ok((results, at)) => (results, Some(at)),
+            Err(e) => (
+                names.into_iter().map(|n| (n, Some(e.clone()))).collect(),
+                None,
+            ),
+        };
+        let results = results
+            .into_iter()
+            .map(|(name, e)| {
+                let out = CreatePartitionsTopicResult::default().with_name(TopicName(sb(name)));
+                match e {
+                    Some(e) => out
+                        .with_error_code(e.code.code())
+                        .with_error_message(msg(&e)),
+                    None => out,
+                }
+            })
+            .collect();
+        (
+            CreatePartitionsResponse::default().with_results(results),
+            at,
+        )
+    }
+
+    async fn elect_leaders(&self, r: ElectLeadersRequest) -> (ElectLeadersResponse, Option<u64>) {
+        use elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+        let election = match r.election_type {
+            0 => ElectionType::Preferred,
+            1 => ElectionType::Unclean,
+            other => {
+                tracing::debug!(other, "unknown election type");
+                return (
+                    ElectLeadersResponse::default()
+                        .with_error_code(ErrorCode::InvalidRequest.code()),
+                    None,
+                );
+            }
+        };
+        let partitions: Option<Vec<(String, i32)>> = r.topic_partitions.as_ref().map(|tps| {
+            tps.iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.to_string(), *p)))
+                .collect()
+        });
+        let asked = partitions.clone();
+        let result = self
+            .controller
+            .submit_at(move |ctx| Ok(elect_leaders(ctx.image, election, partitions.as_deref())))
+            .await;
+        let (reply, at) = match result {
+            Ok((reply, at)) => (reply, Some(at)),
+            Err(e) => {
+                let mut reply = std::collections::BTreeMap::new();
+                for (t, p) in asked.unwrap_or_default() {
+                    reply
+                        .entry(t)
+                        .or_insert_with(std::collections::BTreeMap::new)
+                        .insert(p, Some(e.clone()));
+                }
+                (reply, None)
+            }
+        };
+        let results = reply
+            .into_iter()
+            .map(|(topic, parts)| {
+                ReplicaElectionResult::default()
+                    .with_topic(TopicName(sb(topic)))
+                    .with_partition_result(
+                        parts
+                            .into_iter()
+                            .map(|(p, e)| {
+                                let out = PartitionResult::default().with_partition_id(p);
+                                match e {
+                                    Some(e) => out
+                                        .with_error_code(e.code.code())
+                                        .with_error_message(msg(&e)),
+                                    None => out,
+                                }
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        (
+            ElectLeadersResponse::default().with_replica_election_results(results),
+            at,
+        )
+    }
+
+    async fn alter_reassignments(
+        &self,
+        r: AlterPartitionReassignmentsRequest,
+    ) -> (AlterPartitionReassignmentsResponse, Option<u64>) {
+        use alter_partition_reassignments_response::{
+            ReassignablePartitionResponse, ReassignableTopicResponse,
+        };
+        let requests: Vec<(String, i32, Option<Vec<CoreBrokerId>>)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| {
+                    (
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        p.replicas
+                            .as_ref()
+                            .map(|rs| rs.iter().map(|b| CoreBrokerId(b.0)).collect()),
+                    )
+                })
+            })
+            .collect();
+        let result = self
+            .controller
+            .submit_at(move |ctx| {
+                Ok(alter_partition_reassignments(
+                    ctx.image, ctx.config, &requests,
+                ))
+            })
+            .await;
+        match result {
+            Ok((reply, at)) => (
+                AlterPartitionReassignmentsResponse::default().with_responses(
+                    reply
+                        .into_iter()
+                        .map(|(topic, parts)| {
+                            ReassignableTopicResponse::default()
+                                .with_name(TopicName(sb(topic)))
+                                .with_partitions(
+                                    parts
+                                        .into_iter()
+                                        .map(|(p, e)| {
+                                            let out = ReassignablePartitionResponse::default()
+                                                .with_partition_index(p);
+                                            match e {
+                                                Some(e) => out
+                                                    .with_error_code(e.code.code())
+                                                    .with_error_message(msg(&e)),
+                                                None => out,
+                                            }
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+                Some(at),
+            ),
+            Err(e) => (
+                AlterPartitionReassignmentsResponse::default()
+                    .with_error_code(e.code.code())
+                    .with_error_message(msg(&e)),
+                None,
+            ),
+        }
+    }
+
+    async fn list_reassignments(
+        &self,
+        r: ListPartitionReassignmentsRequest,
+    ) -> (ListPartitionReassignmentsResponse, Option<u64>) {
+        use list_partition_reassignments_response::{
+            OngoingPartitionReassignment, OngoingTopicReassignment,
+        };
+        let partitions: Option<Vec<(String, i32)>> = r.topics.as_ref().map(|ts| {
+            ts.iter()
+                .flat_map(|t| {
+                    t.partition_indexes
+                        .iter()
+                        .map(|p| (t.name.0.to_string(), *p))
+                })
+                .collect()
+        });
+        let result = self
+            .controller
+            .submit_at(move |ctx| {
+                Ok(ControllerResult::reply_only(list_partition_reassignments(
+                    ctx.image,
+                    partitions.as_deref(),
+                )))
+            })
+            .await;
+        match result {
+            Ok((ongoing, at)) => {
+                let mut topics: Vec<OngoingTopicReassignment> = Vec::new();
+                for o in ongoing {
+                    let part = OngoingPartitionReassignment::default()
+                        .with_partition_index(o.partition)
+                        .with_replicas(o.replicas.iter().map(|b| BrokerId(b.0)).collect())
+                        .with_adding_replicas(
+                            o.adding_replicas.iter().map(|b| BrokerId(b.0)).collect(),
+                        )
+                        .with_removing_replicas(
+                            o.removing_replicas.iter().map(|b| BrokerId(b.0)).collect(),
+                        );
+                    match topics.last_mut() {
+                        Some(t) if *t.name.0 == *o.topic => t.partitions.push(part),
+                        _ => topics.push(
+                            OngoingTopicReassignment::default()
+                                .with_name(TopicName(sb(o.topic)))
+                                .with_partitions(vec![part]),
+                        ),
+                    }
+                }
+                (
+                    ListPartitionReassignmentsResponse::default().with_topics(topics),
+                    Some(at),
+                )
+            }
+            Err(e) => (
+                ListPartitionReassignmentsResponse::default()
+                    .with_error_code(e.code.code())
+                    .with_error_message(msg(&e)),
+                None,
+            ),
+        }
+    }
+
+    async fn offset_commit(&self, r: OffsetCommitRequest) -> (OffsetCommitResponse, Option<u64>) {
+        use offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+        let request = CoreCommit {
+            group_id: r.group_id.0.to_string(),
+            generation_id: r.generation_id_or_member_epoch,
+            member_id: r.member_id.to_string(),
+            partitions: r
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().map(move |p| OffsetCommitPartition {
+                        topic: t.name.0.to_string(),
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
+                    })
+                })
+                .collect(),
+        };
+        let result = self
+            .controller
+            .submit_at(move |ctx| Ok(commit_offsets(ctx.image, &request, ctx.wall_ms)))
+            .await;
+        let (codes, at): (Box<dyn Fn(&str, i32) -> i16>, Option<u64>) = match result {
+            Ok((reply, at)) => (
+                Box::new(move |t: &str, p: i32| {
+                    reply
+                        .get(&(t.to_string(), p))
+                        .copied()
+                        .flatten()
+                        .map_or(0, |c| c.code())
+                }),
+                Some(at),
+            ),
+            Err(e) => (Box::new(move |_: &str, _: i32| e.code.code()), None),
+        };
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                OffsetCommitResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(codes(&t.name.0, p.partition_index))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        (OffsetCommitResponse::default().with_topics(topics), at)
+    }
+}
+
+impl Service for ControllerService {
+    fn apis(&self) -> &ApiSet {
+        &self.apis
+    }
+
+    async fn handle(&self, request: Request) -> Result<Bytes, String> {
+        let Request {
+            header,
+            api_key,
+            version,
+            body,
+            ..
+        } = request;
+        let response: ResponseKind = match body {
+            RequestKind::Envelope(envelope) => self.envelope(envelope).await?.into(),
+            other => self.dispatch(other).await?.0,
+        };
+        encode_response(header.correlation_id, api_key, version, &response)
+    }
+}

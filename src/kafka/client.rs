@@ -1,0 +1,92 @@
+//! A small Kafka-protocol client: one connection, one request at a time, a timeout on every
+//! call. Brokers use it to talk to controllers; tests and admin commands use it too.
+
+use super::wire::{read_frame, write_frame, MAX_RESPONSE_BYTES};
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use std::io;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// One connection to a Kafka-protocol server.
+pub struct KafkaClient {
+    stream: TcpStream,
+    next_correlation: i32,
+    client_id: StrBytes,
+    timeout: Duration,
+    addr: String,
+}
+
+fn invalid(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+impl KafkaClient {
+    /// Connects to `addr`, waiting at most `timeout`; every later call has the same bound.
+    pub async fn connect(addr: &str, client_id: &str, timeout: Duration) -> io::Result<Self> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"))
+            })??;
+        stream.set_nodelay(true)?;
+        Ok(KafkaClient {
+            stream,
+            next_correlation: 1,
+            client_id: StrBytes::from_string(client_id.to_string()),
+            timeout,
+            addr: addr.to_string(),
+        })
+    }
+
+    /// The address this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Changes the bound on later calls (a long-polling fetch waits longer than a heartbeat).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Sends `request` at `version` and decodes its response.
+    pub async fn send<R: Request>(&mut self, request: &R, version: i16) -> io::Result<R::Response> {
+        let api_key = ApiKey::try_from(R::KEY).map_err(|_| invalid("unknown api key"))?;
+        let correlation_id = self.next_correlation;
+        self.next_correlation = self.next_correlation.wrapping_add(1);
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(self.client_id.clone()))
+            .encode(&mut out, api_key.request_header_version(version))
+            .map_err(invalid)?;
+        request.encode(&mut out, version).map_err(invalid)?;
+        let mut reply = self.exchange(&out).await?;
+        let header = ResponseHeader::decode(&mut reply, api_key.response_header_version(version))
+            .map_err(invalid)?;
+        if header.correlation_id != correlation_id {
+            return Err(invalid(format!(
+                "response for correlation id {} to request {correlation_id}",
+                header.correlation_id
+            )));
+        }
+        R::Response::decode(&mut reply, version).map_err(invalid)
+    }
+
+    /// Sends one raw request payload (header included) and returns the raw response payload.
+    pub async fn exchange(&mut self, payload: &[u8]) -> io::Result<Bytes> {
+        let timeout = self.timeout;
+        let addr = self.addr.clone();
+        tokio::time::timeout(timeout, async {
+            write_frame(&mut self.stream, payload).await?;
+            read_frame(&mut self.stream, MAX_RESPONSE_BYTES)
+                .await?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"))
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no reply from {addr}")))?
+    }
+}

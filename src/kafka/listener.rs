@@ -1,0 +1,130 @@
+//! A Kafka-protocol listener: accepts connections up to a cap, reads frames up to a size cap,
+//! and answers requests one at a time per connection, in order (as Kafka does).
+//!
+//! A malformed or hostile frame closes that one connection with a logged reason; nothing a
+//! client sends can stop the listener.
+
+use super::wire::{decode_request, framed, read_frame, ApiSet, Rejected, Request};
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Limits of one listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// The largest request frame accepted.
+    pub max_request_bytes: usize,
+    /// A connection silent this long is closed (`connections.max.idle.ms`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1_000,
+            max_request_bytes: super::wire::DEFAULT_MAX_REQUEST_BYTES,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Something that answers Kafka requests.
+pub trait Service: Send + Sync + 'static {
+    /// The APIs and versions served (and advertised by ApiVersions).
+    fn apis(&self) -> &ApiSet;
+
+    /// Answers one request with a response payload (header and body, no size prefix).
+    /// An error closes the connection.
+    fn handle(&self, request: Request) -> impl Future<Output = Result<Bytes, String>> + Send;
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves; open connections are closed then.
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = limits.max_connections, "connection limit reached: closing a new connection");
+                    continue;
+                };
+                let service = service.clone();
+                connections.spawn(async move {
+                    serve_connection(stream, None, service, limits).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// Answers requests on one connection. `first` is a frame already read from it.
+pub async fn serve_connection<S: Service>(
+    mut stream: TcpStream,
+    mut first: Option<Bytes>,
+    service: Arc<S>,
+    limits: Limits,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    loop {
+        let frame = match first.take() {
+            Some(f) => f,
+            None => match tokio::time::timeout(
+                limits.idle_timeout,
+                read_frame(&mut stream, limits.max_request_bytes),
+            )
+            .await
+            {
+                Err(_) => {
+                    tracing::debug!(%peer, "idle connection closed");
+                    return;
+                }
+                Ok(Ok(Some(f))) => f,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                    return;
+                }
+            },
+        };
+        let reply = match decode_request(frame, service.apis()) {
+            Ok(request) => match service.handle(request).await {
+                Ok(payload) => payload,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                    return;
+                }
+            },
+            Err(Rejected::Reply(payload)) => payload,
+            Err(Rejected::Close(reason)) => {
+                tracing::warn!(%peer, %reason, "closing connection");
+                return;
+            }
+        };
+        if stream.write_all(&framed(&reply)).await.is_err() {
+            return;
+        }
+    }
+}

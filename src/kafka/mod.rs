@@ -1,0 +1,7 @@
+//! The Kafka wire protocol: frames, a hardened request decoder, a listener and a client.
+//! Built on the `kafka-protocol` crate; see `docs/PROTOCOL.md` for what kmeta adds.
+
+pub mod client;
+pub mod listener;
+pub mod metadata_log;
+pub mod wire;

@@ -1,0 +1,198 @@
+//! Kafka request and response frames: reading with a size cap, decoding without trusting the
+//! wire, and encoding replies.
+//!
+//! A frame is `[size: i32 big-endian][payload]`. Before kafka-protocol sees a payload kmeta
+//! checks that it can hold a request header (the crate's header decoder panics on fewer than
+//! four bytes), that the API key is known and one this listener serves, and that the version
+//! is one it advertises. Decoding runs under `catch_unwind`, and the crate's habit of
+//! pre-allocating arrays from wire counts is made harmless by [`crate::alloc`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable, VersionRange};
+use kafka_protocol::ResponseError;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The default cap on one request frame (`socket.request.max.bytes`). Kafka's default is
+/// 100 MiB; kmeta's requests are metadata, and the cap bounds what one connection can make
+/// the decoder allocate.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// The cap on one response frame read by kmeta's own client (a metadata snapshot chunk or a
+/// large Metadata response).
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Reads one frame. `Ok(None)` on a clean end of stream before a frame starts.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Bytes>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = i32::from_be_bytes(len);
+    if len < 0 || len as usize > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes (the limit is {max})"),
+        ));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).await?;
+    Ok(Some(Bytes::from(payload)))
+}
+
+/// Writes one frame (the payload without its size prefix).
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
+    w.write_all(&(payload.len() as i32).to_be_bytes()).await?;
+    w.write_all(payload).await?;
+    w.flush().await
+}
+
+/// A decoded request.
+#[derive(Debug)]
+pub struct Request {
+    /// The request header (correlation id, client id).
+    pub header: RequestHeader,
+    /// The API.
+    pub api_key: ApiKey,
+    /// The version it was sent at.
+    pub version: i16,
+    /// The body.
+    pub body: RequestKind,
+    /// The whole payload as received (header included), for forwarding.
+    pub raw: Bytes,
+}
+
+/// What to do with a frame that is not a request this listener serves.
+#[derive(Debug)]
+pub enum Rejected {
+    /// Answer with this frame, then carry on (ApiVersions at a newer version, KIP-511).
+    Reply(Bytes),
+    /// Close the connection; the reason is logged.
+    Close(String),
+}
+
+/// The APIs a listener serves, with the versions it advertises.
+#[derive(Clone, Debug)]
+pub struct ApiSet(Vec<(ApiKey, VersionRange)>);
+
+impl ApiSet {
+    /// A set from `(api, versions)` pairs.
+    pub fn new(apis: Vec<(ApiKey, VersionRange)>) -> Self {
+        ApiSet(apis)
+    }
+
+    /// The versions of `key` served, if it is served.
+    pub fn versions(&self, key: ApiKey) -> Option<VersionRange> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+
+    /// The ApiVersions reply listing exactly these APIs.
+    pub fn api_versions_response(&self) -> ApiVersionsResponse {
+        ApiVersionsResponse::default().with_api_keys(
+            self.0
+                .iter()
+                .map(|(k, v)| {
+                    ApiVersion::default()
+                        .with_api_key(*k as i16)
+                        .with_min_version(v.min)
+                        .with_max_version(v.max)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Runs a crate decoder, turning a panic into an error.
+fn guarded<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("malformed {what}: {e:#}")),
+        Err(_) => Err(format!("malformed {what}: the decoder panicked")),
+    }
+}
+
+/// Decodes one request payload for a listener serving `apis`.
+pub fn decode_request(payload: Bytes, apis: &ApiSet) -> Result<Request, Rejected> {
+    if payload.len() < 8 {
+        return Err(Rejected::Close(format!(
+            "a {}-byte frame cannot hold a request header",
+            payload.len()
+        )));
+    }
+    let raw_key = i16::from_be_bytes([payload[0], payload[1]]);
+    let version = i16::from_be_bytes([payload[2], payload[3]]);
+    let api_key = ApiKey::try_from(raw_key)
+        .map_err(|_| Rejected::Close(format!("unknown API key {raw_key}")))?;
+    let Some(range) = apis.versions(api_key) else {
+        return Err(Rejected::Close(format!(
+            "API {api_key:?} is not served on this listener"
+        )));
+    };
+    let mut frame = payload.clone();
+    let header = guarded("request header", || {
+        decode_request_header_from_buffer(&mut frame)
+    })
+    .map_err(Rejected::Close)?;
+    if version < range.min || version > range.max {
+        if api_key == ApiKey::ApiVersions && version > range.max {
+            // KIP-511: a newer client learns our versions from a v0 reply.
+            let reply = apis
+                .api_versions_response()
+                .with_error_code(ResponseError::UnsupportedVersion.code());
+            let bytes = encode_response(header.correlation_id, api_key, 0, &reply.into())
+                .map_err(Rejected::Close)?;
+            return Err(Rejected::Reply(bytes));
+        }
+        return Err(Rejected::Close(format!(
+            "{api_key:?} v{version} is not supported (v{}-{})",
+            range.min, range.max
+        )));
+    }
+    let body = guarded(&format!("{api_key:?} v{version} request"), || {
+        RequestKind::decode(api_key, &mut frame, version)
+    })
+    .map_err(Rejected::Close)?;
+    Ok(Request {
+        header,
+        api_key,
+        version,
+        body,
+        raw: payload,
+    })
+}
+
+/// Encodes a response payload (header and body, without the size prefix).
+pub fn encode_response(
+    correlation_id: i32,
+    api_key: ApiKey,
+    version: i16,
+    response: &ResponseKind,
+) -> Result<Bytes, String> {
+    let mut out = BytesMut::with_capacity(64);
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut out, api_key.response_header_version(version))
+        .map_err(|e| format!("encoding a response header: {e:#}"))?;
+    response
+        .encode(&mut out, version)
+        .map_err(|e| format!("encoding a {api_key:?} v{version} response: {e:#}"))?;
+    Ok(out.freeze())
+}
+
+/// Prefixes a payload with its size.
+pub fn framed(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 4);
+    out.put_i32(payload.len() as i32);
+    out.put_slice(payload);
+    out.freeze()
+}
