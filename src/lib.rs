@@ -10,6 +10,7 @@ static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
 
 pub mod alloc;
 pub mod bench;
+pub mod broker;
 pub mod config;
 pub mod controller;
 pub mod kafka;

@@ -64,17 +64,96 @@ pub async fn snapshot_policy(raft: Raft, log: LogStore, max_bytes: u64, max_age_
     }
 }
 
-/// Runs the node until `shutdown` resolves.
+/// Runs the node until `shutdown` resolves: its controller, its broker, or both.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let meta = crate::storage::check_formatted(&config)?;
     for key in &config.unknown_keys {
         tracing::warn!(key = %key, "unknown config key ignored");
     }
-    if config.roles.broker {
-        return Err(
-            "process.roles: the broker role is not implemented yet; run controllers only".into(),
-        );
+    // Bind every listener first, so a taken port fails the start.
+    let broker = if config.roles.broker {
+        Some(broker_setup(&config, &meta.cluster_id).await?)
+    } else {
+        None
+    };
+    let controller = if config.roles.controller {
+        Some(start_controller(&config, &meta.cluster_id).await?)
+    } else {
+        None
+    };
+    match broker {
+        Some((broker_config, listener)) => {
+            crate::broker::run(broker_config, listener, shutdown).await?;
+        }
+        None => shutdown.await,
     }
+    if let Some(c) = controller {
+        c.stop().await?;
+    }
+    Ok(())
+}
+
+async fn broker_setup(
+    config: &NodeConfig,
+    cluster_id: &str,
+) -> Result<(crate::broker::BrokerConfig, TcpListener), String> {
+    let name = &config.broker_listener_name;
+    let bind = config.listener(name).ok_or_else(|| {
+        format!("listeners: a broker needs a {name}:// listener (inter.broker.listener.name)")
+    })?;
+    let advertised = config
+        .advertised_listeners
+        .iter()
+        .find(|l| &l.name == name)
+        .unwrap_or(bind);
+    let listener = TcpListener::bind(bind.addr())
+        .await
+        .map_err(|e| format!("listeners: cannot bind {}: {e}", bind.addr()))?;
+    let node_id = i32::try_from(config.node_id)
+        .map_err(|_| format!("node.id: {} is too large for a broker id", config.node_id))?;
+    Ok((
+        crate::broker::BrokerConfig {
+            node_id,
+            cluster_id: cluster_id.to_string(),
+            voters: config.voters.clone(),
+            listener_name: name.clone(),
+            advertised_host: advertised.host.clone(),
+            advertised_port: advertised.port,
+            rack: config.rack.clone(),
+            heartbeat_interval: std::time::Duration::from_millis(config.heartbeat_interval_ms),
+            session_timeout: std::time::Duration::from_millis(config.session_timeout_ms),
+            limits: config.listener_limits(),
+        },
+        listener,
+    ))
+}
+
+/// A running controller.
+struct RunningController {
+    raft: Raft,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningController {
+    async fn stop(self) -> Result<(), String> {
+        let _ = self.stop_tx.send(());
+        let _ = self.server.await;
+        for t in self.tasks {
+            t.abort();
+        }
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|e| format!("raft shutdown: {e}"))
+    }
+}
+
+async fn start_controller(
+    config: &NodeConfig,
+    cluster_id: &str,
+) -> Result<RunningController, String> {
     let listener_cfg = config
         .listener(&config.controller_listener_name)
         .expect("validated: controllers have a controller listener");
@@ -88,7 +167,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .map_err(|e| format!("metadata image in {}: {e}", dir.display()))?;
     let raft = Raft::new(
         config.node_id,
-        raft_config(&config)?,
+        raft_config(config)?,
         NetworkFactory::new(config.node_id),
         log.clone(),
         sm.clone(),
@@ -97,7 +176,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     .map_err(|e| format!("raft failed to start: {e}"))?;
     tracing::info!(
         node_id = config.node_id,
-        cluster_id = %meta.cluster_id,
+        cluster_id = %cluster_id,
         listener = %listener_cfg.addr(),
         "controller started"
     );
@@ -122,7 +201,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config.snapshot_interval_ms,
     ));
     let controller_config = ControllerConfig {
-        cluster_id: meta.cluster_id.clone(),
+        cluster_id: cluster_id.to_string(),
         default_num_partitions: config.num_partitions,
         default_replication_factor: config.default_replication_factor,
         session_timeout_ms: config.session_timeout_ms,
@@ -148,14 +227,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             let _ = stop_rx.await;
         },
     ));
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    snapshots.abort();
-    controller_task.abort();
-    raft.shutdown()
-        .await
-        .map_err(|e| format!("raft shutdown: {e}"))?;
-    Ok(())
+    Ok(RunningController {
+        raft,
+        stop_tx,
+        server,
+        tasks: vec![snapshots, controller_task],
+    })
 }

@@ -141,14 +141,18 @@ impl ControllerService {
     }
 
     /// Answers one request; also returns the offset at which a write's effects are visible.
-    async fn dispatch(&self, body: RequestKind) -> Result<(ResponseKind, Option<u64>), String> {
+    async fn dispatch(
+        &self,
+        body: RequestKind,
+        version: i16,
+    ) -> Result<(ResponseKind, Option<u64>), String> {
         Ok(match body {
             RequestKind::ApiVersions(_) => (self.apis.api_versions_response().into(), None),
             RequestKind::BrokerRegistration(r) => (self.register(r).await.into(), None),
             RequestKind::BrokerHeartbeat(r) => (self.heartbeat(r).await.into(), None),
             RequestKind::UnregisterBroker(r) => (self.unregister(r).await.into(), None),
             RequestKind::AlterPartition(r) => (self.alter_partition(r).await.into(), None),
-            RequestKind::DescribeQuorum(_) => (self.describe_quorum().into(), None),
+            RequestKind::DescribeQuorum(_) => (self.describe_quorum(version).into(), None),
             RequestKind::Fetch(r) => (self.fetch(r).await?.into(), None),
             RequestKind::FetchSnapshot(r) => (self.fetch_snapshot(r).into(), None),
             RequestKind::CreateTopics(r) => {
@@ -199,7 +203,7 @@ impl ControllerService {
                 );
             }
         };
-        let (response, at) = self.dispatch(inner.body).await?;
+        let (response, at) = self.dispatch(inner.body, inner.version).await?;
         let data = encode_response(
             inner.header.correlation_id,
             inner.api_key,
@@ -366,7 +370,7 @@ impl ControllerService {
         }
     }
 
-    fn describe_quorum(&self) -> DescribeQuorumResponse {
+    fn describe_quorum(&self, version: i16) -> DescribeQuorumResponse {
         use describe_quorum_response::{Node, PartitionData, ReplicaState, TopicData};
         let m = self.raft.metrics().borrow_watched().clone();
         let now_ms = std::time::SystemTime::now()
@@ -387,13 +391,15 @@ impl ControllerService {
                     .map_or(-1, |l| l.index() as i64 + 1)
             };
             let caught_up = log_end > high_watermark;
-            voters.push(
-                ReplicaState::default()
-                    .with_replica_id(BrokerId(*id as i32))
-                    .with_log_end_offset(log_end)
+            let mut state = ReplicaState::default()
+                .with_replica_id(BrokerId(*id as i32))
+                .with_log_end_offset(log_end);
+            if version >= 1 {
+                state = state
                     .with_last_fetch_timestamp(if log_end >= 0 { now_ms } else { -1 })
-                    .with_last_caught_up_timestamp(if caught_up { now_ms } else { -1 }),
-            );
+                    .with_last_caught_up_timestamp(if caught_up { now_ms } else { -1 });
+            }
+            voters.push(state);
             let (host, port) = node
                 .addr
                 .rsplit_once(':')
@@ -406,6 +412,9 @@ impl ControllerService {
                         .with_host(sb(host))
                         .with_port(port.parse().unwrap_or(0))]),
             );
+        }
+        if version < 2 {
+            nodes.clear();
         }
         let leader_id = m.current_leader.map_or(-1, |l| l as i32);
         DescribeQuorumResponse::default()
@@ -935,18 +944,18 @@ impl ControllerService {
             .controller
             .submit_at(move |ctx| Ok(commit_offsets(ctx.image, &request, ctx.wall_ms)))
             .await;
-        let (codes, at): (Box<dyn Fn(&str, i32) -> i16>, Option<u64>) = match result {
-            Ok((reply, at)) => (
-                Box::new(move |t: &str, p: i32| {
-                    reply
-                        .get(&(t.to_string(), p))
-                        .copied()
-                        .flatten()
-                        .map_or(0, |c| c.code())
-                }),
-                Some(at),
-            ),
-            Err(e) => (Box::new(move |_: &str, _: i32| e.code.code()), None),
+        let (reply, failed, at) = match result {
+            Ok((reply, at)) => (reply, None, Some(at)),
+            Err(e) => (Default::default(), Some(e.code.code()), None),
+        };
+        let codes = |t: &str, p: i32| -> i16 {
+            failed.unwrap_or_else(|| {
+                reply
+                    .get(&(t.to_string(), p))
+                    .copied()
+                    .flatten()
+                    .map_or(0, |c| c.code())
+            })
         };
         let topics = r
             .topics
@@ -986,7 +995,7 @@ impl Service for ControllerService {
         } = request;
         let response: ResponseKind = match body {
             RequestKind::Envelope(envelope) => self.envelope(envelope).await?.into(),
-            other => self.dispatch(other).await?.0,
+            other => self.dispatch(other, version).await?.0,
         };
         encode_response(header.correlation_id, api_key, version, &response)
     }

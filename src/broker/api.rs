@@ -1,0 +1,576 @@
+//! The client-facing Kafka API of a broker, answered from the local image; writes are
+//! forwarded to the active controller inside Envelope.
+
+use super::BrokerState;
+use crate::controller::kafka_api::ENVELOPE_OFFSET_TAG;
+use crate::kafka::listener::Service;
+use crate::kafka::wire::{encode_response, ApiSet, Request};
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
+use kmeta_metadata::record::ConfigResource;
+use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a forwarded write may take, retries included.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a reply waits for this broker's image to include the write.
+pub const READ_YOUR_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn range<M: Message>() -> VersionRange {
+    M::VERSIONS
+}
+
+fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
+    vec![
+        (ApiKey::ApiVersions, range::<ApiVersionsRequest>()),
+        (ApiKey::Metadata, range::<MetadataRequest>()),
+        (ApiKey::DescribeCluster, range::<DescribeClusterRequest>()),
+        (ApiKey::FindCoordinator, range::<FindCoordinatorRequest>()),
+        (ApiKey::OffsetCommit, range::<OffsetCommitRequest>()),
+        (ApiKey::OffsetFetch, range::<OffsetFetchRequest>()),
+        (ApiKey::ListGroups, range::<ListGroupsRequest>()),
+        (ApiKey::DescribeGroups, range::<DescribeGroupsRequest>()),
+        (ApiKey::DescribeConfigs, range::<DescribeConfigsRequest>()),
+        // kmeta has no client quotas; answering "none" lets kafka-python infer a modern broker.
+        (
+            ApiKey::DescribeClientQuotas,
+            range::<DescribeClientQuotasRequest>(),
+        ),
+        (ApiKey::CreateTopics, range::<CreateTopicsRequest>()),
+        (ApiKey::DeleteTopics, range::<DeleteTopicsRequest>()),
+        (ApiKey::CreatePartitions, range::<CreatePartitionsRequest>()),
+        (ApiKey::ElectLeaders, range::<ElectLeadersRequest>()),
+        (
+            ApiKey::AlterPartitionReassignments,
+            range::<AlterPartitionReassignmentsRequest>(),
+        ),
+        (
+            ApiKey::ListPartitionReassignments,
+            range::<ListPartitionReassignmentsRequest>(),
+        ),
+    ]
+}
+
+fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// A broker's Kafka service.
+pub struct BrokerService {
+    state: Arc<BrokerState>,
+    apis: ApiSet,
+}
+
+/// Committed offsets of one topic: `(partition, offset, leader epoch, metadata)`.
+type TopicOffsets = (String, Vec<(i32, i64, i32, String)>);
+
+/// An active broker's client endpoint: `(id, host, port, rack)`.
+type BrokerEndpoint = (i32, String, u16, Option<String>);
+
+impl BrokerService {
+    /// The service of the broker with `state`.
+    pub fn new(state: Arc<BrokerState>) -> Self {
+        BrokerService {
+            state,
+            apis: ApiSet::new(broker_apis()),
+        }
+    }
+
+    /// Active brokers with an endpoint on the client listener, by id.
+    fn live_brokers(&self, image: &MetadataImage) -> Vec<BrokerEndpoint> {
+        let name = &self.state.config.listener_name;
+        image
+            .brokers()
+            .filter(|b| b.is_active())
+            .filter_map(|b| {
+                let l = b.listeners.iter().find(|l| &l.name == name)?;
+                Some((b.broker_id.0, l.host.clone(), l.port, b.rack.clone()))
+            })
+            .collect()
+    }
+
+    /// The broker named as controller in Metadata: this one while it is active (it forwards),
+    /// else the lowest active one.
+    fn controller_id(&self, live: &[BrokerEndpoint]) -> i32 {
+        if live.iter().any(|b| b.0 == self.state.node_id) {
+            self.state.node_id
+        } else {
+            live.first().map_or(-1, |b| b.0)
+        }
+    }
+
+    /// The broker coordinating `group`: a stable hash over the active brokers.
+    fn coordinator(&self, live: &[BrokerEndpoint], group: &str) -> Option<BrokerEndpoint> {
+        if live.is_empty() {
+            return None;
+        }
+        // FNV-1a: stable across processes and versions.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in group.as_bytes() {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        Some(live[(h % live.len() as u64) as usize].clone())
+    }
+
+    fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
+        use metadata_response::{
+            MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+        };
+        let published = self.state.image();
+        let image = &published.image;
+        let live = self.live_brokers(image);
+        let brokers = live
+            .iter()
+            .map(|(id, host, port, rack)| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(*id))
+                    .with_host(sb(host.clone()))
+                    .with_port(*port as i32)
+                    .with_rack(rack.clone().map(sb))
+            })
+            .collect();
+        let describe = |name: &str| -> MetadataResponseTopic {
+            let Some(t) = image.topic_by_name(name) else {
+                return MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(sb(name))))
+                    .with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+            };
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|(index, p)| {
+                    let offline: Vec<BrokerId> = p
+                        .replicas
+                        .iter()
+                        .filter(|b| !image.is_active_broker(**b))
+                        .map(|b| BrokerId(b.0))
+                        .collect();
+                    MetadataResponsePartition::default()
+                        .with_partition_index(*index)
+                        .with_error_code(if p.leader.is_none() {
+                            ErrorCode::LeaderNotAvailable.code()
+                        } else {
+                            0
+                        })
+                        .with_leader_id(BrokerId(p.leader.0))
+                        .with_leader_epoch(p.leader_epoch.0)
+                        .with_replica_nodes(p.replicas.iter().map(|b| BrokerId(b.0)).collect())
+                        .with_isr_nodes(p.isr.iter().map(|b| BrokerId(b.0)).collect())
+                        .with_offline_replicas(offline)
+                })
+                .collect();
+            MetadataResponseTopic::default()
+                .with_name(Some(TopicName(sb(t.name.clone()))))
+                .with_topic_id(t.id)
+                .with_partitions(partitions)
+        };
+        let all = match &r.topics {
+            None => true,
+            Some(t) => t.is_empty() && version == 0,
+        };
+        let topics: Vec<MetadataResponseTopic> = if all {
+            image.topics_by_name().map(|t| describe(&t.name)).collect()
+        } else {
+            r.topics
+                .unwrap_or_default()
+                .iter()
+                .map(|t| match &t.name {
+                    Some(n) => describe(&n.0),
+                    None => match image.topic(&t.topic_id) {
+                        Some(topic) => describe(&topic.name),
+                        None => MetadataResponseTopic::default()
+                            .with_topic_id(t.topic_id)
+                            .with_error_code(ErrorCode::UnknownTopicId.code()),
+                    },
+                })
+                .collect()
+        };
+        MetadataResponse::default()
+            .with_brokers(brokers)
+            .with_cluster_id(Some(sb(self.state.config.cluster_id.clone())))
+            .with_controller_id(BrokerId(self.controller_id(&live)))
+            .with_topics(topics)
+    }
+
+    fn describe_cluster(&self, r: DescribeClusterRequest) -> DescribeClusterResponse {
+        use describe_cluster_response::DescribeClusterBroker;
+        let published = self.state.image();
+        let image = &published.image;
+        let live = self.live_brokers(image);
+        let name = &self.state.config.listener_name;
+        let brokers = image
+            .brokers()
+            .filter(|b| b.is_active() || (r.include_fenced_brokers && b.fenced))
+            .filter_map(|b| {
+                let l = b.listeners.iter().find(|l| &l.name == name)?;
+                Some(
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.broker_id.0))
+                        .with_host(sb(l.host.clone()))
+                        .with_port(l.port as i32)
+                        .with_rack(b.rack.clone().map(sb))
+                        .with_is_fenced(b.fenced),
+                )
+            })
+            .collect();
+        DescribeClusterResponse::default()
+            .with_endpoint_type(r.endpoint_type)
+            .with_cluster_id(sb(self.state.config.cluster_id.clone()))
+            .with_controller_id(BrokerId(self.controller_id(&live)))
+            .with_brokers(brokers)
+    }
+
+    fn find_coordinator(&self, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+        use find_coordinator_response::Coordinator;
+        let published = self.state.image();
+        let live = self.live_brokers(&published.image);
+        let one = |key: &str| -> Coordinator {
+            let c = Coordinator::default().with_key(sb(key));
+            if r.key_type != 0 {
+                return c
+                    .with_error_code(ErrorCode::CoordinatorNotAvailable.code())
+                    .with_error_message(Some(sb("kmeta coordinates consumer groups only")))
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1);
+            }
+            match self.coordinator(&live, key) {
+                Some((id, host, port, _)) => c
+                    .with_node_id(BrokerId(id))
+                    .with_host(sb(host))
+                    .with_port(port as i32),
+                None => c
+                    .with_error_code(ErrorCode::CoordinatorNotAvailable.code())
+                    .with_node_id(BrokerId(-1))
+                    .with_port(-1),
+            }
+        };
+        if version >= 4 {
+            FindCoordinatorResponse::default()
+                .with_coordinators(r.coordinator_keys.iter().map(|k| one(k)).collect())
+        } else {
+            let c = one(&r.key);
+            FindCoordinatorResponse::default()
+                .with_error_code(c.error_code)
+                .with_error_message(c.error_message)
+                .with_node_id(c.node_id)
+                .with_host(c.host)
+                .with_port(c.port)
+        }
+    }
+
+    fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        use offset_fetch_response::*;
+        let published = self.state.image();
+        let image = &published.image;
+        // (topic, partition) → (offset, leader epoch, metadata); -1 when nothing is committed.
+        let lookup = |group: &str, asked: Option<Vec<(String, Vec<i32>)>>| -> Vec<TopicOffsets> {
+            let offsets = image.group_offsets(group);
+            let name_of = |tp: &TopicIdPartition| image.topic(&tp.topic_id).map(|t| t.name.clone());
+            match asked {
+                Some(topics) => topics
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        let id = image.topic_id(&t);
+                        let rows = parts
+                            .into_iter()
+                            .map(|p| {
+                                let v = id.and_then(|id| {
+                                    offsets.and_then(|o| {
+                                        o.get(&TopicIdPartition {
+                                            topic_id: id,
+                                            partition: p,
+                                        })
+                                    })
+                                });
+                                match v {
+                                    Some(v) => (p, v.offset, v.leader_epoch, v.metadata.clone()),
+                                    None => (p, -1, -1, String::new()),
+                                }
+                            })
+                            .collect();
+                        (t, rows)
+                    })
+                    .collect(),
+                None => {
+                    let mut out: Vec<TopicOffsets> = Vec::new();
+                    for (tp, v) in offsets.into_iter().flat_map(|o| o.iter()) {
+                        let Some(name) = name_of(tp) else { continue };
+                        let row = (tp.partition, v.offset, v.leader_epoch, v.metadata.clone());
+                        match out.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, rows)) => rows.push(row),
+                            None => out.push((name, vec![row])),
+                        }
+                    }
+                    out
+                }
+            }
+        };
+        if version >= 8 {
+            let groups = r
+                .groups
+                .iter()
+                .map(|g| {
+                    let asked = g.topics.as_ref().map(|ts| {
+                        ts.iter()
+                            .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                            .collect()
+                    });
+                    let topics = lookup(&g.group_id.0, asked)
+                        .into_iter()
+                        .map(|(t, rows)| {
+                            OffsetFetchResponseTopics::default()
+                                .with_name(TopicName(sb(t)))
+                                .with_partitions(
+                                    rows.into_iter()
+                                        .map(|(p, o, e, m)| {
+                                            OffsetFetchResponsePartitions::default()
+                                                .with_partition_index(p)
+                                                .with_committed_offset(o)
+                                                .with_committed_leader_epoch(e)
+                                                .with_metadata(Some(sb(m)))
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect();
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(g.group_id.clone())
+                        .with_topics(topics)
+                })
+                .collect();
+            OffsetFetchResponse::default().with_groups(groups)
+        } else {
+            let asked = r.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                    .collect()
+            });
+            let topics = lookup(&r.group_id.0, asked)
+                .into_iter()
+                .map(|(t, rows)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(TopicName(sb(t)))
+                        .with_partitions(
+                            rows.into_iter()
+                                .map(|(p, o, e, m)| {
+                                    let mut part = OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(o)
+                                        .with_metadata(Some(sb(m)));
+                                    if version >= 5 {
+                                        part = part.with_committed_leader_epoch(e);
+                                    }
+                                    part
+                                })
+                                .collect(),
+                        )
+                })
+                .collect();
+            OffsetFetchResponse::default().with_topics(topics)
+        }
+    }
+
+    fn coordinated_groups(&self) -> Vec<String> {
+        let published = self.state.image();
+        let image = &published.image;
+        let live = self.live_brokers(image);
+        image
+            .groups()
+            .filter(|g| {
+                self.coordinator(&live, g)
+                    .is_some_and(|c| c.0 == self.state.node_id)
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn list_groups(&self, r: ListGroupsRequest) -> ListGroupsResponse {
+        use list_groups_response::ListedGroup;
+        let state_ok = r.states_filter.is_empty()
+            || r.states_filter
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case("Empty"));
+        let type_ok = r.types_filter.is_empty()
+            || r.types_filter
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case("classic"));
+        let groups = if state_ok && type_ok {
+            self.coordinated_groups()
+                .into_iter()
+                .map(|g| {
+                    ListedGroup::default()
+                        .with_group_id(GroupId(sb(g)))
+                        .with_protocol_type(sb("consumer"))
+                        .with_group_state(sb("Empty"))
+                        .with_group_type(sb("classic"))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ListGroupsResponse::default().with_groups(groups)
+    }
+
+    fn describe_groups(&self, r: DescribeGroupsRequest, version: i16) -> DescribeGroupsResponse {
+        use describe_groups_response::DescribedGroup;
+        let published = self.state.image();
+        let image = &published.image;
+        let groups = r
+            .groups
+            .iter()
+            .map(|g| {
+                let out = DescribedGroup::default().with_group_id(g.clone());
+                if image.group_offsets(&g.0).is_some() {
+                    out.with_group_state(sb("Empty"))
+                        .with_protocol_type(sb("consumer"))
+                } else if version >= 6 {
+                    out.with_group_state(sb("Dead"))
+                        .with_error_code(ErrorCode::GroupIdNotFound.code())
+                        .with_error_message(Some(sb(format!("Group {} not found.", &*g.0))))
+                } else {
+                    out.with_group_state(sb("Dead"))
+                }
+            })
+            .collect();
+        DescribeGroupsResponse::default().with_groups(groups)
+    }
+
+    fn describe_configs(&self, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
+        use describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+        let published = self.state.image();
+        let image = &published.image;
+        let results = r
+            .resources
+            .iter()
+            .map(|res| {
+                let out = DescribeConfigsResult::default()
+                    .with_resource_type(res.resource_type)
+                    .with_resource_name(res.resource_name.clone());
+                let wanted = |k: &str| {
+                    res.configuration_keys
+                        .as_ref()
+                        .is_none_or(|keys| keys.iter().any(|w| &**w == k))
+                };
+                match res.resource_type {
+                    2 => {
+                        let name = res.resource_name.to_string();
+                        if image.topic_by_name(&name).is_none() {
+                            return out
+                                .with_error_code(ErrorCode::UnknownTopicOrPartition.code())
+                                .with_error_message(Some(sb(format!(
+                                    "Topic {name} does not exist"
+                                ))));
+                        }
+                        let configs = image
+                            .configs(&ConfigResource::topic(&name))
+                            .into_iter()
+                            .flat_map(|m| m.iter())
+                            .filter(|(k, _)| wanted(k))
+                            .map(|(k, v)| {
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(sb(k.clone()))
+                                    .with_value(Some(sb(v.clone())))
+                                    .with_config_source(1) // DYNAMIC_TOPIC_CONFIG
+                            })
+                            .collect();
+                        out.with_configs(configs)
+                    }
+                    4 => out, // a broker: no dynamic broker configs in kmeta
+                    _ => out
+                        .with_error_code(ErrorCode::InvalidRequest.code())
+                        .with_error_message(Some(sb("unsupported resource type"))),
+                }
+            })
+            .collect();
+        DescribeConfigsResponse::default().with_results(results)
+    }
+
+    /// Forwards a write to the active controller and returns the controller's reply once this
+    /// broker's image includes the write.
+    async fn forward(&self, raw: Bytes) -> Result<Bytes, String> {
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        let envelope = EnvelopeRequest::default()
+            .with_request_data(raw)
+            .with_client_host_address(Bytes::from_static(&[127, 0, 0, 1]));
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.state.controllers.send(&envelope, 0).await {
+                Ok(r) if r.error_code == 0 => {
+                    let data = r.response_data.ok_or("an empty forwarded response")?;
+                    if let Some(tag) = r.unknown_tagged_fields.get(&ENVELOPE_OFFSET_TAG) {
+                        if tag.len() == 8 {
+                            let at = u64::from_be_bytes(tag[..8].try_into().expect("8 bytes"));
+                            if !self
+                                .state
+                                .wait_for_offset(at, READ_YOUR_WRITE_TIMEOUT)
+                                .await
+                            {
+                                tracing::warn!(
+                                    offset = at,
+                                    "replying before this broker's image includes the write"
+                                );
+                            }
+                        }
+                    }
+                    return Ok(data);
+                }
+                Ok(r) if r.error_code == ErrorCode::NotController.code() => {
+                    self.state.controllers.forget_leader();
+                }
+                Ok(r) => {
+                    return Err(format!(
+                        "the controller refused a forwarded request ({})",
+                        r.error_code
+                    ))
+                }
+                Err(e) => tracing::debug!(error = %e, "forwarding failed; retrying"),
+            }
+            if tokio::time::Instant::now() + backoff > deadline {
+                return Err("no active controller answered in time".into());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+impl Service for BrokerService {
+    fn apis(&self) -> &ApiSet {
+        &self.apis
+    }
+
+    async fn handle(&self, request: Request) -> Result<Bytes, String> {
+        let Request {
+            header,
+            api_key,
+            version,
+            body,
+            raw,
+        } = request;
+        let response: ResponseKind = match body {
+            RequestKind::ApiVersions(_) => self.apis.api_versions_response().into(),
+            RequestKind::Metadata(r) => self.metadata(r, version).into(),
+            RequestKind::DescribeCluster(r) => self.describe_cluster(r).into(),
+            RequestKind::FindCoordinator(r) => self.find_coordinator(r, version).into(),
+            RequestKind::OffsetFetch(r) => self.offset_fetch(r, version).into(),
+            RequestKind::ListGroups(r) => self.list_groups(r).into(),
+            RequestKind::DescribeGroups(r) => self.describe_groups(r, version).into(),
+            RequestKind::DescribeConfigs(r) => self.describe_configs(r).into(),
+            RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
+                .with_entries(Some(Vec::new()))
+                .into(),
+            RequestKind::CreateTopics(_)
+            | RequestKind::DeleteTopics(_)
+            | RequestKind::CreatePartitions(_)
+            | RequestKind::ElectLeaders(_)
+            | RequestKind::AlterPartitionReassignments(_)
+            | RequestKind::ListPartitionReassignments(_)
+            | RequestKind::OffsetCommit(_) => return self.forward(raw).await,
+            other => return Err(format!("unexpected request {other:?}")),
+        };
+        encode_response(header.correlation_id, api_key, version, &response)
+    }
+}

@@ -1,0 +1,133 @@
+//! A broker's way to the active controller: a small pool of connections to whichever
+//! controller leads, found through DescribeQuorum and re-found on NOT_CONTROLLER or a broken
+//! connection. Several connections let concurrent forwarded writes (offset commits from many
+//! clients) reach the controller together, where they share Raft entries.
+
+use crate::kafka::client::KafkaClient;
+use kafka_protocol::messages::DescribeQuorumRequest;
+use kafka_protocol::protocol::Request;
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Connections to the active controller, at most.
+pub const CONTROLLER_CONNECTIONS: usize = 8;
+/// The bound on one controller call (a forwarded write waits for its commit).
+pub const CONTROLLER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+const UNKNOWN: u64 = u64::MAX;
+
+/// The controllers a broker talks to.
+pub struct Controllers {
+    voters: BTreeMap<u64, String>,
+    client_id: String,
+    leader: AtomicU64,
+    slots: Vec<Mutex<Option<KafkaClient>>>,
+    next: AtomicUsize,
+}
+
+impl Controllers {
+    /// Controllers at `voters` (`id → host:port`).
+    pub fn new(voters: BTreeMap<u64, String>, client_id: String) -> Self {
+        Controllers {
+            voters,
+            client_id,
+            leader: AtomicU64::new(UNKNOWN),
+            slots: (0..CONTROLLER_CONNECTIONS)
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The address of the controller believed to lead, finding it if unknown.
+    pub async fn leader_addr(&self) -> io::Result<String> {
+        if let Some(addr) = self.voters.get(&self.leader.load(Ordering::Relaxed)) {
+            return Ok(addr.clone());
+        }
+        self.find_leader().await
+    }
+
+    /// Records a leader learned elsewhere (a Fetch response names it).
+    pub fn set_leader(&self, id: Option<u64>) {
+        self.leader.store(id.unwrap_or(UNKNOWN), Ordering::Relaxed);
+    }
+
+    /// Forgets the leader (after NOT_CONTROLLER or a broken connection).
+    pub fn forget_leader(&self) {
+        self.leader.store(UNKNOWN, Ordering::Relaxed);
+    }
+
+    /// Asks each controller in turn who leads.
+    pub async fn find_leader(&self) -> io::Result<String> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no controller answered");
+        for addr in self.voters.values() {
+            let asked = async {
+                let mut c =
+                    KafkaClient::connect(addr, &self.client_id, Duration::from_secs(2)).await?;
+                c.send(&DescribeQuorumRequest::default(), 0).await
+            };
+            match asked.await {
+                Ok(r) => {
+                    let leader = r
+                        .topics
+                        .first()
+                        .and_then(|t| t.partitions.first())
+                        .map_or(-1, |p| p.leader_id.0);
+                    if leader >= 0 {
+                        if let Some(a) = self.voters.get(&(leader as u64)) {
+                            self.leader.store(leader as u64, Ordering::Relaxed);
+                            return Ok(a.clone());
+                        }
+                    }
+                    last =
+                        io::Error::new(io::ErrorKind::NotFound, format!("{addr} knows no leader"));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends one request to the active controller on a pooled connection. A connection or
+    /// protocol failure drops that connection and forgets the leader; the caller retries.
+    pub async fn send<R: Request>(&self, request: &R, version: i16) -> io::Result<R::Response> {
+        let addr = self.leader_addr().await?;
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Take a free connection if there is one, else wait for the next in turn.
+        let mut slot = None;
+        for i in 0..self.slots.len() {
+            if let Ok(g) = self.slots[(start + i) % self.slots.len()].try_lock() {
+                slot = Some(g);
+                break;
+            }
+        }
+        let mut slot = match slot {
+            Some(s) => s,
+            None => self.slots[start % self.slots.len()].lock().await,
+        };
+        if slot.as_ref().is_some_and(|c| c.addr() != addr) {
+            *slot = None;
+        }
+        if slot.is_none() {
+            match KafkaClient::connect(&addr, &self.client_id, CONTROLLER_CALL_TIMEOUT).await {
+                Ok(c) => *slot = Some(c),
+                Err(e) => {
+                    self.forget_leader();
+                    return Err(e);
+                }
+            }
+        }
+        let client = slot.as_mut().expect("connected above");
+        match client.send(request, version).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                *slot = None;
+                self.forget_leader();
+                Err(e)
+            }
+        }
+    }
+}

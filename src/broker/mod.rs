@@ -1,0 +1,285 @@
+//! A kmeta broker: registers with the controllers and keeps a session by heartbeats, follows
+//! the committed metadata log into its own image, and answers Kafka clients from that image.
+//! Writes (admin requests, offset commits) are forwarded to the active controller; the reply
+//! goes back once this broker's image includes the write, so a client sees its own write.
+//!
+//! Lifecycle, as a KRaft broker: register with a new incarnation id per process start; stay
+//! fenced until the image has caught up with the registration; heartbeat every
+//! `broker.heartbeat.interval.ms`; on shutdown ask for a controlled shutdown (leadership moves
+//! away) and stop once the controller allows it.
+
+pub mod api;
+pub mod controllers;
+pub mod follower;
+pub mod replica;
+
+use crate::kafka::listener::Limits;
+use arc_swap::ArcSwap;
+use controllers::Controllers;
+use kafka_protocol::messages::broker_registration_request::{Feature, Listener};
+use kafka_protocol::messages::{
+    BrokerHeartbeatRequest, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kmeta_metadata::{ErrorCode, MetadataImage};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What a broker needs to run.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// The cluster id from `meta.properties`.
+    pub cluster_id: String,
+    /// `controller.quorum.voters`.
+    pub voters: BTreeMap<u64, String>,
+    /// The listener name clients use (`inter.broker.listener.name`).
+    pub listener_name: String,
+    /// The advertised host and port of that listener.
+    pub advertised_host: String,
+    /// The advertised port.
+    pub advertised_port: u16,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// `broker.heartbeat.interval.ms`.
+    pub heartbeat_interval: Duration,
+    /// `broker.session.timeout.ms` (bounds how long a controlled shutdown may take).
+    pub session_timeout: Duration,
+    /// Listener limits.
+    pub limits: Limits,
+}
+
+/// The image as published to request handlers.
+pub struct Published {
+    /// The image.
+    pub image: MetadataImage,
+    /// The last metadata offset it includes.
+    pub offset: u64,
+}
+
+/// State shared by the broker's tasks and request handlers.
+pub struct BrokerState {
+    /// `node.id`.
+    pub node_id: i32,
+    /// The configuration.
+    pub config: BrokerConfig,
+    /// The controllers.
+    pub controllers: Controllers,
+    /// The client id used towards controllers.
+    pub client_id: String,
+    image: ArcSwap<Published>,
+    applied: watch::Sender<u64>,
+    epoch: AtomicI64,
+    fenced: AtomicBool,
+}
+
+impl BrokerState {
+    /// New state for a broker that has not registered yet.
+    pub fn new(config: BrokerConfig) -> Arc<BrokerState> {
+        let client_id = format!("kmeta-broker-{}", config.node_id);
+        Arc::new(BrokerState {
+            node_id: config.node_id,
+            controllers: Controllers::new(config.voters.clone(), client_id.clone()),
+            client_id,
+            config,
+            image: ArcSwap::from_pointee(Published {
+                image: MetadataImage::new(),
+                offset: 0,
+            }),
+            applied: watch::channel(0).0,
+            epoch: AtomicI64::new(-1),
+            fenced: AtomicBool::new(true),
+        })
+    }
+
+    /// The current image (a lock-free load).
+    pub fn image(&self) -> Arc<Published> {
+        self.image.load_full()
+    }
+
+    /// Publishes a new image that includes everything up to `offset`.
+    pub fn publish(&self, image: MetadataImage, offset: u64) {
+        self.image.store(Arc::new(Published { image, offset }));
+        self.applied.send_replace(offset);
+    }
+
+    /// Waits until the image includes `offset`, at most `timeout`. True if it does.
+    pub async fn wait_for_offset(&self, offset: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|o| *o >= offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// This broker's epoch, or -1 before it has registered.
+    pub fn broker_epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// True while the controller keeps this broker fenced.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
+    }
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
+    let c = &state.config;
+    let request = BrokerRegistrationRequest::default()
+        .with_broker_id(BrokerId(c.node_id))
+        .with_cluster_id(sb(&c.cluster_id))
+        .with_incarnation_id(incarnation)
+        .with_listeners(vec![Listener::default()
+            .with_name(sb(&c.listener_name))
+            .with_host(sb(&c.advertised_host))
+            .with_port(c.advertised_port)
+            .with_security_protocol(0)])
+        .with_features(vec![Feature::default()
+            .with_name(sb("metadata.version"))
+            .with_min_supported_version(1)
+            .with_max_supported_version(1)])
+        .with_rack(c.rack.as_deref().map(sb));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let outcome: Result<BrokerRegistrationResponse, String> = state
+            .controllers
+            .send(&request, 0)
+            .await
+            .map_err(|e| e.to_string());
+        match outcome {
+            Ok(r) if r.error_code == 0 => {
+                tracing::info!(broker = c.node_id, epoch = r.broker_epoch, "registered");
+                return r.broker_epoch;
+            }
+            Ok(r) if r.error_code == ErrorCode::NotController.code() => {
+                state.controllers.forget_leader();
+                tracing::debug!("registration reached a standby controller; retrying");
+            }
+            Ok(r) if r.error_code == ErrorCode::InconsistentClusterId.code() => {
+                tracing::error!(
+                    cluster_id = %c.cluster_id,
+                    "the controllers belong to another cluster (INCONSISTENT_CLUSTER_ID); retrying"
+                );
+            }
+            Ok(r) => tracing::info!(error_code = r.error_code, "registration refused; retrying"),
+            Err(e) => tracing::debug!(error = %e, "registration failed; retrying"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Heartbeats until `stop` is set and the controller allows the shutdown (or the session
+/// timeout has passed since asking). Re-registers when the controller no longer knows this
+/// incarnation.
+async fn keep_session(state: Arc<BrokerState>, stop: watch::Receiver<bool>) {
+    let incarnation = uuid::Uuid::new_v4();
+    let mut epoch = register(&state, incarnation).await;
+    state.epoch.store(epoch, Ordering::Relaxed);
+    let mut shutdown_asked: Option<tokio::time::Instant> = None;
+    let mut stop = stop;
+    loop {
+        let stopping = *stop.borrow();
+        if stopping && shutdown_asked.is_none() {
+            tracing::info!("asking the controller for a controlled shutdown");
+            shutdown_asked = Some(tokio::time::Instant::now());
+        }
+        let applied = state.image().offset as i64;
+        let request = BrokerHeartbeatRequest::default()
+            .with_broker_id(BrokerId(state.node_id))
+            .with_broker_epoch(epoch)
+            .with_current_metadata_offset(applied)
+            .with_want_fence(applied < epoch)
+            .with_want_shut_down(stopping);
+        match state.controllers.send(&request, 1).await {
+            Ok(r) if r.error_code == 0 => {
+                if state.fenced.swap(r.is_fenced, Ordering::Relaxed) != r.is_fenced {
+                    tracing::info!(fenced = r.is_fenced, "fencing state changed");
+                }
+                if stopping && r.should_shut_down {
+                    tracing::info!("controlled shutdown granted");
+                    return;
+                }
+            }
+            Ok(r) if r.error_code == ErrorCode::NotController.code() => {
+                state.controllers.forget_leader();
+            }
+            Ok(r)
+                if r.error_code == ErrorCode::StaleBrokerEpoch.code()
+                    || r.error_code == ErrorCode::BrokerIdNotRegistered.code() =>
+            {
+                tracing::warn!(
+                    error_code = r.error_code,
+                    "the controller lost this registration; registering again"
+                );
+                state.fenced.store(true, Ordering::Relaxed);
+                epoch = register(&state, incarnation).await;
+                state.epoch.store(epoch, Ordering::Relaxed);
+                continue;
+            }
+            Ok(r) => tracing::debug!(error_code = r.error_code, "heartbeat refused"),
+            Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+        }
+        if let Some(at) = shutdown_asked {
+            if at.elapsed() > state.config.session_timeout {
+                tracing::warn!("controlled shutdown not granted in time; stopping anyway");
+                return;
+            }
+        }
+        let interval = if stopping || applied < epoch {
+            // Catching up or shutting down: report progress sooner.
+            state
+                .config
+                .heartbeat_interval
+                .min(Duration::from_millis(250))
+        } else {
+            state.config.heartbeat_interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Runs a broker on `listener` until `shutdown` resolves, then shuts down in a controlled way.
+pub async fn run(
+    config: BrokerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let state = BrokerState::new(config);
+    let follower = tokio::spawn(follower::run(state.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let session = tokio::spawn(keep_session(state.clone(), stop_rx));
+    let replicas = tokio::spawn(replica::run(state.clone(), replica::AssumeCaughtUp));
+    let service = Arc::new(api::BrokerService::new(state.clone()));
+    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let limits = state.config.limits;
+    let server = tokio::spawn(crate::kafka::listener::serve(
+        listener,
+        service,
+        limits,
+        async {
+            let _ = server_stop_rx.await;
+        },
+    ));
+    tracing::info!(broker = state.node_id, "broker started");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = session.await;
+    let _ = server_stop_tx.send(());
+    let _ = server.await;
+    replicas.abort();
+    follower.abort();
+    Ok(())
+}
