@@ -38,6 +38,11 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
             ApiKey::DescribeClientQuotas,
             range::<DescribeClientQuotasRequest>(),
         ),
+        // kmeta brokers store no messages: every partition is empty (log start = log end = 0).
+        // Fetch long-polls and returns nothing; ListOffsets answers 0. Consumers that assign
+        // partitions (aiokafka's commit path) need both.
+        (ApiKey::Fetch, range::<FetchRequest>()),
+        (ApiKey::ListOffsets, range::<ListOffsetsRequest>()),
         (ApiKey::CreateTopics, range::<CreateTopicsRequest>()),
         (ApiKey::DeleteTopics, range::<DeleteTopicsRequest>()),
         (ApiKey::CreatePartitions, range::<CreatePartitionsRequest>()),
@@ -488,6 +493,94 @@ impl BrokerService {
         DescribeConfigsResponse::default().with_results(results)
     }
 
+    /// The error for a partition request reaching this broker: none if it leads `partition`.
+    fn leader_error(&self, image: &MetadataImage, topic: Option<&str>, partition: i32) -> i16 {
+        let Some(t) = topic.and_then(|n| image.topic_by_name(n)) else {
+            return ErrorCode::UnknownTopicOrPartition.code();
+        };
+        match t.partitions.get(&partition) {
+            None => ErrorCode::UnknownTopicOrPartition.code(),
+            Some(p) if p.leader.0 != self.state.node_id => ErrorCode::NotLeaderOrFollower.code(),
+            Some(_) => 0,
+        }
+    }
+
+    fn list_offsets(&self, r: ListOffsetsRequest) -> ListOffsetsResponse {
+        use list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+        let published = self.state.image();
+        let image = &published.image;
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let error = self.leader_error(image, Some(&t.name.0), p.partition_index);
+                        let out = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(error);
+                        if error != 0 {
+                            return out;
+                        }
+                        let epoch = image
+                            .topic_by_name(&t.name.0)
+                            .and_then(|t| t.partitions.get(&p.partition_index))
+                            .map_or(-1, |p| p.leader_epoch.0);
+                        out.with_offset(0).with_leader_epoch(epoch)
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        ListOffsetsResponse::default().with_topics(topics)
+    }
+
+    async fn fetch(&self, r: FetchRequest) -> FetchResponse {
+        use fetch_response::{FetchableTopicResponse, PartitionData};
+        // Nothing will ever arrive: wait as asked (bounded), as a broker with an empty log does.
+        let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 5_000) as u64);
+        tokio::time::sleep(wait).await;
+        let published = self.state.image();
+        let image = &published.image;
+        let responses = r
+            .topics
+            .iter()
+            .map(|t| {
+                let name = if t.topic.0.is_empty() {
+                    image.topic(&t.topic_id).map(|x| x.name.clone())
+                } else {
+                    Some(t.topic.0.to_string())
+                };
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let error = self.leader_error(image, name.as_deref(), p.partition);
+                        let out = PartitionData::default()
+                            .with_partition_index(p.partition)
+                            .with_error_code(error)
+                            .with_records(Some(Bytes::new()));
+                        if error != 0 {
+                            return out.with_high_watermark(-1);
+                        }
+                        out.with_high_watermark(0)
+                            .with_last_stable_offset(0)
+                            .with_log_start_offset(0)
+                    })
+                    .collect();
+                FetchableTopicResponse::default()
+                    .with_topic(t.topic.clone())
+                    .with_topic_id(t.topic_id)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        FetchResponse::default().with_responses(responses)
+    }
+
     /// Forwards a write to the active controller and returns the controller's reply once this
     /// broker's image includes the write.
     async fn forward(&self, raw: Bytes) -> Result<Bytes, String> {
@@ -559,6 +652,8 @@ impl Service for BrokerService {
             RequestKind::ListGroups(r) => self.list_groups(r).into(),
             RequestKind::DescribeGroups(r) => self.describe_groups(r, version).into(),
             RequestKind::DescribeConfigs(r) => self.describe_configs(r).into(),
+            RequestKind::ListOffsets(r) => self.list_offsets(r).into(),
+            RequestKind::Fetch(r) => self.fetch(r).await.into(),
             RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
                 .with_entries(Some(Vec::new()))
                 .into(),

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Real Kafka clients against a running kmeta cluster, used as black boxes.
+
+Usage: check.py SCENARIO --bootstrap HOST:PORT [--topic T] [...]
+Each scenario prints one line of JSON and exits 0, or prints why it failed and exits 1.
+Driven by tests/kmeta/clients.rs (which starts the cluster); runnable by hand too.
+"""
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def until(pred, timeout, what):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except Exception as e:  # a client error while the cluster settles: retry
+            last = e
+        time.sleep(0.2)
+    fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+# ---------------------------------------------------------------------------- kcat
+def kcat(args):
+    out = subprocess.run(["kcat", "-b", args.bootstrap, "-L", "-J", "-m", "10"],
+                         capture_output=True, text=True, timeout=30)
+    check(out.returncode == 0, f"kcat -L failed: {out.stderr}")
+    md = json.loads(out.stdout)
+    brokers = sorted(b["id"] for b in md["brokers"])
+    check(len(brokers) == args.brokers, f"kcat sees brokers {brokers}")
+    topics = {t["topic"]: t for t in md["topics"]}
+    if args.topic:
+        check(args.topic in topics, f"kcat does not list {args.topic}: {list(topics)}")
+        for p in topics[args.topic]["partitions"]:
+            check(p["leader"] in brokers, f"partition {p} has no live leader")
+    print(json.dumps({"brokers": brokers, "topics": sorted(topics)}))
+
+
+# ---------------------------------------------------------------------------- confluent-kafka
+def confluent(args):
+    from confluent_kafka import Consumer, TopicPartition, ElectionType
+    from confluent_kafka.admin import AdminClient, NewTopic, NewPartitions
+
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    md = admin.list_topics(timeout=10)
+    check(len(md.brokers) == args.brokers, f"confluent sees brokers {list(md.brokers)}")
+    check(md.controller_id in md.brokers, f"controller id {md.controller_id} is not a live broker")
+    t = args.topic
+    for _, f in admin.create_topics([NewTopic(t, 3, 3)]).items():
+        f.result(timeout=30)
+    # A second create of the same name is refused.
+    try:
+        for _, f in admin.create_topics([NewTopic(t, 3, 3)]).items():
+            f.result(timeout=30)
+        fail("creating an existing topic succeeded")
+    except Exception as e:
+        check("TOPIC_ALREADY_EXISTS" in str(e) or "already exists" in str(e), f"unexpected error {e}")
+    md = admin.list_topics(topic=t, timeout=10)
+    parts = md.topics[t].partitions
+    check(len(parts) == 3, f"{t} has {len(parts)} partitions")
+    for p in parts.values():
+        check(len(p.replicas) == 3 and p.leader in p.replicas and set(p.isrs) <= set(p.replicas),
+              f"bad partition {p.id}: leader {p.leader} replicas {p.replicas} isr {p.isrs}")
+    for _, f in admin.create_partitions([NewPartitions(t, 4)]).items():
+        f.result(timeout=30)
+    check(len(admin.list_topics(topic=t, timeout=10).topics[t].partitions) == 4, "create partitions")
+
+    # Offsets with a group id: commit, then read back.
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "confluent-group",
+                  "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(t, 0, 42), TopicPartition(t, 1, 7)], asynchronous=False)
+    got = {tp.partition: tp.offset for tp in c.committed([TopicPartition(t, 0), TopicPartition(t, 1)], timeout=10)}
+    check(got == {0: 42, 1: 7}, f"committed offsets {got}")
+    c.close()
+
+    # Preferred election: every leader is already preferred, so either success or "not needed".
+    res = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(t, 0)]).result()
+    for tp, err in res.items():
+        check(err is None or "ELECTION_NOT_NEEDED" in str(err) or "not needed" in str(err).lower(),
+              f"elect leaders {tp}: {err}")
+
+    if not args.keep:
+        for _, f in admin.delete_topics([t]).items():
+            f.result(timeout=30)
+        until(lambda: t not in admin.list_topics(timeout=10).topics, 10, f"{t} to disappear")
+    print(json.dumps({"topic": t, "committed": got}))
+
+
+# ---------------------------------------------------------------------------- kafka-python
+def kafka_python(args):
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka.admin import NewTopic, NewPartitions
+    from kafka.structs import OffsetAndMetadata
+    from kafka.protocol.admin import ElectionType
+
+    admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=30000)
+    cluster = admin.describe_cluster()
+    check(len(cluster["brokers"]) == args.brokers, f"kafka-python sees {cluster['brokers']}")
+    t = args.topic
+    admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=2)])
+    check(t in admin.list_topics(), f"{t} not listed")
+    [desc] = admin.describe_topics([t])
+    check(len(desc["partitions"]) == 3, f"describe {desc}")
+    admin.create_partitions({t: NewPartitions(total_count=5)})
+    [desc] = admin.describe_topics([t])
+    check(len(desc["partitions"]) == 5, f"after create partitions: {desc}")
+
+    consumer = KafkaConsumer(bootstrap_servers=args.bootstrap, group_id="kafka-python-group",
+                             enable_auto_commit=False)
+    tp = TopicPartition(t, 2)
+    consumer.commit({tp: OffsetAndMetadata(1234, "meta", -1)})
+    got = consumer.committed(tp)
+    check(got == 1234, f"committed {got}")
+    consumer.close()
+    offsets = admin.list_group_offsets("kafka-python-group")["kafka-python-group"]
+    check(offsets[tp].offset == 1234, f"list_group_offsets {offsets}")
+
+    admin.elect_leaders(ElectionType.PREFERRED, {t: [0]})
+
+    # Reassign partition 0 to a different pair of brokers and wait until it completes.
+    [desc] = admin.describe_topics([t])
+    p0 = next(p for p in desc["partitions"] if p["partition_index"] == 0)
+    brokers = sorted(b["broker_id"] for b in cluster["brokers"])
+    target = [b for b in brokers if b not in p0["replica_nodes"]] + p0["replica_nodes"][:1]
+    admin.alter_partition_reassignments({TopicPartition(t, 0): target})
+
+    def done():
+        ongoing = admin.list_partition_reassignments()
+        if TopicPartition(t, 0) in ongoing:
+            return False
+        [d] = admin.describe_topics([t])
+        p = next(p for p in d["partitions"] if p["partition_index"] == 0)
+        return sorted(p["replica_nodes"]) == sorted(target) and sorted(p["isr_nodes"]) == sorted(target)
+
+    until(done, 20, f"reassignment of {t}-0 to {target}")
+    if not args.keep:
+        admin.delete_topics([t])
+        until(lambda: t not in admin.list_topics(), 10, f"{t} to disappear")
+    admin.close()
+    print(json.dumps({"topic": t, "reassigned_to": target}))
+
+
+# ---------------------------------------------------------------------------- aiokafka
+def aiokafka_check(args):
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic, NewPartitions
+
+    async def run():
+        admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
+        await admin.start()
+        try:
+            t = args.topic
+            await admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=3)])
+            topics = await admin.list_topics()
+            check(t in topics, f"{t} not in {topics}")
+            await admin.create_partitions({t: NewPartitions(total_count=3)})
+            [desc] = await admin.describe_topics([t])
+            check(len(desc["partitions"]) == 3, f"describe {desc}")
+            consumer = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, group_id="aiokafka-group",
+                                        enable_auto_commit=False)
+            await consumer.start()
+            try:
+                tp = TopicPartition(t, 1)
+                consumer.assign([tp])
+                await consumer.commit({tp: 99})
+                got = await consumer.committed(tp)
+                check(got == 99, f"committed {got}")
+            finally:
+                await consumer.stop()
+            if not args.keep:
+                await admin.delete_topics([t])
+            return {"topic": t, "committed": 99}
+        finally:
+            await admin.close()
+
+    print(json.dumps(asyncio.run(run())))
+
+
+# ---------------------------------------------------------------------------- helpers for other tests
+def leaders(args):
+    """Prints {partition: leader} for a topic, as confluent-kafka's metadata shows it."""
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    md = admin.list_topics(topic=args.topic, timeout=10)
+    t = md.topics[args.topic]
+    check(t.error is None, f"{args.topic}: {t.error}")
+    print(json.dumps({"brokers": sorted(md.brokers),
+                      "leaders": {str(p.id): p.leader for p in t.partitions.values()},
+                      "isr": {str(p.id): p.isrs for p in t.partitions.values()},
+                      "replicas": {str(p.id): p.replicas for p in t.partitions.values()}}))
+
+
+def committed(args):
+    """Prints the offset committed by --group for partition 0 of --topic."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group, "enable.auto.commit": False})
+    [tp] = c.committed([TopicPartition(args.topic, 0)], timeout=10)
+    c.close()
+    print(json.dumps({"offset": tp.offset}))
+
+
+def commit(args):
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": args.group, "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(args.topic, 0, args.offset)], asynchronous=False)
+    c.close()
+    print(json.dumps({"offset": args.offset}))
+
+
+def create(args):
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    for _, f in admin.create_topics([NewTopic(args.topic, args.partitions, args.rf)]).items():
+        f.result(timeout=30)
+    print(json.dumps({"topic": args.topic}))
+
+
+SCENARIOS = {
+    "kcat": kcat,
+    "confluent": confluent,
+    "kafka-python": kafka_python,
+    "aiokafka": aiokafka_check,
+    "leaders": leaders,
+    "committed": committed,
+    "commit": commit,
+    "create": create,
+}
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--topic", default="")
+    ap.add_argument("--group", default="g")
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--rf", type=int, default=3)
+    ap.add_argument("--brokers", type=int, default=3)
+    ap.add_argument("--keep", action="store_true", help="do not delete the topic at the end")
+    a = ap.parse_args()
+    SCENARIOS[a.scenario](a)
