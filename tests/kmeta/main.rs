@@ -1,5 +1,7 @@
 //! kmeta's one integration-test binary.
 
+mod clients;
+mod cluster;
 mod controller;
 mod processes;
 mod quorum;

@@ -1,0 +1,207 @@
+//! Real Kafka clients (kcat, confluent-kafka, kafka-python, aiokafka) against a cluster of
+//! real `kmeta server` processes: 3 controllers and 3 brokers.
+
+use crate::cluster::{client, try_client, until, ProcessCluster};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Waits until a client sees `n` live brokers.
+fn wait_for_brokers(c: &ProcessCluster, n: usize) {
+    let b = c.bootstrap();
+    let want = n.to_string();
+    until(Duration::from_secs(30), "live brokers", || {
+        try_client(&["kcat", "--bootstrap", &b, "--brokers", &want])
+            .0
+            .then_some(())
+    });
+}
+
+/// `{partition: (leader, replicas, isr)}` of `topic`, and the live brokers, as
+/// confluent-kafka's metadata shows them.
+fn leaders(
+    bootstrap: &str,
+    topic: &str,
+) -> Option<(Vec<i64>, BTreeMap<String, (i64, Vec<i64>, Vec<i64>)>)> {
+    let (ok, out) = try_client(&["leaders", "--bootstrap", bootstrap, "--topic", topic]);
+    if !ok {
+        return None;
+    }
+    let v = json(&out);
+    let ids = |x: &Value| -> Vec<i64> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_i64().unwrap())
+            .collect()
+    };
+    let brokers = ids(&v["brokers"]);
+    let parts = v["leaders"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(p, l)| {
+            (
+                p.clone(),
+                (
+                    l.as_i64().unwrap(),
+                    ids(&v["replicas"][p]),
+                    ids(&v["isr"][p]),
+                ),
+            )
+        })
+        .collect();
+    Some((brokers, parts))
+}
+
+#[test]
+fn real_clients_list_create_describe_delete_commit_elect_and_reassign() {
+    let c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c, 3);
+    let b = c.bootstrap();
+    client(&["confluent", "--bootstrap", &b, "--topic", "confluent-topic"]);
+    client(&[
+        "kafka-python",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "kafka-python-topic",
+    ]);
+    client(&["aiokafka", "--bootstrap", &b, "--topic", "aiokafka-topic"]);
+    client(&["create", "--bootstrap", &b, "--topic", "listed"]);
+    let listed = json(&client(&["kcat", "--bootstrap", &b, "--topic", "listed"]));
+    assert_eq!(listed["brokers"], serde_json::json!([1, 2, 3]));
+    // The scenarios deleted their topics; only `listed` is left.
+    assert_eq!(listed["topics"], serde_json::json!(["listed"]));
+}
+
+#[test]
+fn a_killed_broker_loses_every_leadership_within_the_session_timeout() {
+    let mut c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c, 3);
+    let b = c.bootstrap();
+    client(&[
+        "create",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "ha",
+        "--partitions",
+        "6",
+        "--rf",
+        "3",
+    ]);
+    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
+        leaders(&b, "ha")
+    });
+    let victim = before.values().next().unwrap().0;
+    let led: Vec<String> = before
+        .iter()
+        .filter(|(_, v)| v.0 == victim)
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert!(!led.is_empty());
+
+    c.kill(victim as u64);
+    let killed_at = Instant::now();
+    let survivors: String = c
+        .brokers
+        .keys()
+        .filter(|id| **id != victim as u64)
+        .map(|id| c.broker_addr(*id))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Session timeout 3 s, plus a margin for the check interval and the clients' round trips.
+    let (brokers, after) = until(
+        Duration::from_secs(8),
+        "new leaders for every partition the killed broker led",
+        || {
+            let (brokers, parts) = leaders(&survivors, "ha")?;
+            let moved = !brokers.contains(&victim)
+                && parts.values().all(|(l, _, isr)| {
+                    *l >= 0 && *l != victim && isr.contains(l) && !isr.contains(&victim)
+                });
+            moved.then_some((brokers, parts))
+        },
+    );
+    let elapsed = killed_at.elapsed();
+    assert_eq!(brokers.len(), 2);
+    for p in &led {
+        let (leader, _, isr) = &after[p];
+        assert!(
+            before[p].2.contains(leader),
+            "partition {p}: new leader {leader} was not in the ISR {:?}",
+            before[p].2
+        );
+        assert!(!isr.contains(&victim));
+    }
+    eprintln!("leadership moved {elapsed:?} after kill -9");
+}
+
+#[test]
+fn stopping_and_starting_every_process_keeps_topics_assignments_and_offsets() {
+    let mut c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c, 3);
+    let b = c.bootstrap();
+    client(&[
+        "create",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "durable",
+        "--partitions",
+        "4",
+        "--rf",
+        "2",
+    ]);
+    client(&[
+        "commit",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "durable",
+        "--group",
+        "durable-group",
+        "--offset",
+        "77",
+    ]);
+    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
+        leaders(&b, "durable")
+    });
+
+    let ids: Vec<u64> = c
+        .brokers
+        .keys()
+        .chain(c.controllers.keys())
+        .copied()
+        .collect();
+    for id in &ids {
+        c.kill(*id);
+    }
+    for id in &ids {
+        c.spawn(*id);
+    }
+    wait_for_brokers(&c, 3);
+    let (_, after) = until(Duration::from_secs(20), "the topic after a restart", || {
+        leaders(&b, "durable")
+    });
+    assert_eq!(after.len(), 4);
+    for (p, (_, replicas, _)) in &before {
+        assert_eq!(&after[p].1, replicas, "partition {p} kept its replicas");
+    }
+    let committed = json(&client(&[
+        "committed",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "durable",
+        "--group",
+        "durable-group",
+    ]));
+    assert_eq!(committed["offset"], 77);
+}

@@ -1,0 +1,234 @@
+//! A cluster of real `kmeta server` processes for tests: controllers 101.., brokers 1..,
+//! formatted in a temporary directory; every process is killed when the cluster is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kmeta");
+
+/// A free port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct ProcessCluster {
+    pub dir: tempfile::TempDir,
+    pub controllers: BTreeMap<u64, u16>,
+    pub brokers: BTreeMap<u64, u16>,
+    configs: BTreeMap<u64, PathBuf>,
+    procs: BTreeMap<u64, Child>,
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for child in self.procs.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write(path: &Path, text: String) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+impl ProcessCluster {
+    /// Formats and starts `controllers` controllers and `brokers` brokers; `extra` lines are
+    /// added to every config file.
+    pub fn start(controllers: u64, brokers: u64, extra: &str) -> ProcessCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let cports: BTreeMap<u64, u16> = (101..101 + controllers)
+            .map(|id| (id, free_port()))
+            .collect();
+        let bports: BTreeMap<u64, u16> = (1..=brokers).map(|id| (id, free_port())).collect();
+        let voters: Vec<String> = cports
+            .iter()
+            .map(|(i, p)| format!("{i}@127.0.0.1:{p}"))
+            .collect();
+        let voters = voters.join(",");
+        let mut configs = BTreeMap::new();
+        for (id, port) in &cports {
+            let text = format!(
+                "node.id={id}\nprocess.roles=controller\ncontroller.quorum.voters={voters}\nlisteners=CONTROLLER://127.0.0.1:{port}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms=300\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000\n{extra}\n",
+                dir.path().join(format!("data-{id}")).display()
+            );
+            configs.insert(
+                *id,
+                write(&dir.path().join(format!("node-{id}.properties")), text),
+            );
+        }
+        for (id, port) in &bports {
+            let text = format!(
+                "node.id={id}\nprocess.roles=broker\ncontroller.quorum.voters={voters}\nlisteners=PLAINTEXT://127.0.0.1:{port}\nlog.dirs={}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000\n{extra}\n",
+                dir.path().join(format!("data-{id}")).display()
+            );
+            configs.insert(
+                *id,
+                write(&dir.path().join(format!("node-{id}.properties")), text),
+            );
+        }
+        let out = Command::new(BIN)
+            .args(["storage", "random-uuid"])
+            .output()
+            .unwrap();
+        let cluster_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        for config in configs.values() {
+            let out = Command::new(BIN)
+                .args([
+                    "storage",
+                    "format",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--cluster-id",
+                    &cluster_id,
+                ])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let mut cluster = ProcessCluster {
+            dir,
+            controllers: cports,
+            brokers: bports,
+            configs,
+            procs: BTreeMap::new(),
+        };
+        let ids: Vec<u64> = cluster.configs.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Starts node `id` (again).
+    pub fn spawn(&mut self, id: u64) {
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(["server", "--config", self.configs[&id].to_str().unwrap()])
+            .env("KMETA_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.insert(id, child);
+    }
+
+    /// `kill -9` of node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.procs.remove(&id) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM to node `id`, waiting at most `within` for it to exit.
+    pub fn terminate(&mut self, id: u64, within: Duration) -> bool {
+        let Some(mut c) = self.procs.remove(&id) else {
+            return true;
+        };
+        unsafe_sigterm(c.id());
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// `host:port` of every broker, comma-separated.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .values()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The address of broker `id`.
+    pub fn broker_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.brokers[&id])
+    }
+
+    /// The address of controller `id`.
+    pub fn controller_addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.controllers[&id])
+    }
+
+    /// The last lines of node `id`'s log (for failure messages).
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// Runs a scenario of `tests/clients/check.py` with the Python that has the client libraries
+/// (`KMETA_PYTHON`, set by `scripts/test.sh`). Returns its JSON line, or panics with its error.
+pub fn client(args: &[&str]) -> String {
+    let (ok, out) = try_client(args);
+    assert!(ok, "check.py {args:?} failed:\n{out}");
+    out
+}
+
+/// Like [`client`], returning `(succeeded, stdout or stderr)`.
+pub fn try_client(args: &[&str]) -> (bool, String) {
+    let python = std::env::var("KMETA_PYTHON").expect(
+        "KMETA_PYTHON is not set: run ./scripts/test.sh, which installs the Kafka clients and sets it",
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/check.py");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        (
+            true,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// Polls `f` until it returns `Some`, at most `within`.
+pub fn until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
