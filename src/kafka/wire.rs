@@ -196,3 +196,39 @@ pub fn framed(payload: &[u8]) -> Bytes {
     out.put_slice(payload);
     out.freeze()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::MetadataRequest;
+    use kafka_protocol::protocol::Message;
+
+    fn metadata_only() -> ApiSet {
+        ApiSet::new(vec![(ApiKey::Metadata, MetadataRequest::VERSIONS)])
+    }
+
+    #[test]
+    fn an_array_count_beyond_the_frame_is_refused_without_aborting() {
+        // Metadata v4, correlation id 7, null client id, then i32::MAX topics and nothing more.
+        let mut payload = vec![0, 3, 0, 4, 0, 0, 0, 7, 0xff, 0xff];
+        payload.extend_from_slice(&i32::MAX.to_be_bytes());
+        match decode_request(Bytes::from(payload), &metadata_only()) {
+            Err(Rejected::Close(reason)) => assert!(reason.contains("Metadata"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_unknown_and_unserved_frames_are_refused() {
+        for payload in [
+            vec![0u8, 3],
+            vec![3, 231, 0, 0, 0, 0, 0, 1],
+            vec![0, 19, 0, 7, 0, 0, 0, 1],
+        ] {
+            assert!(matches!(
+                decode_request(Bytes::from(payload), &metadata_only()),
+                Err(Rejected::Close(_))
+            ));
+        }
+    }
+}

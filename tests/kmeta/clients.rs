@@ -205,3 +205,47 @@ fn stopping_and_starting_every_process_keeps_topics_assignments_and_offsets() {
     ]));
     assert_eq!(committed["offset"], 77);
 }
+
+#[test]
+fn sigterm_moves_a_brokers_leaderships_away_before_it_exits() {
+    let mut c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c, 3);
+    let b = c.bootstrap();
+    client(&[
+        "create",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "graceful",
+        "--partitions",
+        "6",
+        "--rf",
+        "3",
+    ]);
+    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
+        leaders(&b, "graceful")
+    });
+    let victim = before.values().next().unwrap().0;
+    assert!(
+        c.terminate(victim as u64, Duration::from_secs(10)),
+        "broker {victim} did not exit after SIGTERM:\n{}",
+        c.log_tail(victim as u64)
+    );
+    let survivors: String = c
+        .brokers
+        .keys()
+        .filter(|id| **id != victim as u64)
+        .map(|id| c.broker_addr(*id))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Leadership had moved before the process exited: the survivors show it at once, well
+    // before the 3 s session would have expired.
+    let (_, after) = leaders(&survivors, "graceful").expect("metadata from the survivors");
+    for (p, (leader, _, _)) in &after {
+        assert_ne!(
+            *leader, victim,
+            "partition {p} is still led by the stopped broker"
+        );
+        assert!(*leader >= 0, "partition {p} has no leader");
+    }
+}

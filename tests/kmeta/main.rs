@@ -3,6 +3,7 @@
 mod clients;
 mod cluster;
 mod controller;
+mod hostile;
 mod processes;
 mod quorum;
 mod raft_storage;

@@ -4,6 +4,7 @@ use kmeta::raft::network::{query_status, NodeStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kmeta");
@@ -173,4 +174,132 @@ async fn three_controller_processes_survive_kill_9_of_the_leader() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Issue 3's end-to-end durability check: writers keep creating topics through a broker while
+/// the active controller is killed with SIGKILL and restarted; every acknowledged create is
+/// there afterwards, and all controllers converge on one image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9_of_the_active_controller() {
+    use crate::cluster::ProcessCluster;
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{
+        CreateTopicsRequest, DescribeQuorumRequest, MetadataRequest, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    use kmeta::kafka::client::KafkaClient;
+
+    let mut c = ProcessCluster::start(3, 1, "");
+    let broker = c.broker_addr(1);
+    // Wait for the broker to be registered and unfenced (it is then listed in Metadata).
+    let start = Instant::now();
+    loop {
+        if let Ok(mut k) = KafkaClient::connect(&broker, "test", Duration::from_secs(2)).await {
+            if let Ok(md) = k.send(&MetadataRequest::default(), 12).await {
+                if md.brokers.len() == 1 {
+                    break;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the broker never became live"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let broker = broker.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("w{w}-{n}");
+                n += 1;
+                let Ok(mut k) =
+                    KafkaClient::connect(&broker, "writer", Duration::from_secs(40)).await
+                else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let req =
+                    CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name.clone())))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)]);
+                if let Ok(r) = k.send(&req, 7).await {
+                    if r.topics.first().is_some_and(|t| t.error_code == 0) {
+                        acked.push(name);
+                    }
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut k = KafkaClient::connect(&c.controller_addr(101), "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let quorum = k.send(&DescribeQuorumRequest::default(), 0).await.unwrap();
+    let leader = quorum.topics[0].partitions[0].leader_id.0 as u64;
+    assert!(c.controllers.contains_key(&leader), "leader {leader}");
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.spawn(leader);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.extend(w.await.unwrap());
+    }
+    assert!(
+        acked.len() > 20,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+
+    // Every acknowledged topic exists (the broker's image includes a write before replying).
+    let mut k = KafkaClient::connect(&broker, "test", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let md = k
+        .send(&MetadataRequest::default().with_topics(None), 12)
+        .await
+        .unwrap();
+    let names: std::collections::BTreeSet<String> = md
+        .topics
+        .iter()
+        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|n| !names.contains(*n)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged creates lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+
+    // All three controllers converge, the restarted one included.
+    let ids: Vec<u64> = c.controllers.keys().copied().collect();
+    let ports = c.controllers.clone();
+    let start = Instant::now();
+    loop {
+        let s = agreed_leader(&ports, &ids, Duration::from_secs(20)).await;
+        let applied: Vec<_> = s
+            .values()
+            .map(|n| (n.last_applied, n.image_hash.clone()))
+            .collect();
+        if applied.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "controllers did not converge: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{} acknowledged creates, none lost", acked.len());
 }
