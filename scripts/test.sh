@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README's test command runs it on a fresh machine.
-# Installs what it needs (rustfmt/clippy components, cargo-nextest when missing), then runs
-# formatting, lints, the purity check of the core crate, and every test.
+# Installs what it needs (rustfmt/clippy components, cargo-nextest, kcat from Debian, and a
+# Python venv with confluent-kafka, kafka-python and aiokafka), then runs formatting, lints,
+# the purity check of the core crate, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,22 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   step "installing cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+
+step "Kafka clients for the real-client tests"
+if ! command -v kcat >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get install -y -q kcat >/dev/null 2>&1 \
+    || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q kcat >/dev/null; }
+fi
+kcat -V | head -1
+venv="${KMETA_VENV:-target/pyenv}"
+if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, aiokafka' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/clients/requirements.txt
+fi
+export KMETA_PYTHON="$PWD/$venv/bin/python"
+"$KMETA_PYTHON" -c 'import confluent_kafka, kafka, aiokafka; print("confluent-kafka", confluent_kafka.version()[0], "kafka-python", kafka.__version__, "aiokafka", aiokafka.__version__)'
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -58,6 +58,25 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-quorum")]
         data_dir: PathBuf,
     },
+    /// Offset commits/s through brokers, commit-to-every-broker latency, and Metadata
+    /// requests/s, against 3 controllers and 3 brokers in this process.
+    Brokers {
+        /// Concurrent client connections, one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        connections: Vec<usize>,
+        /// Partitions per OffsetCommit request.
+        #[arg(long, default_value_t = 64)]
+        partitions_per_commit: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Commits timed for propagation.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+        /// Where the controllers keep their data.
+        #[arg(long, default_value = "target/bench-brokers")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +195,47 @@ fn main() -> ExitCode {
             match result {
                 Ok(report) => {
                     println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Brokers {
+                    connections,
+                    partitions_per_commit,
+                    seconds,
+                    samples,
+                    data_dir,
+                },
+        } => {
+            init_logging();
+            let _ = std::fs::remove_dir_all(&data_dir);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let result = runtime.block_on(kmeta::bench::brokers::brokers(
+                &data_dir,
+                seconds,
+                &connections,
+                partitions_per_commit,
+                samples,
+            ));
+            let _ = std::fs::remove_dir_all(&data_dir);
+            match result {
+                Ok(r) => {
+                    println!("offset commits through brokers (OffsetCommit of {partitions_per_commit} partitions, spread over 3 brokers):");
+                    for (c, _, rate) in &r.commits {
+                        println!("  {c:>5} connections: {rate:>10.0} offsets/s");
+                    }
+                    let (p50, p99, max, n) = r.propagation_ms;
+                    println!("commit -> every broker's image ({n} commits): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
+                    println!("Metadata requests on one broker (all topics, 64 partitions):");
+                    for (c, rate) in &r.metadata {
+                        println!("  {c:>5} connections: {rate:>10.0} requests/s");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(e),

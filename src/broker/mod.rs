@@ -117,6 +117,11 @@ impl BrokerState {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// A watch of the last offset the published image includes.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
     /// This broker's epoch, or -1 before it has registered.
     pub fn broker_epoch(&self) -> i64 {
         self.epoch.load(Ordering::Relaxed)
@@ -257,7 +262,40 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let state = BrokerState::new(config);
+    run_with(BrokerState::new(config), listener, shutdown).await
+}
+
+/// A broker running in this process (`kmeta dev`, benchmarks, tests).
+pub struct BrokerHandle {
+    /// Its state (image, epoch, fencing).
+    pub state: Arc<BrokerState>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl BrokerHandle {
+    /// Starts a broker on `listener`.
+    pub fn spawn(config: BrokerConfig, listener: TcpListener) -> BrokerHandle {
+        let state = BrokerState::new(config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_with(state.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        BrokerHandle { state, stop, task }
+    }
+
+    /// Controlled shutdown; returns when the broker has stopped.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(());
+        self.task.await.map_err(|e| e.to_string())?
+    }
+}
+
+async fn run_with(
+    state: Arc<BrokerState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let follower = tokio::spawn(follower::run(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let session = tokio::spawn(keep_session(state.clone(), stop_rx));

@@ -22,12 +22,12 @@ fn wait_for_brokers(c: &ProcessCluster, n: usize) {
     });
 }
 
+/// Each partition's `(leader, replicas, isr)`, by partition index.
+type PartitionView = BTreeMap<String, (i64, Vec<i64>, Vec<i64>)>;
+
 /// `{partition: (leader, replicas, isr)}` of `topic`, and the live brokers, as
 /// confluent-kafka's metadata shows them.
-fn leaders(
-    bootstrap: &str,
-    topic: &str,
-) -> Option<(Vec<i64>, BTreeMap<String, (i64, Vec<i64>, Vec<i64>)>)> {
+fn leaders(bootstrap: &str, topic: &str) -> Option<(Vec<i64>, PartitionView)> {
     let (ok, out) = try_client(&["leaders", "--bootstrap", bootstrap, "--topic", topic]);
     if !ok {
         return None;

@@ -7,6 +7,8 @@
 //! controller is stopped abruptly (its tasks aborted, its Raft shut down); the time to the next
 //! acknowledged commit on the new active controller is measured.
 
+pub mod brokers;
+
 use crate::controller::Controller;
 use crate::local::LocalQuorum;
 use kmeta_metadata::controller::cluster::{BrokerHeartbeatRequest, BrokerRegistrationRequest};
