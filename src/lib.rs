@@ -13,6 +13,7 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod controller;
+pub mod dev;
 pub mod kafka;
 pub mod local;
 pub mod raft;

@@ -32,8 +32,30 @@ enum Command {
         #[command(subcommand)]
         command: StorageCommand,
     },
-    /// Run a whole local cluster in one process (not yet implemented).
-    Dev,
+    /// Run a whole local cluster in one process (3 controllers + 3 brokers by default).
+    Dev {
+        /// Controllers (node ids 3001, 3002, ...).
+        #[arg(long, default_value_t = 3)]
+        controllers: u64,
+        /// Brokers (node ids 1, 2, ...).
+        #[arg(long, default_value_t = 3)]
+        brokers: u64,
+        /// Host to listen on and advertise.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// First broker port (brokers on P, P+1, ...).
+        #[arg(long, default_value_t = 9092)]
+        broker_port: u16,
+        /// First controller port (controllers on Q, Q+1, ...).
+        #[arg(long, default_value_t = 9192)]
+        controller_port: u16,
+        /// Data directory, kept across runs (default: a fresh temporary one, removed at exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A config setting for every node, key=value (repeatable).
+        #[arg(long = "override", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Benchmarks (results in docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -110,6 +132,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -241,9 +264,33 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Dev => {
-            eprintln!("kmeta dev: not yet implemented (brokers and the local cluster runner are not built yet; see README)");
-            ExitCode::from(2)
+        Command::Dev {
+            controllers,
+            brokers,
+            host,
+            broker_port,
+            controller_port,
+            data_dir,
+            overrides,
+        } => {
+            init_logging();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let options = kmeta::dev::DevOptions {
+                controllers,
+                brokers,
+                host,
+                broker_port,
+                controller_port,
+                data_dir,
+                overrides,
+            };
+            match runtime.block_on(kmeta::dev::run(options, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 mod clients;
 mod cluster;
 mod controller;
+mod dev;
 mod hostile;
 mod processes;
 mod quorum;

@@ -1,0 +1,232 @@
+//! `kmeta dev`: a whole cluster in one process — controllers and brokers on 127.0.0.1 (by
+//! default 3 + 3), each node configured and run exactly as `kmeta server` runs it. Prints
+//! `bootstrap.servers=...` once every broker serves, and stops cleanly on Ctrl-C: brokers first
+//! (controlled shutdown while the controllers still run), then the controllers.
+
+use crate::config::{apply_overrides, NodeConfig};
+use crate::kafka::client::KafkaClient;
+use kafka_protocol::messages::MetadataRequest;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// `kmeta dev` options.
+#[derive(Clone, Debug)]
+pub struct DevOptions {
+    /// Controllers (ids 3001, 3002, ...).
+    pub controllers: u64,
+    /// Brokers (ids 1, 2, ...).
+    pub brokers: u64,
+    /// The host every node listens on and advertises.
+    pub host: String,
+    /// The first broker port; brokers use P, P+1, ...
+    pub broker_port: u16,
+    /// The first controller port; controllers use Q, Q+1, ...
+    pub controller_port: u16,
+    /// Kept across runs when given; a fresh temporary directory otherwise.
+    pub data_dir: Option<PathBuf>,
+    /// `key=value` settings applied to every node.
+    pub overrides: Vec<String>,
+}
+
+/// The first controller's node id (brokers are numbered from 1, as clients see them).
+pub const FIRST_CONTROLLER_ID: u64 = 3001;
+
+fn node_properties(
+    o: &DevOptions,
+    dir: &Path,
+) -> Result<BTreeMap<u64, BTreeMap<String, String>>, String> {
+    let port = |base: u16, i: u64| -> Result<u16, String> {
+        base.checked_add(i as u16)
+            .ok_or_else(|| format!("port {base}+{i} is out of range"))
+    };
+    let mut voters = Vec::new();
+    for i in 0..o.controllers {
+        voters.push(format!(
+            "{}@{}:{}",
+            FIRST_CONTROLLER_ID + i,
+            o.host,
+            port(o.controller_port, i)?
+        ));
+    }
+    let voters = voters.join(",");
+    let mut nodes = BTreeMap::new();
+    for i in 0..o.controllers {
+        let id = FIRST_CONTROLLER_ID + i;
+        let mut p = BTreeMap::new();
+        p.insert("node.id".into(), id.to_string());
+        p.insert("process.roles".into(), "controller".into());
+        p.insert("controller.quorum.voters".into(), voters.clone());
+        p.insert(
+            "listeners".into(),
+            format!("CONTROLLER://{}:{}", o.host, port(o.controller_port, i)?),
+        );
+        p.insert(
+            "log.dirs".into(),
+            dir.join(format!("controller-{id}")).display().to_string(),
+        );
+        nodes.insert(id, p);
+    }
+    for id in 1..=o.brokers {
+        let mut p = BTreeMap::new();
+        p.insert("node.id".into(), id.to_string());
+        p.insert("process.roles".into(), "broker".into());
+        p.insert("controller.quorum.voters".into(), voters.clone());
+        p.insert(
+            "listeners".into(),
+            format!("PLAINTEXT://{}:{}", o.host, port(o.broker_port, id - 1)?),
+        );
+        p.insert(
+            "log.dirs".into(),
+            dir.join(format!("broker-{id}")).display().to_string(),
+        );
+        nodes.insert(id, p);
+    }
+    for p in nodes.values_mut() {
+        p.insert(
+            "default.replication.factor".into(),
+            o.brokers.min(3).to_string(),
+        );
+        apply_overrides(p, &o.overrides).map_err(|e| e.0)?;
+    }
+    Ok(nodes)
+}
+
+/// Runs the cluster until `shutdown` resolves.
+pub async fn run(o: DevOptions, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    if o.controllers == 0 || o.brokers == 0 {
+        return Err("--controllers and --brokers must be at least 1".into());
+    }
+    let (dir, temporary) = match &o.data_dir {
+        Some(d) => (d.clone(), false),
+        None => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            (
+                std::env::temp_dir().join(format!("kmeta-dev-{}-{nanos}", std::process::id())),
+                true,
+            )
+        }
+    };
+    let result = run_in(&o, &dir, shutdown).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn run_in(
+    o: &DevOptions,
+    dir: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let mut configs = BTreeMap::new();
+    for (id, props) in node_properties(o, dir)? {
+        let config =
+            NodeConfig::from_properties(&props).map_err(|e| format!("node {id}: {}", e.0))?;
+        configs.insert(id, config);
+    }
+    // One cluster id for every node: the one already on disk (a kept --data-dir), else new.
+    let mut cluster_id = None;
+    for c in configs.values() {
+        if let Some(meta) = crate::storage::read_meta(&c.log_dir)? {
+            cluster_id = Some(meta.cluster_id);
+        }
+    }
+    let cluster_id = cluster_id.unwrap_or_else(crate::random_cluster_id);
+    for c in configs.values() {
+        crate::storage::format(c, &cluster_id, true)?;
+    }
+    tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "starting a local cluster");
+
+    let (stop_brokers, brokers_stopped) = watch::channel(false);
+    let (stop_controllers, controllers_stopped) = watch::channel(false);
+    let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut controllers = Vec::new();
+    let mut brokers = Vec::new();
+    for (id, config) in configs.clone() {
+        let mut signal = if config.roles.broker {
+            brokers_stopped.clone()
+        } else {
+            controllers_stopped.clone()
+        };
+        let failed_tx = failed_tx.clone();
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = signal.wait_for(|s| *s).await;
+            };
+            let result = crate::server::run(config, stop)
+                .await
+                .map_err(|e| format!("node {id}: {e}"));
+            if let Err(e) = &result {
+                let _ = failed_tx.send(e.clone());
+            }
+            result
+        });
+        if id >= FIRST_CONTROLLER_ID {
+            controllers.push(task);
+        } else {
+            brokers.push(task);
+        }
+    }
+    let bootstrap: Vec<String> = (0..o.brokers)
+        .map(|i| format!("{}:{}", o.host, o.broker_port + i as u16))
+        .collect();
+    let ready = wait_ready(&bootstrap[0], o.brokers as usize);
+    tokio::pin!(shutdown);
+    let outcome = tokio::select! {
+        r = ready => r,
+        Some(e) = failed.recv() => Err(e),
+        _ = &mut shutdown => Err("interrupted before the cluster was ready".into()),
+    };
+    if outcome.is_ok() {
+        println!("bootstrap.servers={}", bootstrap.join(","));
+        tokio::select! {
+            _ = &mut shutdown => {}
+            Some(e) = failed.recv() => tracing::error!(error = %e, "a node stopped"),
+        }
+    }
+    tracing::info!("stopping: brokers first (controlled shutdown), then controllers");
+    let _ = stop_brokers.send(true);
+    let mut errors = Vec::new();
+    for b in brokers {
+        if let Ok(Err(e)) = b.await {
+            errors.push(e);
+        }
+    }
+    let _ = stop_controllers.send(true);
+    for c in controllers {
+        if let Ok(Err(e)) = c.await {
+            errors.push(e);
+        }
+    }
+    outcome?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Waits until the first broker lists every broker as live (at most a minute).
+async fn wait_ready(addr: &str, brokers: usize) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut c) = KafkaClient::connect(addr, "kmeta-dev", Duration::from_secs(2)).await {
+            if let Ok(md) = c.send(&MetadataRequest::default(), 12).await {
+                if md.brokers.len() == brokers {
+                    return Ok(());
+                }
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the cluster was not ready within a minute (no {brokers} live brokers at {addr})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

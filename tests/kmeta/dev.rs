@@ -1,0 +1,75 @@
+//! `kmeta dev`: the README's main command.
+
+use crate::cluster::{client, free_port, BIN};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn kmeta_dev_prints_bootstrap_servers_serves_three_brokers_and_stops_cleanly_on_ctrl_c() {
+    // Ports P..P+2 next to a free one are almost always free too.
+    let broker_port = free_port();
+    let controller_port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "dev",
+            "--broker-port",
+            &broker_port.to_string(),
+            "--controller-port",
+            &controller_port.to_string(),
+            "--brokers",
+            "3",
+            "--override",
+            "broker.session.timeout.ms=3000",
+            "--override",
+            "broker.heartbeat.interval.ms=500",
+        ])
+        .env("KMETA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("kmeta dev printed nothing");
+    let bootstrap = line
+        .strip_prefix("bootstrap.servers=")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    assert_eq!(bootstrap.split(',').count(), 3);
+    client(&["kcat", "--bootstrap", &bootstrap, "--brokers", "3"]);
+    client(&["create", "--bootstrap", &bootstrap, "--topic", "dev-topic"]);
+    client(&[
+        "kcat",
+        "--bootstrap",
+        &bootstrap,
+        "--brokers",
+        "3",
+        "--topic",
+        "dev-topic",
+    ]);
+
+    // Ctrl-C: a clean stop with status 0, in bounded time.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("kmeta dev did not stop within 20 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
