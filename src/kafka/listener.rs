@@ -128,3 +128,58 @@ pub async fn serve_connection<S: Service>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::client::KafkaClient;
+    use crate::kafka::wire::encode_response;
+    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ResponseKind};
+    use kafka_protocol::protocol::Message;
+
+    struct Versions(ApiSet);
+
+    impl Service for Versions {
+        fn apis(&self) -> &ApiSet {
+            &self.0
+        }
+
+        async fn handle(&self, request: Request) -> Result<Bytes, String> {
+            let response: ResponseKind = self.0.api_versions_response().into();
+            encode_response(
+                request.header.correlation_id,
+                request.api_key,
+                request.version,
+                &response,
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_the_rest_keep_working() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let service = Arc::new(Versions(ApiSet::new(vec![(
+            ApiKey::ApiVersions,
+            ApiVersionsRequest::VERSIONS,
+        )])));
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        tokio::spawn(serve(listener, service, limits, std::future::pending()));
+        let timeout = Duration::from_secs(5);
+        let mut a = KafkaClient::connect(&addr, "a", timeout).await.unwrap();
+        let mut b = KafkaClient::connect(&addr, "b", timeout).await.unwrap();
+        a.send(&ApiVersionsRequest::default(), 3).await.unwrap();
+        b.send(&ApiVersionsRequest::default(), 3).await.unwrap();
+        let mut c = KafkaClient::connect(&addr, "c", timeout).await.unwrap();
+        assert!(c.send(&ApiVersionsRequest::default(), 3).await.is_err());
+        // The two admitted connections still work; once one closes, a new one is admitted.
+        a.send(&ApiVersionsRequest::default(), 0).await.unwrap();
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut d = KafkaClient::connect(&addr, "d", timeout).await.unwrap();
+        d.send(&ApiVersionsRequest::default(), 3).await.unwrap();
+    }
+}

@@ -249,3 +249,72 @@ fn sigterm_moves_a_brokers_leaderships_away_before_it_exits() {
         assert!(*leader >= 0, "partition {p} has no leader");
     }
 }
+
+#[test]
+fn a_broker_behind_the_controllers_kept_log_catches_up_from_a_snapshot() {
+    // Snapshots every second while the log grows; after a full restart the controllers keep
+    // only the entries after their snapshots, so restarted brokers (which start empty) must
+    // load a snapshot first.
+    let mut c = ProcessCluster::start(
+        3,
+        1,
+        "metadata.log.max.record.bytes.between.snapshots=1\nmetadata.log.max.snapshot.interval.ms=1000",
+    );
+    wait_for_brokers(&c, 1);
+    let b = c.bootstrap();
+    client(&[
+        "create",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "snap",
+        "--partitions",
+        "3",
+        "--rf",
+        "1",
+    ]);
+    client(&[
+        "commit",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "snap",
+        "--group",
+        "snap-group",
+        "--offset",
+        "5",
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let ids: Vec<u64> = c
+        .brokers
+        .keys()
+        .chain(c.controllers.keys())
+        .copied()
+        .collect();
+    for id in &ids {
+        c.kill(*id);
+    }
+    for id in &ids {
+        c.spawn(*id);
+    }
+    wait_for_brokers(&c, 1);
+    let (_, parts) = until(Duration::from_secs(20), "the topic after a restart", || {
+        leaders(&b, "snap")
+    });
+    assert_eq!(parts.len(), 3);
+    let committed = json(&client(&[
+        "committed",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "snap",
+        "--group",
+        "snap-group",
+    ]));
+    assert_eq!(committed["offset"], 5);
+    assert!(
+        c.log_contains(1, "loaded a metadata snapshot"),
+        "the broker did not load a snapshot:\n{}",
+        c.log_tail(1)
+    );
+}

@@ -165,6 +165,12 @@ impl ProcessCluster {
         format!("127.0.0.1:{}", self.controllers[&id])
     }
 
+    /// True if node `id`'s log since its last start contains `text`.
+    pub fn log_contains(&self, id: u64, text: &str) -> bool {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log")))
+            .is_ok_and(|t| t.contains(text))
+    }
+
     /// The last lines of node `id`'s log (for failure messages).
     pub fn log_tail(&self, id: u64) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log")))
