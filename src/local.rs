@@ -103,7 +103,7 @@ pub struct LocalQuorum {
 }
 
 /// Raft timing for local quorums: the server's, with a 400 ms election timeout (elections
-/// after 400–800 ms of silence).
+/// after 400–600 ms of silence).
 pub fn local_raft_config() -> Arc<openraft::Config> {
     crate::server::raft_timing(400).expect("valid raft config")
 }

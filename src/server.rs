@@ -18,15 +18,17 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Raft timing derived from an election timeout: elections start after one to two election
-/// timeouts of silence; the leader heartbeats five times per timeout. Snapshots are taken by
+/// Raft timing derived from an election timeout: elections start after 1 to 1.5 election
+/// timeouts of silence (randomized, so votes rarely split). openraft makes a follower refuse
+/// votes for `election_timeout_max` after hearing from a leader (its leader lease), so the
+/// upper bound sets the failover time: ~1.5 election timeouts, not 2; the leader heartbeats five times per timeout. Snapshots are taken by
 /// [`snapshot_policy`] (Kafka's byte and age triggers), not by openraft's count.
 pub fn raft_timing(election_timeout_ms: u64) -> Result<Arc<openraft::Config>, String> {
     let raft = openraft::Config {
         cluster_name: "kmeta".into(),
         heartbeat_interval: (election_timeout_ms / 5).max(10),
         election_timeout_min: election_timeout_ms,
-        election_timeout_max: election_timeout_ms * 2,
+        election_timeout_max: election_timeout_ms + election_timeout_ms / 2,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1_000,
         ..Default::default()
