@@ -11,6 +11,7 @@ static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
 pub mod alloc;
 pub mod bench;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dev;

@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one node (controller) from a config file.
+    /// Run one node (controller, broker, or both) from a config file.
     Server {
         /// The node's properties file.
         #[arg(long)]
@@ -56,11 +56,192 @@ enum Command {
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Create, list, describe, delete and alter topics.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Partition reassignment with kafka-reassign-partitions.sh's JSON files.
+    Reassign {
+        #[command(subcommand)]
+        command: ReassignCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Elect partition leaders.
+    ElectLeaders {
+        /// preferred or unclean.
+        #[arg(long, value_parser = ["preferred", "unclean"])]
+        election_type: String,
+        /// Every partition of every topic.
+        #[arg(long, conflicts_with_all = ["topic", "partition"])]
+        all_topic_partitions: bool,
+        /// One topic (every partition unless --partition).
+        #[arg(long, required_unless_present = "all_topic_partitions")]
+        topic: Option<String>,
+        /// One partition of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The controller quorum, like kafka-metadata-quorum.sh.
+    Quorum {
+        #[command(subcommand)]
+        command: QuorumCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The brokers.
+    Brokers {
+        #[command(subcommand)]
+        command: BrokersCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Read a stopped node's metadata snapshot and log offline.
+    MetadataShell {
+        /// The node's log directory (its log.dirs).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print every record with its offset.
+        #[arg(long)]
+        dump: bool,
+        /// table or json.
+        #[arg(long, value_enum, default_value = "table")]
+        output: kmeta::cli::Output,
+    },
     /// Benchmarks (results in docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// A broker to talk to (host:port, comma-separated for several).
+    #[arg(long, global = true, default_value = "127.0.0.1:9092")]
+    bootstrap_server: String,
+    /// table or json.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: kmeta::cli::Output,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create a topic.
+    Create {
+        #[arg(long)]
+        topic: String,
+        /// Partitions (default: the cluster's num.partitions).
+        #[arg(long, default_value_t = -1)]
+        partitions: i32,
+        /// Replicas per partition (default: the cluster's default.replication.factor).
+        #[arg(long, default_value_t = -1)]
+        replication_factor: i16,
+        /// A topic config, key=value (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// List topic names.
+    List,
+    /// Each partition's leader, replicas, ISR and any reassignment in flight.
+    Describe {
+        /// One topic (default: all).
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Delete a topic.
+    Delete {
+        #[arg(long)]
+        topic: String,
+    },
+    /// Add partitions to a topic.
+    Alter {
+        #[arg(long)]
+        topic: String,
+        /// The new partition count.
+        #[arg(long)]
+        partitions: i32,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReassignCommand {
+    /// Propose a balanced plan for moving topics onto a broker list.
+    Generate {
+        #[arg(long)]
+        topics_to_move_json_file: PathBuf,
+        /// Target brokers, e.g. 1,2,3,4.
+        #[arg(long)]
+        broker_list: String,
+    },
+    /// Start a reassignment from a reassignment file.
+    Execute {
+        #[arg(long)]
+        reassignment_json_file: PathBuf,
+        /// Show progress until every partition is done.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Report each partition of a reassignment file.
+    Verify {
+        #[arg(long)]
+        reassignment_json_file: PathBuf,
+    },
+    /// Reassignments in flight.
+    List,
+    /// Cancel the reassignments of a file's partitions.
+    Cancel {
+        #[arg(long)]
+        reassignment_json_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuorumCommand {
+    /// Describe the quorum.
+    Describe {
+        /// Leader, epoch, high watermark, voters and observers.
+        #[arg(long, conflicts_with = "replication")]
+        status: bool,
+        /// Every replica's log end offset, lag and timestamps.
+        #[arg(long)]
+        replication: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrokersCommand {
+    /// Every broker: endpoint, rack, state, epoch, last heartbeat.
+    List,
+}
+
+/// Runs an admin command against `--bootstrap-server`.
+fn admin_command<F>(args: AdminArgs, f: F) -> ExitCode
+where
+    F: for<'a> FnOnce(
+        &'a mut kmeta::cli::Admin,
+        kmeta::cli::Output,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), String>> + 'a>,
+    >,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let mut admin = kmeta::cli::Admin::connect(&args.bootstrap_server).await?;
+        f(&mut admin, args.output).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }
 
 #[derive(Subcommand)]
@@ -261,6 +442,92 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Topics { command, admin } => admin_command(admin, move |a, out| {
+            Box::pin(async move {
+                use kmeta::cli::topics;
+                match command {
+                    TopicsCommand::Create {
+                        topic,
+                        partitions,
+                        replication_factor,
+                        configs,
+                    } => {
+                        topics::create(a, &topic, partitions, replication_factor, &configs, out)
+                            .await
+                    }
+                    TopicsCommand::List => topics::list(a, out).await,
+                    TopicsCommand::Describe { topic } => {
+                        topics::describe(a, topic.as_deref(), out).await
+                    }
+                    TopicsCommand::Delete { topic } => topics::delete(a, &topic, out).await,
+                    TopicsCommand::Alter { topic, partitions } => {
+                        topics::alter(a, &topic, partitions, out).await
+                    }
+                }
+            })
+        }),
+        Command::Reassign { command, admin } => admin_command(admin, move |a, out| {
+            Box::pin(async move {
+                use kmeta::cli::reassign;
+                match command {
+                    ReassignCommand::Generate {
+                        topics_to_move_json_file,
+                        broker_list,
+                    } => reassign::generate(a, &topics_to_move_json_file, &broker_list, out).await,
+                    ReassignCommand::Execute {
+                        reassignment_json_file,
+                        wait,
+                    } => reassign::execute(a, &reassignment_json_file, wait, out).await,
+                    ReassignCommand::Verify {
+                        reassignment_json_file,
+                    } => reassign::verify(a, &reassignment_json_file, out).await,
+                    ReassignCommand::List => reassign::list(a, out).await,
+                    ReassignCommand::Cancel {
+                        reassignment_json_file,
+                    } => reassign::cancel(a, &reassignment_json_file, out).await,
+                }
+            })
+        }),
+        Command::ElectLeaders {
+            election_type,
+            all_topic_partitions: _,
+            topic,
+            partition,
+            admin,
+        } => admin_command(admin, move |a, out| {
+            Box::pin(async move {
+                kmeta::cli::elect::elect(
+                    a,
+                    election_type == "unclean",
+                    topic.as_deref(),
+                    partition,
+                    out,
+                )
+                .await
+            })
+        }),
+        Command::Quorum {
+            command:
+                QuorumCommand::Describe {
+                    status: _,
+                    replication,
+                },
+            admin,
+        } => admin_command(admin, move |a, out| {
+            Box::pin(async move { kmeta::cli::quorum::describe(a, replication, out).await })
+        }),
+        Command::Brokers {
+            command: BrokersCommand::List,
+            admin,
+        } => admin_command(admin, move |a, out| {
+            Box::pin(async move { kmeta::cli::brokers::list(a, out).await })
+        }),
+        Command::MetadataShell { dir, dump, output } => {
+            match kmeta::cli::metadata_shell::run(&dir, dump, output) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }

@@ -13,6 +13,11 @@ use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// DescribeClusterBroker tagged field (kmeta extension): the broker epoch, i64 big-endian.
+pub const BROKER_EPOCH_TAG: i32 = 10_000;
+/// DescribeClusterBroker tagged field (kmeta extension): 1 if in controlled shutdown.
+pub const CONTROLLED_SHUTDOWN_TAG: i32 = 10_001;
+
 /// How long a forwarded write may take, retries included.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a reply waits for this broker's image to include the write.
@@ -43,6 +48,9 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
         // partitions (aiokafka's commit path) need both.
         (ApiKey::Fetch, range::<FetchRequest>()),
         (ApiKey::ListOffsets, range::<ListOffsetsRequest>()),
+        // Answered by the active controller (the broker relays it), as Kafka brokers do for
+        // kafka-metadata-quorum.sh --bootstrap-server.
+        (ApiKey::DescribeQuorum, range::<DescribeQuorumRequest>()),
         (ApiKey::CreateTopics, range::<CreateTopicsRequest>()),
         (ApiKey::DeleteTopics, range::<DeleteTopicsRequest>()),
         (ApiKey::CreatePartitions, range::<CreatePartitionsRequest>()),
@@ -211,14 +219,23 @@ impl BrokerService {
             .filter(|b| b.is_active() || (r.include_fenced_brokers && b.fenced))
             .filter_map(|b| {
                 let l = b.listeners.iter().find(|l| &l.name == name)?;
-                Some(
-                    DescribeClusterBroker::default()
-                        .with_broker_id(BrokerId(b.broker_id.0))
-                        .with_host(sb(l.host.clone()))
-                        .with_port(l.port as i32)
-                        .with_rack(b.rack.clone().map(sb))
-                        .with_is_fenced(b.fenced),
-                )
+                let mut out = DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(b.broker_id.0))
+                    .with_host(sb(l.host.clone()))
+                    .with_port(l.port as i32)
+                    .with_rack(b.rack.clone().map(sb))
+                    .with_is_fenced(b.fenced);
+                // kmeta extensions (docs/PROTOCOL.md): the broker epoch and whether it is in
+                // controlled shutdown, for `kmeta brokers list`.
+                out.unknown_tagged_fields.insert(
+                    BROKER_EPOCH_TAG,
+                    Bytes::copy_from_slice(&b.broker_epoch.0.to_be_bytes()),
+                );
+                out.unknown_tagged_fields.insert(
+                    CONTROLLED_SHUTDOWN_TAG,
+                    Bytes::copy_from_slice(&[b.in_controlled_shutdown as u8]),
+                );
+                Some(out)
             })
             .collect();
         DescribeClusterResponse::default()
@@ -653,6 +670,13 @@ impl Service for BrokerService {
             RequestKind::DescribeGroups(r) => self.describe_groups(r, version).into(),
             RequestKind::DescribeConfigs(r) => self.describe_configs(r).into(),
             RequestKind::ListOffsets(r) => self.list_offsets(r).into(),
+            RequestKind::DescribeQuorum(r) => self
+                .state
+                .controllers
+                .send(&r, version)
+                .await
+                .map_err(|e| format!("relaying DescribeQuorum: {e}"))?
+                .into(),
             RequestKind::Fetch(r) => self.fetch(r).await.into(),
             RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
                 .with_entries(Some(Vec::new()))

@@ -376,7 +376,8 @@ impl ControllerService {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
-        let high_watermark = m.cluster_committed.map_or(-1, |l| l.index() as i64);
+        // Kafka's high watermark: the offset after the last committed one.
+        let high_watermark = m.cluster_committed.map_or(0, |l| l.index() as i64 + 1);
         let replication = m.replication.clone().unwrap_or_default();
         let membership = m.membership_config.membership();
         let mut voters = Vec::new();
@@ -390,7 +391,7 @@ impl ControllerService {
                     .and_then(|l| l.as_ref())
                     .map_or(-1, |l| l.index() as i64 + 1)
             };
-            let caught_up = log_end > high_watermark;
+            let caught_up = log_end >= high_watermark;
             let mut state = ReplicaState::default()
                 .with_replica_id(BrokerId(*id as i32))
                 .with_log_end_offset(log_end);
@@ -413,6 +414,26 @@ impl ControllerService {
                         .with_port(port.parse().unwrap_or(0))]),
             );
         }
+        // Observers: the brokers, with the offset and time of their last heartbeat.
+        let mut observers = Vec::new();
+        if Some(self.node_id) == m.current_leader {
+            for (broker, age_ms, offset) in self.controller.broker_contacts() {
+                let mut state = ReplicaState::default()
+                    .with_replica_id(BrokerId(broker.0))
+                    .with_log_end_offset(if offset.0 >= 0 { offset.0 + 1 } else { -1 });
+                if version >= 1 {
+                    let at = now_ms - age_ms as i64;
+                    state = state
+                        .with_last_fetch_timestamp(at)
+                        .with_last_caught_up_timestamp(if offset.0 + 1 >= high_watermark {
+                            at
+                        } else {
+                            -1
+                        });
+                }
+                observers.push(state);
+            }
+        }
         if version < 2 {
             nodes.clear();
         }
@@ -425,7 +446,8 @@ impl ControllerService {
                     .with_leader_id(BrokerId(leader_id))
                     .with_leader_epoch(m.current_term as i32)
                     .with_high_watermark(high_watermark)
-                    .with_current_voters(voters)])])
+                    .with_current_voters(voters)
+                    .with_observers(observers)])])
             .with_nodes(nodes)
     }
 

@@ -183,6 +183,17 @@ impl Controller {
         .await
     }
 
+    /// Every broker session this node tracks: `(broker, ms since its last heartbeat, the
+    /// metadata offset it last reported)`. Meaningful on the active controller.
+    pub fn broker_contacts(&self) -> Vec<(kmeta_metadata::BrokerId, u64, LogOffset)> {
+        let now = self.now_ms();
+        let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        tracker
+            .contacts()
+            .map(|(b, c)| (b, now.saturating_sub(c.last_contact_ms), c.metadata_offset))
+            .collect()
+    }
+
     /// A broker heartbeat: the session is refreshed at once, off the write path; the state
     /// machine step (fence, unfence, shutdown) goes through the loop.
     pub async fn heartbeat(

@@ -1,5 +1,6 @@
 //! kmeta's one integration-test binary.
 
+mod admin;
 mod clients;
 mod cluster;
 mod controller;

@@ -64,6 +64,11 @@ impl BrokerHeartbeatTracker {
         }
     }
 
+    /// Every tracked broker and its contact, by id.
+    pub fn contacts(&self) -> impl Iterator<Item = (BrokerId, &BrokerContact)> + '_ {
+        self.contacts.iter().map(|(b, c)| (*b, c))
+    }
+
     /// What is known about a broker.
     pub fn contact(&self, broker: BrokerId) -> Option<&BrokerContact> {
         self.contacts.get(&broker)
