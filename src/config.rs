@@ -112,6 +112,8 @@ pub struct NodeConfig {
     pub snapshot_interval_ms: u64,
     /// Keys present but unknown (warned about at start).
     pub unknown_keys: Vec<String>,
+    /// `metrics.listener`: `host:port` of the Prometheus endpoint, if any.
+    pub metrics_listener: Option<String>,
     /// `inter.broker.listener.name`: the broker listener clients are told about.
     pub broker_listener_name: String,
     /// `socket.request.max.bytes`, `max.connections`, `connections.max.idle.ms`.
@@ -343,6 +345,12 @@ impl NodeConfig {
             snapshot_bytes: number(props, "metadata.log.max.record.bytes.between.snapshots", 1)?,
             snapshot_interval_ms: number(props, "metadata.log.max.snapshot.interval.ms", 0)?,
             unknown_keys,
+            metrics_listener: props
+                .get("metrics.listener")
+                .filter(|v| !v.is_empty())
+                .map(|v| crate::metrics::parse_listener(v))
+                .transpose()
+                .map_err(ConfigError)?,
             broker_listener_name: props
                 .get("inter.broker.listener.name")
                 .cloned()

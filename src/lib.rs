@@ -17,6 +17,7 @@ pub mod controller;
 pub mod dev;
 pub mod kafka;
 pub mod local;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod storage;

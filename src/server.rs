@@ -83,16 +83,94 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     } else {
         None
     };
+    let broker = broker.map(|(c, l)| (crate::broker::BrokerState::new(c), l));
+    let metrics = match &config.metrics_listener {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("metrics.listener: cannot bind {addr}: {e}"))?;
+            let render = metrics_render(
+                config.node_id,
+                controller
+                    .as_ref()
+                    .map(|c| (c.raft.clone(), c.sm.clone(), c.controller.clone())),
+                broker.as_ref().map(|(s, _)| s.clone()),
+            );
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(crate::metrics::serve(listener, render, async {
+                let _ = rx.await;
+            }));
+            tracing::info!(%addr, "metrics endpoint");
+            Some((tx, task))
+        }
+        None => None,
+    };
     match broker {
-        Some((broker_config, listener)) => {
-            crate::broker::run(broker_config, listener, shutdown).await?;
+        Some((state, listener)) => {
+            crate::broker::run_with(state, listener, shutdown).await?;
         }
         None => shutdown.await,
     }
     if let Some(c) = controller {
         c.stop().await?;
     }
+    if let Some((tx, task)) = metrics {
+        let _ = tx.send(());
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// What `/metrics` shows for this node: its controller's view when it has one (the committed
+/// image, Raft offsets, sessions), else its broker's image.
+fn metrics_render(
+    node_id: u64,
+    controller: Option<(Raft, StateMachine, Controller)>,
+    broker: Option<std::sync::Arc<crate::broker::BrokerState>>,
+) -> std::sync::Arc<dyn Fn() -> String + Send + Sync> {
+    use openraft::async_runtime::WatchReceiver;
+    std::sync::Arc::new(move || {
+        let m = crate::metrics::NodeMetrics::new(controller.as_ref().map(|(_, _, c)| c.metrics()));
+        let g = &m.gauges;
+        let (image, applied, committed) = match (&controller, &broker) {
+            (Some((raft, sm, c)), _) => {
+                let rm = raft.metrics().borrow_watched().clone();
+                if rm.current_leader == Some(node_id) {
+                    g.active_controller_count.set(1);
+                    for (b, age, _) in c.broker_contacts() {
+                        g.broker_heartbeat_age_ms
+                            .get_or_create(&vec![("broker".to_string(), b.0.to_string())])
+                            .set(age as i64);
+                    }
+                }
+                let committed = rm.cluster_committed.map_or(-1, |l| l.index() as i64);
+                (
+                    sm.image(),
+                    sm.last_applied_index().map_or(-1, |i| i as i64),
+                    committed,
+                )
+            }
+            (None, Some(state)) => {
+                let published = state.image();
+                let offset = published.offset as i64;
+                (published.image.clone(), offset, offset)
+            }
+            (None, None) => (kmeta_metadata::MetadataImage::new(), -1, -1),
+        };
+        g.active_broker_count
+            .set(image.brokers().filter(|b| b.is_active()).count() as i64);
+        g.fenced_broker_count
+            .set(image.brokers().filter(|b| b.fenced).count() as i64);
+        g.global_topic_count.set(image.topic_count() as i64);
+        g.global_partition_count.set(image.partition_count() as i64);
+        g.offline_partitions_count
+            .set(image.leaderless_count() as i64);
+        g.preferred_replica_imbalance_count
+            .set(image.imbalanced_partitions().count() as i64);
+        g.last_applied_record_offset.set(applied);
+        g.last_committed_record_offset.set(committed);
+        m.encode()
+    })
 }
 
 async fn broker_setup(
@@ -133,6 +211,8 @@ async fn broker_setup(
 /// A running controller.
 struct RunningController {
     raft: Raft,
+    sm: StateMachine,
+    controller: Controller,
     stop_tx: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -214,7 +294,7 @@ async fn start_controller(
         Controller::start(config.node_id, raft.clone(), sm.clone(), controller_config);
     let kafka = Arc::new(ControllerService::new(
         config.node_id,
-        controller,
+        controller.clone(),
         raft.clone(),
         sm.clone(),
     ));
@@ -222,7 +302,7 @@ async fn start_controller(
     let server = tokio::spawn(serve(
         listener,
         raft.clone(),
-        sm,
+        sm.clone(),
         kafka,
         config.listener_limits(),
         async {
@@ -231,6 +311,8 @@ async fn start_controller(
     ));
     Ok(RunningController {
         raft,
+        sm,
+        controller,
         stop_tx,
         server,
         tasks: vec![snapshots, controller_task],

@@ -291,7 +291,8 @@ impl BrokerHandle {
     }
 }
 
-async fn run_with(
+/// Runs the broker whose state is `state` (see [`run`]).
+pub async fn run_with(
     state: Arc<BrokerState>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,

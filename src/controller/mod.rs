@@ -83,6 +83,7 @@ fn not_controller() -> ApiError {
 #[derive(Clone)]
 pub struct Controller {
     jobs: mpsc::Sender<Job>,
+    metrics: crate::metrics::ControllerMetrics,
     tracker: Arc<Mutex<BrokerHeartbeatTracker>>,
     clock: Instant,
 }
@@ -98,7 +99,9 @@ impl Controller {
         let (tx, rx) = mpsc::channel(MAX_QUEUED_JOBS);
         let tracker = Arc::new(Mutex::new(BrokerHeartbeatTracker::new()));
         let clock = Instant::now();
+        let metrics = crate::metrics::ControllerMetrics::default();
         let event_loop = EventLoop {
+            metrics: metrics.clone(),
             node_id,
             raft,
             sm,
@@ -112,6 +115,7 @@ impl Controller {
         (
             Controller {
                 jobs: tx,
+                metrics,
                 tracker,
                 clock,
             },
@@ -121,6 +125,11 @@ impl Controller {
 
     fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
+    }
+
+    /// The loop's recorded metrics (queue time, commit latency, elections).
+    pub fn metrics(&self) -> &crate::metrics::ControllerMetrics {
+        &self.metrics
     }
 
     /// Decides `decide` on the active controller and returns its reply once its records have
@@ -143,21 +152,28 @@ impl Controller {
         F: FnOnce(&mut Ctx<'_>) -> Result<ControllerResult<T>, ApiError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |ctx| match decide(ctx) {
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                Decided {
-                    records: Vec::new(),
-                    finish: Box::new(|_| {}),
+        let queued = Instant::now();
+        let queue_time = self.metrics.event_queue_time_ms.clone();
+        let job: Job = Box::new(move |ctx| {
+            match {
+                queue_time.observe(queued.elapsed().as_secs_f64() * 1000.0);
+                decide(ctx)
+            } {
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    Decided {
+                        records: Vec::new(),
+                        finish: Box::new(|_| {}),
+                    }
                 }
-            }
-            Ok(result) => {
-                let reply = result.reply;
-                Decided {
-                    records: result.records,
-                    finish: Box::new(move |outcome| {
-                        let _ = tx.send(outcome.map(|offset| (reply, offset)));
-                    }),
+                Ok(result) => {
+                    let reply = result.reply;
+                    Decided {
+                        records: result.records,
+                        finish: Box::new(move |outcome| {
+                            let _ = tx.send(outcome.map(|offset| (reply, offset)));
+                        }),
+                    }
                 }
             }
         });
@@ -227,6 +243,7 @@ struct Active {
 }
 
 struct EventLoop {
+    metrics: crate::metrics::ControllerMetrics,
     node_id: u64,
     raft: Raft,
     sm: StateMachine,
@@ -311,6 +328,7 @@ impl EventLoop {
             next_offset,
             "active controller"
         );
+        self.metrics.elections.inc();
         self.active = Some(Active {
             leader_id: leader.to_committed_leader_id(),
             image,
@@ -418,6 +436,8 @@ impl EventLoop {
             .await
             .expect("semaphore never closes");
         let (responder, appended, applied) = ProgressResponder::new();
+        let proposed_at = Instant::now();
+        let commit_latency = self.metrics.commit_latency_ms.clone();
         let written = self
             .raft
             .write(MetadataBatch(records))
@@ -443,7 +463,10 @@ impl EventLoop {
                 }
             }
             let outcome = match applied.await {
-                Ok(Ok(applied)) => Ok(applied.data.offset),
+                Ok(Ok(applied)) => {
+                    commit_latency.observe(proposed_at.elapsed().as_secs_f64() * 1000.0);
+                    Ok(applied.data.offset)
+                }
                 _ => Err(not_controller()),
             };
             for f in finishes {

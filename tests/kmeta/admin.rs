@@ -302,3 +302,75 @@ fn a_kafka_format_reassignment_runs_to_completion_and_the_shell_reads_a_stopped_
     assert_eq!(names, vec!["grow", "second"]);
     assert_eq!(shell["brokers"].as_array().unwrap().len(), 4);
 }
+
+/// `GET /metrics` from node `port`: `name → value` for unlabeled samples.
+fn scrape(port: u16) -> Option<std::collections::BTreeMap<String, f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ')?;
+        out.insert(name.to_string(), value.parse().ok()?);
+    }
+    Some(out)
+}
+
+#[test]
+fn the_metrics_endpoint_serves_kraft_named_metrics_in_prometheus_text() {
+    let c = ProcessCluster::start(3, 3, "");
+    let b = c.bootstrap();
+    live_brokers(&b, 3);
+    ok(&[
+        "topics",
+        "create",
+        "--topic",
+        "m",
+        "--partitions",
+        "5",
+        "--replication-factor",
+        "2",
+        "--bootstrap-server",
+        &b,
+    ]);
+    let status = ok(&["quorum", "describe", "--status", "--bootstrap-server", &b]);
+    let leader = status["leader_id"].as_u64().unwrap();
+    let m = until(Duration::from_secs(10), "the leader's metrics", || {
+        let m = scrape(c.metrics[&leader])?;
+        (m.get("kmeta_GlobalPartitionCount") == Some(&5.0)).then_some(m)
+    });
+    assert_eq!(m["kmeta_ActiveControllerCount"], 1.0);
+    assert_eq!(m["kmeta_ActiveBrokerCount"], 3.0);
+    assert_eq!(m["kmeta_FencedBrokerCount"], 0.0);
+    assert_eq!(m["kmeta_GlobalTopicCount"], 1.0);
+    assert_eq!(m["kmeta_OfflinePartitionsCount"], 0.0);
+    assert!(m["kmeta_LastAppliedRecordOffset"] > 0.0);
+    assert!(m["kmeta_LastCommittedRecordOffset"] >= m["kmeta_LastAppliedRecordOffset"] - 1.0);
+    assert!(m["kmeta_Elections_total"] >= 1.0, "{m:?}");
+    assert!(m["kmeta_CommitLatencyMs_count"] >= 1.0);
+    assert!(m["kmeta_EventQueueTimeMs_count"] >= 1.0);
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("kmeta_BrokerHeartbeatAgeMs{broker=")),
+        "{m:?}"
+    );
+    let follower = *c.controllers.keys().find(|id| **id != leader).unwrap();
+    assert_eq!(
+        scrape(c.metrics[&follower]).unwrap()["kmeta_ActiveControllerCount"],
+        0.0
+    );
+    let broker = scrape(c.metrics[&1]).unwrap();
+    assert_eq!(broker["kmeta_GlobalPartitionCount"], 5.0);
+    assert_eq!(broker["kmeta_ActiveBrokerCount"], 3.0);
+}

@@ -21,6 +21,8 @@ pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
     pub controllers: BTreeMap<u64, u16>,
     pub brokers: BTreeMap<u64, u16>,
+    /// Each node's metrics endpoint port.
+    pub metrics: BTreeMap<u64, u16>,
     configs: BTreeMap<u64, PathBuf>,
     procs: BTreeMap<u64, Child>,
 }
@@ -54,7 +56,15 @@ impl ProcessCluster {
             .collect();
         let voters = voters.join(",");
         let mut configs = BTreeMap::new();
+        let metrics: BTreeMap<u64, u16> = cports
+            .keys()
+            .chain(bports.keys())
+            .map(|id| (*id, free_port()))
+            .collect();
+        let extra_for =
+            |id: &u64| format!("metrics.listener=http://127.0.0.1:{}\n{extra}", metrics[id]);
         for (id, port) in &cports {
+            let extra = extra_for(id);
             let text = format!(
                 "node.id={id}\nprocess.roles=controller\ncontroller.quorum.voters={voters}\nlisteners=CONTROLLER://127.0.0.1:{port}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms=300\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000\n{extra}\n",
                 dir.path().join(format!("data-{id}")).display()
@@ -65,6 +75,7 @@ impl ProcessCluster {
             );
         }
         for (id, port) in &bports {
+            let extra = extra_for(id);
             let text = format!(
                 "node.id={id}\nprocess.roles=broker\ncontroller.quorum.voters={voters}\nlisteners=PLAINTEXT://127.0.0.1:{port}\nlog.dirs={}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000\n{extra}\n",
                 dir.path().join(format!("data-{id}")).display()
@@ -97,6 +108,7 @@ impl ProcessCluster {
             dir,
             controllers: cports,
             brokers: bports,
+            metrics,
             configs,
             procs: BTreeMap::new(),
         };
