@@ -155,10 +155,8 @@ impl Controller {
         let queued = Instant::now();
         let queue_time = self.metrics.event_queue_time_ms.clone();
         let job: Job = Box::new(move |ctx| {
-            match {
-                queue_time.observe(queued.elapsed().as_secs_f64() * 1000.0);
-                decide(ctx)
-            } {
+            queue_time.observe(queued.elapsed().as_secs_f64() * 1000.0);
+            match decide(ctx) {
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     Decided {
