@@ -301,6 +301,26 @@ fn a_kafka_format_reassignment_runs_to_completion_and_the_shell_reads_a_stopped_
         .collect();
     assert_eq!(names, vec!["grow", "second"]);
     assert_eq!(shell["brokers"].as_array().unwrap().len(), 4);
+    let dump = Command::new(BIN)
+        .args([
+            "metadata-shell",
+            "--dir",
+            dir.join("data-101").to_str().unwrap(),
+            "--dump",
+        ])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.lines()
+            .any(|l| l.contains("Topic(") && l.contains("second")),
+        "{dump}"
+    );
+    assert!(dump.lines().all(|l| l
+        .trim_start()
+        .split_whitespace()
+        .next()
+        .is_some_and(|o| o.parse::<u64>().is_ok())));
 }
 
 /// `GET /metrics` from node `port`: `name → value` for unlabeled samples.
