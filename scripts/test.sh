@@ -2,7 +2,8 @@
 # The whole test suite, as the README's test command runs it on a fresh machine.
 # Installs what it needs (rustfmt/clippy components, cargo-nextest, kcat from Debian, and a
 # Python venv with confluent-kafka, kafka-python and aiokafka), then runs formatting, lints,
-# the purity check of the core crate, and every test.
+# the purity check of the core crate, the Docker compose test (when a Docker engine answers;
+# loudly skipped otherwise), and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,15 @@ if bad=$(echo "$deps" | grep -E "$forbidden"); then
   exit 1
 fi
 echo "ok: $(echo "$deps" | wc -l) crates, none of them async or I/O"
+
+step "Docker: the compose cluster, broken on purpose"
+if docker info >/dev/null 2>&1; then
+  timeout 900 tests/docker/compose_test.sh
+else
+  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+  printf '!!! SKIPPED: no Docker engine answers here; the compose test did not run.\n'
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
+fi
 
 step "tests"
 # nextest's summary is the closing line CI reads.
