@@ -70,6 +70,8 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("metadata.log.max.snapshot.interval.ms", Some("3600000")),
     ("metrics.listener", None),
     ("inter.broker.listener.name", Some("PLAINTEXT")),
+    ("auto.leader.rebalance.enable", Some("true")),
+    ("leader.imbalance.check.interval.seconds", Some("300")),
     ("socket.request.max.bytes", Some("8388608")),
     ("max.connections", Some("1000")),
     ("connections.max.idle.ms", Some("600000")),
@@ -112,6 +114,9 @@ pub struct NodeConfig {
     pub snapshot_interval_ms: u64,
     /// Keys present but unknown (warned about at start).
     pub unknown_keys: Vec<String>,
+    /// `leader.imbalance.check.interval.seconds` in ms, or 0 when
+    /// `auto.leader.rebalance.enable=false`.
+    pub leader_balance_interval_ms: u64,
     /// `metrics.listener`: `host:port` of the Prometheus endpoint, if any.
     pub metrics_listener: Option<String>,
     /// `inter.broker.listener.name`: the broker listener clients are told about.
@@ -345,6 +350,20 @@ impl NodeConfig {
             snapshot_bytes: number(props, "metadata.log.max.record.bytes.between.snapshots", 1)?,
             snapshot_interval_ms: number(props, "metadata.log.max.snapshot.interval.ms", 0)?,
             unknown_keys,
+            leader_balance_interval_ms: match props
+                .get("auto.leader.rebalance.enable")
+                .map(String::as_str)
+            {
+                None | Some("true") => {
+                    number::<u64>(props, "leader.imbalance.check.interval.seconds", 1)? * 1000
+                }
+                Some("false") => 0,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "auto.leader.rebalance.enable: {other:?} is not true or false"
+                    )))
+                }
+            },
             metrics_listener: props
                 .get("metrics.listener")
                 .filter(|v| !v.is_empty())

@@ -288,6 +288,7 @@ async fn start_controller(
         default_replication_factor: config.default_replication_factor,
         session_timeout_ms: config.session_timeout_ms,
         unclean_leader_election_enable: config.unclean_leader_election_enable,
+        leader_balance_interval_ms: config.leader_balance_interval_ms,
     };
     // The active-controller loop runs on every controller and acts only while it leads.
     let (controller, controller_task) =

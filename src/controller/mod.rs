@@ -26,6 +26,9 @@ use kmeta_metadata::controller::cluster::{
     BrokerHeartbeatRequest, BrokerRegistrationRequest,
 };
 use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
+use kmeta_metadata::controller::replication::election::{
+    balance_partition_leaders, elect_unclean_leaders,
+};
 use kmeta_metadata::controller::{ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH};
 use kmeta_metadata::{ApiError, BrokerEpoch, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
 use openraft::async_runtime::WatchReceiver;
@@ -257,6 +260,10 @@ impl EventLoop {
         let mut metrics = self.raft.metrics();
         let mut ticker = tokio::time::interval(FENCE_CHECK_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let balance_every = Duration::from_millis(self.config.leader_balance_interval_ms.max(1));
+        let mut balancer =
+            tokio::time::interval_at(tokio::time::Instant::now() + balance_every, balance_every);
+        balancer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 job = jobs.recv() => {
@@ -276,6 +283,10 @@ impl EventLoop {
                 _ = ticker.tick() => {
                     self.refresh_leadership().await;
                     self.fence_expired().await;
+                }
+                _ = balancer.tick(), if self.config.leader_balance_interval_ms > 0 => {
+                    self.refresh_leadership().await;
+                    self.balance_leaders().await;
                 }
                 changed = metrics.changed() => {
                     if changed.is_err() {
@@ -472,6 +483,30 @@ impl EventLoop {
             }
             drop(permit);
         });
+    }
+
+    /// The periodic passes of KRaft's controller: move leadership back to preferred replicas,
+    /// and elect unclean leaders where a topic allows it. At most 1,000 elections each.
+    async fn balance_leaders(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        // Two jobs: the second is decided against the image that includes the first's records.
+        let balance: Job = Box::new(|ctx| {
+            let records = balance_partition_leaders(ctx.image).records;
+            if !records.is_empty() {
+                tracing::info!(elections = records.len(), "preferred leader balancing");
+            }
+            Decided {
+                records,
+                finish: Box::new(|_| {}),
+            }
+        });
+        let unclean: Job = Box::new(|ctx| Decided {
+            records: elect_unclean_leaders(ctx.image, ctx.config).records,
+            finish: Box::new(|_| {}),
+        });
+        self.run_jobs(vec![balance, unclean]).await;
     }
 
     async fn fence_expired(&mut self) {

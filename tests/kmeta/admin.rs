@@ -317,7 +317,6 @@ fn a_kafka_format_reassignment_runs_to_completion_and_the_shell_reads_a_stopped_
         "{dump}"
     );
     assert!(dump.lines().all(|l| l
-        .trim_start()
         .split_whitespace()
         .next()
         .is_some_and(|o| o.parse::<u64>().is_ok())));

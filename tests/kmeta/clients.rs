@@ -318,3 +318,65 @@ fn a_broker_behind_the_controllers_kept_log_catches_up_from_a_snapshot() {
         c.log_tail(1)
     );
 }
+
+#[test]
+fn a_restarted_broker_gets_its_preferred_leaderships_back() {
+    let mut c = ProcessCluster::start(3, 3, "leader.imbalance.check.interval.seconds=1");
+    wait_for_brokers(&c, 3);
+    let b = c.bootstrap();
+    client(&[
+        "create",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "balanced",
+        "--partitions",
+        "6",
+        "--rf",
+        "3",
+    ]);
+    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
+        leaders(&b, "balanced")
+    });
+    for (p, (leader, replicas, _)) in &before {
+        assert_eq!(
+            *leader, replicas[0],
+            "partition {p} starts on its preferred leader"
+        );
+    }
+    let victim = before.values().next().unwrap().0;
+    c.kill(victim as u64);
+    let survivors: String = c
+        .brokers
+        .keys()
+        .filter(|id| **id != victim as u64)
+        .map(|id| c.broker_addr(*id))
+        .collect::<Vec<_>>()
+        .join(",");
+    until(
+        Duration::from_secs(10),
+        "leadership to leave the killed broker",
+        || {
+            let (_, parts) = leaders(&survivors, "balanced")?;
+            parts
+                .values()
+                .all(|(l, _, _)| *l != victim && *l >= 0)
+                .then_some(())
+        },
+    );
+    c.spawn(victim as u64);
+    wait_for_brokers(&c, 3);
+    // The broker rejoins the ISRs (its partition leaders add it) and the periodic balancing
+    // pass moves leadership back to it.
+    until(
+        Duration::from_secs(15),
+        "preferred leaders restored",
+        || {
+            let (_, parts) = leaders(&b, "balanced")?;
+            parts
+                .values()
+                .all(|(l, replicas, _)| *l == replicas[0])
+                .then_some(())
+        },
+    );
+}

@@ -43,6 +43,10 @@ pub struct ControllerConfig {
     pub session_timeout_ms: u64,
     /// `unclean.leader.election.enable` for the cluster (a topic config overrides it).
     pub unclean_leader_election_enable: bool,
+    /// How often the active controller runs its leader-balancing and unclean-election passes
+    /// (`leader.imbalance.check.interval.seconds`, in ms); 0 turns automatic balancing off
+    /// (`auto.leader.rebalance.enable=false`). The runtime schedules; the passes are pure.
+    pub leader_balance_interval_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -53,6 +57,7 @@ impl Default for ControllerConfig {
             default_replication_factor: 1,
             session_timeout_ms: 9_000,
             unclean_leader_election_enable: false,
+            leader_balance_interval_ms: 300_000,
         }
     }
 }
