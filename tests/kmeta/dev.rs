@@ -10,8 +10,11 @@ fn kmeta_dev_prints_bootstrap_servers_serves_three_brokers_and_stops_cleanly_on_
     // Ports P..P+2 next to a free one are almost always free too.
     let broker_port = free_port();
     let controller_port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(BIN)
         .args([
+            "--log-format",
+            "json",
             "dev",
             "--broker-port",
             &broker_port.to_string(),
@@ -24,9 +27,9 @@ fn kmeta_dev_prints_bootstrap_servers_serves_three_brokers_and_stops_cleanly_on_
             "--override",
             "broker.heartbeat.interval.ms=500",
         ])
-        .env("KMETA_LOG", "warn")
+        .env("KMETA_LOG", "info,openraft=warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -72,4 +75,15 @@ fn kmeta_dev_prints_bootstrap_servers_serves_three_brokers_and_stops_cleanly_on_
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+    // --log-format json: every log line is a JSON object with a level and a message.
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logs.lines().count() > 5, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
 }
