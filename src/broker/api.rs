@@ -2,7 +2,7 @@
 //! forwarded to the active controller inside Envelope.
 
 use super::BrokerState;
-use crate::controller::kafka_api::ENVELOPE_OFFSET_TAG;
+use crate::controller::kafka_api::{forwardable_apis, ENVELOPE_OFFSET_TAG};
 use crate::kafka::listener::Service;
 use crate::kafka::wire::{encode_response, ApiSet, Request};
 use bytes::Bytes;
@@ -28,7 +28,7 @@ fn range<M: Message>() -> VersionRange {
 }
 
 fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
-    vec![
+    let mut apis = vec![
         (ApiKey::ApiVersions, range::<ApiVersionsRequest>()),
         (ApiKey::Metadata, range::<MetadataRequest>()),
         (ApiKey::DescribeCluster, range::<DescribeClusterRequest>()),
@@ -51,19 +51,11 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
         // Answered by the active controller (the broker relays it), as Kafka brokers do for
         // kafka-metadata-quorum.sh --bootstrap-server.
         (ApiKey::DescribeQuorum, range::<DescribeQuorumRequest>()),
-        (ApiKey::CreateTopics, range::<CreateTopicsRequest>()),
-        (ApiKey::DeleteTopics, range::<DeleteTopicsRequest>()),
-        (ApiKey::CreatePartitions, range::<CreatePartitionsRequest>()),
-        (ApiKey::ElectLeaders, range::<ElectLeadersRequest>()),
-        (
-            ApiKey::AlterPartitionReassignments,
-            range::<AlterPartitionReassignmentsRequest>(),
-        ),
-        (
-            ApiKey::ListPartitionReassignments,
-            range::<ListPartitionReassignmentsRequest>(),
-        ),
-    ]
+    ];
+    // Admin requests and offset commits: forwarded to the active controller, which serves
+    // the same versions.
+    apis.extend(forwardable_apis());
+    apis
 }
 
 fn sb(s: impl Into<String>) -> StrBytes {

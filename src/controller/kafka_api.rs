@@ -100,6 +100,11 @@ fn controller_apis() -> Vec<(ApiKey, VersionRange)> {
     apis
 }
 
+/// A write's response with the offset at which it is visible.
+fn written<R: Into<ResponseKind>>((response, at): (R, Option<u64>)) -> (ResponseKind, Option<u64>) {
+    (response.into(), at)
+}
+
 fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
@@ -155,34 +160,15 @@ impl ControllerService {
             RequestKind::DescribeQuorum(_) => (self.describe_quorum(version).into(), None),
             RequestKind::Fetch(r) => (self.fetch(r).await?.into(), None),
             RequestKind::FetchSnapshot(r) => (self.fetch_snapshot(r).into(), None),
-            RequestKind::CreateTopics(r) => {
-                let (resp, at) = self.create_topics(r).await;
-                (resp.into(), at)
-            }
-            RequestKind::DeleteTopics(r) => {
-                let (resp, at) = self.delete_topics(r).await;
-                (resp.into(), at)
-            }
-            RequestKind::CreatePartitions(r) => {
-                let (resp, at) = self.create_partitions(r).await;
-                (resp.into(), at)
-            }
-            RequestKind::ElectLeaders(r) => {
-                let (resp, at) = self.elect_leaders(r).await;
-                (resp.into(), at)
-            }
+            RequestKind::CreateTopics(r) => written(self.create_topics(r).await),
+            RequestKind::DeleteTopics(r) => written(self.delete_topics(r).await),
+            RequestKind::CreatePartitions(r) => written(self.create_partitions(r).await),
+            RequestKind::ElectLeaders(r) => written(self.elect_leaders(r).await),
             RequestKind::AlterPartitionReassignments(r) => {
-                let (resp, at) = self.alter_reassignments(r).await;
-                (resp.into(), at)
+                written(self.alter_reassignments(r).await)
             }
-            RequestKind::ListPartitionReassignments(r) => {
-                let (resp, at) = self.list_reassignments(r).await;
-                (resp.into(), at)
-            }
-            RequestKind::OffsetCommit(r) => {
-                let (resp, at) = self.offset_commit(r).await;
-                (resp.into(), at)
-            }
+            RequestKind::ListPartitionReassignments(r) => written(self.list_reassignments(r).await),
+            RequestKind::OffsetCommit(r) => written(self.offset_commit(r).await),
             other => return Err(format!("unexpected request {other:?}")),
         })
     }

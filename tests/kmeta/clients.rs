@@ -174,18 +174,7 @@ fn stopping_and_starting_every_process_keeps_topics_assignments_and_offsets() {
         leaders(&b, "durable")
     });
 
-    let ids: Vec<u64> = c
-        .brokers
-        .keys()
-        .chain(c.controllers.keys())
-        .copied()
-        .collect();
-    for id in &ids {
-        c.kill(*id);
-    }
-    for id in &ids {
-        c.spawn(*id);
-    }
+    c.restart_all();
     wait_for_brokers(&c, 3);
     let (_, after) = until(Duration::from_secs(20), "the topic after a restart", || {
         leaders(&b, "durable")
@@ -285,18 +274,7 @@ fn a_broker_behind_the_controllers_kept_log_catches_up_from_a_snapshot() {
         "5",
     ]);
     std::thread::sleep(Duration::from_millis(2500));
-    let ids: Vec<u64> = c
-        .brokers
-        .keys()
-        .chain(c.controllers.keys())
-        .copied()
-        .collect();
-    for id in &ids {
-        c.kill(*id);
-    }
-    for id in &ids {
-        c.spawn(*id);
-    }
+    c.restart_all();
     wait_for_brokers(&c, 1);
     let (_, parts) = until(Duration::from_secs(20), "the topic after a restart", || {
         leaders(&b, "snap")

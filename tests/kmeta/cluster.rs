@@ -140,6 +140,22 @@ impl ProcessCluster {
         }
     }
 
+    /// `kill -9` of every node, then every node started again from its directory.
+    pub fn restart_all(&mut self) {
+        let ids: Vec<u64> = self
+            .brokers
+            .keys()
+            .chain(self.controllers.keys())
+            .copied()
+            .collect();
+        for id in &ids {
+            self.kill(*id);
+        }
+        for id in &ids {
+            self.spawn(*id);
+        }
+    }
+
     /// SIGTERM to node `id`, waiting at most `within` for it to exit.
     pub fn terminate(&mut self, id: u64, within: Duration) -> bool {
         let Some(mut c) = self.procs.remove(&id) else {
