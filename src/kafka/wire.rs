@@ -42,8 +42,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Resu
             format!("frame of {len} bytes (the limit is {max})"),
         ));
     }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).await?;
+    // Read into spare capacity: a zero-filled buffer would touch every page twice.
+    let mut payload = Vec::with_capacity(len as usize);
+    (&mut *r).take(len as u64).read_to_end(&mut payload).await?;
+    if payload.len() != len as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed inside a frame",
+        ));
+    }
     Ok(Some(Bytes::from(payload)))
 }
 

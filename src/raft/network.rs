@@ -104,8 +104,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             format!("frame of {len} bytes exceeds the limit of {max_bytes}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
+    // Read into spare capacity: a zero-filled buffer would touch every page twice.
+    let mut buf = Vec::with_capacity(len);
+    r.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed inside a frame",
+        ));
+    }
     Ok(Some(buf))
 }
 
