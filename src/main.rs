@@ -170,13 +170,19 @@ enum TopicsCommand {
         #[arg(long)]
         topic: String,
     },
-    /// Add partitions to a topic.
+    /// Add partitions to a topic and change its configs.
     Alter {
         #[arg(long)]
         topic: String,
         /// The new partition count.
         #[arg(long)]
-        partitions: i32,
+        partitions: Option<i32>,
+        /// Set a topic config, key=value (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// Remove a topic config, back to its default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
     },
 }
 
@@ -481,9 +487,12 @@ fn main() -> ExitCode {
                         topics::describe(a, topic.as_deref(), out).await
                     }
                     TopicsCommand::Delete { topic } => topics::delete(a, &topic, out).await,
-                    TopicsCommand::Alter { topic, partitions } => {
-                        topics::alter(a, &topic, partitions, out).await
-                    }
+                    TopicsCommand::Alter {
+                        topic,
+                        partitions,
+                        configs,
+                        delete_configs,
+                    } => topics::alter(a, &topic, partitions, &configs, &delete_configs, out).await,
                 }
             })
         }),

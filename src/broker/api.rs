@@ -66,6 +66,7 @@ fn sb(s: impl Into<String>) -> StrBytes {
 pub struct BrokerService {
     state: Arc<BrokerState>,
     apis: ApiSet,
+    forwarded: ApiSet,
 }
 
 /// Committed offsets of one topic: `(partition, offset, leader epoch, metadata)`.
@@ -80,6 +81,7 @@ impl BrokerService {
         BrokerService {
             state,
             apis: ApiSet::new(broker_apis()),
+            forwarded: ApiSet::new(forwardable_apis()),
         }
     }
 
@@ -492,7 +494,31 @@ impl BrokerService {
                             .collect();
                         out.with_configs(configs)
                     }
-                    4 => out, // a broker: no dynamic broker configs in kmeta
+                    4 => {
+                        // A broker id, or "" for the cluster-wide defaults.
+                        let resource = ConfigResource {
+                            resource_type: kmeta_metadata::record::ConfigResourceType::Broker,
+                            resource_name: res.resource_name.to_string(),
+                        };
+                        let configs = image
+                            .configs(&resource)
+                            .into_iter()
+                            .flat_map(|m| m.iter())
+                            .filter(|(k, _)| wanted(k))
+                            .map(|(k, v)| {
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(sb(k.clone()))
+                                    .with_value(Some(sb(v.clone())))
+                                    // DYNAMIC_DEFAULT_BROKER_CONFIG or DYNAMIC_BROKER_CONFIG
+                                    .with_config_source(if res.resource_name.is_empty() {
+                                        4
+                                    } else {
+                                        3
+                                    })
+                            })
+                            .collect();
+                        out.with_configs(configs)
+                    }
                     _ => out
                         .with_error_code(ErrorCode::InvalidRequest.code())
                         .with_error_message(Some(sb("unsupported resource type"))),
@@ -652,6 +678,10 @@ impl Service for BrokerService {
             body,
             raw,
         } = request;
+        // Admin requests and offset commits go to the active controller as they came.
+        if self.forwarded.versions(api_key).is_some() {
+            return self.forward(raw).await;
+        }
         let response: ResponseKind = match body {
             RequestKind::ApiVersions(_) => self.apis.api_versions_response().into(),
             RequestKind::Metadata(r) => self.metadata(r, version).into(),
@@ -673,13 +703,6 @@ impl Service for BrokerService {
             RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
                 .with_entries(Some(Vec::new()))
                 .into(),
-            RequestKind::CreateTopics(_)
-            | RequestKind::DeleteTopics(_)
-            | RequestKind::CreatePartitions(_)
-            | RequestKind::ElectLeaders(_)
-            | RequestKind::AlterPartitionReassignments(_)
-            | RequestKind::ListPartitionReassignments(_)
-            | RequestKind::OffsetCommit(_) => return self.forward(raw).await,
             other => return Err(format!("unexpected request {other:?}")),
         };
         encode_response(header.correlation_id, api_key, version, &response)

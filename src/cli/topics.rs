@@ -3,9 +3,13 @@
 use super::{error_text, ids, print_json, print_table, sb, topic_name, Admin, Output};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    ListPartitionReassignmentsRequest, TopicName,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, ListPartitionReassignmentsRequest, TopicName,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -132,7 +136,8 @@ pub async fn describe(
                 "adding_replicas": adding, "removing_replicas": removing}),
             );
         }
-        out.push(json!({"topic": name, "topic_id": t.topic_id.to_string(), "partitions": jparts}));
+        let configs = topic_configs(admin, &name).await?;
+        out.push(json!({"topic": name, "topic_id": t.topic_id.to_string(), "configs": configs, "partitions": jparts}));
     }
     match output {
         Output::Json => print_json(&json!(out)),
@@ -149,6 +154,41 @@ pub async fn describe(
         ),
     }
     Ok(())
+}
+
+/// A topic's configs that differ from the defaults.
+async fn topic_configs(admin: &mut Admin, topic: &str) -> Result<BTreeMap<String, String>, String> {
+    let r = admin
+        .send(
+            &DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(sb(topic))
+                    .with_configuration_keys(None),
+            ]),
+            4,
+        )
+        .await?;
+    let res = r
+        .results
+        .first()
+        .ok_or("an empty DescribeConfigs response")?;
+    if res.error_code != 0 {
+        return Err(format!(
+            "{topic}: {}",
+            error_text(res.error_code, res.error_message.as_ref())
+        ));
+    }
+    Ok(res
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect())
 }
 
 /// `topics delete --topic T`.
@@ -178,37 +218,89 @@ pub async fn delete(admin: &mut Admin, topic: &str, output: Output) -> Result<()
     Ok(())
 }
 
-/// `topics alter --topic T --partitions N`: adds partitions.
+/// `topics alter --topic T [--partitions N] [--config k=v]... [--delete-config k]...`: adds
+/// partitions and changes topic configs.
 pub async fn alter(
     admin: &mut Admin,
     topic: &str,
-    partitions: i32,
+    partitions: Option<i32>,
+    set: &[String],
+    delete: &[String],
     output: Output,
 ) -> Result<(), String> {
-    let r = admin
-        .send(
-            &CreatePartitionsRequest::default()
-                .with_timeout_ms(30_000)
-                .with_topics(vec![CreatePartitionsTopic::default()
-                    .with_name(TopicName(sb(topic)))
-                    .with_count(partitions)
-                    .with_assignments(None)]),
-            3,
-        )
-        .await?;
-    let t = r
-        .results
-        .first()
-        .ok_or("an empty CreatePartitions response")?;
-    if t.error_code != 0 {
-        return Err(format!(
-            "cannot alter {topic}: {}",
-            error_text(t.error_code, t.error_message.as_ref())
-        ));
+    if partitions.is_none() && set.is_empty() && delete.is_empty() {
+        return Err("topics alter: give --partitions, --config or --delete-config".into());
+    }
+    if let Some(n) = partitions {
+        let r = admin
+            .send(
+                &CreatePartitionsRequest::default()
+                    .with_timeout_ms(30_000)
+                    .with_topics(vec![CreatePartitionsTopic::default()
+                        .with_name(TopicName(sb(topic)))
+                        .with_count(n)
+                        .with_assignments(None)]),
+                3,
+            )
+            .await?;
+        let t = r
+            .results
+            .first()
+            .ok_or("an empty CreatePartitions response")?;
+        if t.error_code != 0 {
+            return Err(format!(
+                "cannot alter {topic}: {}",
+                error_text(t.error_code, t.error_message.as_ref())
+            ));
+        }
+    }
+    if !set.is_empty() || !delete.is_empty() {
+        let mut configs = Vec::new();
+        for c in set {
+            let (k, v) = c
+                .split_once('=')
+                .ok_or_else(|| format!("--config {c:?}: expected key=value"))?;
+            configs.push(
+                AlterableConfig::default()
+                    .with_name(sb(k.trim()))
+                    .with_config_operation(0)
+                    .with_value(Some(sb(v.trim()))),
+            );
+        }
+        for k in delete {
+            configs.push(
+                AlterableConfig::default()
+                    .with_name(sb(k.trim()))
+                    .with_config_operation(1),
+            );
+        }
+        let r = admin
+            .send(
+                &IncrementalAlterConfigsRequest::default().with_resources(vec![
+                    AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(sb(topic))
+                        .with_configs(configs),
+                ]),
+                1,
+            )
+            .await?;
+        let res = r
+            .responses
+            .first()
+            .ok_or("an empty IncrementalAlterConfigs response")?;
+        if res.error_code != 0 {
+            return Err(format!(
+                "cannot alter {topic}: {}",
+                error_text(res.error_code, res.error_message.as_ref())
+            ));
+        }
     }
     match output {
-        Output::Json => print_json(&json!({"topic": topic, "partitions": partitions})),
-        Output::Table => println!("Topic {topic} now has {partitions} partitions."),
+        Output::Json => print_json(
+            &json!({"topic": topic, "partitions": partitions, "set": set, "deleted": delete}),
+        ),
+        Output::Table => println!("Altered topic {topic}."),
     }
     Ok(())
 }

@@ -71,6 +71,10 @@ pub fn forwardable_apis() -> Vec<(ApiKey, VersionRange)> {
             range::<ListPartitionReassignmentsRequest>(),
         ),
         (ApiKey::OffsetCommit, range::<OffsetCommitRequest>()),
+        (
+            ApiKey::IncrementalAlterConfigs,
+            range::<IncrementalAlterConfigsRequest>(),
+        ),
     ]
 }
 
@@ -169,6 +173,7 @@ impl ControllerService {
             }
             RequestKind::ListPartitionReassignments(r) => written(self.list_reassignments(r).await),
             RequestKind::OffsetCommit(r) => written(self.offset_commit(r).await),
+            RequestKind::IncrementalAlterConfigs(r) => written(self.alter_configs(r).await),
             other => return Err(format!("unexpected request {other:?}")),
         })
     }
@@ -922,6 +927,102 @@ impl ControllerService {
                 None,
             ),
         }
+    }
+
+    async fn alter_configs(
+        &self,
+        r: IncrementalAlterConfigsRequest,
+    ) -> (IncrementalAlterConfigsResponse, Option<u64>) {
+        use incremental_alter_configs_response::AlterConfigsResourceResponse;
+        use kmeta_metadata::controller::configs::{alter_configs, ConfigOp};
+        use kmeta_metadata::record::{ConfigResource, ConfigResourceType};
+        // Each resource succeeds or fails on its own; the successful ones commit together.
+        let mut asked: Vec<Result<(ConfigResource, Vec<ConfigOp>), ApiError>> = Vec::new();
+        for res in &r.resources {
+            let resource_type = match res.resource_type {
+                2 => ConfigResourceType::Topic,
+                4 => ConfigResourceType::Broker,
+                t => {
+                    asked.push(Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("resource type {t} has no configs in kmeta"),
+                    )));
+                    continue;
+                }
+            };
+            let mut ops = Vec::new();
+            let mut bad = None;
+            for c in &res.configs {
+                match (c.config_operation, &c.value) {
+                    (0, Some(v)) => ops.push(ConfigOp::Set(c.name.to_string(), v.to_string())),
+                    (1, _) => ops.push(ConfigOp::Delete(c.name.to_string())),
+                    (0, None) => bad = Some(format!("{}: SET needs a value", &*c.name)),
+                    (op, _) => {
+                        bad = Some(format!(
+                            "{}: operation {op} (APPEND/SUBTRACT) is not supported; use SET",
+                            &*c.name
+                        ))
+                    }
+                }
+            }
+            asked.push(match bad {
+                Some(why) => Err(ApiError::new(ErrorCode::InvalidRequest, why)),
+                None => Ok((
+                    ConfigResource {
+                        resource_type,
+                        resource_name: res.resource_name.to_string(),
+                    },
+                    ops,
+                )),
+            });
+        }
+        let count = asked.len();
+        let validate_only = r.validate_only;
+        let result = self
+            .controller
+            .submit_at(move |ctx| {
+                let mut records = Vec::new();
+                let mut outcomes = Vec::with_capacity(asked.len());
+                for a in &asked {
+                    let outcome = a.clone().and_then(|(resource, ops)| {
+                        alter_configs(ctx.image, &resource, &ops, validate_only)
+                    });
+                    match outcome {
+                        Ok(result) => {
+                            records.extend(result.records);
+                            outcomes.push(None);
+                        }
+                        Err(e) => outcomes.push(Some(e)),
+                    }
+                }
+                kmeta_metadata::controller::check_batch_size(records.len())?;
+                Ok(ControllerResult::atomic(records, outcomes))
+            })
+            .await;
+        let (outcomes, at) = match result {
+            Ok((o, at)) => (o, Some(at)),
+            Err(e) => (vec![Some(e); count], None),
+        };
+        let responses = r
+            .resources
+            .iter()
+            .zip(outcomes)
+            .map(|(res, e)| {
+                let out = AlterConfigsResourceResponse::default()
+                    .with_resource_type(res.resource_type)
+                    .with_resource_name(res.resource_name.clone());
+                match e {
+                    Some(e) => out
+                        .with_error_code(e.code.code())
+                        .with_error_message(msg(&e)),
+                    None => out,
+                }
+            })
+            .collect();
+        (
+            IncrementalAlterConfigsResponse::default().with_responses(responses),
+            at,
+        )
     }
 
     async fn offset_commit(&self, r: OffsetCommitRequest) -> (OffsetCommitResponse, Option<u64>) {

@@ -86,6 +86,55 @@ fn topic_election_broker_and_quorum_commands_report_the_cluster_as_it_is() {
             .iter()
             .all(|b| replicas.contains(b)));
     }
+    // Topic configs: set, shown by describe, removed; an unknown key is refused.
+    run(with(&[
+        "topics",
+        "alter",
+        "--topic",
+        "orders",
+        "--config",
+        "retention.ms=60000",
+        "--config",
+        "unclean.leader.election.enable=true",
+    ]));
+    let described = run(with(&["topics", "describe", "--topic", "orders"]));
+    assert_eq!(
+        described[0]["configs"]["retention.ms"], "60000",
+        "{described}"
+    );
+    assert_eq!(
+        described[0]["configs"]["unclean.leader.election.enable"],
+        "true"
+    );
+    run(with(&[
+        "topics",
+        "alter",
+        "--topic",
+        "orders",
+        "--delete-config",
+        "retention.ms",
+    ]));
+    let described = run(with(&["topics", "describe", "--topic", "orders"]));
+    assert!(
+        described[0]["configs"].get("retention.ms").is_none(),
+        "{described}"
+    );
+    let err = kmeta(
+        &with(&[
+            "topics",
+            "alter",
+            "--topic",
+            "orders",
+            "--config",
+            "no.such.key=1",
+        ])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    )
+    .unwrap_err();
+    assert!(err.contains("no.such.key"), "{err}");
+
     let elected = run(with(&[
         "elect-leaders",
         "--election-type",

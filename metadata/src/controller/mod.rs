@@ -169,7 +169,7 @@ impl<'a> LeaderAcceptance<'a> {
 }
 
 /// Refuses a result that would be too large to append atomically.
-pub(crate) fn check_batch_size(records: usize) -> Result<(), ApiError> {
+pub fn check_batch_size(records: usize) -> Result<(), ApiError> {
     if records > MAX_RECORDS_PER_BATCH {
         return Err(ApiError::new(
             ErrorCode::PolicyViolation,
