@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// Connections to the active controller, at most.
+/// Connections to the active controller for forwarded requests, at most.
 pub const CONTROLLER_CONNECTIONS: usize = 8;
 /// The bound on one controller call (a forwarded write waits for its commit).
 pub const CONTROLLER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -29,15 +29,13 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    /// Controllers at `voters` (`id → host:port`).
-    pub fn new(voters: BTreeMap<u64, String>, client_id: String) -> Self {
+    /// Controllers at `voters` (`id → host:port`), over at most `connections` connections.
+    pub fn new(voters: BTreeMap<u64, String>, client_id: String, connections: usize) -> Self {
         Controllers {
             voters,
             client_id,
             leader: AtomicU64::new(UNKNOWN),
-            slots: (0..CONTROLLER_CONNECTIONS)
-                .map(|_| Mutex::new(None))
-                .collect(),
+            slots: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         }
     }

@@ -69,8 +69,11 @@ pub struct BrokerState {
     pub node_id: i32,
     /// The configuration.
     pub config: BrokerConfig,
-    /// The controllers.
+    /// The controllers, for forwarded requests and AlterPartition (a pool of connections).
     pub controllers: Controllers,
+    /// The controllers, for registration and heartbeats only: a connection of its own, so a
+    /// heartbeat never queues behind slow forwarded writes.
+    pub session: Controllers,
     /// The client id used towards controllers.
     pub client_id: String,
     image: ArcSwap<Published>,
@@ -85,7 +88,12 @@ impl BrokerState {
         let client_id = format!("kmeta-broker-{}", config.node_id);
         Arc::new(BrokerState {
             node_id: config.node_id,
-            controllers: Controllers::new(config.voters.clone(), client_id.clone()),
+            controllers: Controllers::new(
+                config.voters.clone(),
+                client_id.clone(),
+                controllers::CONTROLLER_CONNECTIONS,
+            ),
+            session: Controllers::new(config.voters.clone(), client_id.clone(), 1),
             client_id,
             config,
             image: ArcSwap::from_pointee(Published {
@@ -156,7 +164,7 @@ async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
     let mut backoff = Duration::from_millis(100);
     loop {
         let outcome: Result<BrokerRegistrationResponse, String> = state
-            .controllers
+            .session
             .send(&request, 0)
             .await
             .map_err(|e| e.to_string());
@@ -166,7 +174,7 @@ async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
                 return r.broker_epoch;
             }
             Ok(r) if r.error_code == ErrorCode::NotController.code() => {
-                state.controllers.forget_leader();
+                state.session.forget_leader();
                 tracing::debug!("registration reached a standby controller; retrying");
             }
             Ok(r) if r.error_code == ErrorCode::InconsistentClusterId.code() => {
@@ -205,7 +213,7 @@ async fn keep_session(state: Arc<BrokerState>, stop: watch::Receiver<bool>) {
             .with_current_metadata_offset(applied)
             .with_want_fence(applied < epoch)
             .with_want_shut_down(stopping);
-        match state.controllers.send(&request, 1).await {
+        match state.session.send(&request, 1).await {
             Ok(r) if r.error_code == 0 => {
                 if state.fenced.swap(r.is_fenced, Ordering::Relaxed) != r.is_fenced {
                     tracing::info!(fenced = r.is_fenced, "fencing state changed");
@@ -216,7 +224,7 @@ async fn keep_session(state: Arc<BrokerState>, stop: watch::Receiver<bool>) {
                 }
             }
             Ok(r) if r.error_code == ErrorCode::NotController.code() => {
-                state.controllers.forget_leader();
+                state.session.forget_leader();
             }
             Ok(r)
                 if r.error_code == ErrorCode::StaleBrokerEpoch.code()
