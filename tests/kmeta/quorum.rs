@@ -108,6 +108,33 @@ async fn writes_replicate_to_every_controller() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_controllers_keep_committing_with_two_of_them_down() {
+    let mut cluster = Cluster::start(5).await;
+    for n in 0..3 {
+        cluster.write(n).await;
+    }
+    // Stop the leader and one follower: three of five remain, still a majority.
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
+    cluster.stop_node(leader).await;
+    cluster.stop_node(follower).await;
+    let mut last = 0;
+    for n in 3..8 {
+        last = cluster.write(n).await;
+    }
+    cluster.restart_node(leader).await.unwrap();
+    cluster.restart_node(follower).await.unwrap();
+    cluster.wait_applied(last).await;
+    let hashes = cluster.hashes();
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "all five hold the same image"
+    );
+    assert_eq!(cluster.nodes[&leader].sm.image().features().len(), 8);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_takes_over_and_a_restarted_node_catches_up_from_disk() {
     let mut cluster = Cluster::start(3).await;
     for n in 0..5 {
