@@ -1,6 +1,7 @@
 //! kmeta's one integration-test binary.
 
 mod admin;
+mod brokers;
 mod clients;
 mod cluster;
 mod controller;

@@ -1,0 +1,137 @@
+//! Brokers in this process against an in-process quorum.
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, GroupId, OffsetCommitRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kmeta::broker::{BrokerConfig, BrokerHandle};
+use kmeta::kafka::client::KafkaClient;
+use kmeta::kafka::listener::Limits;
+use kmeta::local::LocalQuorum;
+use kmeta_metadata::controller::ControllerConfig;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short session: a heartbeat stuck behind the flood for a second would fence the broker.
+    let config = ControllerConfig {
+        cluster_id: "flood".into(),
+        session_timeout_ms: 1_500,
+        ..ControllerConfig::default()
+    };
+    let quorum = LocalQuorum::start(3, dir.path(), config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let broker = BrokerHandle::spawn(
+        BrokerConfig {
+            node_id: 1,
+            cluster_id: "flood".into(),
+            voters: quorum.addrs.clone(),
+            listener_name: "PLAINTEXT".into(),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: listener.local_addr().unwrap().port(),
+            rack: None,
+            heartbeat_interval: Duration::from_millis(300),
+            session_timeout: Duration::from_millis(1_500),
+            limits: Limits::default(),
+        },
+        listener,
+    );
+    let state = broker.state.clone();
+    let start = Instant::now();
+    while state.is_fenced() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the broker never unfenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admin = KafkaClient::connect(&addr, "t", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let created = admin
+        .send(
+            &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(sb("flood")))
+                .with_num_partitions(32)
+                .with_replication_factor(1)]),
+            7,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.topics[0].error_code, 0);
+    let epoch = state.broker_epoch();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..64 {
+        let (addr, stop, done) = (addr.clone(), stop.clone(), done.clone());
+        writers.push(tokio::spawn(async move {
+            let mut c = KafkaClient::connect(&addr, "w", Duration::from_secs(30))
+                .await
+                .unwrap();
+            let mut offset = 0;
+            while !stop.load(Ordering::Relaxed) {
+                offset += 1;
+                let request = OffsetCommitRequest::default()
+                    .with_group_id(GroupId(sb(&format!("g{w}"))))
+                    .with_generation_id_or_member_epoch(-1)
+                    .with_topics(vec![OffsetCommitRequestTopic::default()
+                        .with_name(TopicName(sb("flood")))
+                        .with_partitions(
+                            (0..32)
+                                .map(|p| {
+                                    OffsetCommitRequestPartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(offset)
+                                })
+                                .collect(),
+                        )]);
+                c.send(&request, 9).await.unwrap();
+                done.fetch_add(32, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Five session timeouts of flood; the broker must stay unfenced with the same epoch.
+    let flood = Instant::now();
+    while flood.elapsed() < Duration::from_millis(7_500) {
+        assert!(
+            !state.is_fenced(),
+            "fenced after {:?} of flood",
+            flood.elapsed()
+        );
+        let image = state.image();
+        let me = image.image.broker(kmeta_metadata::BrokerId(1)).unwrap();
+        assert!(
+            me.is_active(),
+            "the image shows broker 1 inactive during the flood"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        state.broker_epoch(),
+        epoch,
+        "the broker had to register again"
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > 10_000,
+        "too little load: {}",
+        done.load(Ordering::Relaxed)
+    );
+    broker.shutdown().await.unwrap();
+    quorum.stop().await;
+}
