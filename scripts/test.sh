@@ -29,7 +29,8 @@ if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, aiokafka' >/dev/null 
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/clients/requirements.txt
 fi
-export KMETA_PYTHON="$PWD/$venv/bin/python"
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
+export KMETA_PYTHON="$venv/bin/python"
 "$KMETA_PYTHON" -c 'import confluent_kafka, kafka, aiokafka; print("confluent-kafka", confluent_kafka.version()[0], "kafka-python", kafka.__version__, "aiokafka", aiokafka.__version__)'
 
 step "cargo fmt --check"
