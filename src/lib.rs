@@ -22,10 +22,20 @@ pub mod raft;
 pub mod server;
 pub mod storage;
 
-/// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters).
+/// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters). Like
+/// Kafka's `Uuid.randomUuid`, it never starts with `-`, which a command line would take for a
+/// flag (`--cluster-id -abc...`).
 pub fn random_cluster_id() -> String {
+    loop {
+        let id = encode_uuid(uuid::Uuid::new_v4().as_u128());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encode_uuid(bits: u128) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bits = uuid::Uuid::new_v4().as_u128();
     (0..22)
         .map(|i| {
             let shift = 128i32 - 6 * (i + 1);
@@ -37,4 +47,18 @@ pub fn random_cluster_id() -> String {
             ALPHABET[index as usize] as char
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cluster_ids_never_start_with_a_dash() {
+        // 62 << 122 puts index 62 ('-') in the first character.
+        assert!(super::encode_uuid(62u128 << 122).starts_with('-'));
+        for _ in 0..10_000 {
+            let id = super::random_cluster_id();
+            assert_eq!(id.len(), 22);
+            assert!(!id.starts_with('-'), "{id}");
+        }
+    }
 }

@@ -59,6 +59,40 @@ fn leaders(bootstrap: &str, topic: &str) -> Option<(Vec<i64>, PartitionView)> {
     Some((brokers, parts))
 }
 
+/// Three controllers and three live brokers (`extra` config on every node) with `topic`
+/// created (6 partitions, RF 3); returns the cluster, its bootstrap list and the topic's
+/// partitions as a client first sees them.
+fn cluster_with_topic(extra: &str, topic: &str) -> (ProcessCluster, String, PartitionView) {
+    let c = ProcessCluster::start(3, 3, extra);
+    wait_for_brokers(&c, 3);
+    let b = c.bootstrap();
+    client(&[
+        "create",
+        "--bootstrap",
+        &b,
+        "--topic",
+        topic,
+        "--partitions",
+        "6",
+        "--rf",
+        "3",
+    ]);
+    let (_, parts) = until(Duration::from_secs(10), "the topic's leaders", || {
+        leaders(&b, topic)
+    });
+    (c, b, parts)
+}
+
+/// The bootstrap list of every broker but `victim`.
+fn survivors(c: &ProcessCluster, victim: i64) -> String {
+    c.brokers
+        .keys()
+        .filter(|id| **id != victim as u64)
+        .map(|id| c.broker_addr(*id))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[test]
 fn real_clients_list_create_describe_delete_commit_elect_and_reassign() {
     let c = ProcessCluster::start(3, 3, "");
@@ -82,23 +116,7 @@ fn real_clients_list_create_describe_delete_commit_elect_and_reassign() {
 
 #[test]
 fn a_killed_broker_loses_every_leadership_within_the_session_timeout() {
-    let mut c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c, 3);
-    let b = c.bootstrap();
-    client(&[
-        "create",
-        "--bootstrap",
-        &b,
-        "--topic",
-        "ha",
-        "--partitions",
-        "6",
-        "--rf",
-        "3",
-    ]);
-    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
-        leaders(&b, "ha")
-    });
+    let (mut c, _, before) = cluster_with_topic("", "ha");
     let victim = before.values().next().unwrap().0;
     let led: Vec<String> = before
         .iter()
@@ -109,13 +127,7 @@ fn a_killed_broker_loses_every_leadership_within_the_session_timeout() {
 
     c.kill(victim as u64);
     let killed_at = Instant::now();
-    let survivors: String = c
-        .brokers
-        .keys()
-        .filter(|id| **id != victim as u64)
-        .map(|id| c.broker_addr(*id))
-        .collect::<Vec<_>>()
-        .join(",");
+    let survivors = survivors(&c, victim);
     // Session timeout 3 s, plus a margin for the check interval and the clients' round trips.
     let (brokers, after) = until(
         Duration::from_secs(8),
@@ -197,36 +209,14 @@ fn stopping_and_starting_every_process_keeps_topics_assignments_and_offsets() {
 
 #[test]
 fn sigterm_moves_a_brokers_leaderships_away_before_it_exits() {
-    let mut c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c, 3);
-    let b = c.bootstrap();
-    client(&[
-        "create",
-        "--bootstrap",
-        &b,
-        "--topic",
-        "graceful",
-        "--partitions",
-        "6",
-        "--rf",
-        "3",
-    ]);
-    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
-        leaders(&b, "graceful")
-    });
+    let (mut c, _, before) = cluster_with_topic("", "graceful");
     let victim = before.values().next().unwrap().0;
     assert!(
         c.terminate(victim as u64, Duration::from_secs(10)),
         "broker {victim} did not exit after SIGTERM:\n{}",
         c.log_tail(victim as u64)
     );
-    let survivors: String = c
-        .brokers
-        .keys()
-        .filter(|id| **id != victim as u64)
-        .map(|id| c.broker_addr(*id))
-        .collect::<Vec<_>>()
-        .join(",");
+    let survivors = survivors(&c, victim);
     // Leadership had moved before the process exited: the survivors show it at once, well
     // before the 3 s session would have expired.
     let (_, after) = leaders(&survivors, "graceful").expect("metadata from the survivors");
@@ -299,23 +289,8 @@ fn a_broker_behind_the_controllers_kept_log_catches_up_from_a_snapshot() {
 
 #[test]
 fn a_restarted_broker_gets_its_preferred_leaderships_back() {
-    let mut c = ProcessCluster::start(3, 3, "leader.imbalance.check.interval.seconds=1");
-    wait_for_brokers(&c, 3);
-    let b = c.bootstrap();
-    client(&[
-        "create",
-        "--bootstrap",
-        &b,
-        "--topic",
-        "balanced",
-        "--partitions",
-        "6",
-        "--rf",
-        "3",
-    ]);
-    let (_, before) = until(Duration::from_secs(10), "the topic's leaders", || {
-        leaders(&b, "balanced")
-    });
+    let (mut c, b, before) =
+        cluster_with_topic("leader.imbalance.check.interval.seconds=1", "balanced");
     for (p, (leader, replicas, _)) in &before {
         assert_eq!(
             *leader, replicas[0],
@@ -324,13 +299,7 @@ fn a_restarted_broker_gets_its_preferred_leaderships_back() {
     }
     let victim = before.values().next().unwrap().0;
     c.kill(victim as u64);
-    let survivors: String = c
-        .brokers
-        .keys()
-        .filter(|id| **id != victim as u64)
-        .map(|id| c.broker_addr(*id))
-        .collect::<Vec<_>>()
-        .join(",");
+    let survivors = survivors(&c, victim);
     until(
         Duration::from_secs(10),
         "leadership to leave the killed broker",
