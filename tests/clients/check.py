@@ -37,6 +37,20 @@ def until(pred, timeout, what):
     fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+async def async_until(call, pred, what, timeout=10):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = await call()
+            if pred(last):
+                return last
+        except Exception as e:  # a client error while the cluster settles: retry
+            last = e
+        await asyncio.sleep(0.2)
+    fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
 # ---------------------------------------------------------------------------- kcat
 def kcat(args):
     out = subprocess.run(["kcat", "-b", args.bootstrap, "-L", "-J", "-m", "10"],
@@ -72,7 +86,9 @@ def confluent(args):
         fail("creating an existing topic succeeded")
     except Exception as e:
         check("TOPIC_ALREADY_EXISTS" in str(e) or "already exists" in str(e), f"unexpected error {e}")
-    md = admin.list_topics(topic=t, timeout=10)
+    # Another broker may be a few milliseconds behind the one that took the create.
+    md = until(lambda: (lambda m: m if m.topics[t].error is None else None)(admin.list_topics(topic=t, timeout=10)),
+               10, f"{t} in metadata")
     parts = md.topics[t].partitions
     check(len(parts) == 3, f"{t} has {len(parts)} partitions")
     for p in parts.values():
@@ -80,7 +96,7 @@ def confluent(args):
               f"bad partition {p.id}: leader {p.leader} replicas {p.replicas} isr {p.isrs}")
     for _, f in admin.create_partitions([NewPartitions(t, 4)]).items():
         f.result(timeout=30)
-    check(len(admin.list_topics(topic=t, timeout=10).topics[t].partitions) == 4, "create partitions")
+    until(lambda: len(admin.list_topics(topic=t, timeout=10).topics[t].partitions) == 4, 10, "4 partitions")
 
     # Offsets with a group id: commit, then read back.
     c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": "confluent-group",
@@ -115,12 +131,11 @@ def kafka_python(args):
     check(len(cluster["brokers"]) == args.brokers, f"kafka-python sees {cluster['brokers']}")
     t = args.topic
     admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=2)])
-    check(t in admin.list_topics(), f"{t} not listed")
-    [desc] = admin.describe_topics([t])
-    check(len(desc["partitions"]) == 3, f"describe {desc}")
+    # Another broker may be a few milliseconds behind the one that took the create.
+    until(lambda: t in admin.list_topics(), 10, f"{t} listed")
+    until(lambda: len(admin.describe_topics([t])[0]["partitions"]) == 3, 10, f"{t} with 3 partitions")
     admin.create_partitions({t: NewPartitions(total_count=5)})
-    [desc] = admin.describe_topics([t])
-    check(len(desc["partitions"]) == 5, f"after create partitions: {desc}")
+    until(lambda: len(admin.describe_topics([t])[0]["partitions"]) == 5, 10, f"{t} with 5 partitions")
 
     consumer = KafkaConsumer(bootstrap_servers=args.bootstrap, group_id="kafka-python-group",
                              enable_auto_commit=False)
@@ -168,11 +183,11 @@ def aiokafka_check(args):
         try:
             t = args.topic
             await admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=3)])
-            topics = await admin.list_topics()
-            check(t in topics, f"{t} not in {topics}")
+            # Another broker may be a few milliseconds behind the one that took the create.
+            await async_until(lambda: admin.list_topics(), lambda ts: t in ts, f"{t} listed")
             await admin.create_partitions({t: NewPartitions(total_count=3)})
-            [desc] = await admin.describe_topics([t])
-            check(len(desc["partitions"]) == 3, f"describe {desc}")
+            await async_until(lambda: admin.describe_topics([t]),
+                              lambda d: len(d[0]["partitions"]) == 3, f"{t} with 3 partitions")
             consumer = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, group_id="aiokafka-group",
                                         enable_auto_commit=False)
             await consumer.start()
