@@ -14,8 +14,20 @@ cd "$(dirname "$0")/../.."
 
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 project="kmeta-test-$$"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-export KMETA_BROKER_1_PORT=$(free_port) KMETA_BROKER_2_PORT=$(free_port) KMETA_BROKER_3_PORT=$(free_port)
+# Three free ports below the ephemeral range (so no outgoing connection takes one meanwhile).
+free_ports() {
+  python3 - <<'PY'
+import random, socket
+while True:
+    ports = random.sample(range(20000, 32000), 3)
+    try:
+        for p in ports:
+            s = socket.socket(); s.bind(("0.0.0.0", p)); s.close()
+        print(" ".join(map(str, ports))); break
+    except OSError:
+        pass
+PY
+}
 export KMETA_CLUSTER_ID="kmeta-test-$$"
 dc() { "${compose[@]}" -p "$project" -f docker/compose.yaml "$@"; }
 kmeta=./target/release/kmeta
@@ -46,6 +58,8 @@ json() { "$KMETA_PYTHON" -c "import json,sys; d=json.load(sys.stdin); print($1)"
 
 echo "compose: building the image"
 ./docker/build.sh
+read -r KMETA_BROKER_1_PORT KMETA_BROKER_2_PORT KMETA_BROKER_3_PORT < <(free_ports)
+export KMETA_BROKER_1_PORT KMETA_BROKER_2_PORT KMETA_BROKER_3_PORT
 echo "compose: starting 3 controllers + 3 brokers (project $project)"
 timeout 180 "${compose[@]}" -p "$project" -f docker/compose.yaml up -d >/dev/null 2>&1
 all="localhost:$KMETA_BROKER_1_PORT,localhost:$KMETA_BROKER_2_PORT,localhost:$KMETA_BROKER_3_PORT"

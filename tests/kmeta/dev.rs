@@ -1,15 +1,14 @@
 //! `kmeta dev`: the README's main command.
 
-use crate::cluster::{client, free_port, BIN};
+use crate::cluster::{client, free_ports, BIN};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
 fn kmeta_dev_prints_bootstrap_servers_serves_three_brokers_and_stops_cleanly_on_ctrl_c() {
-    // Ports P..P+2 next to a free one are almost always free too.
-    let broker_port = free_port();
-    let controller_port = free_port();
+    let broker_port = free_ports(3);
+    let controller_port = free_ports(3);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(BIN)
         .args([

@@ -1,5 +1,6 @@
 //! Real `kmeta server` processes: format, start, kill -9, restart.
 
+use crate::cluster::free_port;
 use kmeta::raft::network::{query_status, NodeStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,14 +20,6 @@ impl Drop for Procs {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_config(dir: &Path, id: u64, ports: &BTreeMap<u64, u16>) -> PathBuf {
