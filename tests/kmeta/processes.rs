@@ -296,3 +296,87 @@ async fn acknowledged_writes_survive_kill_9_of_the_active_controller() {
     }
     eprintln!("{} acknowledged creates, none lost", acked.len());
 }
+
+/// `process.roles=broker,controller`: one process is a one-voter quorum and a broker; it
+/// serves clients and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_combined_broker_and_controller_node_serves_clients_and_stops_on_sigterm() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kmeta::kafka::client::KafkaClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, controller) = (free_port(), free_port());
+    let config = dir.path().join("node.properties");
+    std::fs::write(
+        &config,
+        format!(
+            "node.id=1\nprocess.roles=broker,controller\ncontroller.quorum.voters=1@127.0.0.1:{controller}\nlisteners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}\nlog.dirs={}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let id = String::from_utf8(kmeta(&["storage", "random-uuid"]).stdout).unwrap();
+    let out = kmeta(&[
+        "storage",
+        "format",
+        "--config",
+        config.to_str().unwrap(),
+        "--cluster-id",
+        id.trim(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mut procs = Procs([(1, spawn(&config))].into_iter().collect());
+    let addr = format!("127.0.0.1:{broker}");
+    let start = Instant::now();
+    let mut client = loop {
+        if let Ok(mut k) = KafkaClient::connect(&addr, "t", Duration::from_secs(5)).await {
+            if k.send(&MetadataRequest::default(), 12)
+                .await
+                .is_ok_and(|m| m.brokers.len() == 1)
+            {
+                break k;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the node never served a live broker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let created = client
+        .send(
+            &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("combined")))
+                .with_num_partitions(2)
+                .with_replication_factor(1)]),
+            7,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.topics[0].error_code, 0);
+    let md = client
+        .send(&MetadataRequest::default().with_topics(None), 12)
+        .await
+        .unwrap();
+    assert_eq!(md.topics.len(), 1);
+    assert_eq!(md.topics[0].partitions.len(), 2);
+
+    let mut child = procs.0.remove(&1).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the node did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
