@@ -13,6 +13,7 @@
 use crate::broker::{BrokerConfig, BrokerHandle, BrokerState};
 use crate::kafka::client::KafkaClient;
 use crate::kafka::listener::Limits;
+use crate::kafka::wire::sb;
 use crate::local::LocalQuorum;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::offset_commit_request::{
@@ -21,7 +22,6 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::{
     CreateTopicsRequest, GroupId, MetadataRequest, OffsetCommitRequest, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
 use kmeta_metadata::controller::ControllerConfig;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,10 +41,6 @@ pub struct BrokersReport {
     pub propagation_ms: (f64, f64, f64, usize),
     /// Metadata requests per second on one broker, by connections.
     pub metadata: Vec<(usize, f64)>,
-}
-
-fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
 }
 
 fn commit_request(

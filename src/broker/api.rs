@@ -4,10 +4,10 @@
 use super::BrokerState;
 use crate::controller::kafka_api::{forwardable_apis, ENVELOPE_OFFSET_TAG};
 use crate::kafka::listener::Service;
-use crate::kafka::wire::{encode_response, ApiSet, Request};
+use crate::kafka::wire::{encode_response, sb, versions, ApiSet, Request};
 use bytes::Bytes;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Message, StrBytes, VersionRange};
+use kafka_protocol::protocol::VersionRange;
 use kmeta_metadata::record::ConfigResource;
 use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
 use std::sync::Arc;
@@ -23,43 +23,44 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a reply waits for this broker's image to include the write.
 pub const READ_YOUR_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn range<M: Message>() -> VersionRange {
-    M::VERSIONS
-}
-
 fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
     let mut apis = vec![
-        (ApiKey::ApiVersions, range::<ApiVersionsRequest>()),
-        (ApiKey::Metadata, range::<MetadataRequest>()),
-        (ApiKey::DescribeCluster, range::<DescribeClusterRequest>()),
-        (ApiKey::FindCoordinator, range::<FindCoordinatorRequest>()),
-        (ApiKey::OffsetCommit, range::<OffsetCommitRequest>()),
-        (ApiKey::OffsetFetch, range::<OffsetFetchRequest>()),
-        (ApiKey::ListGroups, range::<ListGroupsRequest>()),
-        (ApiKey::DescribeGroups, range::<DescribeGroupsRequest>()),
-        (ApiKey::DescribeConfigs, range::<DescribeConfigsRequest>()),
+        (ApiKey::ApiVersions, versions::<ApiVersionsRequest>()),
+        (ApiKey::Metadata, versions::<MetadataRequest>()),
+        (
+            ApiKey::DescribeCluster,
+            versions::<DescribeClusterRequest>(),
+        ),
+        (
+            ApiKey::FindCoordinator,
+            versions::<FindCoordinatorRequest>(),
+        ),
+        (ApiKey::OffsetCommit, versions::<OffsetCommitRequest>()),
+        (ApiKey::OffsetFetch, versions::<OffsetFetchRequest>()),
+        (ApiKey::ListGroups, versions::<ListGroupsRequest>()),
+        (ApiKey::DescribeGroups, versions::<DescribeGroupsRequest>()),
+        (
+            ApiKey::DescribeConfigs,
+            versions::<DescribeConfigsRequest>(),
+        ),
         // kmeta has no client quotas; answering "none" lets kafka-python infer a modern broker.
         (
             ApiKey::DescribeClientQuotas,
-            range::<DescribeClientQuotasRequest>(),
+            versions::<DescribeClientQuotasRequest>(),
         ),
         // kmeta brokers store no messages: every partition is empty (log start = log end = 0).
         // Fetch long-polls and returns nothing; ListOffsets answers 0. Consumers that assign
         // partitions (aiokafka's commit path) need both.
-        (ApiKey::Fetch, range::<FetchRequest>()),
-        (ApiKey::ListOffsets, range::<ListOffsetsRequest>()),
+        (ApiKey::Fetch, versions::<FetchRequest>()),
+        (ApiKey::ListOffsets, versions::<ListOffsetsRequest>()),
         // Answered by the active controller (the broker relays it), as Kafka brokers do for
         // kafka-metadata-quorum.sh --bootstrap-server.
-        (ApiKey::DescribeQuorum, range::<DescribeQuorumRequest>()),
+        (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
     ];
     // Admin requests and offset commits: forwarded to the active controller, which serves
     // the same versions.
     apis.extend(forwardable_apis());
     apis
-}
-
-fn sb(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
 }
 
 /// A broker's Kafka service.

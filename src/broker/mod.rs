@@ -14,13 +14,13 @@ pub mod follower;
 pub mod replica;
 
 use crate::kafka::listener::Limits;
+use crate::kafka::wire::sb;
 use arc_swap::ArcSwap;
 use controllers::Controllers;
 use kafka_protocol::messages::broker_registration_request::{Feature, Listener};
 use kafka_protocol::messages::{
     BrokerHeartbeatRequest, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
 };
-use kafka_protocol::protocol::StrBytes;
 use kmeta_metadata::{ErrorCode, MetadataImage};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -139,10 +139,6 @@ impl BrokerState {
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
     }
-}
-
-fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
 }
 
 async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {

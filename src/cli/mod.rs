@@ -77,10 +77,7 @@ impl Admin {
     }
 }
 
-/// A `StrBytes` from a `&str`.
-pub fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}
+pub use crate::kafka::wire::sb;
 
 /// The name of a Metadata topic.
 pub fn topic_name(t: &MetadataResponseTopic) -> String {

@@ -7,7 +7,9 @@
 use super::Controller;
 use crate::kafka::listener::Service;
 use crate::kafka::metadata_log::{encode_entries, METADATA_TOPIC};
-use crate::kafka::wire::{decode_request, encode_response, ApiSet, Rejected, Request};
+use crate::kafka::wire::{
+    decode_request, encode_response, sb, versions, ApiSet, Rejected, Request,
+};
 use crate::raft::network::Raft;
 use crate::raft::state_machine::{CommittedRead, StateMachine};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -51,44 +53,49 @@ pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
 /// The largest FetchSnapshot chunk.
 pub const MAX_SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
 
-fn range<M: Message>() -> VersionRange {
-    M::VERSIONS
-}
-
 /// Admin requests a broker may forward (inside Envelope), and their versions.
 pub fn forwardable_apis() -> Vec<(ApiKey, VersionRange)> {
     vec![
-        (ApiKey::CreateTopics, range::<CreateTopicsRequest>()),
-        (ApiKey::DeleteTopics, range::<DeleteTopicsRequest>()),
-        (ApiKey::CreatePartitions, range::<CreatePartitionsRequest>()),
-        (ApiKey::ElectLeaders, range::<ElectLeadersRequest>()),
+        (ApiKey::CreateTopics, versions::<CreateTopicsRequest>()),
+        (ApiKey::DeleteTopics, versions::<DeleteTopicsRequest>()),
+        (
+            ApiKey::CreatePartitions,
+            versions::<CreatePartitionsRequest>(),
+        ),
+        (ApiKey::ElectLeaders, versions::<ElectLeadersRequest>()),
         (
             ApiKey::AlterPartitionReassignments,
-            range::<AlterPartitionReassignmentsRequest>(),
+            versions::<AlterPartitionReassignmentsRequest>(),
         ),
         (
             ApiKey::ListPartitionReassignments,
-            range::<ListPartitionReassignmentsRequest>(),
+            versions::<ListPartitionReassignmentsRequest>(),
         ),
-        (ApiKey::OffsetCommit, range::<OffsetCommitRequest>()),
+        (ApiKey::OffsetCommit, versions::<OffsetCommitRequest>()),
         (
             ApiKey::IncrementalAlterConfigs,
-            range::<IncrementalAlterConfigsRequest>(),
+            versions::<IncrementalAlterConfigsRequest>(),
         ),
     ]
 }
 
 fn controller_apis() -> Vec<(ApiKey, VersionRange)> {
     let mut apis = vec![
-        (ApiKey::ApiVersions, range::<ApiVersionsRequest>()),
+        (ApiKey::ApiVersions, versions::<ApiVersionsRequest>()),
         (
             ApiKey::BrokerRegistration,
-            range::<BrokerRegistrationRequest>(),
+            versions::<BrokerRegistrationRequest>(),
         ),
-        (ApiKey::BrokerHeartbeat, range::<BrokerHeartbeatRequest>()),
-        (ApiKey::UnregisterBroker, range::<UnregisterBrokerRequest>()),
-        (ApiKey::AlterPartition, range::<AlterPartitionRequest>()),
-        (ApiKey::DescribeQuorum, range::<DescribeQuorumRequest>()),
+        (
+            ApiKey::BrokerHeartbeat,
+            versions::<BrokerHeartbeatRequest>(),
+        ),
+        (
+            ApiKey::UnregisterBroker,
+            versions::<UnregisterBrokerRequest>(),
+        ),
+        (ApiKey::AlterPartition, versions::<AlterPartitionRequest>()),
+        (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
         // Fetch of the metadata log: v12+ (flexible, with snapshot ids).
         (
             ApiKey::Fetch,
@@ -97,8 +104,8 @@ fn controller_apis() -> Vec<(ApiKey, VersionRange)> {
                 max: FetchRequest::VERSIONS.max,
             },
         ),
-        (ApiKey::FetchSnapshot, range::<FetchSnapshotRequest>()),
-        (ApiKey::Envelope, range::<EnvelopeRequest>()),
+        (ApiKey::FetchSnapshot, versions::<FetchSnapshotRequest>()),
+        (ApiKey::Envelope, versions::<EnvelopeRequest>()),
     ];
     apis.extend(forwardable_apis());
     apis
@@ -107,10 +114,6 @@ fn controller_apis() -> Vec<(ApiKey, VersionRange)> {
 /// A write's response with the offset at which it is visible.
 fn written<R: Into<ResponseKind>>((response, at): (R, Option<u64>)) -> (ResponseKind, Option<u64>) {
     (response.into(), at)
-}
-
-fn sb(s: impl Into<String>) -> StrBytes {
-    StrBytes::from_string(s.into())
 }
 
 fn msg(e: &ApiError) -> Option<StrBytes> {

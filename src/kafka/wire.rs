@@ -12,7 +12,9 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
 };
-use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable, VersionRange};
+use kafka_protocol::protocol::{
+    decode_request_header_from_buffer, Encodable, Message, StrBytes, VersionRange,
+};
 use kafka_protocol::ResponseError;
 use std::io;
 use std::panic::AssertUnwindSafe;
@@ -26,6 +28,17 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// The cap on one response frame read by kmeta's own client (a metadata snapshot chunk or a
 /// large Metadata response).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// A `StrBytes` (the crate's string type) from anything that becomes a `String`.
+pub fn sb(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+/// The versions of a message the crate can decode: what kmeta advertises for it (never
+/// `ApiKey::valid_versions()`, which over-reports OffsetCommit and OffsetFetch).
+pub fn versions<M: Message>() -> VersionRange {
+    M::VERSIONS
+}
 
 /// Reads one frame. `Ok(None)` on a clean end of stream before a frame starts.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Bytes>> {

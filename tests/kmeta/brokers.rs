@@ -5,19 +5,15 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::{CreateTopicsRequest, GroupId, OffsetCommitRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
 use kmeta::broker::{BrokerConfig, BrokerHandle};
 use kmeta::kafka::client::KafkaClient;
 use kmeta::kafka::listener::Limits;
+use kmeta::kafka::wire::sb;
 use kmeta::local::LocalQuorum;
 use kmeta_metadata::controller::ControllerConfig;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn sb(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
@@ -84,7 +80,7 @@ async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
             while !stop.load(Ordering::Relaxed) {
                 offset += 1;
                 let request = OffsetCommitRequest::default()
-                    .with_group_id(GroupId(sb(&format!("g{w}"))))
+                    .with_group_id(GroupId(sb(format!("g{w}"))))
                     .with_generation_id_or_member_epoch(-1)
                     .with_topics(vec![OffsetCommitRequestTopic::default()
                         .with_name(TopicName(sb("flood")))
