@@ -320,6 +320,14 @@ enum StorageCommand {
     },
 }
 
+/// The runtime of the long-running commands (server, dev, benchmarks).
+fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("kmeta: {message}");
     ExitCode::from(1)
@@ -392,10 +400,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let runtime = server_runtime();
             match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
@@ -412,10 +417,7 @@ fn main() -> ExitCode {
         } => {
             init_logging();
             let _ = std::fs::remove_dir_all(&data_dir);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let runtime = server_runtime();
             let result = runtime.block_on(kmeta::bench::quorum(
                 &writers, seconds, failovers, &data_dir,
             ));
@@ -440,10 +442,7 @@ fn main() -> ExitCode {
         } => {
             init_logging();
             let _ = std::fs::remove_dir_all(&data_dir);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let runtime = server_runtime();
             let result = runtime.block_on(kmeta::bench::brokers::brokers(
                 &data_dir,
                 seconds,
@@ -568,10 +567,7 @@ fn main() -> ExitCode {
             overrides,
         } => {
             init_logging();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let runtime = server_runtime();
             let options = kmeta::dev::DevOptions {
                 controllers,
                 brokers,

@@ -151,19 +151,49 @@ async fn three_controller_processes_survive_kill_9_of_the_leader() {
 
     // The killed node restarts from its directory and rejoins; all agree on the log and image.
     procs.0.insert(leader, spawn(&configs[&leader]));
+    converged(&ports, &all).await;
+}
+
+/// Waits until every node in `ids` agrees on the leader, has applied the same last entry (at
+/// least one) and holds the same image.
+async fn converged(ports: &BTreeMap<u64, u16>, ids: &[u64]) {
     let start = Instant::now();
     loop {
-        let s = agreed_leader(&ports, &all, Duration::from_secs(20)).await;
+        let s = agreed_leader(ports, ids, Duration::from_secs(20)).await;
         let applied: Vec<_> = s
             .values()
             .map(|n| (n.last_applied, n.image_hash.clone()))
             .collect();
         if applied.windows(2).all(|w| w[0] == w[1]) && applied[0].0.is_some() {
-            break;
+            return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "nodes did not converge: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the broker at `addr` lists `n` live brokers in Metadata, at most `within`;
+/// returns the connection that saw it.
+async fn live_brokers(addr: &str, n: usize, within: Duration) -> kmeta::kafka::client::KafkaClient {
+    use kafka_protocol::messages::MetadataRequest;
+    let start = Instant::now();
+    loop {
+        if let Ok(mut k) =
+            kmeta::kafka::client::KafkaClient::connect(addr, "test", Duration::from_secs(5)).await
+        {
+            if k.send(&MetadataRequest::default(), 12)
+                .await
+                .is_ok_and(|m| m.brokers.len() == n)
+            {
+                return k;
+            }
+        }
+        assert!(
+            start.elapsed() < within,
+            "{addr} never listed {n} live brokers"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -185,21 +215,7 @@ async fn acknowledged_writes_survive_kill_9_of_the_active_controller() {
     let mut c = ProcessCluster::start(3, 1, "");
     let broker = c.broker_addr(1);
     // Wait for the broker to be registered and unfenced (it is then listed in Metadata).
-    let start = Instant::now();
-    loop {
-        if let Ok(mut k) = KafkaClient::connect(&broker, "test", Duration::from_secs(2)).await {
-            if let Ok(md) = k.send(&MetadataRequest::default(), 12).await {
-                if md.brokers.len() == 1 {
-                    break;
-                }
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the broker never became live"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    live_brokers(&broker, 1, Duration::from_secs(30)).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..4 {
@@ -277,23 +293,7 @@ async fn acknowledged_writes_survive_kill_9_of_the_active_controller() {
 
     // All three controllers converge, the restarted one included.
     let ids: Vec<u64> = c.controllers.keys().copied().collect();
-    let ports = c.controllers.clone();
-    let start = Instant::now();
-    loop {
-        let s = agreed_leader(&ports, &ids, Duration::from_secs(20)).await;
-        let applied: Vec<_> = s
-            .values()
-            .map(|n| (n.last_applied, n.image_hash.clone()))
-            .collect();
-        if applied.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "controllers did not converge: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    converged(&c.controllers, &ids).await;
     eprintln!("{} acknowledged creates, none lost", acked.len());
 }
 
@@ -304,7 +304,6 @@ async fn a_combined_broker_and_controller_node_serves_clients_and_stops_on_sigte
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
     use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
-    use kmeta::kafka::client::KafkaClient;
 
     let dir = tempfile::tempdir().unwrap();
     let (broker, controller) = (free_port(), free_port());
@@ -329,22 +328,7 @@ async fn a_combined_broker_and_controller_node_serves_clients_and_stops_on_sigte
     assert!(out.status.success(), "{out:?}");
     let mut procs = Procs([(1, spawn(&config))].into_iter().collect());
     let addr = format!("127.0.0.1:{broker}");
-    let start = Instant::now();
-    let mut client = loop {
-        if let Ok(mut k) = KafkaClient::connect(&addr, "t", Duration::from_secs(5)).await {
-            if k.send(&MetadataRequest::default(), 12)
-                .await
-                .is_ok_and(|m| m.brokers.len() == 1)
-            {
-                break k;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the node never served a live broker"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut client = live_brokers(&addr, 1, Duration::from_secs(20)).await;
     let created = client
         .send(
             &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
