@@ -25,6 +25,9 @@ pub struct ControllerMetrics {
     pub commit_latency_ms: Histogram,
     /// Times this node became the active controller.
     pub elections: Counter,
+    /// Times this node's active session renounced (leadership lost, or a proposal that did not
+    /// land as predicted).
+    pub renounces: Counter,
 }
 
 impl Default for ControllerMetrics {
@@ -33,6 +36,7 @@ impl Default for ControllerMetrics {
             event_queue_time_ms: Histogram::new(exponential_buckets(0.05, 2.0, 18)),
             commit_latency_ms: Histogram::new(exponential_buckets(0.1, 2.0, 18)),
             elections: Counter::default(),
+            renounces: Counter::default(),
         }
     }
 }
@@ -136,6 +140,11 @@ impl NodeMetrics {
                 "Elections",
                 "Times this node became the active controller",
                 c.elections.clone(),
+            );
+            registry.register(
+                "Renounces",
+                "Times this node stopped being the active controller",
+                c.renounces.clone(),
             );
         }
         NodeMetrics { registry, gauges }

@@ -31,6 +31,12 @@ pub fn raft_timing(election_timeout_ms: u64) -> Result<Arc<openraft::Config>, St
         election_timeout_max: election_timeout_ms + election_timeout_ms / 2,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1_000,
+        // Standard Raft: a restarted leader is a follower until it wins an election in a new
+        // term. openraft's default restores it as leader of its old term at once, before it
+        // has heard from anyone; its first proposals are then refused (CheckQuorum), and an
+        // entry it appended but had not flushed before the crash may already sit, under the
+        // same term and index, on a follower (docs/RAFT.md).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     raft.validate()
@@ -105,11 +111,33 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
         None => None,
     };
+    // A fatal Raft error (a committed record that does not replay, a failed fsync) stops the
+    // whole node loudly: it must never keep serving a frozen view.
+    let fatal = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let stop = {
+        let raft = controller.as_ref().map(|c| c.raft.clone());
+        let fatal = fatal.clone();
+        async move {
+            let stopped = async {
+                match raft {
+                    Some(raft) => raft_stopped(raft).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                why = stopped => {
+                    tracing::error!(why = %why, "the metadata log stopped on a fatal error: stopping the node");
+                    *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                }
+            }
+        }
+    };
     match broker {
         Some((state, listener)) => {
-            crate::broker::run_with(state, listener, shutdown).await?;
+            crate::broker::run_with(state, listener, stop).await?;
         }
-        None => shutdown.await,
+        None => stop.await,
     }
     if let Some(c) = controller {
         c.stop().await?;
@@ -118,7 +146,25 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let _ = tx.send(());
         let _ = task.await;
     }
-    Ok(())
+    let why = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match why {
+        Some(why) => Err(format!("the metadata log stopped on a fatal error: {why}")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves when this node's Raft has stopped on a fatal error, with the reason.
+async fn raft_stopped(raft: Raft) -> String {
+    use openraft::async_runtime::WatchReceiver;
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(e) = &metrics.borrow_watched().running_state {
+            return e.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft stopped".to_string();
+        }
+    }
 }
 
 /// What `/metrics` shows for this node: its controller's view when it has one (the committed
@@ -135,7 +181,7 @@ fn metrics_render(
         let (image, applied, committed) = match (&controller, &broker) {
             (Some((raft, sm, c)), _) => {
                 let rm = raft.metrics().borrow_watched().clone();
-                if rm.current_leader == Some(node_id) {
+                if crate::raft::network::known_leader(&rm) == Some(node_id) {
                     g.active_controller_count.set(1);
                     for (b, age, _) in c.broker_contacts() {
                         g.broker_heartbeat_age_ms

@@ -6,9 +6,9 @@
 use super::{ids, print_json, print_table, Output};
 use crate::raft::segment_log::SegmentLog;
 use crate::raft::state_file::read_checked;
-use crate::raft::state_machine::StateMachine;
+use crate::raft::state_machine::{apply_proposal, StateMachine};
 use crate::raft::types::{Entry, LogId};
-use kmeta_metadata::{LogOffset, MetadataImage, MetadataRecord};
+use kmeta_metadata::{MetadataImage, MetadataRecord};
 use openraft::EntryPayload;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub fn read(dir: &Path) -> Result<Offline, String> {
     let result = (|| {
         copy_dir(&meta, &copy).map_err(|e| format!("copying {}: {e}", meta.display()))?;
         let sm = StateMachine::open(&copy.join("sm")).map_err(|e| format!("snapshot: {e}"))?;
-        let mut image = sm.image();
+        let (mut image, mut chain) = sm.image_and_chain();
         let snapshot_offset = sm.last_applied_index();
         let mut records = Vec::new();
         if let Some(at) = snapshot_offset {
@@ -82,13 +82,15 @@ pub fn read(dir: &Path) -> Result<Offline, String> {
             };
             let entry: Entry =
                 postcard::from_bytes(&bytes).map_err(|e| format!("entry {index}: {e}"))?;
-            if let EntryPayload::Normal(batch) = entry.payload {
-                for record in batch.0 {
-                    image
-                        .replay(LogOffset(index as i64), &record)
+            match entry.payload {
+                EntryPayload::Normal(proposal) => {
+                    let admitted = apply_proposal(&mut image, &mut chain, index, &proposal)
                         .map_err(|e| format!("entry {index} does not replay: {e}"))?;
-                    records.push((index, record));
+                    if admitted {
+                        records.extend(proposal.batch.0.into_iter().map(|r| (index, r)));
+                    }
                 }
+                _ => chain.skip(),
             }
             offset = index;
         }

@@ -145,7 +145,7 @@ impl ControllerService {
 
     fn leader(&self) -> (Option<u64>, u64) {
         let m = self.raft.metrics().borrow_watched().clone();
-        (m.current_leader, m.current_term)
+        (crate::raft::network::known_leader(&m), m.current_term)
     }
 
     fn is_leader(&self) -> bool {
@@ -366,7 +366,8 @@ impl ControllerService {
 
     fn describe_quorum(&self, version: i16) -> DescribeQuorumResponse {
         use describe_quorum_response::{Node, PartitionData, ReplicaState, TopicData};
-        let m = self.raft.metrics().borrow_watched().clone();
+        let mut m = self.raft.metrics().borrow_watched().clone();
+        m.current_leader = crate::raft::network::known_leader(&m);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);

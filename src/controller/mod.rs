@@ -8,9 +8,19 @@
 //! one fsync. Proposals carry the leader id they were decided under; a proposal from a deposed
 //! leader is refused by openraft.
 //!
-//! On losing leadership every parked reply fails with NOT_CONTROLLER and the speculative state
-//! is dropped; on gaining it the loop waits until the committed image has caught up with the
-//! whole log, rebuilds from it, and counts every unfenced broker as just heard from.
+//! The speculative image is always the committed image plus exactly the proposals that will
+//! land, in order. Each entry carries a [`Stamp`]: its session and the offset it was decided
+//! for. Every replica's state machine applies a stamped entry only where its session predicted
+//! it, right after the session's previous entry ([`crate::raft::types::ProposalChain`]); a
+//! proposal that outlives a refused predecessor commits as a no-op everywhere.
+//!
+//! The loop **renounces** (KRaft's `renounce`) when it stops leading, when its term changes,
+//! when a proposal is refused, fails, lands at another offset than predicted or is not
+//! admitted, and when a decision's records would not replay on the speculative image: every
+//! parked reply fails with NOT_CONTROLLER (indeterminate: an entry already appended may still
+//! commit) and the speculative state is dropped. It becomes active again, in a new session,
+//! only once it leads and the committed image has applied the whole log (so the new session
+//! starts from the real log end), and it then counts every unfenced broker as just heard from.
 //!
 //! Heartbeats refresh the session tracker directly, before queueing, so a busy loop never
 //! delays the contact time of a live broker (`Controller::heartbeat`). A timer fences one
@@ -20,7 +30,7 @@ pub mod kafka_api;
 
 use crate::raft::network::Raft;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{MetadataBatch, TypeConfig};
+use crate::raft::types::{MetadataBatch, Proposal, SessionId, Stamp, TypeConfig};
 use kmeta_metadata::controller::cluster::{
     fence_stale_broker, process_heartbeat, register_broker, BrokerHeartbeatReply,
     BrokerHeartbeatRequest, BrokerRegistrationRequest,
@@ -37,7 +47,7 @@ use openraft::type_config::alias::CommittedLeaderIdOf;
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Jobs waiting for the loop, at most.
@@ -100,6 +110,9 @@ impl Controller {
         config: ControllerConfig,
     ) -> (Controller, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(MAX_QUEUED_JOBS);
+        // Unbounded, yet bounded in practice: one message per failed entry, and at most
+        // MAX_ENTRIES_IN_FLIGHT entries are in flight.
+        let (failures_tx, failures_rx) = mpsc::unbounded_channel();
         let tracker = Arc::new(Mutex::new(BrokerHeartbeatTracker::new()));
         let clock = Instant::now();
         let metrics = crate::metrics::ControllerMetrics::default();
@@ -113,8 +126,10 @@ impl Controller {
             clock,
             active: None,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT)),
+            failures: failures_tx,
+            next_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
         };
-        let task = tokio::spawn(event_loop.run(rx));
+        let task = tokio::spawn(event_loop.run(rx, failures_rx));
         (
             Controller {
                 jobs: tx,
@@ -236,12 +251,22 @@ impl Controller {
     }
 }
 
-/// State held only while this node is the active controller.
+/// State held only while this node is the active controller: one session.
 struct Active {
     leader_id: CommittedLeaderIdOf<TypeConfig>,
+    session: SessionId,
+    /// One past the committed log the session started from.
+    first_offset: u64,
+    /// The speculative image: the committed image plus every proposal of this session.
     image: MetadataImage,
+    /// The offset the next proposal will be decided for.
     next_offset: u64,
+    /// Turned true when the session renounces; every parked reply then fails.
+    renounced: watch::Sender<bool>,
 }
+
+/// A proposal of session `.0` did not land as predicted, for reason `.1`.
+type Failure = (SessionId, String);
 
 struct EventLoop {
     metrics: crate::metrics::ControllerMetrics,
@@ -253,10 +278,12 @@ struct EventLoop {
     clock: Instant,
     active: Option<Active>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    failures: mpsc::UnboundedSender<Failure>,
+    next_nonce: u64,
 }
 
 impl EventLoop {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut failures: mpsc::UnboundedReceiver<Failure>) {
         let mut metrics = self.raft.metrics();
         let mut ticker = tokio::time::interval(FENCE_CHECK_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,6 +315,12 @@ impl EventLoop {
                     self.refresh_leadership().await;
                     self.balance_leaders().await;
                 }
+                Some((session, why)) = failures.recv() => {
+                    if self.active.as_ref().is_some_and(|a| a.session == session) {
+                        self.renounce(&why);
+                    }
+                    self.refresh_leadership().await;
+                }
                 changed = metrics.changed() => {
                     if changed.is_err() {
                         return;
@@ -302,35 +335,61 @@ impl EventLoop {
         self.clock.elapsed().as_millis() as u64
     }
 
+    /// Ends the session: parked replies fail with NOT_CONTROLLER, the speculative state is
+    /// dropped. A new session starts only from the committed image of the whole log.
+    fn renounce(&mut self, why: &str) {
+        if let Some(active) = self.active.take() {
+            tracing::warn!(
+                node_id = self.node_id,
+                term = active.session.term,
+                next_offset = active.next_offset,
+                why,
+                "renouncing: no longer the active controller"
+            );
+            self.metrics.renounces.inc();
+            active.renounced.send_replace(true);
+        }
+    }
+
     /// Becomes active once this node leads and its image has applied the whole log; stops
-    /// being active the moment it does not lead.
+    /// being active the moment it does not lead, or leads in another term.
     async fn refresh_leadership(&mut self) {
         let m = self.raft.metrics().borrow_watched().clone();
         let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
-        if !leads {
-            if self.active.take().is_some() {
-                tracing::info!(node_id = self.node_id, "no longer the active controller");
+        let leader = self.raft.as_leader().ok().filter(|_| leads && m.running_state.is_ok());
+        let Some(leader) = leader else {
+            self.renounce("not the Raft leader");
+            return;
+        };
+        let leader_id = leader.to_committed_leader_id();
+        if let Some(active) = &self.active {
+            if active.leader_id == leader_id {
+                return;
             }
-            return;
-        }
-        if self.active.is_some() {
-            return;
+            self.renounce("the Raft term changed");
         }
         let caught_up =
             m.last_applied.map(|l| l.index()) == m.last_log_index && m.last_log_index.is_some();
         if !caught_up {
             return;
         }
-        let Ok(leader) = self.raft.as_leader() else {
+        // The state machine's own view: it must have applied exactly the log's end.
+        let (image, _) = self.sm.image_and_chain();
+        if self.sm.last_applied_index() != m.last_log_index {
             return;
-        };
-        let image = self.sm.image();
+        }
         let now = self.now_ms();
         self.tracker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .seed_on_activation(&image, now);
         let next_offset = m.last_log_index.unwrap_or(0) + 1;
+        let session = SessionId {
+            term: m.current_term,
+            node: self.node_id,
+            nonce: self.next_nonce,
+        };
+        self.next_nonce = self.next_nonce.wrapping_add(1);
         tracing::info!(
             node_id = self.node_id,
             term = m.current_term,
@@ -339,34 +398,37 @@ impl EventLoop {
         );
         self.metrics.elections.inc();
         self.active = Some(Active {
-            leader_id: leader.to_committed_leader_id(),
+            leader_id,
+            session,
+            first_offset: next_offset,
             image,
             next_offset,
+            renounced: watch::channel(false).0,
         });
     }
 
     async fn run_jobs(&mut self, batch: Vec<Job>) {
-        let Some(active) = self.active.as_ref() else {
+        if self.active.is_none() {
             // Dropping a job drops its reply sender: the submitter sees NOT_CONTROLLER.
             drop(batch);
             return;
-        };
+        }
         let now_ms = self.clock.elapsed().as_millis() as u64;
         let wall_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let mut records = Vec::new();
         let mut finishes: Vec<Finish> = Vec::new();
-        let mut speculative = active.image.clone();
         for job in batch {
-            let Some(offset) = self.active.as_ref().map(|a| a.next_offset) else {
+            let Some(active) = self.active.as_ref() else {
                 drop(job);
                 continue;
             };
+            let offset = active.next_offset;
             let decided = {
                 let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
                 let mut ctx = Ctx {
-                    image: &speculative,
+                    image: &active.image,
                     config: &self.config,
                     tracker: &mut tracker,
                     next_offset: LogOffset(offset as i64),
@@ -381,102 +443,119 @@ impl EventLoop {
             }
             if records.len() + decided.records.len() > MAX_RECORDS_PER_BATCH && !records.is_empty()
             {
-                // This entry is full: propose it, then start the next one for this job.
-                self.propose_and_continue(
-                    &mut speculative,
-                    std::mem::take(&mut records),
-                    std::mem::take(&mut finishes),
-                )
-                .await;
-                if self.active.is_none() {
-                    (decided.finish)(Err(not_controller()));
-                    continue;
-                }
+                // This entry is full: propose it; this job's records start the next one.
+                // They were decided on the same speculative image, which the next entry
+                // extends; an offset they carry (a broker epoch) is then the previous
+                // entry's, still unique and growing.
+                self.propose(std::mem::take(&mut records), std::mem::take(&mut finishes))
+                    .await;
             }
-            let at = LogOffset(self.active.as_ref().map_or(offset, |a| a.next_offset) as i64);
-            // A single record that does not replay leaves the image unchanged, so only a
-            // multi-record decision needs a copy to roll back to (a cheap O(1) clone; the copy
-            // would cost a path copy of every touched node per job, so single records skip it).
-            let rollback = (decided.records.len() > 1).then(|| speculative.clone());
-            match decided
-                .records
-                .iter()
-                .try_for_each(|r| speculative.replay(at, r))
-            {
+            // Assert both sides: the records must replay on the speculative image, with the
+            // same checks every replica's replay makes, before they are proposed.
+            let Some(active) = self.active.as_mut() else {
+                (decided.finish)(Err(not_controller()));
+                continue;
+            };
+            let at = LogOffset(active.next_offset as i64);
+            let mut next = active.image.clone();
+            match decided.records.iter().try_for_each(|r| next.replay(at, r)) {
                 Ok(()) => {
+                    active.image = next;
                     records.extend(decided.records);
                     finishes.push(decided.finish);
                 }
                 Err(e) => {
-                    if let Some(previous) = rollback {
-                        speculative = previous;
-                    }
-                    tracing::error!(%e, "a decision produced records that do not replay; refused");
-                    (decided.finish)(Err(ApiError::new(
-                        ErrorCode::UnknownServerError,
-                        e.to_string(),
-                    )));
+                    tracing::error!(%e, "a decision produced records that do not replay on the speculative image");
+                    (decided.finish)(Err(not_controller()));
+                    finishes.into_iter().for_each(|f| f(Err(not_controller())));
+                    finishes = Vec::new();
+                    records.clear();
+                    self.renounce("a decision produced records that do not replay");
                 }
             }
         }
         if !records.is_empty() {
-            self.propose_and_continue(&mut speculative, records, finishes)
-                .await;
+            self.propose(records, finishes).await;
         }
     }
 
-    /// Proposes one entry; its replies are released when it is applied. Advances the
-    /// speculative state, or drops it if the proposal could not be made.
-    async fn propose_and_continue(
-        &mut self,
-        speculative: &mut MetadataImage,
-        records: Vec<MetadataRecord>,
-        finishes: Vec<Finish>,
-    ) {
-        let Some(active) = self.active.as_mut() else {
-            finishes.into_iter().for_each(|f| f(Err(not_controller())));
-            return;
-        };
-        let predicted = active.next_offset;
+    /// Proposes one entry of the session's speculative records (already replayed onto the
+    /// speculative image), stamped with the offset they were decided for; its replies are
+    /// released when it is applied. A proposal that is refused, commits elsewhere, or is not
+    /// admitted reports a failure, and the loop renounces.
+    async fn propose(&mut self, records: Vec<MetadataRecord>, finishes: Vec<Finish>) {
         let permit = self
             .in_flight
             .clone()
             .acquire_owned()
             .await
             .expect("semaphore never closes");
-        let (responder, appended, applied) = ProgressResponder::new();
+        let Some(active) = self.active.as_mut() else {
+            finishes.into_iter().for_each(|f| f(Err(not_controller())));
+            return;
+        };
+        let predicted = active.next_offset;
+        let session = active.session;
+        let stamp = Stamp {
+            session,
+            first_offset: active.first_offset,
+            offset: predicted,
+        };
+        let mut renounced = active.renounced.subscribe();
+        let (responder, committed, applied) = ProgressResponder::new();
         let proposed_at = Instant::now();
         let commit_latency = self.metrics.commit_latency_ms.clone();
         let written = self
             .raft
-            .write(MetadataBatch(records))
+            .write(Proposal {
+                stamp: Some(stamp),
+                batch: MetadataBatch(records),
+            })
             .with_leader(active.leader_id)
             .responder(responder)
             .await;
+        active.next_offset += 1;
         if let Err(e) = written {
-            tracing::error!(%e, "raft refused a proposal");
+            tracing::error!(%e, "raft stopped");
             finishes.into_iter().for_each(|f| f(Err(not_controller())));
-            self.active = None;
+            self.renounce("raft stopped");
             return;
         }
-        active.image = speculative.clone();
-        active.next_offset += 1;
+        let failures = self.failures.clone();
         tokio::spawn(async move {
-            if let Ok(log_id) = appended.await {
-                if log_id.index() != predicted {
-                    tracing::warn!(
-                        predicted,
-                        actual = log_id.index(),
-                        "entry landed at an unexpected offset"
-                    );
-                }
-            }
-            let outcome = match applied.await {
-                Ok(Ok(applied)) => {
-                    commit_latency.observe(proposed_at.elapsed().as_secs_f64() * 1000.0);
-                    Ok(applied.data.offset)
-                }
-                _ => Err(not_controller()),
+            let fail = |why: String| {
+                let _ = failures.send((session, why));
+            };
+            let outcome = tokio::select! {
+                biased;
+                outcome = async {
+                    match committed.await {
+                        Ok(log_id) if log_id.index() != predicted => {
+                            fail(format!("entry predicted at {predicted} committed at {}", log_id.index()));
+                        }
+                        Ok(_) => {}
+                        Err(_) => fail(format!("entry predicted at {predicted} was refused")),
+                    }
+                    match applied.await {
+                        Ok(Ok(a)) if a.data.admitted => {
+                            commit_latency.observe(proposed_at.elapsed().as_secs_f64() * 1000.0);
+                            Ok(a.data.offset)
+                        }
+                        Ok(Ok(a)) => {
+                            fail(format!("entry predicted at {predicted} committed as a no-op at {}", a.data.offset));
+                            Err(not_controller())
+                        }
+                        Ok(Err(e)) => {
+                            fail(format!("entry predicted at {predicted} failed: {e}"));
+                            Err(not_controller())
+                        }
+                        Err(_) => {
+                            fail(format!("entry predicted at {predicted} was dropped"));
+                            Err(not_controller())
+                        }
+                    }
+                } => outcome,
+                _ = renounced.wait_for(|r| *r) => Err(not_controller()),
             };
             for f in finishes {
                 f(outcome.clone());

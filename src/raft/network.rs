@@ -381,12 +381,18 @@ pub async fn serve<S: Service>(
     }
 }
 
+/// The leader this node knows, or `None` once its Raft has stopped on a fatal error: a
+/// stopped node's metrics are a frozen view and must never make it claim to lead.
+pub fn known_leader(m: &openraft::RaftMetrics<TypeConfig>) -> Option<u64> {
+    m.running_state.as_ref().ok().and(m.current_leader)
+}
+
 fn status(raft: &Raft, sm: &StateMachine) -> NodeStatus {
     use openraft::async_runtime::WatchReceiver;
     let m = raft.metrics().borrow_watched().clone();
     NodeStatus {
         node_id: m.id,
-        leader: m.current_leader,
+        leader: known_leader(&m),
         term: m.current_term,
         last_log_index: m.last_log_index,
         last_applied: m.last_applied.map(|l| l.index()),

@@ -1,14 +1,16 @@
 //! `StateMachine`: openraft's `RaftStateMachine`, replaying committed entries into the
 //! `MetadataImage`.
 //!
-//! Every record of an entry is replayed at the entry's index (the metadata offset). A record
-//! that does not replay is a fatal fault: `apply` returns an error and openraft stops the node,
+//! Every record of an entry is replayed at the entry's index (the metadata offset), if the
+//! entry's stamp is admitted by the [`ProposalChain`] (a proposal that did not land where its
+//! session predicted commits as a no-op on every replica). A record of an admitted entry that
+//! does not replay is a fatal fault: `apply` returns an error and openraft stops the node,
 //! never skipping it. Snapshots are the image's snapshot records (`MetadataImage::to_records`)
-//! written to `snapshot` in the data directory atomically (temporary file, fsync, rename);
-//! the newest one is loaded at start, and the log replays on top of it.
+//! and the chain, written to `snapshot` in the data directory atomically (temporary file,
+//! fsync, rename); the newest one is loaded at start, and the log replays on top of it.
 
 use super::state_file::{read_checked, write_atomic};
-use super::types::{BatchApplied, LogId, MetadataBatch, TypeConfig};
+use super::types::{BatchApplied, LogId, MetadataBatch, Proposal, ProposalChain, TypeConfig};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmeta_metadata::{LogOffset, MetadataImage, MetadataRecord};
@@ -26,8 +28,16 @@ use tokio::sync::watch;
 /// further behind is sent a snapshot of the image instead.
 pub const MAX_TAIL_BYTES: usize = 64 * 1024 * 1024;
 
-/// A snapshot's content: the encoded records that rebuild the image.
+/// A Raft snapshot's content: postcard of [`SnapshotContent`].
 pub type SnapshotData = Vec<u8>;
+
+/// What a Raft snapshot holds: the proposal chain and the encoded records that rebuild the
+/// image (brokers' snapshots hold the records only).
+#[derive(Serialize, Deserialize)]
+struct SnapshotContent {
+    chain: ProposalChain,
+    records: Vec<Vec<u8>>,
+}
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
@@ -37,6 +47,7 @@ struct SnapshotFile {
 
 struct Inner {
     image: MetadataImage,
+    chain: ProposalChain,
     last_applied: Option<LogId>,
     membership: StoredMembershipOf<TypeConfig>,
     snapshot: Option<SnapshotFile>,
@@ -112,21 +123,64 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn encode_records(image: &MetadataImage) -> SnapshotData {
+fn record_encodings(image: &MetadataImage) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     image.for_each_record(|r| records.push(r.encode()));
-    postcard::to_allocvec(&records).expect("postcard into a Vec is infallible")
+    records
 }
 
-/// Rebuilds an image from snapshot data taken at `offset`.
-pub fn decode_image(data: &[u8], offset: LogOffset) -> io::Result<MetadataImage> {
-    let records: Vec<Vec<u8>> = postcard::from_bytes(data).map_err(invalid)?;
+/// A broker snapshot: the postcard list of the image's record encodings.
+fn encode_records(image: &MetadataImage) -> Vec<u8> {
+    postcard::to_allocvec(&record_encodings(image)).expect("postcard into a Vec is infallible")
+}
+
+fn encode_snapshot(image: &MetadataImage, chain: ProposalChain) -> SnapshotData {
+    let content = SnapshotContent {
+        chain,
+        records: record_encodings(image),
+    };
+    postcard::to_allocvec(&content).expect("postcard into a Vec is infallible")
+}
+
+fn image_of(records: Vec<Vec<u8>>, offset: LogOffset) -> io::Result<MetadataImage> {
     let mut image = MetadataImage::new();
     for bytes in records {
         let record = MetadataRecord::decode(&bytes).map_err(invalid)?;
         image.replay(offset, &record).map_err(invalid)?;
     }
     Ok(image)
+}
+
+/// Rebuilds an image from a broker snapshot taken at `offset`.
+pub fn decode_image(data: &[u8], offset: LogOffset) -> io::Result<MetadataImage> {
+    image_of(postcard::from_bytes(data).map_err(invalid)?, offset)
+}
+
+/// Rebuilds the image and chain from a Raft snapshot taken at `offset`.
+fn decode_snapshot(data: &[u8], offset: LogOffset) -> io::Result<(MetadataImage, ProposalChain)> {
+    let content: SnapshotContent = postcard::from_bytes(data).map_err(invalid)?;
+    Ok((image_of(content.records, offset)?, content.chain))
+}
+
+/// Applies one normal entry at `index` to `image`: `Ok(false)` when the chain does not admit
+/// it (nothing changes but the chain), `Err` when an admitted record does not replay (fatal;
+/// `image` is then unchanged but the chain has moved, so the caller must stop).
+pub fn apply_proposal(
+    image: &mut MetadataImage,
+    chain: &mut ProposalChain,
+    index: u64,
+    proposal: &Proposal,
+) -> Result<bool, kmeta_metadata::image::ReplayError> {
+    if !chain.admit(index, proposal.stamp.as_ref()) {
+        return Ok(false);
+    }
+    let offset = LogOffset(index as i64);
+    let mut next = image.clone();
+    for record in &proposal.batch.0 {
+        next.replay(offset, record)?;
+    }
+    *image = next;
+    Ok(true)
 }
 
 fn offset_of(log_id: &Option<LogId>) -> LogOffset {
@@ -144,19 +198,24 @@ impl StateMachine {
             Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(invalid)?),
             None => None,
         };
-        let (image, last_applied, membership) = match &snapshot {
+        let ((image, chain), last_applied, membership) = match &snapshot {
             Some(s) => (
-                decode_image(&s.data, offset_of(&s.meta.last_log_id))?,
+                decode_snapshot(&s.data, offset_of(&s.meta.last_log_id))?,
                 s.meta.last_log_id,
                 s.meta.last_membership.clone(),
             ),
-            None => (MetadataImage::new(), None, StoredMembership::default()),
+            None => (
+                (MetadataImage::new(), ProposalChain::default()),
+                None,
+                StoredMembership::default(),
+            ),
         };
         let (published, _) = watch::channel(image.clone());
         let tail = Tail::new(last_applied.map_or(0, |l| l.index() + 1));
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 image,
+                chain,
                 last_applied,
                 membership,
                 snapshot,
@@ -177,6 +236,12 @@ impl StateMachine {
     /// The committed image now.
     pub fn image(&self) -> MetadataImage {
         self.lock().image.clone()
+    }
+
+    /// The committed image and the proposal chain after the last applied entry.
+    pub fn image_and_chain(&self) -> (MetadataImage, ProposalChain) {
+        let inner = self.lock();
+        (inner.image.clone(), inner.chain)
     }
 
     /// The index of the last entry applied to the image, if any.
@@ -257,17 +322,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
-        let (image, meta, path) = {
+        let (image, chain, meta, path) = {
             let inner = self.lock();
             let meta = SnapshotMeta {
                 last_log_id: inner.last_applied,
                 last_membership: inner.membership.clone(),
             };
-            (inner.image.clone(), meta, inner.snapshot_path.clone())
+            (
+                inner.image.clone(),
+                inner.chain,
+                meta,
+                inner.snapshot_path.clone(),
+            )
         };
         let file = SnapshotFile {
             meta: meta.clone(),
-            data: encode_records(&image),
+            data: encode_snapshot(&image, chain),
         };
         let bytes = postcard::to_allocvec(&file).map_err(invalid)?;
         write_atomic(&path, &bytes)?;
@@ -300,23 +370,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let index = entry.log_id.index();
+            let mut admitted = true;
             {
                 let mut inner = self.lock();
+                let inner = &mut *inner;
                 match &entry.payload {
-                    EntryPayload::Blank => {}
-                    EntryPayload::Normal(batch) => {
-                        let offset = LogOffset(index as i64);
-                        let mut next = inner.image.clone();
-                        for record in &batch.0 {
-                            next.replay(offset, record).map_err(|e| {
+                    EntryPayload::Blank => inner.chain.skip(),
+                    EntryPayload::Normal(proposal) => {
+                        admitted = apply_proposal(&mut inner.image, &mut inner.chain, index, proposal)
+                            .map_err(|e| {
                                 tracing::error!(%e, index, "a committed record does not replay: stopping");
                                 invalid(e)
                             })?;
+                        if admitted {
+                            inner.tail.push(index, encode_batch(&proposal.batch));
+                        } else {
+                            tracing::info!(
+                                index,
+                                stamp = ?proposal.stamp,
+                                "a proposal landed where its controller did not predict: committed as a no-op"
+                            );
                         }
-                        inner.image = next;
-                        inner.tail.push(index, encode_batch(batch));
                     }
                     EntryPayload::Membership(m) => {
+                        inner.chain.skip();
                         inner.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     }
                 }
@@ -324,7 +401,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 self.published.send_replace(inner.image.clone());
             }
             if let Some(responder) = responder {
-                responder.send(BatchApplied { offset: index });
+                responder.send(BatchApplied {
+                    offset: index,
+                    admitted,
+                });
             }
         }
         Ok(())
@@ -339,7 +419,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let image = decode_image(&snapshot, offset_of(&meta.last_log_id))?;
+        let (image, chain) = decode_snapshot(&snapshot, offset_of(&meta.last_log_id))?;
         let file = SnapshotFile {
             meta: meta.clone(),
             data: snapshot,
@@ -348,6 +428,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         write_atomic(&path, &postcard::to_allocvec(&file).map_err(invalid)?)?;
         let mut inner = self.lock();
         inner.image = image;
+        inner.chain = chain;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some(file);

@@ -1,7 +1,7 @@
 //! In-process controller quorums on 127.0.0.1: real TCP between nodes, real disks.
 
 use kmeta::local::LocalQuorum;
-use kmeta::raft::types::MetadataBatch;
+use kmeta::raft::types::{MetadataBatch, Proposal};
 use kmeta_metadata::controller::ControllerConfig;
 use kmeta_metadata::record::{FeatureLevelRecord, MetadataRecord};
 use openraft::async_runtime::WatchReceiver;
@@ -54,10 +54,12 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let leader = self.leader(Duration::from_secs(10)).await;
-            let batch = MetadataBatch(vec![MetadataRecord::FeatureLevel(FeatureLevelRecord {
-                name: format!("f{n}"),
-                level: n + 1,
-            })]);
+            let batch = Proposal::unstamped(MetadataBatch(vec![MetadataRecord::FeatureLevel(
+                FeatureLevelRecord {
+                    name: format!("f{n}"),
+                    level: n + 1,
+                },
+            )]));
             match self.nodes[&leader].raft.client_write(batch).await {
                 Ok(r) => return r.log_id.index(),
                 Err(e)
@@ -160,11 +162,13 @@ async fn a_new_leader_takes_over_and_a_restarted_node_catches_up_from_disk() {
     cluster.shutdown().await;
 }
 
-fn feature(name: &str) -> MetadataBatch {
-    MetadataBatch(vec![MetadataRecord::FeatureLevel(FeatureLevelRecord {
-        name: name.into(),
-        level: 1,
-    })])
+fn feature(name: &str) -> Proposal {
+    Proposal::unstamped(MetadataBatch(vec![MetadataRecord::FeatureLevel(
+        FeatureLevelRecord {
+            name: name.into(),
+            level: 1,
+        },
+    )]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ mod restart {
     use kmeta::raft::log_store::LogStore;
     use kmeta::raft::state_machine::StateMachine;
     use kmeta::raft::types::Entry as KEntry;
-    use kmeta::raft::types::{MetadataBatch, TypeConfig};
+    use kmeta::raft::types::{MetadataBatch, Proposal, TypeConfig};
     use kmeta_metadata::record::{MetadataRecord, TopicRecord};
     use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
     use openraft::testing::log_id;
@@ -40,12 +40,12 @@ mod restart {
     fn topic_entry(index: u64) -> kmeta::raft::types::Entry {
         Entry {
             log_id: log_id::<TypeConfig>(2, 1, index),
-            payload: EntryPayload::Normal(MetadataBatch(vec![MetadataRecord::Topic(
-                TopicRecord {
+            payload: EntryPayload::Normal(Proposal::unstamped(MetadataBatch(vec![
+                MetadataRecord::Topic(TopicRecord {
                     name: format!("topic-{index}"),
                     topic_id: uuid::Uuid::from_u128(index as u128 + 1),
-                },
-            )])),
+                }),
+            ]))),
         }
     }
 
