@@ -20,6 +20,7 @@ pub mod local;
 pub mod metrics;
 pub mod raft;
 pub mod server;
+pub mod sim;
 pub mod storage;
 
 /// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters). Like

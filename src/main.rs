@@ -124,6 +124,29 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: kmeta::cli::Output,
     },
+    /// The deterministic-schedule simulation of the quorum (docs/FAULTS.md): runs seeds, each
+    /// a fault schedule under load on a virtual clock, and checks that nothing acknowledged
+    /// was lost. Exits non-zero if any seed found a violation.
+    Sim {
+        /// Seeds to run.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first seed (seeds run from it upwards).
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// random, full-restart or leader-pause.
+        #[arg(long, default_value = "random")]
+        scenario: String,
+        /// Virtual ms of faults under load per seed.
+        #[arg(long, default_value_t = 12_000)]
+        fault_ms: u64,
+        /// Seeds run at once (threads).
+        #[arg(long, default_value_t = 2)]
+        jobs: u64,
+        /// Print every seed's faults, not only failing ones.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Benchmarks (results in docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -404,6 +427,41 @@ fn main() -> ExitCode {
             match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
+            }
+        }
+        Command::Sim {
+            seeds,
+            first_seed,
+            scenario,
+            fault_ms,
+            jobs,
+            verbose,
+        } => {
+            // Quiet unless asked (KMETA_LOG): thousands of runs log a lot.
+            if std::env::var_os("KMETA_LOG").is_some() {
+                init_logging();
+            }
+            let scenario = match scenario.as_str() {
+                "random" => kmeta::sim::Scenario::Random,
+                "full-restart" => kmeta::sim::Scenario::FullRestart,
+                "leader-pause" => kmeta::sim::Scenario::LeaderPause,
+                other => {
+                    return fail(format!(
+                        "--scenario: {other} is not one of random, full-restart, leader-pause"
+                    ))
+                }
+            };
+            let options = kmeta::sim::SimOptions {
+                scenario,
+                fault_ms,
+                ..kmeta::sim::SimOptions::default()
+            };
+            match kmeta::sim::run_many(first_seed, seeds, jobs.max(1), &options, verbose) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(summary) => fail(summary),
             }
         }
         Command::Bench {

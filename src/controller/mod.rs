@@ -46,9 +46,11 @@ use openraft::impls::ProgressResponder;
 use openraft::type_config::alias::CommittedLeaderIdOf;
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+// Tokio's clock, so a simulation on paused time drives sessions too.
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Jobs waiting for the loop, at most.
 pub const MAX_QUEUED_JOBS: usize = 4_096;
@@ -283,7 +285,11 @@ struct EventLoop {
 }
 
 impl EventLoop {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>, mut failures: mpsc::UnboundedReceiver<Failure>) {
+    async fn run(
+        mut self,
+        mut jobs: mpsc::Receiver<Job>,
+        mut failures: mpsc::UnboundedReceiver<Failure>,
+    ) {
         let mut metrics = self.raft.metrics();
         let mut ticker = tokio::time::interval(FENCE_CHECK_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -356,7 +362,11 @@ impl EventLoop {
     async fn refresh_leadership(&mut self) {
         let m = self.raft.metrics().borrow_watched().clone();
         let leads = m.state == ServerState::Leader && m.current_leader == Some(self.node_id);
-        let leader = self.raft.as_leader().ok().filter(|_| leads && m.running_state.is_ok());
+        let leader = self
+            .raft
+            .as_leader()
+            .ok()
+            .filter(|_| leads && m.running_state.is_ok());
         let Some(leader) = leader else {
             self.renounce("not the Raft leader");
             return;

@@ -10,3 +10,4 @@ mod hostile;
 mod processes;
 mod quorum;
 mod raft_storage;
+mod sim;
