@@ -541,7 +541,7 @@ impl BrokerService {
         }
     }
 
-    fn list_offsets(&self, r: ListOffsetsRequest) -> ListOffsetsResponse {
+    fn list_offsets(&self, r: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
         use list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
         let published = self.state.image();
         let image = &published.image;
@@ -564,7 +564,14 @@ impl BrokerService {
                             .topic_by_name(&t.name.0)
                             .and_then(|t| t.partitions.get(&p.partition_index))
                             .map_or(-1, |p| p.leader_epoch.0);
-                        out.with_offset(0).with_leader_epoch(epoch)
+                        let out = out.with_offset(0);
+                        // The leader epoch exists from v4 on; setting it below fails the
+                        // encoding (kcat sends v2).
+                        if version >= 4 {
+                            out.with_leader_epoch(epoch)
+                        } else {
+                            out
+                        }
                     })
                     .collect();
                 ListOffsetsTopicResponse::default()
@@ -692,7 +699,7 @@ impl Service for BrokerService {
             RequestKind::ListGroups(r) => self.list_groups(r).into(),
             RequestKind::DescribeGroups(r) => self.describe_groups(r, version).into(),
             RequestKind::DescribeConfigs(r) => self.describe_configs(r).into(),
-            RequestKind::ListOffsets(r) => self.list_offsets(r).into(),
+            RequestKind::ListOffsets(r) => self.list_offsets(r, version).into(),
             RequestKind::DescribeQuorum(r) => self
                 .state
                 .controllers

@@ -11,3 +11,4 @@ mod processes;
 mod quorum;
 mod raft_storage;
 mod sim;
+mod versions;
