@@ -355,7 +355,7 @@ async fn sweep(addr: &str, topic_id: uuid::Uuid) -> (usize, Vec<String>) {
 fn create_sweep_topic(rt: &tokio::runtime::Runtime, broker: &str) {
     until(Duration::from_secs(60), "the topic created", || {
         rt.block_on(async {
-            let mut client = KafkaClient::connect(&broker, "sweep", Duration::from_secs(5))
+            let mut client = KafkaClient::connect(broker, "sweep", Duration::from_secs(5))
                 .await
                 .ok()?;
             let create = CreateTopicsRequest::default()
