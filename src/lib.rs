@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod dev;
+pub mod faults;
 pub mod kafka;
 pub mod local;
 pub mod metrics;

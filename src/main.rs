@@ -147,6 +147,30 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// The fault-injection suite (docs/FAULTS.md): real processes of this binary (3
+    /// controllers, 3 brokers) in network namespaces, under load, with kill -9, SIGSTOP,
+    /// partitions and full restarts from a seed; checks that nothing acknowledged was lost.
+    /// Needs root (network namespaces). Exits non-zero if any schedule found a violation.
+    Faults {
+        /// Schedules to run.
+        #[arg(long, default_value_t = 10)]
+        schedules: u64,
+        /// The first seed (schedules run from it upwards).
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// Seconds of faults under load per schedule.
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
+        /// Clusters run at once.
+        #[arg(long, default_value_t = 2)]
+        jobs: u64,
+        /// Where schedules keep their data (a failing schedule's logs stay there).
+        #[arg(long, default_value = "target/faults")]
+        data_dir: PathBuf,
+        /// The kmeta binary to run as the nodes (default: this one), e.g. an older build.
+        #[arg(long)]
+        node_binary: Option<PathBuf>,
+    },
     /// Benchmarks (results in docs/BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -427,6 +451,32 @@ fn main() -> ExitCode {
             match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
+            }
+        }
+        Command::Faults {
+            schedules,
+            first_seed,
+            seconds,
+            jobs,
+            data_dir,
+            node_binary,
+        } => {
+            let binary = match node_binary.map_or_else(std::env::current_exe, Ok) {
+                Ok(b) => b,
+                Err(e) => return fail(format!("cannot find this binary: {e}")),
+            };
+            let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+            let options = kmeta::faults::FaultOptions {
+                binary,
+                fault_secs: seconds,
+                dir: data_dir,
+            };
+            match kmeta::faults::run_many(first_seed, schedules, jobs.max(1), &options) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(summary) => fail(summary),
             }
         }
         Command::Sim {

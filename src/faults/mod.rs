@@ -1,0 +1,1012 @@
+//! The fault-injection suite (`kmeta faults`): real `kmeta server` processes (3 controllers,
+//! 3 brokers), each in a network namespace of its own ([`netns`]), under a client load through
+//! the brokers, with faults drawn from a printed seed: `kill -9` (the active controller
+//! included), SIGSTOP/SIGCONT for 0.5-5 s, a node cut off by a network partition, restarts,
+//! and a full restart of every node. The load keeps a ledger of what was acknowledged (topics,
+//! partition additions, offset commits, config changes); a NOT_CONTROLLER, a timeout or a lost
+//! connection is indeterminate. After healing, and again after a final full restart, every
+//! broker is checked: every acknowledged write is there and nothing never attempted; each
+//! committed offset and config lies between the last acknowledged and the last attempted;
+//! every leader is live and in its ISR; all brokers serve the same metadata; exactly one
+//! active controller; every controller's image hash equal at the same offset; no node stopped.
+//!
+//! Every schedule is bounded in time, and everything it sets up (processes, namespaces,
+//! firewall rules inside them, data directories) is removed when it ends, failed or not.
+
+pub mod netns;
+
+use crate::kafka::client::KafkaClient;
+use crate::kafka::wire::sb;
+use kafka_protocol::messages::*;
+use netns::Netns;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CONTROLLERS: [u64; 3] = [101, 102, 103];
+const BROKERS: [u64; 3] = [1, 2, 3];
+const CONTROLLER_PORT: u16 = 9093;
+const BROKER_PORT: u16 = 9092;
+const SESSION_TIMEOUT_MS: u64 = 3_000;
+const ELECTION_TIMEOUT_MS: u64 = 500;
+/// The load's `retention.ms` values count up from here, far above any default.
+const RETENTION_BASE: i64 = 10_000_000_000;
+
+/// Settings of a run of schedules.
+#[derive(Clone, Debug)]
+pub struct FaultOptions {
+    /// The `kmeta` binary to run as the nodes (this one, or another build to test).
+    pub binary: PathBuf,
+    /// Seconds of faults under load per schedule.
+    pub fault_secs: u64,
+    /// Where schedules keep their data (removed afterwards).
+    pub dir: PathBuf,
+}
+
+/// What one schedule did and found.
+#[derive(Clone, Debug, Default)]
+pub struct ScheduleReport {
+    /// The seed.
+    pub seed: u64,
+    /// Faults injected, with their time.
+    pub faults: Vec<String>,
+    /// Writes acknowledged.
+    pub acknowledged: u64,
+    /// Writes with an indeterminate outcome.
+    pub indeterminate: u64,
+    /// Violated properties.
+    pub violations: Vec<String>,
+}
+
+/// Runs schedules `first..first + count`, `jobs` clusters at a time. `Ok(summary)` when all
+/// passed.
+pub fn run_many(
+    first: u64,
+    count: u64,
+    jobs: u64,
+    options: &FaultOptions,
+) -> Result<String, String> {
+    Netns::remove_stale();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(first));
+    let end = first + count;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..jobs)
+        .map(|slot| {
+            let next = next.clone();
+            let options = options.clone();
+            std::thread::spawn(move || {
+                let mut reports = Vec::new();
+                loop {
+                    let seed = next.fetch_add(1, Ordering::SeqCst);
+                    if seed >= end {
+                        return reports;
+                    }
+                    let r = run_schedule(seed, slot as u8, &options);
+                    println!(
+                        "schedule {seed}: {} faults, {} acknowledged, {} indeterminate: {}",
+                        r.faults.len(),
+                        r.acknowledged,
+                        r.indeterminate,
+                        if r.violations.is_empty() {
+                            "ok"
+                        } else {
+                            "VIOLATED"
+                        }
+                    );
+                    if !r.violations.is_empty() {
+                        for v in &r.violations {
+                            println!("  violation: {v}");
+                        }
+                        for f in &r.faults {
+                            println!("  fault {f}");
+                        }
+                    }
+                    reports.push(r);
+                }
+            })
+        })
+        .collect();
+    let reports: Vec<ScheduleReport> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("a schedule thread panicked"))
+        .collect();
+    let failed: Vec<u64> = reports
+        .iter()
+        .filter(|r| !r.violations.is_empty())
+        .map(|r| r.seed)
+        .collect();
+    let count_of = |what: &str| {
+        reports
+            .iter()
+            .flat_map(|r| &r.faults)
+            .filter(|f| f.contains(what))
+            .count()
+    };
+    let summary = format!(
+        "{} schedules in {:.0} s: {} faults ({} kill -9 of the active controller, {} other kill -9, {} pauses, {} partitions, {} full restarts), {} acknowledged writes, {} indeterminate; {} schedules violated{}",
+        reports.len(),
+        started.elapsed().as_secs_f64(),
+        reports.iter().map(|r| r.faults.len()).sum::<usize>(),
+        count_of("kill -9 active controller"),
+        count_of("kill -9 ") - count_of("kill -9 active controller"),
+        count_of("SIGSTOP"),
+        count_of("partition"),
+        count_of("full restart"),
+        reports.iter().map(|r| r.acknowledged).sum::<u64>(),
+        reports.iter().map(|r| r.indeterminate).sum::<u64>(),
+        failed.len(),
+        if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
+    );
+    if failed.is_empty() {
+        Ok(summary)
+    } else {
+        Err(summary)
+    }
+}
+
+/// One schedule on a fresh cluster in namespace slot `slot`.
+pub fn run_schedule(seed: u64, slot: u8, options: &FaultOptions) -> ScheduleReport {
+    let dir = options.dir.join(format!("schedule-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut report = ScheduleReport {
+        seed,
+        ..ScheduleReport::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = (|| -> Result<(), String> {
+        let mut cluster = Cluster::start(slot, &dir, &options.binary)?;
+        let outcome = runtime.block_on(schedule(seed, &mut cluster, options, &mut report));
+        cluster.stop();
+        outcome
+    })();
+    if let Err(e) = result {
+        report
+            .violations
+            .push(format!("the schedule could not run: {e}"));
+    }
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    if report.violations.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("  logs kept in {}", dir.display());
+    }
+    report
+}
+
+/// The nodes of one schedule.
+struct Cluster {
+    net: Netns,
+    binary: PathBuf,
+    dir: PathBuf,
+    configs: BTreeMap<u64, PathBuf>,
+    procs: BTreeMap<u64, Child>,
+    /// Nodes stopped with SIGSTOP.
+    stopped: BTreeSet<u64>,
+    isolated: BTreeSet<u64>,
+}
+
+fn all_nodes() -> Vec<u64> {
+    CONTROLLERS.iter().chain(BROKERS.iter()).copied().collect()
+}
+
+impl Cluster {
+    fn start(slot: u8, dir: &Path, binary: &Path) -> Result<Cluster, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let net = Netns::create(slot, &all_nodes())?;
+        let voters: Vec<String> = CONTROLLERS
+            .iter()
+            .map(|c| format!("{c}@{}:{CONTROLLER_PORT}", net.addr(*c)))
+            .collect();
+        let voters = voters.join(",");
+        let mut configs = BTreeMap::new();
+        for id in all_nodes() {
+            let (role, listener) = if CONTROLLERS.contains(&id) {
+                (
+                    "controller",
+                    format!("CONTROLLER://{}:{CONTROLLER_PORT}", net.addr(id)),
+                )
+            } else {
+                (
+                    "broker",
+                    format!("PLAINTEXT://{}:{BROKER_PORT}", net.addr(id)),
+                )
+            };
+            let text = format!(
+                "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={voters}\nlisteners={listener}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms={ELECTION_TIMEOUT_MS}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms={SESSION_TIMEOUT_MS}\n",
+                dir.join(format!("data-{id}")).display()
+            );
+            let path = dir.join(format!("node-{id}.properties"));
+            std::fs::write(&path, text).map_err(|e| e.to_string())?;
+            configs.insert(id, path);
+        }
+        let cluster_id = crate::random_cluster_id();
+        for config in configs.values() {
+            let out = Command::new(binary)
+                .args(["storage", "format", "--config"])
+                .arg(config)
+                .args(["--cluster-id", &cluster_id])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "storage format: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        let mut cluster = Cluster {
+            net,
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+            configs,
+            procs: BTreeMap::new(),
+            stopped: BTreeSet::new(),
+            isolated: BTreeSet::new(),
+        };
+        for id in all_nodes() {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{id}.log")))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.net.name(id)])
+            .arg(&self.binary)
+            .args(["server", "--config"])
+            .arg(&self.configs[&id])
+            .env("KMETA_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        // A node dies with the suite, even if the suite is killed.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning node {id}: {e}"))?;
+        self.procs.insert(id, child);
+        Ok(())
+    }
+
+    fn signal(&self, id: u64, sig: i32) {
+        if let Some(c) = self.procs.get(&id) {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    fn kill(&mut self, id: u64) {
+        if self.stopped.remove(&id) {
+            self.signal(id, libc::SIGCONT);
+        }
+        if let Some(mut c) = self.procs.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn pause(&mut self, id: u64) {
+        if self.procs.contains_key(&id) && self.stopped.insert(id) {
+            self.signal(id, libc::SIGSTOP);
+        }
+    }
+
+    fn resume(&mut self, id: u64) {
+        if self.stopped.remove(&id) {
+            self.signal(id, libc::SIGCONT);
+        }
+    }
+
+    fn isolate(&mut self, id: u64) -> Result<(), String> {
+        if self.isolated.insert(id) {
+            self.net.isolate(id)?;
+        }
+        Ok(())
+    }
+
+    fn heal(&mut self) -> Result<(), String> {
+        for id in std::mem::take(&mut self.isolated) {
+            self.net.heal(id)?;
+        }
+        for id in std::mem::take(&mut self.stopped) {
+            self.signal(id, libc::SIGCONT);
+        }
+        for id in all_nodes() {
+            if !self.procs.contains_key(&id) {
+                self.spawn(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Nodes whose process has exited on its own.
+    fn exited(&mut self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for (id, c) in self.procs.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                out.push((*id, status.to_string()));
+            }
+        }
+        out
+    }
+
+    fn log_tail(&self, id: u64) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("node-{id}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    }
+
+    fn full_restart(&mut self) -> Result<(), String> {
+        for id in all_nodes() {
+            self.kill(id);
+        }
+        for id in all_nodes() {
+            self.spawn(id)?;
+        }
+        Ok(())
+    }
+
+    fn broker_addr(&self, id: u64) -> String {
+        format!("{}:{BROKER_PORT}", self.net.addr(id))
+    }
+
+    fn controller_addr(&self, id: u64) -> String {
+        format!("{}:{CONTROLLER_PORT}", self.net.addr(id))
+    }
+
+    fn stop(&mut self) {
+        for id in all_nodes() {
+            self.kill(id);
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What clients were told.
+#[derive(Default)]
+struct Ledger {
+    /// topic -> (acknowledged partitions, most partitions ever asked for)
+    topics: BTreeMap<String, (Option<i32>, i32)>,
+    /// (group, topic) -> (last acknowledged offset of partition 0, last attempted)
+    offsets: BTreeMap<(String, String), (Option<i64>, i64)>,
+    /// topic -> (last acknowledged retention.ms, last attempted)
+    configs: BTreeMap<String, (Option<i64>, i64)>,
+    acknowledged: u64,
+    indeterminate: u64,
+}
+
+/// Whether an error code is indeterminate for a write: the write may or may not commit.
+fn indeterminate(code: i16) -> bool {
+    // NOT_CONTROLLER, REQUEST_TIMED_OUT, UNKNOWN_SERVER_ERROR, COORDINATOR_NOT_AVAILABLE,
+    // NOT_COORDINATOR, LEADER_NOT_AVAILABLE.
+    matches!(code, 41 | 7 | -1 | 15 | 16 | 5)
+}
+
+async fn client_for(addrs: &[String], rng: &Mutex<StdRng>) -> Option<KafkaClient> {
+    let i = rng.lock().ok()?.random_range(0..addrs.len());
+    KafkaClient::connect(&addrs[i], "kmeta-faults", Duration::from_secs(5))
+        .await
+        .ok()
+}
+
+/// One client of the load: topics, partition additions, rising offsets and configs.
+async fn load(
+    id: u32,
+    brokers: Vec<String>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    seed: u64,
+) {
+    let rng = Mutex::new(StdRng::seed_from_u64(seed ^ (id as u64) << 32));
+    let group = format!("g{id}");
+    let mut created = 0;
+    let mut offset = 0i64;
+    let mut retention = RETENTION_BASE;
+    let mut client: Option<KafkaClient> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if client.is_none() {
+            client = client_for(&brokers, &rng).await;
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let c = client.as_mut().expect("connected");
+        let choice = rng.lock().map(|mut r| r.random_range(0..10)).unwrap_or(0);
+        let acked_topics: Vec<(String, i32)> = {
+            let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            l.topics
+                .iter()
+                .filter(|(n, _)| n.starts_with(&format!("c{id}-")))
+                .filter_map(|(n, (a, _))| a.map(|a| (n.clone(), a)))
+                .collect()
+        };
+        // Ok(Some(code)) a per-item answer; Ok(None) no answer (indeterminate).
+        let outcome: Result<(), ()> = if choice < 3 || acked_topics.is_empty() {
+            created += 1;
+            let name = format!("c{id}-{created}");
+            let partitions = 1 + (created % 3);
+            ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .topics
+                .insert(name.clone(), (None, partitions));
+            let r = CreateTopicsRequest::default()
+                .with_topics(vec![create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(sb(name.clone())))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(3)])
+                .with_timeout_ms(10_000);
+            match c.send(&r, 7).await {
+                Ok(resp) => {
+                    let code = resp.topics.first().map_or(-1, |t| t.error_code);
+                    let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    if code == 0 {
+                        l.acknowledged += 1;
+                        l.topics.get_mut(&name).expect("recorded").0 = Some(partitions);
+                    } else if indeterminate(code) {
+                        l.indeterminate += 1;
+                    }
+                    Ok(())
+                }
+                Err(_) => Err(()),
+            }
+        } else {
+            let pick = rng
+                .lock()
+                .map(|mut r| r.random_range(0..acked_topics.len()))
+                .unwrap_or(0);
+            let (name, acked) = acked_topics[pick].clone();
+            match choice {
+                3..=5 => {
+                    let count = {
+                        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                        let t = l.topics.get_mut(&name).expect("recorded");
+                        t.1 = t.1.max(acked) + 1;
+                        t.1
+                    };
+                    let r = CreatePartitionsRequest::default()
+                        .with_topics(vec![
+                            create_partitions_request::CreatePartitionsTopic::default()
+                                .with_name(TopicName(sb(name.clone())))
+                                .with_count(count),
+                        ])
+                        .with_timeout_ms(10_000);
+                    match c.send(&r, 3).await {
+                        Ok(resp) => {
+                            let code = resp.results.first().map_or(-1, |t| t.error_code);
+                            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                            if code == 0 {
+                                l.acknowledged += 1;
+                                let t = l.topics.get_mut(&name).expect("recorded");
+                                t.0 = Some(t.0.unwrap_or(0).max(count));
+                            } else if indeterminate(code) {
+                                l.indeterminate += 1;
+                            }
+                            Ok(())
+                        }
+                        Err(_) => Err(()),
+                    }
+                }
+                6..=8 => {
+                    offset += 1;
+                    let key = (group.clone(), name.clone());
+                    {
+                        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                        l.offsets.entry(key.clone()).or_insert((None, 0)).1 = offset;
+                    }
+                    let r = OffsetCommitRequest::default()
+                        .with_group_id(GroupId(sb(group.clone())))
+                        .with_topics(vec![
+                            offset_commit_request::OffsetCommitRequestTopic::default()
+                                .with_name(TopicName(sb(name.clone())))
+                                .with_partitions(vec![
+                                    offset_commit_request::OffsetCommitRequestPartition::default()
+                                        .with_partition_index(0)
+                                        .with_committed_offset(offset),
+                                ]),
+                        ]);
+                    match c.send(&r, 8).await {
+                        Ok(resp) => {
+                            let code = resp
+                                .topics
+                                .first()
+                                .and_then(|t| t.partitions.first())
+                                .map_or(-1, |p| p.error_code);
+                            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                            if code == 0 {
+                                l.acknowledged += 1;
+                                l.offsets.get_mut(&key).expect("recorded").0 = Some(offset);
+                            } else if indeterminate(code) {
+                                l.indeterminate += 1;
+                            }
+                            Ok(())
+                        }
+                        Err(_) => Err(()),
+                    }
+                }
+                _ => {
+                    retention += 1;
+                    {
+                        let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                        l.configs.entry(name.clone()).or_insert((None, 0)).1 = retention;
+                    }
+                    let cfg = incremental_alter_configs_request::AlterableConfig::default()
+                        .with_name(sb("retention.ms"))
+                        .with_config_operation(0)
+                        .with_value(Some(sb(retention.to_string())));
+                    let res = incremental_alter_configs_request::AlterConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(sb(name.clone()))
+                        .with_configs(vec![cfg]);
+                    let r = IncrementalAlterConfigsRequest::default().with_resources(vec![res]);
+                    match c.send(&r, 1).await {
+                        Ok(resp) => {
+                            let code = resp.responses.first().map_or(-1, |t| t.error_code);
+                            let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+                            if code == 0 {
+                                l.acknowledged += 1;
+                                l.configs.get_mut(&name).expect("recorded").0 = Some(retention);
+                            } else if indeterminate(code) {
+                                l.indeterminate += 1;
+                            }
+                            Ok(())
+                        }
+                        Err(_) => Err(()),
+                    }
+                }
+            }
+        };
+        if outcome.is_err() {
+            // The connection failed: indeterminate; try another broker.
+            ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .indeterminate += 1;
+            client = None;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The controller every reachable controller names as leader, if they agree.
+async fn active_controller(cluster: &Cluster) -> Option<u64> {
+    let mut seen = BTreeSet::new();
+    for id in CONTROLLERS {
+        if cluster.stopped.contains(&id)
+            || cluster.isolated.contains(&id)
+            || !cluster.procs.contains_key(&id)
+        {
+            continue;
+        }
+        if let Ok(s) = crate::raft::network::query_status(
+            &cluster.controller_addr(id),
+            Duration::from_millis(500),
+        )
+        .await
+        {
+            if let Some(l) = s.leader {
+                seen.insert(l);
+            }
+        }
+    }
+    (seen.len() == 1).then(|| *seen.iter().next().expect("one"))
+}
+
+fn elapsed(start: Instant) -> String {
+    format!("{:>6.1}s", start.elapsed().as_secs_f64())
+}
+
+async fn schedule(
+    seed: u64,
+    cluster: &mut Cluster,
+    options: &FaultOptions,
+    report: &mut ScheduleReport,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let brokers: Vec<String> = BROKERS.iter().map(|b| cluster.broker_addr(*b)).collect();
+    // Wait for a working cluster before the faults.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if check(cluster, &Ledger::default()).await.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the cluster never came up".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(load(i, brokers.clone(), ledger.clone(), stop.clone(), seed)))
+        .collect();
+    // The faults every schedule has, at random times, plus random ones in between.
+    let end = Instant::now() + Duration::from_secs(options.fault_secs);
+    let mut must = vec!["kill-active", "pause-active", "partition"];
+    let mut restarts: Vec<(Instant, u64)> = Vec::new();
+    let mut resumes: Vec<(Instant, u64)> = Vec::new();
+    let f =
+        |what: String, faults: &mut Vec<String>| faults.push(format!("{} {what}", elapsed(start)));
+    while Instant::now() < end || !must.is_empty() {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..=3_000))).await;
+        let now = Instant::now();
+        for (at, id) in std::mem::take(&mut restarts) {
+            if at <= now {
+                cluster.spawn(id)?;
+                f(format!("restart node {id}"), &mut report.faults);
+            } else {
+                restarts.push((at, id));
+            }
+        }
+        for (at, id) in std::mem::take(&mut resumes) {
+            if at <= now {
+                cluster.resume(id);
+                f(format!("SIGCONT node {id}"), &mut report.faults);
+            } else {
+                resumes.push((at, id));
+            }
+        }
+        let kind = if !must.is_empty() && rng.random_bool(0.5) {
+            let i = rng.random_range(0..must.len());
+            must.remove(i)
+        } else {
+            [
+                "kill-active",
+                "pause-active",
+                "partition",
+                "kill",
+                "pause",
+                "heal",
+                "full-restart",
+            ][rng.random_range(0..7)]
+        };
+        let active = active_controller(cluster).await;
+        let nodes = all_nodes();
+        let any = nodes[rng.random_range(0..nodes.len())];
+        let for_ms = rng.random_range(500..=5_000);
+        match kind {
+            "kill-active" | "kill" => {
+                let (target, label) = match (kind, active) {
+                    ("kill-active", Some(a)) => (a, "active controller "),
+                    ("kill-active", None) => {
+                        must.push("kill-active");
+                        continue;
+                    }
+                    _ => (any, "node "),
+                };
+                if !cluster.procs.contains_key(&target) {
+                    if kind == "kill-active" {
+                        must.push("kill-active");
+                    }
+                    continue;
+                }
+                cluster.kill(target);
+                restarts.push((now + Duration::from_millis(for_ms), target));
+                f(
+                    format!("kill -9 {label}{target}, back in {for_ms} ms"),
+                    &mut report.faults,
+                );
+            }
+            "pause-active" | "pause" => {
+                let for_ms = if kind == "pause-active" {
+                    for_ms.max(1_000)
+                } else {
+                    for_ms
+                };
+                let target = match (kind, active) {
+                    ("pause-active", Some(a)) => a,
+                    ("pause-active", None) => {
+                        must.push("pause-active");
+                        continue;
+                    }
+                    _ => any,
+                };
+                if !cluster.procs.contains_key(&target) || cluster.stopped.contains(&target) {
+                    if kind == "pause-active" {
+                        must.push("pause-active");
+                    }
+                    continue;
+                }
+                cluster.pause(target);
+                resumes.push((now + Duration::from_millis(for_ms), target));
+                let label = if kind == "pause-active" {
+                    "active controller "
+                } else {
+                    "node "
+                };
+                f(
+                    format!("SIGSTOP {label}{target} for {for_ms} ms"),
+                    &mut report.faults,
+                );
+            }
+            "partition" => {
+                cluster.isolate(any)?;
+                f(format!("partition: node {any} cut off"), &mut report.faults);
+            }
+            "heal" => {
+                for id in std::mem::take(&mut cluster.isolated) {
+                    cluster.net.heal(id)?;
+                }
+                f("heal partitions".into(), &mut report.faults);
+            }
+            _ => {
+                cluster.full_restart()?;
+                restarts.clear();
+                resumes.clear();
+                f("full restart of every node".into(), &mut report.faults);
+            }
+        }
+    }
+    cluster.heal()?;
+    f("heal everything".into(), &mut report.faults);
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(15), c).await;
+    }
+    settle_and_check(cluster, &ledger, "after healing", report).await;
+    cluster.full_restart()?;
+    f(
+        "final full restart of every node".into(),
+        &mut report.faults,
+    );
+    settle_and_check(cluster, &ledger, "after a full restart", report).await;
+    let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    report.acknowledged = l.acknowledged;
+    report.indeterminate = l.indeterminate;
+    Ok(())
+}
+
+async fn settle_and_check(
+    cluster: &mut Cluster,
+    ledger: &Mutex<Ledger>,
+    phase: &str,
+    report: &mut ScheduleReport,
+) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let snapshot = {
+            let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            Ledger {
+                topics: l.topics.clone(),
+                offsets: l.offsets.clone(),
+                configs: l.configs.clone(),
+                ..Ledger::default()
+            }
+        };
+        last = check(cluster, &snapshot).await;
+        if last.is_empty() {
+            break;
+        }
+    }
+    for (id, status) in cluster.exited() {
+        last.push(format!(
+            "node {id} exited ({status}): {}",
+            cluster.log_tail(id)
+        ));
+    }
+    report
+        .violations
+        .extend(last.into_iter().map(|v| format!("{phase}: {v}")));
+}
+
+/// Every property, checked once; the violations.
+async fn check(cluster: &mut Cluster, ledger: &Ledger) -> Vec<String> {
+    let mut v = Vec::new();
+    // Controllers: one leader, the same image at the same offset.
+    let mut statuses = BTreeMap::new();
+    for id in CONTROLLERS {
+        match crate::raft::network::query_status(
+            &cluster.controller_addr(id),
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(s) => {
+                statuses.insert(id, s);
+            }
+            Err(e) => v.push(format!("controller {id} does not answer: {e}")),
+        }
+    }
+    let leaders: BTreeSet<Option<u64>> = statuses.values().map(|s| s.leader).collect();
+    if leaders.len() != 1 || leaders.contains(&None) {
+        v.push(format!("controllers name leaders {leaders:?}, not one"));
+    }
+    let views: BTreeSet<(Option<u64>, String)> = statuses
+        .values()
+        .map(|s| (s.last_applied, s.image_hash.clone()))
+        .collect();
+    if views.len() != 1 {
+        v.push(format!("controllers hold different images: {views:?}"));
+    }
+    // Brokers: each serves every acknowledged write, and all serve the same view.
+    let mut broker_views = BTreeMap::new();
+    for b in BROKERS {
+        match broker_view(&cluster.broker_addr(b), ledger).await {
+            Ok((view, problems)) => {
+                v.extend(problems.into_iter().map(|p| format!("broker {b}: {p}")));
+                broker_views.insert(b, view);
+            }
+            Err(e) => v.push(format!("broker {b}: {e}")),
+        }
+    }
+    let distinct: BTreeSet<&String> = broker_views.values().collect();
+    if distinct.len() > 1 {
+        v.push("brokers serve different metadata".to_string());
+    }
+    v
+}
+
+/// A broker's metadata, canonically printed, and every ledger property it breaks.
+async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>), String> {
+    let mut c = KafkaClient::connect(addr, "kmeta-faults-check", Duration::from_secs(3))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let meta = c
+        .send(&MetadataRequest::default().with_topics(None), 12)
+        .await
+        .map_err(|e| format!("Metadata: {e}"))?;
+    let mut problems = Vec::new();
+    let live: BTreeSet<i32> = meta.brokers.iter().map(|b| b.node_id.0).collect();
+    if live.len() != BROKERS.len() {
+        problems.push(format!("live brokers {live:?}"));
+    }
+    let mut view = String::new();
+    let mut topics = BTreeMap::new();
+    for t in &meta.topics {
+        let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+        let mut parts: Vec<(i32, i32, Vec<i32>)> = t
+            .partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.partition_index,
+                    p.leader_id.0,
+                    p.isr_nodes.iter().map(|b| b.0).collect(),
+                )
+            })
+            .collect();
+        parts.sort();
+        for (p, leader, isr) in &parts {
+            if *leader < 0 {
+                problems.push(format!("{name}-{p} has no leader"));
+            } else if !live.contains(leader) || !isr.contains(leader) {
+                problems.push(format!(
+                    "{name}-{p} is led by {leader}, live {live:?}, ISR {isr:?}"
+                ));
+            }
+        }
+        view.push_str(&format!("{name}:{parts:?};"));
+        topics.insert(name, parts.iter().map(|p| p.0).collect::<Vec<i32>>());
+    }
+    for (name, (acked, attempted)) in &ledger.topics {
+        match topics.get(name) {
+            None if acked.is_some() => {
+                problems.push(format!("acknowledged topic {name} is missing"))
+            }
+            None => {}
+            Some(ids) => {
+                let n = ids.len() as i32;
+                if *ids != (0..n).collect::<Vec<_>>() {
+                    problems.push(format!("topic {name} has partitions {ids:?}"));
+                }
+                if acked.is_some_and(|a| n < a) {
+                    problems.push(format!(
+                        "topic {name} acknowledged at {} partitions has {n}",
+                        acked.unwrap_or(0)
+                    ));
+                }
+                if n > *attempted {
+                    problems.push(format!(
+                        "topic {name} has {n} partitions, more than the {attempted} asked for"
+                    ));
+                }
+            }
+        }
+    }
+    for name in topics.keys() {
+        if !ledger.topics.contains_key(name) {
+            problems.push(format!("topic {name} was never asked for"));
+        }
+    }
+    for ((group, topic), (acked, attempted)) in &ledger.offsets {
+        let r = OffsetFetchRequest::default().with_groups(vec![
+            offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(sb(group.clone())))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopics::default()
+                        .with_name(TopicName(sb(topic.clone())))
+                        .with_partition_indexes(vec![0]),
+                ])),
+        ]);
+        let resp = c
+            .send(&r, 8)
+            .await
+            .map_err(|e| format!("OffsetFetch: {e}"))?;
+        let committed = resp
+            .groups
+            .first()
+            .and_then(|g| g.topics.first())
+            .and_then(|t| t.partitions.first())
+            .map(|p| p.committed_offset)
+            .filter(|o| *o >= 0);
+        match (committed, acked) {
+            (None, Some(a)) => problems.push(format!(
+                "offset {group}/{topic}-0 acknowledged at {a} is missing"
+            )),
+            (Some(o), Some(a)) if o < *a || o > *attempted => problems.push(format!(
+                "offset {group}/{topic}-0 is {o}, outside [{a}, {attempted}]"
+            )),
+            (Some(o), None) if o > *attempted => {
+                problems.push(format!("offset {group}/{topic}-0 is {o}, never attempted"))
+            }
+            _ => {}
+        }
+    }
+    for (topic, (acked, attempted)) in &ledger.configs {
+        let res = describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(sb(topic.clone()))
+            .with_configuration_keys(Some(vec![sb("retention.ms")]));
+        let resp = c
+            .send(
+                &DescribeConfigsRequest::default().with_resources(vec![res]),
+                4,
+            )
+            .await
+            .map_err(|e| format!("DescribeConfigs: {e}"))?;
+        let value: Option<i64> = resp
+            .results
+            .first()
+            .and_then(|r| r.configs.iter().find(|c| c.name.as_str() == "retention.ms"))
+            .and_then(|c| c.value.as_ref())
+            .and_then(|v| v.parse().ok());
+        let in_range = |x: i64| acked.is_none_or(|a| x >= a) && x <= *attempted;
+        // The load's values start above RETENTION_BASE; anything else is the default.
+        match value {
+            Some(x) if x > RETENTION_BASE => {
+                if !in_range(x) {
+                    problems.push(format!(
+                        "config {topic} retention.ms is {x}, outside [{acked:?}, {attempted}]"
+                    ));
+                }
+            }
+            _ if acked.is_some() => problems.push(format!(
+                "config {topic} retention.ms acknowledged at {acked:?} reads {value:?}"
+            )),
+            _ => {}
+        }
+    }
+    Ok((view, problems))
+}
