@@ -33,6 +33,8 @@ const BROKERS: [u64; 3] = [1, 2, 3];
 const CONTROLLER_PORT: u16 = 9093;
 const BROKER_PORT: u16 = 9092;
 const SESSION_TIMEOUT_MS: u64 = 3_000;
+/// Concurrent clients of the load, each with one request in flight.
+const CLIENTS: u32 = 8;
 const ELECTION_TIMEOUT_MS: u64 = 500;
 /// The load's `retention.ms` values count up from here, far above any default.
 const RETENTION_BASE: i64 = 10_000_000_000;
@@ -438,7 +440,7 @@ async fn load(
             }
         }
         let c = client.as_mut().expect("connected");
-        let choice = rng.lock().map(|mut r| r.random_range(0..10)).unwrap_or(0);
+        let choice = rng.lock().map(|mut r| r.random_range(0..20)).unwrap_or(0);
         let acked_topics: Vec<(String, i32)> = {
             let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
             l.topics
@@ -447,6 +449,13 @@ async fn load(
                 .filter_map(|(n, (a, _))| a.map(|a| (n.clone(), a)))
                 .collect()
         };
+        let mut acked_topics = acked_topics;
+        acked_topics.sort_by_key(|(n, _)| {
+            n.rsplit('-')
+                .next()
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0)
+        });
         // Ok(Some(code)) a per-item answer; Ok(None) no answer (indeterminate).
         let outcome: Result<(), ()> = if choice < 3 || acked_topics.is_empty() {
             created += 1;
@@ -478,13 +487,22 @@ async fn load(
                 Err(_) => Err(()),
             }
         } else {
+            // Mostly the newest topics: successive changes to one topic are where a decision
+            // made on a write that never landed shows (a partition id skipped).
             let pick = rng
                 .lock()
-                .map(|mut r| r.random_range(0..acked_topics.len()))
+                .map(|mut r| {
+                    let n = acked_topics.len();
+                    if r.random_bool(0.8) {
+                        n - 1 - r.random_range(0..n.min(2))
+                    } else {
+                        r.random_range(0..n)
+                    }
+                })
                 .unwrap_or(0);
             let (name, acked) = acked_topics[pick].clone();
             match choice {
-                3..=5 => {
+                3..=9 => {
                     let count = {
                         let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
                         let t = l.topics.get_mut(&name).expect("recorded");
@@ -514,7 +532,7 @@ async fn load(
                         Err(_) => Err(()),
                     }
                 }
-                6..=8 => {
+                10..=15 => {
                     offset += 1;
                     let key = (group.clone(), name.clone());
                     {
@@ -592,7 +610,7 @@ async fn load(
             client = None;
             tokio::time::sleep(Duration::from_millis(100)).await;
         } else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 }
@@ -647,7 +665,7 @@ async fn schedule(
     }
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|i| tokio::spawn(load(i, brokers.clone(), ledger.clone(), stop.clone(), seed)))
         .collect();
     // The faults every schedule has, at random times, plus random ones in between.
@@ -718,8 +736,10 @@ async fn schedule(
                 );
             }
             "pause-active" | "pause" => {
+                // A pause of the active controller around its leader lease (0.5-1.5 election
+                // timeouts here): it wakes up still leader, but with an expired lease.
                 let for_ms = if kind == "pause-active" {
-                    for_ms.max(1_000)
+                    rng.random_range(600..=1_500)
                 } else {
                     for_ms
                 };
