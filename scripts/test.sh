@@ -3,7 +3,8 @@
 # Installs what it needs (rustfmt/clippy components, cargo-nextest, kcat from Debian, and a
 # Python venv with confluent-kafka, kafka-python and aiokafka), then runs formatting, lints,
 # the purity check of the core crate, the Docker compose test (when a Docker engine answers;
-# loudly skipped otherwise), and every test.
+# loudly skipped otherwise), a bounded part of the quorum simulation and of the fault suite
+# (docs/FAULTS.md; the fault suite needs root, loudly skipped otherwise), and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,11 @@ if ! command -v kcat >/dev/null 2>&1; then
     || { $sudo_cmd apt-get update -q >/dev/null && $sudo_cmd apt-get install -y -q kcat >/dev/null; }
 fi
 kcat -V | head -1
+# The fault suite's network namespaces (only usable as root).
+if [ "$(id -u)" -eq 0 ] && ! { command -v ip && command -v iptables; } >/dev/null 2>&1; then
+  apt-get install -y -q iproute2 iptables >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q iproute2 iptables >/dev/null; }
+fi
 venv="${KMETA_VENV:-target/pyenv}"
 if ! "$venv/bin/python" -c 'import confluent_kafka, kafka, aiokafka' >/dev/null 2>&1; then
   python3 -m venv "$venv"
@@ -54,6 +60,25 @@ if docker info >/dev/null 2>&1; then
 else
   printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
   printf '!!! SKIPPED: no Docker engine answers here; the compose test did not run.\n'
+  printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
+fi
+
+step "the quorum simulation: both regression cases of issue 10, then random seeds"
+cargo build --release --locked --bin kmeta
+sim_first="${KMETA_SIM_FIRST_SEED:-1}"
+./target/release/kmeta sim --scenario full-restart --seeds 20 | tail -n 1
+./target/release/kmeta sim --scenario leader-pause --seeds 20 | tail -n 1
+./target/release/kmeta sim --seeds 300 --first-seed "$sim_first" | grep -v ': ok$'
+
+step "the fault suite: real processes in network namespaces"
+if [ "$(id -u)" -eq 0 ] && ip netns add kmeta-probe-$$ 2>/dev/null; then
+  ip netns del kmeta-probe-$$
+  timeout 900 ./target/release/kmeta faults --schedules "${KMETA_FAULT_SCHEDULES:-4}" \
+    --first-seed "${KMETA_FAULT_FIRST_SEED:-1}" --seconds 10 --jobs 2 --data-dir target/faults \
+    | grep -v '^  fault'
+else
+  printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
+  printf '!!! SKIPPED: the fault suite needs root and network namespaces.\n'
   printf '!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\n'
 fi
 

@@ -2,7 +2,7 @@
 //! forwarded to the active controller inside Envelope.
 
 use super::BrokerState;
-use crate::controller::kafka_api::{forwardable_apis, ENVELOPE_OFFSET_TAG};
+use crate::controller::kafka_api::{forwardable_apis, ENVELOPE_DEADLINE_TAG, ENVELOPE_OFFSET_TAG};
 use crate::kafka::listener::Service;
 use crate::kafka::wire::{encode_response, sb, versions, ApiSet, Request};
 use bytes::Bytes;
@@ -628,9 +628,16 @@ impl BrokerService {
     /// broker's image includes the write.
     async fn forward(&self, raw: Bytes) -> Result<Bytes, String> {
         let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-        let envelope = EnvelopeRequest::default()
+        // The controller must not decide this request after the broker has given up on it
+        // (Kafka clients' request.timeout.ms is 30 s by default, like FORWARD_TIMEOUT).
+        let deadline_ms = crate::controller::wall_ms() + FORWARD_TIMEOUT.as_millis() as i64;
+        let mut envelope = EnvelopeRequest::default()
             .with_request_data(raw)
             .with_client_host_address(Bytes::from_static(&[127, 0, 0, 1]));
+        envelope.unknown_tagged_fields.insert(
+            ENVELOPE_DEADLINE_TAG,
+            Bytes::copy_from_slice(&deadline_ms.to_be_bytes()),
+        );
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.state.controllers.send(&envelope, 0).await {

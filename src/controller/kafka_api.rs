@@ -46,6 +46,11 @@ use std::time::Duration;
 /// The tagged field of an EnvelopeResponse that carries the metadata offset at which the
 /// forwarded request's effects are visible (a kmeta extension; `docs/PROTOCOL.md`).
 pub const ENVELOPE_OFFSET_TAG: i32 = 10_000;
+/// The tagged field of an EnvelopeRequest (kmeta extension) that carries the forwarding
+/// broker's deadline: wall-clock ms since the Unix epoch, i64 big-endian. The controller never
+/// decides a forwarded request after it, so a write whose client has given up cannot land
+/// after that client's next write.
+pub const ENVELOPE_DEADLINE_TAG: i32 = 10_001;
 
 /// The longest a broker's metadata fetch waits for new entries.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
@@ -197,7 +202,25 @@ impl ControllerService {
                 );
             }
         };
-        let (response, at) = self.dispatch(inner.body, inner.version).await?;
+        let deadline_ms = envelope
+            .unknown_tagged_fields
+            .get(&ENVELOPE_DEADLINE_TAG)
+            .filter(|t| t.len() == 8)
+            .map(|t| i64::from_be_bytes(t[..8].try_into().expect("8 bytes")));
+        if deadline_ms.is_some_and(|d| crate::controller::wall_ms() > d) {
+            return Ok(
+                EnvelopeResponse::default().with_error_code(ErrorCode::RequestTimedOut.code())
+            );
+        }
+        let dispatch = self.dispatch(inner.body, inner.version);
+        let (response, at) = match deadline_ms {
+            Some(d) => {
+                crate::controller::WRITE_DEADLINE_MS
+                    .scope(d, dispatch)
+                    .await?
+            }
+            None => dispatch.await?,
+        };
         let data = encode_response(
             inner.header.correlation_id,
             inner.api_key,

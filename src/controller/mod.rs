@@ -90,6 +90,20 @@ struct Decided {
 
 type Job = Box<dyn FnOnce(&mut Ctx<'_>) -> Decided + Send>;
 
+tokio::task_local! {
+    /// The deadline of the request being served (wall-clock ms since the Unix epoch), set for
+    /// forwarded requests (`kafka_api::ENVELOPE_DEADLINE_TAG`). A decision submitted under it
+    /// is refused with REQUEST_TIMED_OUT if the loop reaches it later.
+    pub static WRITE_DEADLINE_MS: i64;
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn not_controller() -> ApiError {
     ApiError::new(ErrorCode::NotController, "this controller is not active")
 }
@@ -174,9 +188,18 @@ impl Controller {
         let (tx, rx) = oneshot::channel();
         let queued = Instant::now();
         let queue_time = self.metrics.event_queue_time_ms.clone();
+        let deadline_ms = WRITE_DEADLINE_MS.try_with(|d| *d).ok();
         let job: Job = Box::new(move |ctx| {
             queue_time.observe(queued.elapsed().as_secs_f64() * 1000.0);
-            match decide(ctx) {
+            let expired = deadline_ms.filter(|d| ctx.wall_ms > *d);
+            let decided = match expired {
+                Some(d) => Err(ApiError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!("the request's deadline passed {} ms ago", ctx.wall_ms - d),
+                )),
+                None => decide(ctx),
+            };
+            match decided {
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     Decided {
@@ -424,9 +447,7 @@ impl EventLoop {
             return;
         }
         let now_ms = self.clock.elapsed().as_millis() as u64;
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let wall_ms = wall_ms();
         let mut records = Vec::new();
         let mut finishes: Vec<Finish> = Vec::new();
         for job in batch {

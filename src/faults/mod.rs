@@ -33,6 +33,10 @@ const BROKERS: [u64; 3] = [1, 2, 3];
 const CONTROLLER_PORT: u16 = 9093;
 const BROKER_PORT: u16 = 9092;
 const SESSION_TIMEOUT_MS: u64 = 3_000;
+/// How long a client waits for an answer before it gives up (and closes the connection).
+/// Longer than a broker's forwarding deadline (`FORWARD_TIMEOUT`, 30 s, Kafka's default
+/// request.timeout.ms): once a client gives up, its write can no longer land.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Concurrent clients of the load, each with one request in flight.
 const CLIENTS: u32 = 8;
 const ELECTION_TIMEOUT_MS: u64 = 500;
@@ -412,9 +416,11 @@ fn indeterminate(code: i16) -> bool {
 
 async fn client_for(addrs: &[String], rng: &Mutex<StdRng>) -> Option<KafkaClient> {
     let i = rng.lock().ok()?.random_range(0..addrs.len());
-    KafkaClient::connect(&addrs[i], "kmeta-faults", Duration::from_secs(5))
+    let mut c = KafkaClient::connect(&addrs[i], "kmeta-faults", Duration::from_secs(5))
         .await
-        .ok()
+        .ok()?;
+    c.set_timeout(CLIENT_TIMEOUT);
+    Some(c)
 }
 
 /// One client of the load: topics, partition additions, rising offsets and configs.
@@ -791,7 +797,7 @@ async fn schedule(
     f("heal everything".into(), &mut report.faults);
     stop.store(true, Ordering::SeqCst);
     for c in clients {
-        let _ = tokio::time::timeout(Duration::from_secs(15), c).await;
+        let _ = tokio::time::timeout(CLIENT_TIMEOUT + Duration::from_secs(5), c).await;
     }
     settle_and_check(cluster, &ledger, "after healing", report).await;
     cluster.full_restart()?;
@@ -1015,13 +1021,10 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
         let in_range = |x: i64| acked.is_none_or(|a| x >= a) && x <= *attempted;
         // The load's values start above RETENTION_BASE; anything else is the default.
         match value {
-            Some(x) if x > RETENTION_BASE => {
-                if !in_range(x) {
-                    problems.push(format!(
-                        "config {topic} retention.ms is {x}, outside [{acked:?}, {attempted}]"
-                    ));
-                }
-            }
+            Some(x) if x > RETENTION_BASE && !in_range(x) => problems.push(format!(
+                "config {topic} retention.ms is {x}, outside [{acked:?}, {attempted}]"
+            )),
+            Some(x) if x > RETENTION_BASE => {}
             _ if acked.is_some() => problems.push(format!(
                 "config {topic} retention.ms acknowledged at {acked:?} reads {value:?}"
             )),

@@ -109,6 +109,14 @@ pub async fn serve_connection<S: Service>(
                 }
             },
         };
+        // A client that gave up (timed out and closed) must not have its request acted on
+        // later: a broker that was paused or cut off still finds the request in its socket,
+        // with the client's FIN behind it. Acting on it could let a stale write land after
+        // the client's next one.
+        if closed_by_peer(&stream) {
+            tracing::info!(%peer, "dropping a request whose client closed the connection");
+            return;
+        }
         let reply = match decode_request(frame, service.apis()) {
             Ok(request) => match service.handle(request).await {
                 Ok(payload) => payload,
@@ -127,6 +135,22 @@ pub async fn serve_connection<S: Service>(
             return;
         }
     }
+}
+
+/// Whether the peer has already closed its side (a FIN is waiting), without reading data.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    // SAFETY: a one-byte peek into a local buffer on a socket this function borrows.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 #[cfg(test)]
