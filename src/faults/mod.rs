@@ -742,10 +742,10 @@ async fn schedule(
                 );
             }
             "pause-active" | "pause" => {
-                // A pause of the active controller around its leader lease (0.5-1.5 election
-                // timeouts here): it wakes up still leader, but with an expired lease.
+                // A pause of the active controller of 1-1.5 s (2-3 election timeouts here), around
+                // its leader lease: it may wake up still leader, but with an expired lease.
                 let for_ms = if kind == "pause-active" {
-                    rng.random_range(600..=1_500)
+                    rng.random_range(1_000..=1_500)
                 } else {
                     for_ms
                 };
