@@ -318,3 +318,63 @@ async fn a_flood_of_writes_never_fences_a_heartbeating_broker() {
     );
     cluster.shutdown().await;
 }
+
+/// A forwarded write whose deadline has passed is refused, never decided: a client that gave
+/// up on it must not see it land after its next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_past_its_deadline_is_refused_and_never_committed() {
+    let cluster = Cluster::start(3).await;
+    let (leader, c) = active(&cluster).await;
+    register_and_unfence(&c, &cluster, leader, &[1]).await;
+    let topic = CreatableTopic {
+        name: "late".into(),
+        topic_id: uuid::Uuid::from_u128(77),
+        num_partitions: 1,
+        replication_factor: 1,
+        assignments: vec![],
+        configs: vec![],
+    };
+    let past = kmeta::controller::wall_ms() - 1;
+    let late = topic.clone();
+    let refused = kmeta::controller::WRITE_DEADLINE_MS
+        .scope(
+            past,
+            c.submit(move |ctx| {
+                Ok(create_topics(
+                    ctx.image,
+                    ctx.config,
+                    std::slice::from_ref(&late),
+                    false,
+                ))
+            }),
+        )
+        .await;
+    assert_eq!(
+        refused.err().map(|e| e.code),
+        Some(ErrorCode::RequestTimedOut)
+    );
+    // A write within its deadline goes through, and the late one never appeared.
+    let future = kmeta::controller::wall_ms() + 60_000;
+    let on_time = topic.clone();
+    let created = kmeta::controller::WRITE_DEADLINE_MS
+        .scope(
+            future,
+            c.submit(move |ctx| {
+                Ok(create_topics(
+                    ctx.image,
+                    ctx.config,
+                    std::slice::from_ref(&on_time),
+                    false,
+                ))
+            }),
+        )
+        .await
+        .expect("committed");
+    assert!(created[0].error.is_none(), "{:?}", created[0].error);
+    let image = cluster.nodes[&leader].sm.image();
+    assert_eq!(
+        image.topic_by_name("late").map(|t| t.partitions.len()),
+        Some(1)
+    );
+    cluster.shutdown().await;
+}
