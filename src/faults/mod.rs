@@ -78,49 +78,26 @@ pub fn run_many(
     options: &FaultOptions,
 ) -> Result<String, String> {
     Netns::remove_stale();
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(first));
-    let end = first + count;
     let started = Instant::now();
-    let threads: Vec<_> = (0..jobs)
-        .map(|slot| {
-            let next = next.clone();
-            let options = options.clone();
-            std::thread::spawn(move || {
-                let mut reports = Vec::new();
-                loop {
-                    let seed = next.fetch_add(1, Ordering::SeqCst);
-                    if seed >= end {
-                        return reports;
-                    }
-                    let r = run_schedule(seed, slot as u8, &options);
-                    println!(
-                        "schedule {seed}: {} faults, {} acknowledged, {} indeterminate: {}",
-                        r.faults.len(),
-                        r.acknowledged,
-                        r.indeterminate,
-                        if r.violations.is_empty() {
-                            "ok"
-                        } else {
-                            "VIOLATED"
-                        }
-                    );
-                    if !r.violations.is_empty() {
-                        for v in &r.violations {
-                            println!("  violation: {v}");
-                        }
-                        for f in &r.faults {
-                            println!("  fault {f}");
-                        }
-                    }
-                    reports.push(r);
-                }
-            })
-        })
-        .collect();
-    let reports: Vec<ScheduleReport> = threads
-        .into_iter()
-        .flat_map(|t| t.join().expect("a schedule thread panicked"))
-        .collect();
+    let options = options.clone();
+    let reports = crate::sim::run_seeds(first, count, jobs, move |seed, slot| {
+        let r = run_schedule(seed, slot as u8, &options);
+        println!(
+            "schedule {seed}: {} faults, {} acknowledged, {} indeterminate: {}",
+            r.faults.len(),
+            r.acknowledged,
+            r.indeterminate,
+            if r.violations.is_empty() {
+                "ok"
+            } else {
+                "VIOLATED"
+            }
+        );
+        if !r.violations.is_empty() {
+            crate::sim::print_details(&r.violations, &r.faults);
+        }
+        r
+    });
     let failed: Vec<u64> = reports
         .iter()
         .filter(|r| !r.violations.is_empty())

@@ -134,47 +134,28 @@ pub fn run_many(
     options: &SimOptions,
     verbose: bool,
 ) -> Result<String, String> {
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(first));
-    let end = first + count;
     let started = std::time::Instant::now();
-    let threads: Vec<_> =
-        (0..jobs)
-            .map(|_| {
-                let next = next.clone();
-                let options = options.clone();
-                std::thread::spawn(move || {
-                    let mut reports = Vec::new();
-                    loop {
-                        let seed = next.fetch_add(1, Ordering::SeqCst);
-                        if seed >= end {
-                            return reports;
-                        }
-                        let r = run(seed, &options);
-                        println!(
-                        "seed {seed}: {} faults, {} acknowledged, {} indeterminate, log end {}: {}",
-                        r.faults.len(),
-                        r.acknowledged,
-                        r.indeterminate,
-                        r.log_end,
-                        if r.violations.is_empty() { "ok" } else { "VIOLATED" }
-                    );
-                        if verbose || !r.violations.is_empty() {
-                            for v in &r.violations {
-                                println!("  violation: {v}");
-                            }
-                            for f in &r.faults {
-                                println!("  fault {f}");
-                            }
-                        }
-                        reports.push(r);
-                    }
-                })
-            })
-            .collect();
-    let reports: Vec<SimReport> = threads
-        .into_iter()
-        .flat_map(|t| t.join().expect("a simulation thread panicked"))
-        .collect();
+    let scenario = options.scenario;
+    let options = options.clone();
+    let reports = run_seeds(first, count, jobs, move |seed, _| {
+        let r = run(seed, &options);
+        println!(
+            "seed {seed}: {} faults, {} acknowledged, {} indeterminate, log end {}: {}",
+            r.faults.len(),
+            r.acknowledged,
+            r.indeterminate,
+            r.log_end,
+            if r.violations.is_empty() {
+                "ok"
+            } else {
+                "VIOLATED"
+            }
+        );
+        if verbose || !r.violations.is_empty() {
+            print_details(&r.violations, &r.faults);
+        }
+        r
+    });
     let failed: Vec<u64> = reports
         .iter()
         .filter(|r| !r.violations.is_empty())
@@ -183,7 +164,7 @@ pub fn run_many(
     let summary = format!(
         "{} seeds ({:?}) in {:.0} s: {} faults, {} acknowledged writes, {} indeterminate; {} seeds violated{}",
         reports.len(),
-        options.scenario,
+        scenario,
         started.elapsed().as_secs_f64(),
         reports.iter().map(|r| r.faults.len()).sum::<usize>(),
         reports.iter().map(|r| r.acknowledged).sum::<u64>(),
@@ -199,6 +180,50 @@ pub fn run_many(
         Ok(summary)
     } else {
         Err(summary)
+    }
+}
+
+/// Runs `run(seed, job)` for seeds `first..first + count` on `jobs` threads (`job` is the
+/// thread's index, `0..jobs`); each thread takes the next seed when it is free. Every result,
+/// in no particular order.
+pub fn run_seeds<R: Send + 'static>(
+    first: u64,
+    count: u64,
+    jobs: u64,
+    run: impl Fn(u64, u64) -> R + Send + Sync + 'static,
+) -> Vec<R> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(first));
+    let run = Arc::new(run);
+    let end = first + count;
+    let threads: Vec<_> = (0..jobs)
+        .map(|job| {
+            let next = next.clone();
+            let run = run.clone();
+            std::thread::spawn(move || {
+                let mut results = Vec::new();
+                loop {
+                    let seed = next.fetch_add(1, Ordering::SeqCst);
+                    if seed >= end {
+                        return results;
+                    }
+                    results.push(run(seed, job));
+                }
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("a seed's thread panicked"))
+        .collect()
+}
+
+/// Prints a run's violations and faults, indented under its summary line.
+pub fn print_details(violations: &[String], faults: &[String]) {
+    for v in violations {
+        println!("  violation: {v}");
+    }
+    for f in faults {
+        println!("  fault {f}");
     }
 }
 

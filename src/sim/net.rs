@@ -225,6 +225,23 @@ impl SimPeer {
     }
 }
 
+impl SimPeer {
+    /// One RPC within its soft TTL; a lost message or an error answer is `Unreachable`.
+    async fn rpc<T, E, F, Fut>(&self, option: RPCOption, f: F) -> Result<T, RPCError<TypeConfig>>
+    where
+        E: std::fmt::Display,
+        F: FnOnce(Raft) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let call = self.net.call(self.from, self.to, option.soft_ttl(), f);
+        match self.bounded(option.soft_ttl(), call).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(unreachable(SimNetError(e.to_string()))),
+            Err(e) => Err(unreachable(e)),
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for SimPeer {
     type SnapshotData = SnapshotData;
 
@@ -233,16 +250,8 @@ impl RaftNetworkV2<TypeConfig> for SimPeer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let call = self
-            .net
-            .call(self.from, self.to, option.soft_ttl(), |r| async move {
-                r.append_entries(rpc).await
-            });
-        match self.bounded(option.soft_ttl(), call).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(unreachable(SimNetError(e.to_string()))),
-            Err(e) => Err(unreachable(e)),
-        }
+        self.rpc(option, |r| async move { r.append_entries(rpc).await })
+            .await
     }
 
     async fn vote(
@@ -250,16 +259,7 @@ impl RaftNetworkV2<TypeConfig> for SimPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let call = self
-            .net
-            .call(self.from, self.to, option.soft_ttl(), |r| async move {
-                r.vote(rpc).await
-            });
-        match self.bounded(option.soft_ttl(), call).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(unreachable(SimNetError(e.to_string()))),
-            Err(e) => Err(unreachable(e)),
-        }
+        self.rpc(option, |r| async move { r.vote(rpc).await }).await
     }
 
     async fn pre_vote(
@@ -267,16 +267,8 @@ impl RaftNetworkV2<TypeConfig> for SimPeer {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let call = self
-            .net
-            .call(self.from, self.to, option.soft_ttl(), |r| async move {
-                r.pre_vote(rpc).await
-            });
-        match self.bounded(option.soft_ttl(), call).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(unreachable(SimNetError(e.to_string()))),
-            Err(e) => Err(unreachable(e)),
-        }
+        self.rpc(option, |r| async move { r.pre_vote(rpc).await })
+            .await
     }
 
     async fn full_snapshot(
