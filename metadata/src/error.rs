@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-/// Kafka protocol error codes used by the controller (values from Kafka's `Errors`).
+/// Kafka protocol error codes used by the controller and the brokers' data plane (values from Kafka's `Errors`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[allow(missing_docs)]
 pub enum ErrorCode {
@@ -47,6 +47,23 @@ pub enum ErrorCode {
     InconsistentClusterId,
     IneligibleReplica,
     NewLeaderElected,
+    OffsetOutOfRange,
+    CorruptMessage,
+    MessageTooLarge,
+    CoordinatorLoadInProgress,
+    RecordListTooLarge,
+    NotEnoughReplicas,
+    NotEnoughReplicasAfterAppend,
+    InvalidRequiredAcks,
+    InvalidTimestamp,
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    TransactionalIdAuthorizationFailed,
+    KafkaStorageError,
+    UnknownLeaderEpoch,
+    UnsupportedCompressionType,
+    OffsetNotAvailable,
+    InvalidRecord,
 }
 
 impl ErrorCode {
@@ -92,6 +109,23 @@ impl ErrorCode {
             InconsistentClusterId => 104,
             IneligibleReplica => 107,
             NewLeaderElected => 108,
+            OffsetOutOfRange => 1,
+            CorruptMessage => 2,
+            MessageTooLarge => 10,
+            CoordinatorLoadInProgress => 14,
+            RecordListTooLarge => 18,
+            NotEnoughReplicas => 19,
+            NotEnoughReplicasAfterAppend => 20,
+            InvalidRequiredAcks => 21,
+            InvalidTimestamp => 32,
+            OutOfOrderSequenceNumber => 45,
+            InvalidProducerEpoch => 47,
+            TransactionalIdAuthorizationFailed => 53,
+            KafkaStorageError => 56,
+            UnknownLeaderEpoch => 75,
+            UnsupportedCompressionType => 76,
+            OffsetNotAvailable => 78,
+            InvalidRecord => 87,
         }
     }
 }

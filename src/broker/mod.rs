@@ -11,6 +11,7 @@
 pub mod api;
 pub mod controllers;
 pub mod follower;
+pub mod log;
 pub mod replica;
 
 use crate::kafka::listener::Limits;
