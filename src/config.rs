@@ -75,6 +75,18 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("socket.request.max.bytes", Some("8388608")),
     ("max.connections", Some("1000")),
     ("connections.max.idle.ms", Some("600000")),
+    // The data plane (docs/DATA.md).
+    ("log.segment.bytes", Some("1073741824")),
+    ("log.flush.interval.messages", Some("9223372036854775807")),
+    ("log.retention.ms", None),
+    ("log.retention.minutes", None),
+    ("log.retention.hours", Some("168")),
+    ("log.retention.bytes", Some("-1")),
+    ("log.retention.check.interval.ms", Some("300000")),
+    ("log.message.timestamp.type", Some("CreateTime")),
+    ("message.max.bytes", Some("1048588")),
+    ("min.insync.replicas", Some("1")),
+    ("replica.lag.time.max.ms", Some("30000")),
 ];
 
 /// A parsed and validated node configuration.
@@ -123,6 +135,8 @@ pub struct NodeConfig {
     pub broker_listener_name: String,
     /// `socket.request.max.bytes`, `max.connections`, `connections.max.idle.ms`.
     pub limits: crate::kafka::listener::Limits,
+    /// The data plane's keys (`log.segment.bytes`, `min.insync.replicas`, ...).
+    pub data: crate::broker::replicas::DataConfig,
 }
 
 /// Parses properties text: `key=value` (or `key: value`) lines, `#`/`!` comments.
@@ -332,7 +346,48 @@ impl NodeConfig {
                 "broker.session.timeout.ms ({session_timeout_ms}) must exceed broker.heartbeat.interval.ms ({heartbeat_interval_ms})"
             )));
         }
+        let retention_ms: i64 = match (
+            props.get("log.retention.ms"),
+            props.get("log.retention.minutes"),
+        ) {
+            (Some(_), _) => number(props, "log.retention.ms", -1)?,
+            (None, Some(_)) => {
+                number::<i64>(props, "log.retention.minutes", -1)?.saturating_mul(60_000)
+            }
+            (None, None) => {
+                number::<i64>(props, "log.retention.hours", -1)?.saturating_mul(3_600_000)
+            }
+        };
+        let timestamp_type = props
+            .get("log.message.timestamp.type")
+            .map_or("CreateTime", String::as_str);
+        if !matches!(timestamp_type, "CreateTime" | "LogAppendTime") {
+            return Err(ConfigError(format!(
+                "log.message.timestamp.type: {timestamp_type:?} is not CreateTime or LogAppendTime"
+            )));
+        }
+        let flush: i64 = number(props, "log.flush.interval.messages", 1)?;
+        let data = crate::broker::replicas::DataConfig {
+            log_dir: log_dir.clone(),
+            log: crate::broker::log::LogConfig {
+                segment_bytes: number(props, "log.segment.bytes", 14u64)?,
+                flush_messages: if flush == i64::MAX {
+                    u64::MAX
+                } else {
+                    flush as u64
+                },
+                retention_ms: if retention_ms < 0 { -1 } else { retention_ms },
+                retention_bytes: number(props, "log.retention.bytes", -1i64)?,
+                max_message_bytes: number(props, "message.max.bytes", 0usize)?,
+                log_append_time: timestamp_type == "LogAppendTime",
+                ..crate::broker::log::LogConfig::default()
+            },
+            min_insync_replicas: number(props, "min.insync.replicas", 1usize)?,
+            replica_lag_ms: number(props, "replica.lag.time.max.ms", 1i64)?,
+            retention_check_ms: number(props, "log.retention.check.interval.ms", 1u64)?,
+        };
         Ok(NodeConfig {
+            data,
             node_id,
             roles,
             voters,

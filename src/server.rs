@@ -249,6 +249,7 @@ async fn broker_setup(
             heartbeat_interval: std::time::Duration::from_millis(config.heartbeat_interval_ms),
             session_timeout: std::time::Duration::from_millis(config.session_timeout_ms),
             limits: config.listener_limits(),
+            data: config.data.clone(),
         },
         listener,
     ))

@@ -64,6 +64,7 @@ pub enum ErrorCode {
     UnsupportedCompressionType,
     OffsetNotAvailable,
     InvalidRecord,
+    FetchSessionIdNotFound,
 }
 
 impl ErrorCode {
@@ -126,6 +127,7 @@ impl ErrorCode {
             UnsupportedCompressionType => 76,
             OffsetNotAvailable => 78,
             InvalidRecord => 87,
+            FetchSessionIdNotFound => 70,
         }
     }
 }

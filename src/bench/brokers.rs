@@ -104,6 +104,7 @@ pub async fn brokers(
                 heartbeat_interval: Duration::from_millis(2000),
                 session_timeout: Duration::from_millis(9000),
                 limits: Limits::default(),
+                data: crate::broker::replicas::DataConfig::new(dir.join(format!("broker-{id}"))),
             },
             listener,
         );

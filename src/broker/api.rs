@@ -48,11 +48,16 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
             ApiKey::DescribeClientQuotas,
             versions::<DescribeClientQuotasRequest>(),
         ),
-        // kmeta brokers store no messages: every partition is empty (log start = log end = 0).
-        // Fetch long-polls and returns nothing; ListOffsets answers 0. Consumers that assign
-        // partitions (aiokafka's commit path) need both.
-        (ApiKey::Fetch, versions::<FetchRequest>()),
-        (ApiKey::ListOffsets, versions::<ListOffsetsRequest>()),
+        // The data plane (src/broker/data.rs). Produce stops at v10 (v11+ adds transaction
+        // semantics), Fetch at v12 (v13+ names topics by id), ListOffsets at v7 (v8+ adds
+        // tiered-storage timestamps).
+        (ApiKey::Produce, VersionRange { min: 3, max: 10 }),
+        (ApiKey::Fetch, VersionRange { min: 4, max: 12 }),
+        (ApiKey::ListOffsets, VersionRange { min: 1, max: 7 }),
+        (
+            ApiKey::OffsetForLeaderEpoch,
+            versions::<OffsetForLeaderEpochRequest>(),
+        ),
         // Answered by the active controller (the broker relays it), as Kafka brokers do for
         // kafka-metadata-quorum.sh --bootstrap-server.
         (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
@@ -74,9 +79,14 @@ pub struct BrokerService {
 type TopicOffsets = (String, Vec<(i32, i64, i32, String)>);
 
 /// An active broker's client endpoint: `(id, host, port, rack)`.
-type BrokerEndpoint = (i32, String, u16, Option<String>);
+pub(super) type BrokerEndpoint = (i32, String, u16, Option<String>);
 
 impl BrokerService {
+    /// The broker's state.
+    pub(super) fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
     /// The service of the broker with `state`.
     pub fn new(state: Arc<BrokerState>) -> Self {
         BrokerService {
@@ -87,7 +97,7 @@ impl BrokerService {
     }
 
     /// Active brokers with an endpoint on the client listener, by id.
-    fn live_brokers(&self, image: &MetadataImage) -> Vec<BrokerEndpoint> {
+    pub(super) fn live_endpoints(&self, image: &MetadataImage) -> Vec<BrokerEndpoint> {
         let name = &self.state.config.listener_name;
         image
             .brokers()
@@ -129,7 +139,7 @@ impl BrokerService {
         };
         let published = self.state.image();
         let image = &published.image;
-        let live = self.live_brokers(image);
+        let live = self.live_endpoints(image);
         let brokers = live
             .iter()
             .map(|(id, host, port, rack)| {
@@ -207,7 +217,7 @@ impl BrokerService {
         use describe_cluster_response::DescribeClusterBroker;
         let published = self.state.image();
         let image = &published.image;
-        let live = self.live_brokers(image);
+        let live = self.live_endpoints(image);
         let name = &self.state.config.listener_name;
         let brokers = image
             .brokers()
@@ -243,7 +253,7 @@ impl BrokerService {
     fn find_coordinator(&self, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
         use find_coordinator_response::Coordinator;
         let published = self.state.image();
-        let live = self.live_brokers(&published.image);
+        let live = self.live_endpoints(&published.image);
         let one = |key: &str| -> Coordinator {
             let c = Coordinator::default().with_key(sb(key));
             if r.key_type != 0 {
@@ -393,7 +403,7 @@ impl BrokerService {
     fn coordinated_groups(&self) -> Vec<String> {
         let published = self.state.image();
         let image = &published.image;
-        let live = self.live_brokers(image);
+        let live = self.live_endpoints(image);
         image
             .groups()
             .filter(|g| {
@@ -529,101 +539,6 @@ impl BrokerService {
         DescribeConfigsResponse::default().with_results(results)
     }
 
-    /// The error for a partition request reaching this broker: none if it leads `partition`.
-    fn leader_error(&self, image: &MetadataImage, topic: Option<&str>, partition: i32) -> i16 {
-        let Some(t) = topic.and_then(|n| image.topic_by_name(n)) else {
-            return ErrorCode::UnknownTopicOrPartition.code();
-        };
-        match t.partitions.get(&partition) {
-            None => ErrorCode::UnknownTopicOrPartition.code(),
-            Some(p) if p.leader.0 != self.state.node_id => ErrorCode::NotLeaderOrFollower.code(),
-            Some(_) => 0,
-        }
-    }
-
-    fn list_offsets(&self, r: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
-        use list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-        let published = self.state.image();
-        let image = &published.image;
-        let topics = r
-            .topics
-            .iter()
-            .map(|t| {
-                let partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let error = self.leader_error(image, Some(&t.name.0), p.partition_index);
-                        let out = ListOffsetsPartitionResponse::default()
-                            .with_partition_index(p.partition_index)
-                            .with_error_code(error);
-                        if error != 0 {
-                            return out;
-                        }
-                        let epoch = image
-                            .topic_by_name(&t.name.0)
-                            .and_then(|t| t.partitions.get(&p.partition_index))
-                            .map_or(-1, |p| p.leader_epoch.0);
-                        let out = out.with_offset(0);
-                        // The leader epoch exists from v4 on; setting it below fails the
-                        // encoding (kcat sends v2).
-                        if version >= 4 {
-                            out.with_leader_epoch(epoch)
-                        } else {
-                            out
-                        }
-                    })
-                    .collect();
-                ListOffsetsTopicResponse::default()
-                    .with_name(t.name.clone())
-                    .with_partitions(partitions)
-            })
-            .collect();
-        ListOffsetsResponse::default().with_topics(topics)
-    }
-
-    async fn fetch(&self, r: FetchRequest) -> FetchResponse {
-        use fetch_response::{FetchableTopicResponse, PartitionData};
-        // Nothing will ever arrive: wait as asked (bounded), as a broker with an empty log does.
-        let wait = Duration::from_millis(r.max_wait_ms.clamp(0, 5_000) as u64);
-        tokio::time::sleep(wait).await;
-        let published = self.state.image();
-        let image = &published.image;
-        let responses = r
-            .topics
-            .iter()
-            .map(|t| {
-                let name = if t.topic.0.is_empty() {
-                    image.topic(&t.topic_id).map(|x| x.name.clone())
-                } else {
-                    Some(t.topic.0.to_string())
-                };
-                let partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let error = self.leader_error(image, name.as_deref(), p.partition);
-                        let out = PartitionData::default()
-                            .with_partition_index(p.partition)
-                            .with_error_code(error)
-                            .with_records(Some(Bytes::new()));
-                        if error != 0 {
-                            return out.with_high_watermark(-1);
-                        }
-                        out.with_high_watermark(0)
-                            .with_last_stable_offset(0)
-                            .with_log_start_offset(0)
-                    })
-                    .collect();
-                FetchableTopicResponse::default()
-                    .with_topic(t.topic.clone())
-                    .with_topic_id(t.topic_id)
-                    .with_partitions(partitions)
-            })
-            .collect();
-        FetchResponse::default().with_responses(responses)
-    }
-
     /// Forwards a write to the active controller and returns the controller's reply once this
     /// broker's image includes the write.
     async fn forward(&self, raw: Bytes) -> Result<Bytes, String> {
@@ -714,7 +629,13 @@ impl Service for BrokerService {
                 .await
                 .map_err(|e| format!("relaying DescribeQuorum: {e}"))?
                 .into(),
-            RequestKind::Fetch(r) => self.fetch(r).await.into(),
+            RequestKind::Fetch(r) => self.fetch(r, version).await.into(),
+            RequestKind::Produce(r) => match self.produce(r, version).await? {
+                Some(response) => response.into(),
+                // acks=0: no response at all.
+                None => return Ok(Bytes::new()),
+            },
+            RequestKind::OffsetForLeaderEpoch(r) => self.offset_for_leader_epoch(r).into(),
             RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
                 .with_entries(Some(Vec::new()))
                 .into(),

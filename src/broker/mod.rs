@@ -10,9 +10,13 @@
 
 pub mod api;
 pub mod controllers;
+mod data;
+pub mod fetcher;
 pub mod follower;
 pub mod log;
+pub mod partition;
 pub mod replica;
+pub mod replicas;
 
 use crate::kafka::listener::Limits;
 use crate::kafka::wire::sb;
@@ -54,6 +58,8 @@ pub struct BrokerConfig {
     pub session_timeout: Duration,
     /// Listener limits.
     pub limits: Limits,
+    /// Partition logs and replication settings.
+    pub data: replicas::DataConfig,
 }
 
 /// The image as published to request handlers.
@@ -77,6 +83,8 @@ pub struct BrokerState {
     pub session: Controllers,
     /// The client id used towards controllers.
     pub client_id: String,
+    /// The partitions hosted here.
+    pub replicas: Arc<replicas::Replicas>,
     image: ArcSwap<Published>,
     applied: watch::Sender<u64>,
     epoch: AtomicI64,
@@ -96,6 +104,7 @@ impl BrokerState {
             ),
             session: Controllers::new(config.voters.clone(), client_id.clone(), 1),
             client_id,
+            replicas: Arc::new(replicas::Replicas::new(config.node_id, config.data.clone())),
             config,
             image: ArcSwap::from_pointee(Published {
                 image: MetadataImage::new(),
@@ -296,6 +305,20 @@ impl BrokerHandle {
     }
 }
 
+/// Keeps the hosted partitions in line with each published image, and a replica fetcher
+/// running for every leader followed.
+async fn host_partitions(state: Arc<BrokerState>) {
+    let mut applied = state.subscribe_applied();
+    loop {
+        let published = state.image();
+        let leaders = state.replicas.apply_image(&published.image);
+        fetcher::ensure(&state, leaders);
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the broker whose state is `state` (see [`run`]).
 pub async fn run_with(
     state: Arc<BrokerState>,
@@ -305,7 +328,9 @@ pub async fn run_with(
     let follower = tokio::spawn(follower::run(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let session = tokio::spawn(keep_session(state.clone(), stop_rx));
-    let replicas = tokio::spawn(replica::run(state.clone(), replica::AssumeCaughtUp));
+    let hosting = tokio::spawn(host_partitions(state.clone()));
+    let isr = tokio::spawn(replica::run(state.clone()));
+    let retention = tokio::spawn(state.replicas.clone().retention_loop());
     let service = Arc::new(api::BrokerService::new(state.clone()));
     let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = state.config.limits;
@@ -323,7 +348,9 @@ pub async fn run_with(
     let _ = session.await;
     let _ = server_stop_tx.send(());
     let _ = server.await;
-    replicas.abort();
+    isr.abort();
+    retention.abort();
+    hosting.abort();
     follower.abort();
     Ok(())
 }

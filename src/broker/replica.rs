@@ -1,17 +1,16 @@
-//! The replica role of a partition leader, behind a seam.
-//!
-//! A Kafka partition leader adds a follower to the ISR once the follower has fetched up to the
-//! leader's log end. kmeta brokers hold no message data, so the default [`AssumeCaughtUp`]
-//! treats every live assigned replica as caught up. The leader then sends AlterPartition to
-//! add it, which is what lets a restarted broker rejoin ISRs and lets reassignments complete.
-//! A broker with a real data path would implement [`ReplicaCatchUp`] from its fetch state.
+//! The ISR duties of a partition leader (Kafka's `Partition.maybeShrinkIsr`/`maybeExpandIsr`
+//! and `AlterPartitionManager`): every `replica.lag.time.max.ms / 2`, and whenever a follower
+//! fetch says one may have caught up, ask each led partition for an ISR change and send those
+//! in one AlterPartition to the active controller. A partition keeps at most one change in
+//! flight; the controller's answer (or new metadata) settles it.
 
+use super::partition::LeaderAndIsr;
 use super::BrokerState;
 use kafka_protocol::messages::alter_partition_request::{
     BrokerState as WireBroker, PartitionData, TopicData,
 };
 use kafka_protocol::messages::{AlterPartitionRequest, BrokerId as WireBrokerId};
-use kmeta_metadata::{BrokerId, TopicIdPartition};
+use kmeta_metadata::{BrokerId, ErrorCode, TopicIdPartition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,88 +18,73 @@ use std::time::Duration;
 /// Partitions in one AlterPartition request, at most.
 pub const MAX_PARTITIONS_PER_REQUEST: usize = 1_000;
 
-/// Decides whether a follower has caught up with this leader's log for a partition.
-pub trait ReplicaCatchUp: Send + Sync + 'static {
-    /// True when `replica` may join the ISR of `partition`, which this broker leads.
-    fn is_caught_up(&self, partition: TopicIdPartition, replica: BrokerId) -> bool;
+fn error_code(code: i16) -> ErrorCode {
+    [
+        ErrorCode::OperationNotAttempted,
+        ErrorCode::IneligibleReplica,
+        ErrorCode::FencedLeaderEpoch,
+        ErrorCode::InvalidUpdateVersion,
+        ErrorCode::UnknownTopicOrPartition,
+        ErrorCode::UnknownTopicId,
+        ErrorCode::InvalidRequest,
+        ErrorCode::NewLeaderElected,
+        ErrorCode::NotController,
+    ]
+    .into_iter()
+    .find(|e| e.code() == code)
+    .unwrap_or(ErrorCode::UnknownServerError)
 }
 
-/// kmeta's brokers store no records: every live replica is as caught up as the leader.
-pub struct AssumeCaughtUp;
-
-impl ReplicaCatchUp for AssumeCaughtUp {
-    fn is_caught_up(&self, _: TopicIdPartition, _: BrokerId) -> bool {
-        true
-    }
-}
-
-/// Watches the image and asks the controller to expand the ISR of partitions this broker
-/// leads whenever a live assigned replica is missing from it.
-pub async fn run<C: ReplicaCatchUp>(state: Arc<BrokerState>, catch_up: C) {
-    let mut applied = state.applied.subscribe();
-    // Requests already sent, by partition: the partition epoch they were based on.
-    let mut sent: BTreeMap<TopicIdPartition, i32> = BTreeMap::new();
-    let mut retry = tokio::time::interval(Duration::from_secs(1));
+/// Runs the ISR duties until the task is dropped.
+pub async fn run(state: Arc<BrokerState>) {
+    let replicas = state.replicas.clone();
+    let period = Duration::from_millis((replicas.config().replica_lag_ms / 2).max(50) as u64);
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return },
-            _ = retry.tick() => sent.clear(),
+            _ = replicas.isr_check.notified() => {}
+            _ = tick.tick() => {}
         }
         let epoch = state.broker_epoch();
         if epoch < 0 || state.is_fenced() {
             continue;
         }
-        let me = BrokerId(state.node_id);
         let published = state.image();
         let image = &published.image;
-        let mut topics: BTreeMap<uuid::Uuid, Vec<PartitionData>> = BTreeMap::new();
-        let mut count = 0;
-        for tp in image.partitions_on_broker(me) {
-            let Some(p) = image.partition(tp) else {
-                continue;
-            };
-            if p.leader != me || sent.get(&tp) == Some(&p.partition_epoch.0) {
-                continue;
-            }
-            let missing: Vec<BrokerId> = p
-                .replicas
-                .iter()
-                .copied()
-                .filter(|r| {
-                    !p.isr.contains(r)
-                        && image.is_active_broker(*r)
-                        && catch_up.is_caught_up(tp, *r)
-                })
-                .collect();
-            if missing.is_empty() {
-                continue;
-            }
-            let new_isr: Vec<WireBroker> = p
-                .isr
-                .iter()
-                .chain(missing.iter())
-                .map(|b| {
-                    WireBroker::default()
-                        .with_broker_id(WireBrokerId(b.0))
-                        .with_broker_epoch(image.broker(*b).map_or(-1, |r| r.broker_epoch.0))
-                })
-                .collect();
-            topics.entry(tp.topic_id).or_default().push(
-                PartitionData::default()
-                    .with_partition_index(tp.partition)
-                    .with_leader_epoch(p.leader_epoch.0)
-                    .with_new_isr_with_epochs(new_isr)
-                    .with_leader_recovery_state(p.leader_recovery_state.wire_value())
-                    .with_partition_epoch(p.partition_epoch.0),
-            );
-            sent.insert(tp, p.partition_epoch.0);
-            count += 1;
-            if count >= MAX_PARTITIONS_PER_REQUEST {
-                break;
+        let eligible = |r: i32| image.is_active_broker(BrokerId(r));
+        let mut proposals = Vec::new();
+        for p in replicas.all() {
+            if let Some(proposal) = p.isr_proposal(eligible) {
+                proposals.push((p, proposal));
+                if proposals.len() >= MAX_PARTITIONS_PER_REQUEST {
+                    break;
+                }
             }
         }
-        if topics.is_empty() {
+        if proposals.is_empty() {
             continue;
+        }
+        let mut topics: BTreeMap<uuid::Uuid, Vec<PartitionData>> = BTreeMap::new();
+        for (_, prop) in &proposals {
+            let isr = prop
+                .isr
+                .iter()
+                .map(|b| {
+                    WireBroker::default()
+                        .with_broker_id(WireBrokerId(*b))
+                        .with_broker_epoch(
+                            image.broker(BrokerId(*b)).map_or(-1, |r| r.broker_epoch.0),
+                        )
+                })
+                .collect();
+            topics.entry(prop.tp.topic_id).or_default().push(
+                PartitionData::default()
+                    .with_partition_index(prop.tp.partition)
+                    .with_leader_epoch(prop.leader_epoch)
+                    .with_new_isr_with_epochs(isr)
+                    .with_leader_recovery_state(0)
+                    .with_partition_epoch(prop.partition_epoch),
+            );
         }
         let request = AlterPartitionRequest::default()
             .with_broker_id(WireBrokerId(state.node_id))
@@ -115,18 +99,61 @@ pub async fn run<C: ReplicaCatchUp>(state: Arc<BrokerState>, catch_up: C) {
                     })
                     .collect(),
             );
+        let by_tp: BTreeMap<TopicIdPartition, _> = proposals
+            .iter()
+            .map(|(p, prop)| (prop.tp, p.clone()))
+            .collect();
+        let mut hw_changed = false;
         match state.controllers.send(&request, 3).await {
             Ok(r) if r.error_code == 0 => {
-                let refused: usize = r
-                    .topics
-                    .iter()
-                    .flat_map(|t| t.partitions.iter())
-                    .filter(|p| p.error_code != 0)
-                    .count();
-                tracing::debug!(partitions = count, refused, "ISR expansion sent");
+                for t in &r.topics {
+                    for part in &t.partitions {
+                        let tp = TopicIdPartition {
+                            topic_id: t.topic_id,
+                            partition: part.partition_index,
+                        };
+                        let Some(p) = by_tp.get(&tp) else { continue };
+                        let result = if part.error_code == 0 {
+                            Ok(LeaderAndIsr {
+                                leader: part.leader_id.0,
+                                leader_epoch: part.leader_epoch,
+                                partition_epoch: part.partition_epoch,
+                                replicas: Vec::new(),
+                                isr: part.isr.iter().map(|b| b.0).collect(),
+                            })
+                        } else {
+                            tracing::debug!(
+                                ?tp,
+                                error_code = part.error_code,
+                                "ISR change refused"
+                            );
+                            Err(error_code(part.error_code))
+                        };
+                        hw_changed |= p.isr_result(result);
+                    }
+                }
+                tracing::debug!(partitions = proposals.len(), "ISR changes sent");
             }
-            Ok(r) => tracing::debug!(error_code = r.error_code, "AlterPartition refused"),
-            Err(e) => tracing::debug!(error = %e, "AlterPartition failed"),
+            other => {
+                match other {
+                    Ok(r) => {
+                        if r.error_code == ErrorCode::NotController.code() {
+                            state.controllers.forget_leader();
+                        }
+                        tracing::debug!(error_code = r.error_code, "AlterPartition refused")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "AlterPartition failed"),
+                }
+                // Nothing was decided: drop the pending changes and propose again later.
+                for (p, _) in &proposals {
+                    p.isr_result(Err(ErrorCode::OperationNotAttempted));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                replicas.isr_check.notify_one();
+            }
+        }
+        if hw_changed {
+            replicas.changed();
         }
     }
 }

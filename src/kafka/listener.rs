@@ -40,8 +40,8 @@ pub trait Service: Send + Sync + 'static {
     /// The APIs and versions served (and advertised by ApiVersions).
     fn apis(&self) -> &ApiSet;
 
-    /// Answers one request with a response payload (header and body, no size prefix).
-    /// An error closes the connection.
+    /// Answers one request with a response payload (header and body, no size prefix), or
+    /// an empty payload for a request that gets no response. An error closes the connection.
     fn handle(&self, request: Request) -> impl Future<Output = Result<Bytes, String>> + Send;
 }
 
@@ -131,6 +131,10 @@ pub async fn serve_connection<S: Service>(
                 return;
             }
         };
+        // An empty payload is no response at all (Produce with acks=0).
+        if reply.is_empty() {
+            continue;
+        }
         if stream.write_all(&framed(&reply)).await.is_err() {
             return;
         }

@@ -48,7 +48,9 @@ pub struct BatchHeader {
 }
 
 fn be<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    b[at..at + N].try_into().expect("length checked by the caller")
+    b[at..at + N]
+        .try_into()
+        .expect("length checked by the caller")
 }
 
 impl BatchHeader {
@@ -246,7 +248,10 @@ mod tests {
         set_leader_epoch(&mut b, 7);
         assert!(crc_ok(&b));
         let h = BatchHeader::parse(&b).unwrap();
-        assert_eq!((h.base_offset, h.last_offset(), h.leader_epoch), (42, 43, 7));
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.leader_epoch),
+            (42, 43, 7)
+        );
         set_log_append_time(&mut b, 5_000);
         assert!(crc_ok(&b));
         assert_eq!(BatchHeader::parse(&b).unwrap().max_timestamp, 5_000);

@@ -101,12 +101,20 @@ impl EpochCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EpochCache::default()),
             Err(e) => return Err(e),
         };
-        let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed leader-epoch-checkpoint");
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed leader-epoch-checkpoint",
+            )
+        };
         let mut lines = text.lines();
         if lines.next() != Some("0") {
             return Err(bad());
         }
-        let count: usize = lines.next().and_then(|l| l.trim().parse().ok()).ok_or_else(bad)?;
+        let count: usize = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(bad)?;
         let mut cache = EpochCache::default();
         for _ in 0..count {
             let line = lines.next().ok_or_else(bad)?;

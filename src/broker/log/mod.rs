@@ -278,7 +278,11 @@ impl PartitionLog {
         let mut body = Vec::new();
         while pos < seg.size {
             let valid = match seg.header_at(pos) {
-                Ok(h) if h.magic == 2 && h.size() >= HEADER_LEN && pos + h.size() as u64 <= seg.size => {
+                Ok(h)
+                    if h.magic == 2
+                        && h.size() >= HEADER_LEN
+                        && pos + h.size() as u64 <= seg.size =>
+                {
                     if last {
                         body.resize(h.size(), 0);
                         seg.file.read_exact_at(&mut body, pos)?;
@@ -380,7 +384,8 @@ impl PartitionLog {
             &self.dir.join(PARTITION_METADATA),
             format!("version: 0\ntopic_id: {}\n", self.topic_id).as_bytes(),
         )?;
-        self.segments.push(Segment::create(&self.dir, self.log_end)?);
+        self.segments
+            .push(Segment::create(&self.dir, self.log_end)?);
         self.log_start = self.log_end;
         self.epochs.store(&self.dir)?;
         Ok(())
@@ -425,7 +430,11 @@ impl PartitionLog {
         };
         if roll {
             if self.config.flush_messages != u64::MAX {
-                self.segments.last().expect("materialized").file.sync_data()?;
+                self.segments
+                    .last()
+                    .expect("materialized")
+                    .file
+                    .sync_data()?;
             }
             let seg = Segment::create(&self.dir, self.log_end)?;
             self.segments.push(seg);
@@ -468,7 +477,13 @@ impl PartitionLog {
 
     /// Whole batches from the one holding `from`, each starting below `upper`, up to
     /// `max_bytes` (but at least one batch when `min_one`). Empty at or past `upper`.
-    pub fn read(&self, from: i64, max_bytes: usize, upper: i64, min_one: bool) -> io::Result<Bytes> {
+    pub fn read(
+        &self,
+        from: i64,
+        max_bytes: usize,
+        upper: i64,
+        min_one: bool,
+    ) -> io::Result<Bytes> {
         if from >= upper || from >= self.log_end || self.segments.is_empty() {
             return Ok(Bytes::new());
         }
@@ -506,6 +521,10 @@ impl PartitionLog {
     /// spanning `offset` goes whole.
     pub fn truncate_to(&mut self, offset: i64) -> io::Result<()> {
         if offset >= self.log_end {
+            // Nothing to cut but epochs starting here (an election entry with no records).
+            if self.epochs.truncate_from_end(offset) && !self.segments.is_empty() {
+                self.epochs.store(&self.dir)?;
+            }
             return Ok(());
         }
         if offset <= self.log_start {
@@ -629,7 +648,8 @@ impl PartitionLog {
     }
 
     /// Deletes the log's directory (the partition moved away or its topic was deleted).
-    pub fn delete(self) -> io::Result<()> {
+    pub fn delete(&mut self) -> io::Result<()> {
+        self.segments.clear();
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir)?;
         }

@@ -71,7 +71,8 @@ fn reopening_rebuilds_the_log_and_a_torn_tail_is_cut_off() {
     let mut log = PartitionLog::open(path.clone(), id, small_segments()).unwrap();
     let mut next = 0;
     for epoch in [0, 0, 0, 2, 2, 5, 5, 5] {
-        log.append(&batch(next, epoch, &[b"xxxxxxxxxxxxxxxxxxxx"], 7)).unwrap();
+        log.append(&batch(next, epoch, &[b"xxxxxxxxxxxxxxxxxxxx"], 7))
+            .unwrap();
         next += 1;
     }
     log.assign_epoch(6, next).unwrap();
@@ -129,7 +130,10 @@ fn truncation_drops_the_tail_epochs_and_producer_state() {
     // A follower append must continue at the log end.
     assert!(matches!(
         log.append(&batch(7, 1, &[b"v"], 1)),
-        Err(AppendError::UnexpectedOffset { expected: 3, got: 7 })
+        Err(AppendError::UnexpectedOffset {
+            expected: 3,
+            got: 7
+        })
     ));
 }
 
@@ -143,8 +147,13 @@ fn retention_deletes_whole_old_segments_below_the_high_watermark_only() {
     };
     let mut log = PartitionLog::open(dir.path().join("t-0"), id, config).unwrap();
     for i in 0..12 {
-        log.append(&batch(i, 0, &[b"0123456789012345678901234567890123456789"], 100))
-            .unwrap();
+        log.append(&batch(
+            i,
+            0,
+            &[b"0123456789012345678901234567890123456789"],
+            100,
+        ))
+        .unwrap();
     }
     let segments = log.segment_count();
     assert!(segments >= 4);
@@ -156,14 +165,18 @@ fn retention_deletes_whole_old_segments_below_the_high_watermark_only() {
     assert_eq!(deleted, segments - 1, "all but the active segment");
     assert!(log.log_start() > 0);
     assert_eq!(log.segment_count(), 1);
-    assert_eq!(offsets(&log.read(log.log_start(), 1 << 20, 12, true).unwrap())[0], log.log_start());
+    assert_eq!(
+        offsets(&log.read(log.log_start(), 1 << 20, 12, true).unwrap())[0],
+        log.log_start()
+    );
 }
 
 #[test]
 fn a_directory_left_by_a_deleted_topic_of_the_same_name_is_removed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t-0");
-    let mut log = PartitionLog::open(path.clone(), uuid::Uuid::new_v4(), LogConfig::default()).unwrap();
+    let mut log =
+        PartitionLog::open(path.clone(), uuid::Uuid::new_v4(), LogConfig::default()).unwrap();
     log.append(&batch(0, 0, &[b"old"], 1)).unwrap();
     drop(log);
     let log = PartitionLog::open(path, uuid::Uuid::new_v4(), LogConfig::default()).unwrap();
@@ -173,8 +186,12 @@ fn a_directory_left_by_a_deleted_topic_of_the_same_name_is_removed() {
 #[test]
 fn timestamps_find_the_first_batch_that_late() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log =
-        PartitionLog::open(dir.path().join("t-0"), uuid::Uuid::new_v4(), small_segments()).unwrap();
+    let mut log = PartitionLog::open(
+        dir.path().join("t-0"),
+        uuid::Uuid::new_v4(),
+        small_segments(),
+    )
+    .unwrap();
     for i in 0..10 {
         log.append(&batch(i, 0, &[b"0123456789"], 100 * i)).unwrap();
     }

@@ -1,0 +1,441 @@
+//! The data-plane requests of a broker: Produce, Fetch (consumers and followers), ListOffsets
+//! and OffsetForLeaderEpoch, answered from the hosted partitions (`replicas.rs`). Waits
+//! (acks=all, long polls) sleep on the partitions' change signal, bounded by the request's
+//! own timeout.
+
+use super::api::BrokerService;
+use super::log::batch;
+use super::partition::{Partition, Read};
+use bytes::Bytes;
+use kafka_protocol::messages::*;
+use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest a fetch may wait, whatever it asks (`max_wait_ms`).
+pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
+
+/// What a request naming a partition finds on this broker.
+fn locate(
+    service: &BrokerService,
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+) -> Result<Arc<Partition>, ErrorCode> {
+    let Some(t) = image.topic_by_name(topic) else {
+        return Err(ErrorCode::UnknownTopicOrPartition);
+    };
+    if !t.partitions.contains_key(&partition) {
+        return Err(ErrorCode::UnknownTopicOrPartition);
+    }
+    service
+        .state()
+        .replicas
+        .get(&TopicIdPartition {
+            topic_id: t.id,
+            partition,
+        })
+        .ok_or(ErrorCode::NotLeaderOrFollower)
+}
+
+/// The batch count and codec of a producer's records, or the error Kafka gives (§1.2 step 4).
+fn validate_records(records: Option<&Bytes>, version: i16) -> Result<(), ErrorCode> {
+    let bytes = records.map(|b| &b[..]).unwrap_or(&[]);
+    let batches = batch::split(bytes).map_err(|_| ErrorCode::InvalidRecord)?;
+    if batches.len() != 1 {
+        return Err(ErrorCode::InvalidRecord);
+    }
+    if batches[0].1.compression() == 4 && version < 7 {
+        return Err(ErrorCode::UnsupportedCompressionType);
+    }
+    Ok(())
+}
+
+impl BrokerService {
+    /// Produce. `None` means no response at all (acks=0 without errors).
+    pub(super) async fn produce(
+        &self,
+        r: ProduceRequest,
+        version: i16,
+    ) -> Result<Option<ProduceResponse>, String> {
+        use produce_response::{LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse};
+        let published = self.state().image();
+        let image = &published.image;
+        let acks = r.acks;
+        let wall = crate::controller::wall_ms();
+        // (topic index, partition index, response, wait for (partition, offset, epoch)).
+        let mut rows: Vec<(
+            usize,
+            PartitionProduceResponse,
+            Option<(Arc<Partition>, i64, i32)>,
+        )> = Vec::new();
+        for (ti, t) in r.topic_data.iter().enumerate() {
+            for pd in &t.partition_data {
+                let out = PartitionProduceResponse::default().with_index(pd.index);
+                let fail = |code: ErrorCode| {
+                    out.clone()
+                        .with_error_code(code.code())
+                        .with_base_offset(-1)
+                };
+                let row = if !matches!(acks, -1..=1) {
+                    (fail(ErrorCode::InvalidRequiredAcks), None)
+                } else if r.transactional_id.is_some() {
+                    (fail(ErrorCode::TransactionalIdAuthorizationFailed), None)
+                } else {
+                    match locate(self, image, &t.name.0, pd.index) {
+                        Err(code) => (fail(code), None),
+                        Ok(p) => match validate_records(pd.records.as_ref(), version) {
+                            Err(code) => (fail(code), None),
+                            Ok(()) => {
+                                let bytes = pd.records.as_deref().unwrap_or(&[]);
+                                match p.append_as_leader(bytes, acks, wall) {
+                                    Err((code, _)) => (fail(code), None),
+                                    Ok(done) => {
+                                        let out = out
+                                            .with_base_offset(done.base_offset)
+                                            .with_log_append_time_ms(done.log_append_time)
+                                            .with_log_start_offset(done.log_start);
+                                        let wait = (acks == -1).then(|| {
+                                            (p.clone(), done.required_offset, done.leader_epoch)
+                                        });
+                                        (out, wait)
+                                    }
+                                }
+                            }
+                        },
+                    }
+                };
+                rows.push((ti, row.0, row.1));
+            }
+        }
+        // Appends to a partition with an ISR of one raise its HW at once; wake waiters
+        // (followers long-polling for the new data) either way.
+        self.state().replicas.changed();
+        if acks == 0 {
+            if rows.iter().any(|(_, o, _)| o.error_code != 0) {
+                // Kafka closes the connection: the client reads no responses to acks=0.
+                return Err("an acks=0 produce failed".into());
+            }
+            return Ok(None);
+        }
+        if acks == -1 {
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_millis(r.timeout_ms.max(0) as u64);
+            let mut changes = self.state().replicas.subscribe();
+            loop {
+                let mut waiting = false;
+                for (_, out, wait) in rows.iter_mut() {
+                    let Some((p, required, epoch)) = wait else {
+                        continue;
+                    };
+                    match p.produce_outcome(*required, *epoch) {
+                        None => waiting = true,
+                        Some(code) => {
+                            if code != ErrorCode::None {
+                                out.error_code = code.code();
+                                out.base_offset = -1;
+                            }
+                            *wait = None;
+                        }
+                    }
+                }
+                if !waiting {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+                {
+                    for (_, out, wait) in rows.iter_mut() {
+                        if wait.take().is_some() {
+                            // The data stays in the log and may still commit (§1.4).
+                            out.error_code = ErrorCode::RequestTimedOut.code();
+                            out.base_offset = -1;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let mut topics: Vec<TopicProduceResponse> = r
+            .topic_data
+            .iter()
+            .map(|t| TopicProduceResponse::default().with_name(t.name.clone()))
+            .collect();
+        let mut endpoints = BTreeSet::new();
+        for (ti, mut out, _) in rows {
+            if version >= 10 && out.error_code == ErrorCode::NotLeaderOrFollower.code() {
+                // KIP-951: name the leader when there is one (never -1: librdkafka warns).
+                let name = &r.topic_data[ti].name.0;
+                if let Some(p) = image
+                    .topic_by_name(name)
+                    .and_then(|t| t.partitions.get(&out.index))
+                {
+                    if p.leader.0 >= 0 {
+                        out.current_leader = LeaderIdAndEpoch::default()
+                            .with_leader_id(BrokerId(p.leader.0))
+                            .with_leader_epoch(p.leader_epoch.0);
+                        endpoints.insert(p.leader.0);
+                    }
+                }
+            }
+            topics[ti].partition_responses.push(out);
+        }
+        let mut response = ProduceResponse::default().with_responses(topics);
+        if version >= 10 {
+            response.node_endpoints = self
+                .live_endpoints(image)
+                .into_iter()
+                .filter(|(id, ..)| endpoints.contains(id))
+                .map(|(id, host, port, rack)| {
+                    produce_response::NodeEndpoint::default()
+                        .with_node_id(BrokerId(id))
+                        .with_host(crate::kafka::wire::sb(host))
+                        .with_port(port as i32)
+                        .with_rack(rack.map(crate::kafka::wire::sb))
+                })
+                .collect();
+        }
+        Ok(Some(response))
+    }
+
+    /// Fetch, from consumers (`replica_id` < 0) and followers. Sessionless: every response is
+    /// a full one (session id 0) listing every partition asked for.
+    pub(super) async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
+        use fetch_response::{EpochEndOffset, FetchableTopicResponse, PartitionData};
+        if r.session_id != 0 {
+            return FetchResponse::default()
+                .with_error_code(ErrorCode::FetchSessionIdNotFound.code())
+                .with_session_id(0);
+        }
+        let replica = if version >= 15 {
+            r.replica_state.replica_id.0
+        } else {
+            r.replica_id.0
+        };
+        let max_wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut changes = self.state().replicas.subscribe();
+        let isolation = r.isolation_level;
+        loop {
+            changes.borrow_and_update();
+            let published = self.state().image();
+            let image = &published.image;
+            let mut total = 0usize;
+            let mut urgent = false;
+            let mut expand = false;
+            let mut hw_changed = false;
+            let mut responses = Vec::with_capacity(r.topics.len());
+            for t in &r.topics {
+                let name = t.topic.0.to_string();
+                let mut parts = Vec::with_capacity(t.partitions.len());
+                for fp in &t.partitions {
+                    let out = PartitionData::default()
+                        .with_partition_index(fp.partition)
+                        .with_records(Some(Bytes::new()))
+                        .with_aborted_transactions(if isolation == 0 {
+                            None
+                        } else {
+                            Some(Vec::new())
+                        });
+                    let room = (r.max_bytes.max(0) as usize).saturating_sub(total);
+                    let max_bytes = (fp.partition_max_bytes.max(0) as usize).min(room);
+                    let min_one = total == 0;
+                    let result = locate(self, image, &name, fp.partition)
+                        .map_err(|e| (e, None))
+                        .and_then(|p| {
+                            if replica >= 0 {
+                                p.read_for_follower(
+                                    replica,
+                                    fp.fetch_offset,
+                                    fp.current_leader_epoch,
+                                    fp.last_fetched_epoch,
+                                    max_bytes,
+                                    min_one,
+                                )
+                                .map(|f| {
+                                    expand |= f.may_expand;
+                                    hw_changed |= f.hw_changed;
+                                    f.read
+                                })
+                            } else {
+                                p.read_for_consumer(
+                                    fp.fetch_offset,
+                                    fp.current_leader_epoch,
+                                    if version >= 12 {
+                                        fp.last_fetched_epoch
+                                    } else {
+                                        -1
+                                    },
+                                    max_bytes,
+                                    min_one,
+                                )
+                            }
+                        });
+                    let out = match result {
+                        Ok(Read::Records(records, m)) => {
+                            total += records.len();
+                            out.with_high_watermark(m.high_watermark)
+                                .with_last_stable_offset(m.high_watermark)
+                                .with_log_start_offset(m.log_start)
+                                .with_records(Some(records))
+                        }
+                        Ok(Read::Diverging {
+                            epoch,
+                            end_offset,
+                            marks,
+                        }) => {
+                            urgent = true;
+                            out.with_high_watermark(marks.high_watermark)
+                                .with_last_stable_offset(marks.high_watermark)
+                                .with_log_start_offset(marks.log_start)
+                                .with_diverging_epoch(
+                                    EpochEndOffset::default()
+                                        .with_epoch(epoch)
+                                        .with_end_offset(end_offset),
+                                )
+                        }
+                        Err((code, marks)) => {
+                            urgent = true;
+                            let out = out.with_error_code(code.code());
+                            match marks {
+                                Some(m) => out
+                                    .with_high_watermark(m.high_watermark)
+                                    .with_last_stable_offset(m.high_watermark)
+                                    .with_log_start_offset(m.log_start),
+                                None => out.with_high_watermark(-1).with_last_stable_offset(-1),
+                            }
+                        }
+                    };
+                    parts.push(out);
+                }
+                responses.push(
+                    FetchableTopicResponse::default()
+                        .with_topic(t.topic.clone())
+                        .with_topic_id(t.topic_id)
+                        .with_partitions(parts),
+                );
+            }
+            if hw_changed {
+                self.state().replicas.changed();
+            }
+            if expand {
+                self.state().replicas.isr_check.notify_one();
+            }
+            let enough = total >= r.min_bytes.max(0) as usize && total > 0;
+            if enough
+                || urgent
+                || max_wait.is_zero()
+                || r.topics.is_empty()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return FetchResponse::default()
+                    .with_session_id(0)
+                    .with_responses(responses);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                // One last look at the deadline (the loop answers with what there is).
+                continue;
+            }
+        }
+    }
+
+    /// ListOffsets (§5.1): earliest, latest, max timestamp (v7+), or by timestamp.
+    pub(super) fn list_offsets(&self, r: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+        use list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+        let published = self.state().image();
+        let image = &published.image;
+        let from_replica = r.replica_id.0 >= 0;
+        let mut seen = BTreeSet::new();
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let out = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p.partition_index);
+                        let result = if !seen.insert((t.name.0.to_string(), p.partition_index)) {
+                            Err(ErrorCode::InvalidRequest)
+                        } else if (p.timestamp == -3 && version < 7)
+                            || (p.timestamp == -4 && version < 8)
+                            || (p.timestamp == -5 && version < 9)
+                        {
+                            Err(ErrorCode::UnsupportedVersion)
+                        } else {
+                            let epoch = if version >= 4 {
+                                p.current_leader_epoch
+                            } else {
+                                -1
+                            };
+                            locate(self, image, &t.name.0, p.partition_index)
+                                .and_then(|part| part.list_offset(p.timestamp, epoch, from_replica))
+                        };
+                        match result {
+                            Ok((offset, timestamp, epoch)) => {
+                                let out = out.with_offset(offset).with_timestamp(timestamp);
+                                // The leader epoch exists from v4 on; setting it below fails
+                                // the encoding (kcat sends v2).
+                                if version >= 4 {
+                                    out.with_leader_epoch(epoch)
+                                } else {
+                                    out
+                                }
+                            }
+                            Err(ErrorCode::OffsetNotAvailable) if version < 5 => {
+                                out.with_error_code(ErrorCode::LeaderNotAvailable.code())
+                            }
+                            Err(code) => out.with_error_code(code.code()),
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        ListOffsetsResponse::default().with_topics(topics)
+    }
+
+    /// OffsetForLeaderEpoch (§3.3), answered by the leader only.
+    pub(super) fn offset_for_leader_epoch(
+        &self,
+        r: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        use offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
+        let published = self.state().image();
+        let image = &published.image;
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let out = EpochEndOffset::default().with_partition(p.partition);
+                        match locate(self, image, &t.topic.0, p.partition).and_then(|part| {
+                            part.end_offset_for(p.current_leader_epoch, p.leader_epoch)
+                        }) {
+                            Ok((epoch, end)) => out.with_leader_epoch(epoch).with_end_offset(end),
+                            Err(code) => out
+                                .with_error_code(code.code())
+                                .with_leader_epoch(-1)
+                                .with_end_offset(-1),
+                        }
+                    })
+                    .collect();
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(t.topic.clone())
+                    .with_partitions(partitions)
+            })
+            .collect();
+        OffsetForLeaderEpochResponse::default().with_topics(topics)
+    }
+}

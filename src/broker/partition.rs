@@ -1,0 +1,875 @@
+//! A partition replica on a broker: its log, its role (leader or follower) taken from the
+//! metadata image, and, as leader, the followers' fetch state, the high watermark and the ISR
+//! changes it proposes through AlterPartition (Kafka's `Partition.scala`; the rules and their
+//! sources are in `shared/reference/kafka-data-plane.md` §1–§3).
+//!
+//! Every method locks the partition for a short, synchronous step (an append is one positioned
+//! write to the page cache). Waiting (acks=all, long polls) happens outside, on
+//! [`super::replicas::Replicas::changes`].
+
+use super::log::batch::{self, BatchHeader};
+use super::log::producers::Check;
+use super::log::{LogConfig, PartitionLog};
+use bytes::Bytes;
+use kmeta_metadata::{ErrorCode, TopicIdPartition};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Milliseconds on a monotonic clock (follower lag and ISR timing).
+pub fn mono_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
+}
+
+/// This broker's role for the partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It leads: it takes produce requests and serves fetches.
+    Leader,
+    /// It copies the log of `leader`.
+    Follower {
+        /// The leader's broker id (-1: none elected).
+        leader: i32,
+    },
+}
+
+/// The partition's state as the controller committed it (from the image).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderAndIsr {
+    /// The leader (-1: none).
+    pub leader: i32,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// The partition epoch.
+    pub partition_epoch: i32,
+    /// All replicas.
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+/// Settings of one partition, from the broker's config and the topic's overrides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionConfig {
+    /// The log's settings.
+    pub log: LogConfig,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: usize,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_ms: i64,
+}
+
+/// What the leader knows of one follower (Kafka's `ReplicaState`).
+#[derive(Clone, Copy, Debug)]
+struct Follower {
+    /// Its log end as of its last fetch; -1 until it fetches from this leader.
+    leo: i64,
+    last_fetch_ms: i64,
+    last_fetch_leader_leo: i64,
+    last_caught_up_ms: i64,
+}
+
+impl Follower {
+    fn unknown(caught_up_ms: i64) -> Follower {
+        Follower {
+            leo: -1,
+            last_fetch_ms: 0,
+            last_fetch_leader_leo: -1,
+            last_caught_up_ms: caught_up_ms,
+        }
+    }
+
+    fn caught_up(&self, leader_leo: i64, now: i64, lag: i64) -> bool {
+        self.leo >= 0 && (self.leo >= leader_leo || now - self.last_caught_up_ms <= lag)
+    }
+}
+
+/// An ISR change sent to the controller and not answered yet.
+#[derive(Clone, Debug)]
+struct PendingIsr {
+    /// The ISR proposed.
+    proposed: Vec<i32>,
+    /// The ISR the HW must wait for meanwhile: the larger of the committed and proposed.
+    maximal: Vec<i32>,
+    sent_ms: i64,
+}
+
+/// An ISR change to send (AlterPartition), with each member's broker epoch filled by the
+/// caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IsrProposal {
+    /// The partition.
+    pub tp: TopicIdPartition,
+    /// The leader epoch it is based on.
+    pub leader_epoch: i32,
+    /// The partition epoch it is based on.
+    pub partition_epoch: i32,
+    /// The new ISR.
+    pub isr: Vec<i32>,
+}
+
+struct State {
+    log: PartitionLog,
+    role: Role,
+    leader_epoch: i32,
+    partition_epoch: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+    pending: Option<PendingIsr>,
+    followers: BTreeMap<i32, Follower>,
+    high_watermark: i64,
+    /// The log end when this broker became leader in this epoch.
+    epoch_start_offset: i64,
+    config: PartitionConfig,
+}
+
+impl State {
+    fn maximal_isr(&self) -> &[i32] {
+        self.pending.as_ref().map_or(&self.isr, |p| &p.maximal)
+    }
+
+    fn effective_min_isr(&self) -> usize {
+        self.config
+            .min_insync_replicas
+            .min(self.replicas.len())
+            .max(1)
+    }
+
+    /// Kafka's `maybeIncrementLeaderHW`: the smallest log end over the maximal ISR and the
+    /// caught-up replicas about to join; not while the ISR is under min ISR. True if it rose.
+    fn maybe_increment_hw(&mut self, me: i32, now: i64) -> bool {
+        if self.role != Role::Leader || self.isr.len() < self.effective_min_isr() {
+            return false;
+        }
+        let leo = self.log.log_end();
+        let mut candidate = leo;
+        for r in &self.replicas {
+            if *r == me {
+                continue;
+            }
+            let f = self
+                .followers
+                .get(r)
+                .copied()
+                .unwrap_or(Follower::unknown(0));
+            let in_max = self.maximal_isr().contains(r);
+            let joining = f.caught_up(leo, now, self.config.replica_lag_ms);
+            if in_max || joining {
+                candidate = candidate.min(if f.leo < 0 {
+                    self.high_watermark
+                } else {
+                    f.leo
+                });
+            }
+        }
+        if candidate > self.high_watermark {
+            self.high_watermark = candidate;
+            return true;
+        }
+        false
+    }
+
+    fn check_epoch(&self, current_leader_epoch: i32) -> Result<(), ErrorCode> {
+        if current_leader_epoch < 0 || current_leader_epoch == self.leader_epoch {
+            Ok(())
+        } else if current_leader_epoch < self.leader_epoch {
+            Err(ErrorCode::FencedLeaderEpoch)
+        } else {
+            Err(ErrorCode::UnknownLeaderEpoch)
+        }
+    }
+
+    fn check_leader(&self, current_leader_epoch: i32) -> Result<(), ErrorCode> {
+        if self.role != Role::Leader {
+            // Kafka fences the epoch first; a newer epoch means this broker is behind.
+            if current_leader_epoch > self.leader_epoch {
+                return Err(ErrorCode::UnknownLeaderEpoch);
+            }
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        self.check_epoch(current_leader_epoch)
+    }
+}
+
+/// The outcome of a produce to one partition, before any wait for replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Produced {
+    /// The first offset assigned (or of the original batch, for a duplicate).
+    pub base_offset: i64,
+    /// The offset after the batch: acks=all waits until the HW reaches it.
+    pub required_offset: i64,
+    /// The broker time stamped on a LogAppendTime topic, else -1.
+    pub log_append_time: i64,
+    /// The log start offset.
+    pub log_start: i64,
+    /// The leader epoch it was appended in.
+    pub leader_epoch: i32,
+}
+
+/// Offsets a fetch response reports with its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marks {
+    /// The high watermark.
+    pub high_watermark: i64,
+    /// The log start offset.
+    pub log_start: i64,
+    /// The log end offset.
+    pub log_end: i64,
+}
+
+/// A read from the log.
+#[derive(Debug)]
+pub enum Read {
+    /// Whole batches (possibly none).
+    Records(Bytes, Marks),
+    /// The requester's last fetched epoch ends at `end_offset` here (KIP-320): truncate.
+    Diverging {
+        /// The largest epoch ≤ the requester's this log knows.
+        epoch: i32,
+        /// Where it ends.
+        end_offset: i64,
+        /// The marks.
+        marks: Marks,
+    },
+}
+
+/// What a follower fetch did on the leader.
+pub struct FollowerFetch {
+    /// The read.
+    pub read: Read,
+    /// The HW rose (acks=all waiters may complete).
+    pub hw_changed: bool,
+    /// The follower may now join the ISR.
+    pub may_expand: bool,
+}
+
+/// One partition replica.
+pub struct Partition {
+    /// The partition.
+    pub tp: TopicIdPartition,
+    /// Its topic's name.
+    pub topic: String,
+    me: i32,
+    state: Mutex<State>,
+}
+
+/// An error on a partition, with the marks to report alongside where known.
+pub type PartitionError = (ErrorCode, Option<Marks>);
+
+impl Partition {
+    /// A replica of `tp` on broker `me`, its log in `dir` (opened, or created on first write).
+    pub fn open(
+        tp: TopicIdPartition,
+        topic: String,
+        me: i32,
+        dir: std::path::PathBuf,
+        config: PartitionConfig,
+    ) -> std::io::Result<Partition> {
+        let log = PartitionLog::open(dir, tp.topic_id, config.log.clone())?;
+        Ok(Partition {
+            tp,
+            topic,
+            me,
+            state: Mutex::new(State {
+                log,
+                role: Role::Follower { leader: -1 },
+                leader_epoch: -1,
+                partition_epoch: -1,
+                replicas: Vec::new(),
+                isr: Vec::new(),
+                pending: None,
+                followers: BTreeMap::new(),
+                high_watermark: 0,
+                epoch_start_offset: 0,
+                config,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The role, leader epoch and log end offset.
+    pub fn role(&self) -> (Role, i32) {
+        let s = self.lock();
+        (s.role, s.leader_epoch)
+    }
+
+    /// The high watermark, log start and log end.
+    pub fn marks(&self) -> Marks {
+        let s = self.lock();
+        Marks {
+            high_watermark: s.high_watermark,
+            log_start: s.log.log_start(),
+            log_end: s.log.log_end(),
+        }
+    }
+
+    /// The committed ISR and the maximal ISR.
+    pub fn isr(&self) -> (Vec<i32>, Vec<i32>) {
+        let s = self.lock();
+        (s.isr.clone(), s.maximal_isr().to_vec())
+    }
+
+    /// Applies the controller's committed state. Returns true if this broker's role or leader
+    /// epoch changed (a follower must then restart fetching).
+    pub fn apply(&self, new: &LeaderAndIsr, config: PartitionConfig) -> std::io::Result<bool> {
+        let now = mono_ms();
+        let mut s = self.lock();
+        if s.config != config {
+            s.log.set_config(config.log.clone());
+            s.config = config;
+        }
+        let role = if new.leader == self.me {
+            Role::Leader
+        } else {
+            Role::Follower { leader: new.leader }
+        };
+        if new.leader_epoch < s.leader_epoch
+            || (new.leader_epoch == s.leader_epoch && new.partition_epoch <= s.partition_epoch)
+        {
+            return Ok(false);
+        }
+        let epoch_changed = new.leader_epoch != s.leader_epoch || role != s.role;
+        s.leader_epoch = new.leader_epoch;
+        s.partition_epoch = new.partition_epoch;
+        s.replicas = new.replicas.clone();
+        s.isr = new.isr.clone();
+        s.pending = None;
+        if epoch_changed {
+            match role {
+                Role::Leader => {
+                    // KIP-279: the new epoch starts at the log end, before anything is written.
+                    let leo = s.log.log_end();
+                    s.log.assign_epoch(new.leader_epoch, leo)?;
+                    s.epoch_start_offset = leo;
+                    let followers = s
+                        .replicas
+                        .iter()
+                        .filter(|r| **r != self.me)
+                        .map(|r| {
+                            let at = if s.isr.contains(r) { now } else { 0 };
+                            (*r, Follower::unknown(at))
+                        })
+                        .collect();
+                    s.followers = followers;
+                    tracing::debug!(tp = ?self.tp, epoch = new.leader_epoch, leo, "became leader");
+                }
+                Role::Follower { leader } => {
+                    s.followers.clear();
+                    let leo = s.log.log_end();
+                    s.high_watermark = s.high_watermark.min(leo);
+                    tracing::debug!(tp = ?self.tp, epoch = new.leader_epoch, leader, "became follower");
+                }
+            }
+            s.role = role;
+        }
+        s.maybe_increment_hw(self.me, now);
+        Ok(epoch_changed)
+    }
+
+    /// Produce on the leader: validates the one batch, checks min ISR for acks=all, assigns
+    /// offsets, deduplicates idempotent retries and appends. Kafka's order (§1.2).
+    pub fn append_as_leader(
+        &self,
+        records: &[u8],
+        acks: i16,
+        wall_ms: i64,
+    ) -> Result<Produced, PartitionError> {
+        let now = mono_ms();
+        let mut s = self.lock();
+        s.check_leader(-1).map_err(|e| (e, None))?;
+        if acks == -1 && s.isr.len() < s.effective_min_isr() {
+            return Err((ErrorCode::NotEnoughReplicas, None));
+        }
+        let max = s.config.log.max_message_bytes;
+        if records.len() > max {
+            return Err((ErrorCode::MessageTooLarge, None));
+        }
+        let mut bytes = records.to_vec();
+        let h = BatchHeader::parse(&bytes).ok_or((ErrorCode::InvalidRecord, None))?;
+        if h.base_offset != 0
+            || h.last_offset_delta + 1 != h.records_count
+            || h.records_count <= 0
+            || h.is_control()
+            || (h.has_producer_id() && h.base_sequence < 0)
+        {
+            return Err((ErrorCode::InvalidRecord, None));
+        }
+        if h.is_transactional() {
+            // kmeta has no transaction coordinator.
+            return Err((ErrorCode::TransactionalIdAuthorizationFailed, None));
+        }
+        if !batch::crc_ok(&bytes) {
+            return Err((ErrorCode::CorruptMessage, None));
+        }
+        if bytes.len() as u64 > s.config.log.segment_bytes {
+            return Err((ErrorCode::RecordListTooLarge, None));
+        }
+        let log_start = s.log.log_start();
+        match s.log.producers().check(&h) {
+            Err(code) => return Err((code, None)),
+            Ok(Check::Duplicate(b)) => {
+                return Ok(Produced {
+                    base_offset: b.first_offset,
+                    required_offset: b.last_offset + 1,
+                    log_append_time: if s.config.log.log_append_time {
+                        b.timestamp
+                    } else {
+                        -1
+                    },
+                    log_start,
+                    leader_epoch: s.leader_epoch,
+                })
+            }
+            Ok(Check::Append) => {}
+        }
+        let base = s.log.log_end();
+        batch::set_base_offset(&mut bytes, base);
+        batch::set_leader_epoch(&mut bytes, s.leader_epoch);
+        let log_append_time = if s.config.log.log_append_time {
+            batch::set_log_append_time(&mut bytes, wall_ms);
+            wall_ms
+        } else {
+            -1
+        };
+        let appended = s.log.append(&bytes).map_err(|e| {
+            tracing::error!(tp = ?self.tp, error = %e, "append failed");
+            (ErrorCode::KafkaStorageError, None)
+        })?;
+        s.maybe_increment_hw(self.me, now);
+        Ok(Produced {
+            base_offset: appended.first_offset,
+            required_offset: appended.last_offset + 1,
+            log_append_time,
+            log_start,
+            leader_epoch: s.leader_epoch,
+        })
+    }
+
+    /// For an acks=all produce appended in `leader_epoch`: `None` while the HW is below
+    /// `required_offset`; then Ok, or NOT_ENOUGH_REPLICAS_AFTER_APPEND if the maximal ISR
+    /// dropped under min ISR, or NOT_LEADER_OR_FOLLOWER if leadership moved.
+    pub fn produce_outcome(&self, required_offset: i64, leader_epoch: i32) -> Option<ErrorCode> {
+        let s = self.lock();
+        if s.role != Role::Leader || s.leader_epoch != leader_epoch {
+            return Some(ErrorCode::NotLeaderOrFollower);
+        }
+        if s.high_watermark < required_offset {
+            return None;
+        }
+        if s.maximal_isr().len() < s.effective_min_isr() {
+            return Some(ErrorCode::NotEnoughReplicasAfterAppend);
+        }
+        Some(ErrorCode::None)
+    }
+
+    fn read_locked(
+        s: &State,
+        fetch_offset: i64,
+        last_fetched_epoch: i32,
+        max_bytes: usize,
+        min_one: bool,
+        upper: i64,
+    ) -> Result<Read, PartitionError> {
+        let marks = Marks {
+            high_watermark: s.high_watermark,
+            log_start: s.log.log_start(),
+            log_end: s.log.log_end(),
+        };
+        if last_fetched_epoch >= 0 {
+            let (epoch, end) = s
+                .log
+                .epochs()
+                .end_offset_for(last_fetched_epoch, marks.log_end);
+            if epoch < 0 || end < 0 || fetch_offset < marks.log_start {
+                return Err((ErrorCode::OffsetOutOfRange, Some(marks)));
+            }
+            if epoch < last_fetched_epoch || end < fetch_offset {
+                return Ok(Read::Diverging {
+                    epoch,
+                    end_offset: end,
+                    marks,
+                });
+            }
+        }
+        if fetch_offset < marks.log_start || fetch_offset > marks.log_end {
+            return Err((ErrorCode::OffsetOutOfRange, Some(marks)));
+        }
+        let records = s
+            .log
+            .read(fetch_offset, max_bytes, upper, min_one)
+            .map_err(|e| {
+                tracing::error!(error = %e, "read failed");
+                (ErrorCode::KafkaStorageError, Some(marks))
+            })?;
+        Ok(Read::Records(records, marks))
+    }
+
+    /// A consumer's fetch: up to the HW (read_committed has the same bound: no transactions).
+    pub fn read_for_consumer(
+        &self,
+        fetch_offset: i64,
+        current_leader_epoch: i32,
+        last_fetched_epoch: i32,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Read, PartitionError> {
+        let s = self.lock();
+        s.check_leader(current_leader_epoch)
+            .map_err(|e| (e, None))?;
+        let hw = s.high_watermark;
+        Self::read_locked(&s, fetch_offset, last_fetched_epoch, max_bytes, min_one, hw)
+    }
+
+    /// A follower's fetch: up to the log end. Updates what the leader knows of `replica`
+    /// (unless the histories diverged) and maybe the HW.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_for_follower(
+        &self,
+        replica: i32,
+        fetch_offset: i64,
+        current_leader_epoch: i32,
+        last_fetched_epoch: i32,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<FollowerFetch, PartitionError> {
+        let now = mono_ms();
+        let mut s = self.lock();
+        s.check_leader(current_leader_epoch)
+            .map_err(|e| (e, None))?;
+        if !s.replicas.contains(&replica) || replica == self.me {
+            return Err((
+                if current_leader_epoch >= 0 {
+                    ErrorCode::UnknownLeaderEpoch
+                } else {
+                    ErrorCode::NotLeaderOrFollower
+                },
+                None,
+            ));
+        }
+        let leo = s.log.log_end();
+        let read = Self::read_locked(
+            &s,
+            fetch_offset,
+            last_fetched_epoch,
+            max_bytes,
+            min_one,
+            leo,
+        )?;
+        if matches!(read, Read::Diverging { .. }) {
+            return Ok(FollowerFetch {
+                read,
+                hw_changed: false,
+                may_expand: false,
+            });
+        }
+        let f = s.followers.entry(replica).or_insert(Follower::unknown(0));
+        if fetch_offset >= leo {
+            f.last_caught_up_ms = now;
+        } else if f.last_fetch_leader_leo >= 0 && fetch_offset >= f.last_fetch_leader_leo {
+            f.last_caught_up_ms = f.last_fetch_ms;
+        }
+        f.leo = fetch_offset;
+        f.last_fetch_ms = now;
+        f.last_fetch_leader_leo = leo;
+        let hw_changed = s.maybe_increment_hw(self.me, now);
+        let may_expand = s.pending.is_none()
+            && !s.isr.contains(&replica)
+            && fetch_offset >= s.high_watermark
+            && fetch_offset >= s.epoch_start_offset;
+        let read = match read {
+            Read::Records(r, mut marks) => {
+                marks.high_watermark = s.high_watermark;
+                Read::Records(r, marks)
+            }
+            d => d,
+        };
+        Ok(FollowerFetch {
+            read,
+            hw_changed,
+            may_expand,
+        })
+    }
+
+    /// A follower appends what its leader sent and takes the leader's HW and log start.
+    /// `Ok(false)` if this broker no longer follows in `leader_epoch`.
+    pub fn append_as_follower(
+        &self,
+        leader_epoch: i32,
+        fetch_offset: i64,
+        records: &[u8],
+        leader_hw: i64,
+        leader_log_start: i64,
+    ) -> Result<bool, String> {
+        let mut s = self.lock();
+        if s.role == Role::Leader || s.leader_epoch != leader_epoch {
+            return Ok(false);
+        }
+        if s.log.log_end() != fetch_offset {
+            // The log changed under this fetch (a truncation); the next fetch starts over.
+            return Ok(false);
+        }
+        if !records.is_empty() {
+            s.log.append(records).map_err(|e| e.to_string())?;
+        }
+        let leo = s.log.log_end();
+        let hw = leader_hw.min(leo).max(s.high_watermark.min(leo));
+        s.high_watermark = hw;
+        if leader_log_start > s.log.log_start() {
+            let to = leader_log_start.min(hw);
+            s.log.advance_log_start(to).map_err(|e| e.to_string())?;
+        }
+        Ok(true)
+    }
+
+    /// A follower told that its history diverged: truncates as Kafka's fetcher does
+    /// (`getOffsetTruncationState`, §3.5). Returns the new log end.
+    pub fn truncate_on_divergence(
+        &self,
+        leader_epoch: i32,
+        epoch: i32,
+        end_offset: i64,
+    ) -> std::io::Result<Option<i64>> {
+        let mut s = self.lock();
+        if s.role == Role::Leader || s.leader_epoch != leader_epoch {
+            return Ok(None);
+        }
+        let leo = s.log.log_end();
+        let (mine, my_end) = s.log.epochs().end_offset_for(epoch, leo);
+        let to = if mine == epoch {
+            my_end.min(end_offset).min(leo)
+        } else if mine >= 0 {
+            // This log never had `epoch`: cut to the end of the epoch it has, ask again.
+            my_end.min(leo)
+        } else {
+            end_offset.min(leo)
+        };
+        tracing::info!(tp = ?self.tp, from = leo, to, epoch, end_offset, "truncating a diverged log");
+        s.log.truncate_to(to)?;
+        let leo = s.log.log_end();
+        s.high_watermark = s.high_watermark.min(leo);
+        Ok(Some(leo))
+    }
+
+    /// A follower whose fetch offset is out of the leader's range: restart at the leader's
+    /// log start if behind it, else cut back to the leader's HW and fetch on.
+    pub fn reset_out_of_range(
+        &self,
+        leader_epoch: i32,
+        leader_log_start: i64,
+        leader_hw: i64,
+    ) -> std::io::Result<()> {
+        let mut s = self.lock();
+        if s.role == Role::Leader || s.leader_epoch != leader_epoch {
+            return Ok(());
+        }
+        if s.log.log_end() < leader_log_start {
+            s.log.truncate_fully_and_start_at(leader_log_start)?;
+        } else if leader_hw >= 0 && leader_hw < s.log.log_end() {
+            s.log.truncate_to(leader_hw)?;
+        }
+        let leo = s.log.log_end();
+        s.high_watermark = s.high_watermark.min(leo);
+        Ok(())
+    }
+
+    /// What a follower sends for this partition: `(leader epoch, fetch offset, last fetched
+    /// epoch, log start)`, or `None` unless it follows `leader`.
+    pub fn follower_fetch_position(&self, leader: i32) -> Option<(i32, i64, i32, i64)> {
+        let s = self.lock();
+        match s.role {
+            Role::Follower { leader: l } if l == leader && l >= 0 => Some((
+                s.leader_epoch,
+                s.log.log_end(),
+                s.log.epochs().latest_epoch(),
+                s.log.log_start(),
+            )),
+            _ => None,
+        }
+    }
+
+    /// OffsetForLeaderEpoch on the leader (§3.3).
+    pub fn end_offset_for(
+        &self,
+        current_leader_epoch: i32,
+        requested: i32,
+    ) -> Result<(i32, i64), ErrorCode> {
+        let s = self.lock();
+        s.check_leader(current_leader_epoch)?;
+        Ok(s.log.epochs().end_offset_for(requested, s.log.log_end()))
+    }
+
+    /// ListOffsets on the leader (§5.1): `(offset, timestamp)`. `replica` requests (≥ 0) see
+    /// the log end for "latest".
+    pub fn list_offset(
+        &self,
+        timestamp: i64,
+        current_leader_epoch: i32,
+        from_replica: bool,
+    ) -> Result<(i64, i64, i32), ErrorCode> {
+        let s = self.lock();
+        s.check_leader(current_leader_epoch)?;
+        let hw = s.high_watermark;
+        let epoch = s.leader_epoch;
+        let fetchable = if from_replica { s.log.log_end() } else { hw };
+        let lagging = !from_replica && hw < s.epoch_start_offset;
+        match timestamp {
+            -2 | -4 => Ok((s.log.log_start(), -1, epoch)),
+            -1 | -5 => {
+                if lagging {
+                    Err(ErrorCode::OffsetNotAvailable)
+                } else {
+                    Ok((fetchable, -1, epoch))
+                }
+            }
+            -3 => match s.log.max_timestamp() {
+                Some((o, t)) if o < fetchable => Ok((o, t, epoch)),
+                _ => Ok((-1, -1, epoch)),
+            },
+            t if t >= 0 => {
+                if lagging {
+                    return Err(ErrorCode::OffsetNotAvailable);
+                }
+                match s.log.offset_for_timestamp(t) {
+                    Ok(Some((o, ts))) if o < fetchable => Ok((o, ts, epoch)),
+                    Ok(_) => Ok((-1, -1, epoch)),
+                    Err(_) => Err(ErrorCode::KafkaStorageError),
+                }
+            }
+            _ => Err(ErrorCode::InvalidRequest),
+        }
+    }
+
+    /// The ISR change this leader would propose now, if any (and marks it pending): drop
+    /// followers that have not caught up within `replica.lag.time.max.ms`, add followers that
+    /// reached the HW and the epoch start and are `eligible`.
+    pub fn isr_proposal(&self, eligible: impl Fn(i32) -> bool) -> Option<IsrProposal> {
+        let now = mono_ms();
+        let mut s = self.lock();
+        if s.role != Role::Leader {
+            return None;
+        }
+        if let Some(p) = &s.pending {
+            // A reply that never came (or a rejection that new metadata did not follow):
+            // try again after a while.
+            if now - p.sent_ms < 10_000 {
+                return None;
+            }
+            s.pending = None;
+        }
+        let leo = s.log.log_end();
+        let lag = s.config.replica_lag_ms;
+        let out: Vec<i32> = s
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| *r != self.me)
+            .filter(|r| {
+                !s.followers
+                    .get(r)
+                    .is_some_and(|f| f.caught_up(leo, now, lag))
+            })
+            .filter(|r| {
+                // A follower this leader has not heard from yet gets the lag time from the
+                // election before it is dropped.
+                s.followers
+                    .get(r)
+                    .is_some_and(|f| now - f.last_caught_up_ms > lag)
+            })
+            .collect();
+        let (proposed, maximal) = if !out.is_empty() {
+            let proposed: Vec<i32> = s.isr.iter().copied().filter(|r| !out.contains(r)).collect();
+            (proposed, s.isr.clone())
+        } else {
+            let joining: Vec<i32> = s
+                .replicas
+                .iter()
+                .copied()
+                .filter(|r| *r != self.me && !s.isr.contains(r))
+                .filter(|r| {
+                    s.followers.get(r).is_some_and(|f| {
+                        f.leo >= 0 && f.leo >= s.high_watermark && f.leo >= s.epoch_start_offset
+                    })
+                })
+                .filter(|r| eligible(*r))
+                .collect();
+            if joining.is_empty() {
+                return None;
+            }
+            let mut proposed = s.isr.clone();
+            proposed.extend(joining);
+            (proposed.clone(), proposed)
+        };
+        s.pending = Some(PendingIsr {
+            proposed: proposed.clone(),
+            maximal,
+            sent_ms: now,
+        });
+        Some(IsrProposal {
+            tp: self.tp,
+            leader_epoch: s.leader_epoch,
+            partition_epoch: s.partition_epoch,
+            isr: proposed,
+        })
+    }
+
+    /// The controller's answer to an ISR proposal: the committed state on success, else the
+    /// error. Kafka's `handleAlterPartitionUpdate`/`handleAlterPartitionError` rules.
+    pub fn isr_result(&self, result: Result<LeaderAndIsr, ErrorCode>) -> bool {
+        let now = mono_ms();
+        let mut s = self.lock();
+        if s.pending.is_none() || s.role != Role::Leader {
+            return false;
+        }
+        match result {
+            Ok(new) => {
+                if new.leader_epoch != s.leader_epoch || new.partition_epoch <= s.partition_epoch {
+                    return false;
+                }
+                s.isr = new.isr;
+                s.partition_epoch = new.partition_epoch;
+                s.pending = None;
+                s.maybe_increment_hw(self.me, now)
+            }
+            Err(ErrorCode::OperationNotAttempted) | Err(ErrorCode::IneligibleReplica) => {
+                s.pending = None;
+                false
+            }
+            // Stale or fenced: new metadata will replace the state; until then stay pending.
+            Err(_) => false,
+        }
+    }
+
+    /// Retention (leader and followers alike, never at or above the HW).
+    pub fn enforce_retention(&self, wall_ms: i64) -> std::io::Result<usize> {
+        let mut s = self.lock();
+        let hw = s.high_watermark;
+        s.log.enforce_retention(hw, wall_ms)
+    }
+
+    /// Bytes of log on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.lock().log.size_bytes()
+    }
+
+    /// Deletes the log (the replica moved away, or its topic was deleted). The partition
+    /// then refuses every request: its role is "follower of nobody" in an epoch no request
+    /// can name.
+    pub fn delete(&self) -> std::io::Result<()> {
+        let mut s = self.lock();
+        s.role = Role::Follower { leader: -1 };
+        s.leader_epoch = i32::MAX;
+        s.partition_epoch = i32::MAX;
+        s.log.delete()
+    }
+
+    /// The pending proposal's ISR, for diagnostics.
+    pub fn pending_isr(&self) -> Option<Vec<i32>> {
+        self.lock().pending.as_ref().map(|p| p.proposed.clone())
+    }
+}

@@ -1,0 +1,265 @@
+//! The partitions a broker hosts (Kafka's `ReplicaManager`): created and given their role from
+//! each published metadata image, deleted when the replica moves away or the topic is deleted.
+//! Background duties: retention, and starting a replica fetcher per leader followed.
+
+use super::log::LogConfig;
+use super::partition::{LeaderAndIsr, Partition, PartitionConfig, Role};
+use kmeta_metadata::record::{ConfigResource, ConfigResourceType};
+use kmeta_metadata::{BrokerId, MetadataImage, TopicIdPartition};
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{watch, Notify};
+
+/// The broker's data-plane settings (static config; topics and dynamic broker configs
+/// override some of them per partition).
+#[derive(Clone, Debug)]
+pub struct DataConfig {
+    /// The first of `log.dirs`: partition directories live here.
+    pub log_dir: PathBuf,
+    /// `log.segment.bytes`, `log.flush.interval.messages`, `log.retention.ms`,
+    /// `log.retention.bytes`, `message.max.bytes`, `log.message.timestamp.type`.
+    pub log: LogConfig,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: usize,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_ms: i64,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_ms: u64,
+}
+
+impl DataConfig {
+    /// Kafka's defaults, with logs under `log_dir`.
+    pub fn new(log_dir: PathBuf) -> DataConfig {
+        DataConfig {
+            log_dir,
+            log: LogConfig::default(),
+            min_insync_replicas: 1,
+            replica_lag_ms: 30_000,
+            retention_check_ms: 300_000,
+        }
+    }
+}
+
+/// The hosted partitions.
+pub struct Replicas {
+    me: i32,
+    config: DataConfig,
+    partitions: RwLock<HashMap<TopicIdPartition, Arc<Partition>>>,
+    changes: watch::Sender<u64>,
+    /// Woken when a leader may change an ISR (a follower caught up).
+    pub isr_check: Notify,
+    fetchers: Mutex<BTreeSet<i32>>,
+}
+
+fn parse<T: std::str::FromStr>(v: Option<&String>) -> Option<T> {
+    v.and_then(|v| v.trim().parse().ok())
+}
+
+impl Replicas {
+    /// No partitions yet.
+    pub fn new(me: i32, config: DataConfig) -> Replicas {
+        Replicas {
+            me,
+            config,
+            partitions: RwLock::new(HashMap::new()),
+            changes: watch::channel(0).0,
+            isr_check: Notify::new(),
+            fetchers: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DataConfig {
+        &self.config
+    }
+
+    /// A hosted partition.
+    pub fn get(&self, tp: &TopicIdPartition) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tp)
+            .cloned()
+    }
+
+    /// Every hosted partition.
+    pub fn all(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Partitions this broker follows `leader` for.
+    pub fn following(&self, leader: i32) -> Vec<Arc<Partition>> {
+        self.all()
+            .into_iter()
+            .filter(|p| p.role().0 == Role::Follower { leader })
+            .collect()
+    }
+
+    /// A receiver woken on every log end, HW or role change of any partition.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Wakes waiters: a log end, HW or role changed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The partition's settings: topic config, else the cluster's dynamic default, else this
+    /// broker's static config.
+    pub fn partition_config(&self, image: &MetadataImage, topic: &str) -> PartitionConfig {
+        let empty = Default::default();
+        let t = image
+            .configs(&ConfigResource::topic(topic))
+            .unwrap_or(&empty);
+        let me = ConfigResource {
+            resource_type: ConfigResourceType::Broker,
+            resource_name: self.me.to_string(),
+        };
+        let broker = image.configs(&me).unwrap_or(&empty);
+        let cluster = image
+            .configs(&ConfigResource::cluster_default())
+            .unwrap_or(&empty);
+        let dynamic = |key: &str| broker.get(key).or_else(|| cluster.get(key));
+        let d = &self.config.log;
+        let log = LogConfig {
+            segment_bytes: parse(t.get("segment.bytes")).unwrap_or(d.segment_bytes),
+            flush_messages: parse(t.get("flush.messages")).unwrap_or(d.flush_messages),
+            retention_ms: parse(t.get("retention.ms"))
+                .or_else(|| parse(dynamic("log.retention.ms")))
+                .unwrap_or(d.retention_ms),
+            retention_bytes: parse(t.get("retention.bytes"))
+                .or_else(|| parse(dynamic("log.retention.bytes")))
+                .unwrap_or(d.retention_bytes),
+            max_message_bytes: parse(t.get("max.message.bytes")).unwrap_or(d.max_message_bytes),
+            log_append_time: t
+                .get("message.timestamp.type")
+                .map_or(d.log_append_time, |v| v == "LogAppendTime"),
+            index_interval_bytes: parse(t.get("index.interval.bytes"))
+                .unwrap_or(d.index_interval_bytes)
+                .max(1),
+        };
+        PartitionConfig {
+            log,
+            min_insync_replicas: parse(t.get("min.insync.replicas"))
+                .or_else(|| parse(dynamic("min.insync.replicas")))
+                .unwrap_or(self.config.min_insync_replicas),
+            replica_lag_ms: self.config.replica_lag_ms,
+        }
+    }
+
+    /// Brings the hosted partitions in line with `image`. Returns the leaders now followed.
+    pub fn apply_image(&self, image: &MetadataImage) -> BTreeSet<i32> {
+        let me = BrokerId(self.me);
+        let hosted: BTreeSet<TopicIdPartition> = image.partitions_on_broker(me).collect();
+        let mut leaders = BTreeSet::new();
+        let mut changed = false;
+        for tp in &hosted {
+            let (Some(topic), Some(reg)) = (image.topic(&tp.topic_id), image.partition(*tp)) else {
+                continue;
+            };
+            let config = self.partition_config(image, &topic.name);
+            let partition = match self.get(tp) {
+                Some(p) => p,
+                None => {
+                    let dir = self
+                        .config
+                        .log_dir
+                        .join(format!("{}-{}", topic.name, tp.partition));
+                    match Partition::open(*tp, topic.name.clone(), self.me, dir, config.clone()) {
+                        Ok(p) => {
+                            let p = Arc::new(p);
+                            self.partitions
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(*tp, p.clone());
+                            p
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %topic.name, partition = tp.partition, error = %e, "cannot open the partition's log");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let state = LeaderAndIsr {
+                leader: reg.leader.0,
+                leader_epoch: reg.leader_epoch.0,
+                partition_epoch: reg.partition_epoch.0,
+                replicas: reg.replicas.iter().map(|b| b.0).collect(),
+                isr: reg.isr.iter().map(|b| b.0).collect(),
+            };
+            match partition.apply(&state, config) {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::error!(tp = ?tp, error = %e, "cannot apply the partition state"),
+            }
+            if let (Role::Follower { leader }, _) = partition.role() {
+                if leader >= 0 {
+                    leaders.insert(leader);
+                }
+            }
+        }
+        let gone: Vec<Arc<Partition>> = {
+            let mut map = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<TopicIdPartition> = map
+                .keys()
+                .filter(|k| !hosted.contains(k))
+                .copied()
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for p in gone {
+            changed = true;
+            tracing::info!(topic = %p.topic, partition = p.tp.partition, "deleting a replica no longer hosted here");
+            if let Err(e) = p.delete() {
+                tracing::warn!(error = %e, "cannot delete a partition directory");
+            }
+        }
+        if changed {
+            self.changed();
+        }
+        leaders
+    }
+
+    /// Marks `leader` as having a fetcher; false if it already had one.
+    pub fn claim_fetcher(&self, leader: i32) -> bool {
+        self.fetchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(leader)
+    }
+
+    /// Releases `leader`'s fetcher slot (it stopped with nothing to follow).
+    pub fn release_fetcher(&self, leader: i32) {
+        self.fetchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&leader);
+    }
+
+    /// Runs retention on every partition every `log.retention.check.interval.ms`.
+    pub async fn retention_loop(self: Arc<Self>) {
+        let every = std::time::Duration::from_millis(self.config.retention_check_ms.max(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = crate::controller::wall_ms();
+            let mut deleted = 0;
+            for p in self.all() {
+                match p.enforce_retention(now) {
+                    Ok(n) => deleted += n,
+                    Err(e) => tracing::warn!(topic = %p.topic, error = %e, "retention failed"),
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(segments = deleted, "retention deleted old segments");
+                self.changed();
+            }
+        }
+    }
+}
