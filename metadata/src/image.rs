@@ -230,6 +230,8 @@ pub struct MetadataImage {
     configs: OrdMap<ConfigResource, OrdMap<String, String>>,
     features: OrdMap<String, u16>,
     offsets: OrdMap<String, OrdMap<TopicIdPartition, OffsetValue>>,
+    /// The first producer id not yet handed to a broker.
+    next_producer_id: i64,
     // Derived indexes, maintained by replay.
     partitions_by_broker: OrdMap<BrokerId, OrdSet<TopicIdPartition>>,
     reassigning: OrdSet<TopicIdPartition>,
@@ -248,6 +250,11 @@ impl MetadataImage {
     /// The offset of the last record replayed, or `LogOffset::NONE`.
     pub fn offset(&self) -> LogOffset {
         self.offset.unwrap_or(LogOffset::NONE)
+    }
+
+    /// The first producer id not yet handed to a broker (0 before any).
+    pub fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     /// A registered broker.
@@ -392,6 +399,17 @@ impl MetadataImage {
             }
             MetadataRecord::NoOp => Ok(()),
             MetadataRecord::OffsetCommit(r) => self.replay_offset_commit(r),
+            MetadataRecord::ProducerIds(r) => {
+                if r.next_producer_id <= self.next_producer_id {
+                    Err(format!(
+                        "next producer id {} does not grow past {}",
+                        r.next_producer_id, self.next_producer_id
+                    ))
+                } else {
+                    self.next_producer_id = r.next_producer_id;
+                    Ok(())
+                }
+            }
         }
         .map_err(fail)?;
         self.offset = Some(offset);
@@ -694,6 +712,15 @@ impl MetadataImage {
                     value: Some(value.clone()),
                 }));
             }
+        }
+        if self.next_producer_id > 0 {
+            f(MetadataRecord::ProducerIds(
+                crate::record::ProducerIdsRecord {
+                    broker_id: BrokerId::NONE,
+                    broker_epoch: crate::types::BrokerEpoch(-1),
+                    next_producer_id: self.next_producer_id,
+                },
+            ));
         }
         const OFFSETS_PER_RECORD: usize = 1000;
         for (group, offsets) in self.offsets.iter() {

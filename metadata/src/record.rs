@@ -249,6 +249,18 @@ pub struct OffsetCommitRecord {
     pub offsets: Vec<CommittedOffset>,
 }
 
+/// A block of producer ids handed to a broker (Kafka api key 15, `ProducerIdsRecord`): the
+/// broker owns `[next_producer_id - block, next_producer_id)`; the next block starts here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerIdsRecord {
+    /// The broker the block went to.
+    pub broker_id: BrokerId,
+    /// That broker's epoch when it asked.
+    pub broker_epoch: BrokerEpoch,
+    /// The first id not yet handed out.
+    pub next_producer_id: i64,
+}
+
 /// Every record that can appear in the metadata log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataRecord {
@@ -274,6 +286,8 @@ pub enum MetadataRecord {
     NoOp,
     /// See [`OffsetCommitRecord`].
     OffsetCommit(OffsetCommitRecord),
+    /// See [`ProducerIdsRecord`].
+    ProducerIds(ProducerIdsRecord),
 }
 
 /// Why bytes could not be decoded into a record.
@@ -320,6 +334,8 @@ pub mod record_type {
     pub const REMOVE_TOPIC: u16 = 9;
     /// FeatureLevelRecord.
     pub const FEATURE_LEVEL: u16 = 12;
+    /// ProducerIdsRecord.
+    pub const PRODUCER_IDS: u16 = 15;
     /// BrokerRegistrationChangeRecord.
     pub const BROKER_REGISTRATION_CHANGE: u16 = 17;
     /// NoOpRecord.
@@ -347,6 +363,7 @@ impl MetadataRecord {
             MetadataRecord::BrokerRegistrationChange(_) => BROKER_REGISTRATION_CHANGE,
             MetadataRecord::NoOp => NO_OP,
             MetadataRecord::OffsetCommit(_) => OFFSET_COMMIT,
+            MetadataRecord::ProducerIds(_) => PRODUCER_IDS,
         }
     }
 
@@ -368,6 +385,7 @@ impl MetadataRecord {
             }
             MetadataRecord::NoOp => Ok(std::mem::take(out)),
             MetadataRecord::OffsetCommit(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::ProducerIds(r) => postcard::to_extend(r, std::mem::take(out)),
         };
         // Serializing plain structs into a Vec cannot fail: postcard only errors on
         // unsupported serde features (none used here) or a full fixed buffer (not a Vec).
@@ -435,6 +453,7 @@ impl MetadataRecord {
                 })
             }
             OFFSET_COMMIT => MetadataRecord::OffsetCommit(parse(payload, t, v)?),
+            PRODUCER_IDS => MetadataRecord::ProducerIds(parse(payload, t, v)?),
             _ => {
                 return Err(DecodeError::UnknownType {
                     record_type,
@@ -489,6 +508,11 @@ mod tests {
                     metadata: String::new(),
                     commit_timestamp_ms: 5,
                 }],
+            }),
+            MetadataRecord::ProducerIds(ProducerIdsRecord {
+                broker_id: BrokerId(2),
+                broker_epoch: BrokerEpoch(7),
+                next_producer_id: 2000,
             }),
         ]
     }

@@ -58,6 +58,8 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
             ApiKey::OffsetForLeaderEpoch,
             versions::<OffsetForLeaderEpochRequest>(),
         ),
+        // Idempotent producers only (v5 adds transaction semantics).
+        (ApiKey::InitProducerId, VersionRange { min: 0, max: 4 }),
         // Answered by the active controller (the broker relays it), as Kafka brokers do for
         // kafka-metadata-quorum.sh --bootstrap-server.
         (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
@@ -636,6 +638,7 @@ impl Service for BrokerService {
                 None => return Ok(Bytes::new()),
             },
             RequestKind::OffsetForLeaderEpoch(r) => self.offset_for_leader_epoch(r).into(),
+            RequestKind::InitProducerId(r) => self.init_producer_id(r).await.into(),
             RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
                 .with_entries(Some(Vec::new()))
                 .into(),

@@ -439,3 +439,24 @@ impl BrokerService {
         OffsetForLeaderEpochResponse::default().with_topics(topics)
     }
 }
+
+impl BrokerService {
+    /// InitProducerId for idempotent producers: a new id with epoch 0 (Kafka answers a
+    /// non-transactional request the same way, even when v3+ names an existing id).
+    pub(super) async fn init_producer_id(
+        &self,
+        r: InitProducerIdRequest,
+    ) -> InitProducerIdResponse {
+        let out = InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        if r.transactional_id.is_some() {
+            // kmeta has no transaction coordinator (docs/DATA.md).
+            return out.with_error_code(ErrorCode::TransactionalIdAuthorizationFailed.code());
+        }
+        match self.state().producer_ids.next_id(self.state()).await {
+            Ok(id) => out.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+            Err(code) => out.with_error_code(code.code()),
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod fetcher;
 pub mod follower;
 pub mod log;
 pub mod partition;
+pub mod producer_ids;
 pub mod replica;
 pub mod replicas;
 
@@ -85,6 +86,8 @@ pub struct BrokerState {
     pub client_id: String,
     /// The partitions hosted here.
     pub replicas: Arc<replicas::Replicas>,
+    /// Ids for idempotent producers.
+    pub producer_ids: producer_ids::ProducerIds,
     image: ArcSwap<Published>,
     applied: watch::Sender<u64>,
     epoch: AtomicI64,
@@ -105,6 +108,7 @@ impl BrokerState {
             session: Controllers::new(config.voters.clone(), client_id.clone(), 1),
             client_id,
             replicas: Arc::new(replicas::Replicas::new(config.node_id, config.data.clone())),
+            producer_ids: producer_ids::ProducerIds::default(),
             config,
             image: ArcSwap::from_pointee(Published {
                 image: MetadataImage::new(),

@@ -100,6 +100,10 @@ fn controller_apis() -> Vec<(ApiKey, VersionRange)> {
             versions::<UnregisterBrokerRequest>(),
         ),
         (ApiKey::AlterPartition, versions::<AlterPartitionRequest>()),
+        (
+            ApiKey::AllocateProducerIds,
+            versions::<AllocateProducerIdsRequest>(),
+        ),
         (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
         // Fetch of the metadata log: v12+ (flexible, with snapshot ids).
         (
@@ -169,6 +173,9 @@ impl ControllerService {
             RequestKind::BrokerHeartbeat(r) => (self.heartbeat(r).await.into(), None),
             RequestKind::UnregisterBroker(r) => (self.unregister(r).await.into(), None),
             RequestKind::AlterPartition(r) => (self.alter_partition(r).await.into(), None),
+            RequestKind::AllocateProducerIds(r) => {
+                (self.allocate_producer_ids(r).await.into(), None)
+            }
             RequestKind::DescribeQuorum(_) => (self.describe_quorum(version).into(), None),
             RequestKind::Fetch(r) => (self.fetch(r).await?.into(), None),
             RequestKind::FetchSnapshot(r) => (self.fetch_snapshot(r).into(), None),
@@ -302,6 +309,30 @@ impl ControllerService {
             Err(e) => UnregisterBrokerResponse::default()
                 .with_error_code(e.code.code())
                 .with_error_message(msg(&e)),
+        }
+    }
+
+    async fn allocate_producer_ids(
+        &self,
+        r: AllocateProducerIdsRequest,
+    ) -> AllocateProducerIdsResponse {
+        let broker = CoreBrokerId(r.broker_id.0);
+        let epoch = BrokerEpoch(r.broker_epoch);
+        match self
+            .controller
+            .submit(move |ctx| {
+                kmeta_metadata::controller::producer_ids::allocate_producer_ids(
+                    ctx.image, broker, epoch,
+                )
+            })
+            .await
+        {
+            Ok((start, len)) => AllocateProducerIdsResponse::default()
+                .with_producer_id_start(ProducerId(start))
+                .with_producer_id_len(len),
+            Err(e) => AllocateProducerIdsResponse::default()
+                .with_error_code(e.code.code())
+                .with_producer_id_start(ProducerId(-1)),
         }
     }
 

@@ -247,7 +247,133 @@ def create(args):
     print(json.dumps({"topic": args.topic}))
 
 
+# ---------------------------------------------------------------------------- data plane
+def expected_messages(args):
+    """(partition, value) in produce order: partition i % partitions."""
+    return [(i % args.partitions, f"{args.client}-{i}") for i in range(args.count)]
+
+
+def check_read_back(args, got):
+    """got: {partition: [values in offset order]}; every acked value, in order, nothing else."""
+    want = {}
+    for p, v in expected_messages(args):
+        want.setdefault(p, []).append(v)
+    for p in want:
+        check(got.get(p, []) == want[p],
+              f"partition {p}: read {got.get(p, [])[:5]}... ({len(got.get(p, []))}), "
+              f"expected {want[p][:5]}... ({len(want[p])})")
+
+
+def roundtrip(args):
+    """Create the topic (RF 3, min.insync.replicas=2), produce --count messages with acks=all
+    using --client, then read them back from the earliest offset with the same client."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": args.bootstrap})
+    t = args.topic
+    for _, f in admin.create_topics([NewTopic(t, args.partitions, args.rf,
+                                              config={"min.insync.replicas": "2"})]).items():
+        f.result(timeout=30)
+    until(lambda: (lambda m: m.topics[t].error is None and
+                   all(p.leader >= 0 for p in m.topics[t].partitions.values()))(
+        admin.list_topics(topic=t, timeout=10)), 20, f"{t} with leaders")
+    msgs = expected_messages(args)
+    got = {}
+    if args.client == "kcat":
+        for p in range(args.partitions):
+            body = "".join(v + "\n" for q, v in msgs if q == p)
+            out = subprocess.run(["kcat", "-b", args.bootstrap, "-P", "-t", t, "-p", str(p),
+                                  "-X", "acks=all", "-X", "message.timeout.ms=30000"],
+                                 input=body, capture_output=True, text=True, timeout=60)
+            check(out.returncode == 0, f"kcat -P failed: {out.stderr}")
+        for p in range(args.partitions):
+            out = subprocess.run(["kcat", "-b", args.bootstrap, "-C", "-t", t, "-p", str(p),
+                                  "-o", "beginning", "-e", "-f", "%s\n"],
+                                 capture_output=True, text=True, timeout=60)
+            check(out.returncode == 0, f"kcat -C -e exited {out.returncode}: {out.stderr}")
+            got[p] = [line for line in out.stdout.split("\n") if line]
+    elif args.client == "confluent":
+        from confluent_kafka import Producer, Consumer, TopicPartition
+        conf = {"bootstrap.servers": args.bootstrap, "acks": "all",
+                "enable.idempotence": args.idempotent}
+        prod = Producer(conf)
+        errors = []
+        for p, v in msgs:
+            prod.produce(t, v.encode(), partition=p,
+                         on_delivery=lambda err, m: err and errors.append(str(err)))
+            prod.poll(0)
+        check(prod.flush(60) == 0, "confluent producer did not flush in 60 s")
+        check(not errors, f"delivery errors: {errors[:3]}")
+        c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"{t}-reader",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.assign([TopicPartition(t, p, 0) for p in range(args.partitions)])
+        deadline = time.time() + 60
+        n = 0
+        while n < len(msgs) and time.time() < deadline:
+            m = c.poll(1.0)
+            if m is None or m.error():
+                continue
+            got.setdefault(m.partition(), []).append(m.value().decode())
+            n += 1
+        c.close()
+    elif args.client == "kafka-python":
+        from kafka import KafkaProducer, KafkaConsumer, TopicPartition
+        prod = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all",
+                             enable_idempotence=args.idempotent)
+        futures = [prod.send(t, v.encode(), partition=p) for p, v in msgs]
+        prod.flush(60)
+        for f in futures:
+            f.get(timeout=60)
+        prod.close()
+        c = KafkaConsumer(bootstrap_servers=args.bootstrap, enable_auto_commit=False,
+                          auto_offset_reset="earliest", consumer_timeout_ms=10000)
+        c.assign([TopicPartition(t, p) for p in range(args.partitions)])
+        c.seek_to_beginning()
+        deadline = time.time() + 60
+        n = 0
+        while n < len(msgs) and time.time() < deadline:
+            for tp, records in c.poll(timeout_ms=1000).items():
+                for r in records:
+                    got.setdefault(tp.partition, []).append(r.value.decode())
+                    n += 1
+        c.close()
+    elif args.client == "aiokafka":
+        from aiokafka import AIOKafkaProducer, AIOKafkaConsumer, TopicPartition
+
+        async def run():
+            prod = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all",
+                                    enable_idempotence=args.idempotent)
+            await prod.start()
+            try:
+                futures = [await prod.send(t, v.encode(), partition=p) for p, v in msgs]
+                for f in futures:
+                    await f
+            finally:
+                await prod.stop()
+            c = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, enable_auto_commit=False,
+                                 auto_offset_reset="earliest")
+            await c.start()
+            try:
+                c.assign([TopicPartition(t, p) for p in range(args.partitions)])
+                await c.seek_to_beginning()
+                deadline = time.time() + 60
+                n = 0
+                while n < len(msgs) and time.time() < deadline:
+                    batch = await c.getmany(timeout_ms=1000)
+                    for tp, records in batch.items():
+                        for r in records:
+                            got.setdefault(tp.partition, []).append(r.value.decode())
+                            n += 1
+            finally:
+                await c.stop()
+        asyncio.run(run())
+    else:
+        fail(f"unknown client {args.client}")
+    check_read_back(args, got)
+    print(json.dumps({"client": args.client, "messages": len(msgs), "idempotent": args.idempotent}))
+
+
 SCENARIOS = {
+    "roundtrip": roundtrip,
     "kcat": kcat,
     "confluent": confluent,
     "kafka-python": kafka_python,
@@ -269,5 +395,9 @@ if __name__ == "__main__":
     ap.add_argument("--rf", type=int, default=3)
     ap.add_argument("--brokers", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="do not delete the topic at the end")
+    ap.add_argument("--client", default="confluent",
+                    choices=["kcat", "confluent", "kafka-python", "aiokafka"])
+    ap.add_argument("--count", type=int, default=300)
+    ap.add_argument("--idempotent", action="store_true")
     a = ap.parse_args()
     SCENARIOS[a.scenario](a)

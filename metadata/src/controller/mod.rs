@@ -17,6 +17,7 @@ pub mod heartbeat;
 pub mod offsets;
 pub mod partition_change;
 pub mod placement;
+pub mod producer_ids;
 pub mod replication;
 
 use crate::error::{ApiError, ErrorCode};
