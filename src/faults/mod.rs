@@ -9,10 +9,12 @@
 //! committed offset and config lies between the last acknowledged and the last attempted;
 //! every leader is live and in its ISR; all brokers serve the same metadata; exactly one
 //! active controller; every controller's image hash equal at the same offset; no node stopped.
+//! Producers with acks=all write messages meanwhile ([`data`]); their checks are there.
 //!
 //! Every schedule is bounded in time, and everything it sets up (processes, namespaces,
 //! firewall rules inside them, data directories) is removed when it ends, failed or not.
 
+pub mod data;
 pub mod netns;
 
 use crate::kafka::client::KafkaClient;
@@ -39,6 +41,8 @@ const SESSION_TIMEOUT_MS: u64 = 3_000;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 /// Concurrent clients of the load, each with one request in flight.
 const CLIENTS: u32 = 8;
+/// Producers of the data-plane load (half of them idempotent).
+const PRODUCERS: u32 = 4;
 const ELECTION_TIMEOUT_MS: u64 = 500;
 /// The load's `retention.ms` values count up from here, far above any default.
 const RETENTION_BASE: i64 = 10_000_000_000;
@@ -65,6 +69,10 @@ pub struct ScheduleReport {
     pub acknowledged: u64,
     /// Writes with an indeterminate outcome.
     pub indeterminate: u64,
+    /// Messages produced with acks=all and acknowledged.
+    pub messages: u64,
+    /// Produce requests with an indeterminate outcome.
+    pub messages_indeterminate: u64,
     /// Violated properties.
     pub violations: Vec<String>,
 }
@@ -83,10 +91,11 @@ pub fn run_many(
     let reports = crate::sim::run_seeds(first, count, jobs, move |seed, slot| {
         let r = run_schedule(seed, slot as u8, &options);
         println!(
-            "schedule {seed}: {} faults, {} acknowledged, {} indeterminate: {}",
+            "schedule {seed}: {} faults, {} acknowledged, {} indeterminate, {} messages acknowledged: {}",
             r.faults.len(),
             r.acknowledged,
             r.indeterminate,
+            r.messages,
             if r.violations.is_empty() {
                 "ok"
             } else {
@@ -111,17 +120,21 @@ pub fn run_many(
             .count()
     };
     let summary = format!(
-        "{} schedules in {:.0} s: {} faults ({} kill -9 of the active controller, {} other kill -9, {} pauses, {} partitions, {} full restarts), {} acknowledged writes, {} indeterminate; {} schedules violated{}",
+        "{} schedules in {:.0} s: {} faults ({} kill -9 of the active controller, {} kill -9 of a partition leader, {} other kill -9, {} pauses ({} of a partition leader), {} partitions, {} full restarts), {} acknowledged writes, {} indeterminate, {} messages acknowledged (acks=all), {} indeterminate; {} schedules violated{}",
         reports.len(),
         started.elapsed().as_secs_f64(),
         reports.iter().map(|r| r.faults.len()).sum::<usize>(),
         count_of("kill -9 active controller"),
-        count_of("kill -9 ") - count_of("kill -9 active controller"),
+        count_of("kill -9 partition leader"),
+        count_of("kill -9 ") - count_of("kill -9 active controller") - count_of("kill -9 partition leader"),
         count_of("SIGSTOP"),
+        count_of("SIGSTOP partition leader"),
         count_of("partition"),
         count_of("full restart"),
         reports.iter().map(|r| r.acknowledged).sum::<u64>(),
         reports.iter().map(|r| r.indeterminate).sum::<u64>(),
+        reports.iter().map(|r| r.messages).sum::<u64>(),
+        reports.iter().map(|r| r.messages_indeterminate).sum::<u64>(),
         failed.len(),
         if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
     );
@@ -648,12 +661,29 @@ async fn schedule(
     }
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
+    data::create_topic(&brokers).await?;
+    let data_ledger = Arc::new(Mutex::new(data::DataLedger::default()));
+    let mut clients: Vec<_> = (0..CLIENTS)
         .map(|i| tokio::spawn(load(i, brokers.clone(), ledger.clone(), stop.clone(), seed)))
         .collect();
+    for i in 0..PRODUCERS {
+        clients.push(tokio::spawn(data::producer(
+            i,
+            i % 2 == 0,
+            brokers.clone(),
+            data_ledger.clone(),
+            stop.clone(),
+        )));
+    }
     // The faults every schedule has, at random times, plus random ones in between.
     let end = Instant::now() + Duration::from_secs(options.fault_secs);
-    let mut must = vec!["kill-active", "pause-active", "partition"];
+    let mut must = vec![
+        "kill-active",
+        "pause-active",
+        "partition",
+        "kill-leader",
+        "pause-leader",
+    ];
     let mut restarts: Vec<(Instant, u64)> = Vec::new();
     let mut resumes: Vec<(Instant, u64)> = Vec::new();
     let f =
@@ -689,25 +719,32 @@ async fn schedule(
                 "pause",
                 "heal",
                 "full-restart",
-            ][rng.random_range(0..7)]
+                "kill-leader",
+                "pause-leader",
+            ][rng.random_range(0..9)]
         };
         let active = active_controller(cluster).await;
+        // The broker leading a partition of the data topic.
+        let leader = data::leader_of(&brokers, rng.random_range(0..data::PARTITIONS))
+            .await
+            .map(|b| b as u64);
         let nodes = all_nodes();
         let any = nodes[rng.random_range(0..nodes.len())];
         let for_ms = rng.random_range(500..=5_000);
         match kind {
-            "kill-active" | "kill" => {
-                let (target, label) = match (kind, active) {
-                    ("kill-active", Some(a)) => (a, "active controller "),
-                    ("kill-active", None) => {
-                        must.push("kill-active");
+            "kill-active" | "kill" | "kill-leader" => {
+                let (target, label) = match (kind, active, leader) {
+                    ("kill-active", Some(a), _) => (a, "active controller "),
+                    ("kill-leader", _, Some(l)) => (l, "partition leader "),
+                    ("kill-active" | "kill-leader", _, _) => {
+                        must.push(kind);
                         continue;
                     }
                     _ => (any, "node "),
                 };
                 if !cluster.procs.contains_key(&target) {
-                    if kind == "kill-active" {
-                        must.push("kill-active");
+                    if kind != "kill" {
+                        must.push(kind);
                     }
                     continue;
                 }
@@ -718,7 +755,7 @@ async fn schedule(
                     &mut report.faults,
                 );
             }
-            "pause-active" | "pause" => {
+            "pause-active" | "pause" | "pause-leader" => {
                 // A pause of the active controller of 1-1.5 s (2-3 election timeouts here), around
                 // its leader lease: it may wake up still leader, but with an expired lease.
                 let for_ms = if kind == "pause-active" {
@@ -726,26 +763,27 @@ async fn schedule(
                 } else {
                     for_ms
                 };
-                let target = match (kind, active) {
-                    ("pause-active", Some(a)) => a,
-                    ("pause-active", None) => {
-                        must.push("pause-active");
+                let target = match (kind, active, leader) {
+                    ("pause-active", Some(a), _) => a,
+                    ("pause-leader", _, Some(l)) => l,
+                    ("pause-active" | "pause-leader", _, _) => {
+                        must.push(kind);
                         continue;
                     }
                     _ => any,
                 };
                 if !cluster.procs.contains_key(&target) || cluster.stopped.contains(&target) {
-                    if kind == "pause-active" {
-                        must.push("pause-active");
+                    if kind != "pause" {
+                        must.push(kind);
                     }
                     continue;
                 }
                 cluster.pause(target);
                 resumes.push((now + Duration::from_millis(for_ms), target));
-                let label = if kind == "pause-active" {
-                    "active controller "
-                } else {
-                    "node "
+                let label = match kind {
+                    "pause-active" => "active controller ",
+                    "pause-leader" => "partition leader ",
+                    _ => "node ",
                 };
                 f(
                     format!("SIGSTOP {label}{target} for {for_ms} ms"),
@@ -776,22 +814,33 @@ async fn schedule(
     for c in clients {
         let _ = tokio::time::timeout(CLIENT_TIMEOUT + Duration::from_secs(5), c).await;
     }
-    settle_and_check(cluster, &ledger, "after healing", report).await;
+    settle_and_check(cluster, &ledger, &data_ledger, "after healing", report).await;
     cluster.full_restart()?;
     f(
         "final full restart of every node".into(),
         &mut report.faults,
     );
-    settle_and_check(cluster, &ledger, "after a full restart", report).await;
+    settle_and_check(
+        cluster,
+        &ledger,
+        &data_ledger,
+        "after a full restart",
+        report,
+    )
+    .await;
     let l = ledger.lock().unwrap_or_else(|p| p.into_inner());
     report.acknowledged = l.acknowledged;
     report.indeterminate = l.indeterminate;
+    let d = data_ledger.lock().unwrap_or_else(|p| p.into_inner());
+    report.messages = d.acknowledged;
+    report.messages_indeterminate = d.indeterminate;
     Ok(())
 }
 
 async fn settle_and_check(
     cluster: &mut Cluster,
     ledger: &Mutex<Ledger>,
+    data_ledger: &Mutex<data::DataLedger>,
     phase: &str,
     report: &mut ScheduleReport,
 ) {
@@ -810,7 +859,16 @@ async fn settle_and_check(
         };
         last = check(cluster, &snapshot).await;
         if last.is_empty() {
-            break;
+            let brokers: Vec<String> = BROKERS.iter().map(|b| cluster.broker_addr(*b)).collect();
+            let dirs: BTreeMap<i32, PathBuf> = BROKERS
+                .iter()
+                .map(|b| (*b as i32, cluster.dir.join(format!("data-{b}"))))
+                .collect();
+            let d = data_ledger.lock().unwrap_or_else(|p| p.into_inner());
+            last = data::check(&brokers, &dirs, &d).await;
+            if last.is_empty() {
+                break;
+            }
         }
     }
     for (id, status) in cluster.exited() {
@@ -939,7 +997,7 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
         }
     }
     for name in topics.keys() {
-        if !ledger.topics.contains_key(name) {
+        if !ledger.topics.contains_key(name) && name != data::TOPIC {
             problems.push(format!("topic {name} was never asked for"));
         }
     }

@@ -187,6 +187,55 @@ pub fn split(bytes: &[u8]) -> Result<Vec<(usize, BatchHeader)>, SplitError> {
     Ok(out)
 }
 
+fn read_varint(b: &[u8], at: &mut usize) -> Option<i64> {
+    let mut z: u64 = 0;
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        z |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+/// The record values of one whole uncompressed batch (`None` for a null value), or `None` if
+/// it is compressed or malformed. For checks and tools: the broker never decodes records.
+pub fn values(batch: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
+    let h = BatchHeader::parse(batch)?;
+    if h.compression() != 0 || batch.len() < h.size() {
+        return None;
+    }
+    let body = &batch[HEADER_LEN..h.size()];
+    let mut at = 0;
+    let mut out = Vec::with_capacity(h.records_count.max(0) as usize);
+    for _ in 0..h.records_count {
+        let len = read_varint(body, &mut at)?;
+        let end = at.checked_add(usize::try_from(len).ok()?)?;
+        let rec = body.get(at..end)?;
+        let mut r = 1; // attributes
+        read_varint(rec, &mut r)?; // timestamp delta
+        read_varint(rec, &mut r)?; // offset delta
+        let klen = read_varint(rec, &mut r)?;
+        if klen > 0 {
+            r += klen as usize;
+        }
+        let vlen = read_varint(rec, &mut r)?;
+        if vlen < 0 {
+            out.push(None);
+        } else {
+            out.push(Some(rec.get(r..r + vlen as usize)?.to_vec()));
+        }
+        at = end;
+    }
+    Some(out)
+}
+
 /// Builds an uncompressed v2 batch holding `values` (keys null, no headers) with CreateTime
 /// `timestamp_ms`: for kmeta's own producer (benchmarks) and tests.
 pub fn build(values: &[&[u8]], timestamp_ms: i64, producer: Option<(i64, i16, i32)>) -> Vec<u8> {
@@ -271,6 +320,20 @@ mod tests {
         let mut old = build(&[b"x"], 1, None);
         old[16] = 1;
         assert_eq!(split(&old), Err(SplitError::Magic(1)));
+    }
+
+    #[test]
+    fn values_decode_what_build_encodes() {
+        let b = build(&[b"one", b"", b"three"], 9, None);
+        let v = values(&b).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                Some(b"one".to_vec()),
+                Some(Vec::new()),
+                Some(b"three".to_vec())
+            ]
+        );
     }
 
     #[test]
