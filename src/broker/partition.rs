@@ -873,3 +873,263 @@ impl Partition {
         self.lock().pending.as_ref().map(|p| p.proposed.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::log::batch::build;
+
+    fn config(min_isr: usize) -> PartitionConfig {
+        PartitionConfig {
+            log: LogConfig::default(),
+            min_insync_replicas: min_isr,
+            replica_lag_ms: 30_000,
+        }
+    }
+
+    fn tp() -> TopicIdPartition {
+        TopicIdPartition {
+            topic_id: uuid::Uuid::from_u128(7),
+            partition: 0,
+        }
+    }
+
+    fn replica(dir: &std::path::Path, me: i32, min_isr: usize) -> Partition {
+        Partition::open(
+            tp(),
+            "t".into(),
+            me,
+            dir.join(format!("b{me}")),
+            config(min_isr),
+        )
+        .unwrap()
+    }
+
+    fn state(leader: i32, epoch: i32, isr: &[i32]) -> LeaderAndIsr {
+        LeaderAndIsr {
+            leader,
+            leader_epoch: epoch,
+            partition_epoch: epoch,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+        }
+    }
+
+    fn produce(p: &Partition, value: &str) -> Result<Produced, ErrorCode> {
+        p.append_as_leader(&build(&[value.as_bytes()], 1, None), -1, 1)
+            .map_err(|e| e.0)
+    }
+
+    /// One follower fetch round: the follower asks, appends or truncates. True if it moved.
+    fn fetch_round(leader: &Partition, follower: &Partition, id: i32) -> bool {
+        let (_, epoch) = follower.role();
+        let Some((_, offset, last_epoch, _)) = follower
+            .follower_fetch_position(1)
+            .or_else(|| follower.follower_fetch_position(2))
+            .or_else(|| follower.follower_fetch_position(3))
+        else {
+            return false;
+        };
+        match leader.read_for_follower(id, offset, epoch, last_epoch, 1 << 20, true) {
+            Ok(f) => match f.read {
+                Read::Records(r, m) => {
+                    let moved = !r.is_empty();
+                    follower
+                        .append_as_follower(epoch, offset, &r, m.high_watermark, m.log_start)
+                        .unwrap();
+                    moved
+                }
+                Read::Diverging {
+                    epoch: e,
+                    end_offset,
+                    ..
+                } => {
+                    follower
+                        .truncate_on_divergence(epoch, e, end_offset)
+                        .unwrap();
+                    true
+                }
+            },
+            Err(e) => panic!("follower fetch failed: {e:?}"),
+        }
+    }
+
+    fn values(p: &Partition) -> Vec<String> {
+        let s = p.lock();
+        let bytes = s
+            .log
+            .read(s.log.log_start(), 1 << 30, s.log.log_end(), true)
+            .unwrap();
+        crate::broker::log::batch::split(&bytes)
+            .unwrap()
+            .iter()
+            .flat_map(|(at, h)| {
+                crate::broker::log::batch::values(&bytes[*at..*at + h.size()]).unwrap()
+            })
+            .map(|v| String::from_utf8(v.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn acks_all_under_min_isr_is_refused_and_appends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = replica(dir.path(), 1, 2);
+        leader.apply(&state(1, 1, &[1]), config(2)).unwrap();
+        assert_eq!(produce(&leader, "a"), Err(ErrorCode::NotEnoughReplicas));
+        assert_eq!(leader.marks().log_end, 0);
+        // acks=1 is not held to min ISR, but the HW stays put under min ISR.
+        leader
+            .append_as_leader(&build(&[b"b"], 1, None), 1, 1)
+            .unwrap();
+        assert_eq!(leader.marks().log_end, 1);
+        assert_eq!(leader.marks().high_watermark, 0);
+    }
+
+    #[test]
+    fn the_high_watermark_waits_for_every_in_sync_follower_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = replica(dir.path(), 1, 2);
+        let f2 = replica(dir.path(), 2, 2);
+        let f3 = replica(dir.path(), 3, 2);
+        for p in [&leader, &f2, &f3] {
+            p.apply(&state(1, 1, &[1, 2, 3]), config(2)).unwrap();
+        }
+        let done = produce(&leader, "a").unwrap();
+        assert_eq!(leader.produce_outcome(done.required_offset, 1), None);
+        fetch_round(&leader, &f2, 2);
+        fetch_round(&leader, &f2, 2); // reports its new log end
+        assert_eq!(
+            leader.marks().high_watermark,
+            0,
+            "follower 3 has not fetched"
+        );
+        fetch_round(&leader, &f3, 3);
+        fetch_round(&leader, &f3, 3);
+        assert_eq!(leader.marks().high_watermark, 1);
+        assert_eq!(
+            leader.produce_outcome(done.required_offset, 1),
+            Some(ErrorCode::None)
+        );
+        // Followers learn the HW from the leader.
+        fetch_round(&leader, &f2, 2);
+        assert_eq!(f2.marks().high_watermark, 1);
+        // A leader change: the old answer is refused.
+        leader.apply(&state(2, 2, &[1, 2, 3]), config(2)).unwrap();
+        assert_eq!(
+            leader.produce_outcome(done.required_offset, 1),
+            Some(ErrorCode::NotLeaderOrFollower)
+        );
+    }
+
+    #[test]
+    fn a_follower_truncates_exactly_where_its_history_forks_kip_101() {
+        // A (leader, epoch 1) has m1 m2; B has m1 only. B becomes leader (epoch 2) and
+        // writes m3 at offset 1. A must drop m2 and take m3: the logs end equal.
+        let dir = tempfile::tempdir().unwrap();
+        let a = replica(dir.path(), 1, 1);
+        let b = replica(dir.path(), 2, 1);
+        a.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        b.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        produce(&a, "m1").unwrap();
+        fetch_round(&a, &b, 2);
+        a.append_as_leader(&build(&[b"m2"], 1, None), 1, 1).unwrap();
+        b.apply(&state(2, 2, &[2]), config(1)).unwrap();
+        a.apply(&state(2, 2, &[2]), config(1)).unwrap();
+        produce(&b, "m3").unwrap();
+        while fetch_round(&b, &a, 1) {}
+        assert_eq!(values(&a), vec!["m1", "m3"]);
+        assert_eq!(values(&a), values(&b));
+    }
+
+    #[test]
+    fn a_double_failover_truncates_over_several_rounds_kip_279() {
+        // A leads epoch 1 (m1). B leads epoch 2 and writes m2 that nobody fetches. A leads
+        // again in epoch 3 and writes m3. B, following A, must drop m2 (an epoch A never saw).
+        let dir = tempfile::tempdir().unwrap();
+        let a = replica(dir.path(), 1, 1);
+        let b = replica(dir.path(), 2, 1);
+        a.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        b.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        produce(&a, "m1").unwrap();
+        fetch_round(&a, &b, 2);
+        b.apply(&state(2, 2, &[2]), config(1)).unwrap();
+        b.append_as_leader(&build(&[b"m2"], 1, None), 1, 1).unwrap();
+        a.apply(&state(1, 3, &[1]), config(1)).unwrap();
+        b.apply(&state(1, 3, &[1]), config(1)).unwrap();
+        produce(&a, "m3").unwrap();
+        for _ in 0..5 {
+            fetch_round(&a, &b, 2);
+        }
+        assert_eq!(values(&b), vec!["m1", "m3"]);
+        assert_eq!(values(&a), values(&b));
+    }
+
+    #[test]
+    fn an_idempotent_retry_gets_its_original_offset_on_a_new_leader() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = replica(dir.path(), 1, 1);
+        let b = replica(dir.path(), 2, 1);
+        a.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        b.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        let batch = build(&[b"x"], 1, Some((42, 0, 0)));
+        let first = a.append_as_leader(&batch, -1, 1).unwrap();
+        fetch_round(&a, &b, 2);
+        // The answer was lost; A fails; the producer retries on B.
+        b.apply(&state(2, 2, &[2]), config(1)).unwrap();
+        let retry = b.append_as_leader(&batch, -1, 1).unwrap();
+        assert_eq!(retry.base_offset, first.base_offset);
+        assert_eq!(b.marks().log_end, 1, "nothing appended twice");
+        let gap = build(&[b"y"], 1, Some((42, 0, 5)));
+        assert_eq!(
+            b.append_as_leader(&gap, -1, 1).err().map(|e| e.0),
+            Some(ErrorCode::OutOfOrderSequenceNumber)
+        );
+    }
+
+    #[test]
+    fn a_lagging_follower_leaves_the_isr_and_rejoins_once_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let lag = PartitionConfig {
+            replica_lag_ms: 50,
+            ..config(1)
+        };
+        let leader =
+            Partition::open(tp(), "t".into(), 1, dir.path().join("b1"), lag.clone()).unwrap();
+        let f2 = Partition::open(tp(), "t".into(), 2, dir.path().join("b2"), lag.clone()).unwrap();
+        leader.apply(&state(1, 1, &[1, 2]), lag.clone()).unwrap();
+        f2.apply(&state(1, 1, &[1, 2]), lag.clone()).unwrap();
+        produce(&leader, "a").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        let shrink = leader.isr_proposal(|_| true).expect("a shrink");
+        assert_eq!(shrink.isr, vec![1]);
+        // The HW still waits for 2 while the shrink is pending (the maximal ISR).
+        assert_eq!(leader.marks().high_watermark, 0);
+        assert!(
+            leader.isr_proposal(|_| true).is_none(),
+            "one change in flight"
+        );
+        leader.isr_result(Ok(LeaderAndIsr {
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 2,
+            replicas: vec![],
+            isr: vec![1],
+        }));
+        assert_eq!(leader.marks().high_watermark, 1);
+        // The follower catches up; an ineligible broker is not added, an eligible one is.
+        f2.apply(
+            &LeaderAndIsr {
+                partition_epoch: 2,
+                isr: vec![1],
+                ..state(1, 1, &[1])
+            },
+            lag.clone(),
+        )
+        .unwrap();
+        while fetch_round(&leader, &f2, 2) {}
+        fetch_round(&leader, &f2, 2);
+        assert!(leader.isr_proposal(|_| false).is_none());
+        let expand = leader.isr_proposal(|_| true).expect("an expansion");
+        assert_eq!(expand.isr, vec![1, 2]);
+    }
+}

@@ -5,6 +5,7 @@ mod brokers;
 mod clients;
 mod cluster;
 mod controller;
+mod data;
 mod dev;
 mod hostile;
 mod processes;

@@ -306,6 +306,59 @@ async fn send(
             .map(drop)
             .map_err(e)
         }
+        ApiKey::Produce => {
+            let records = kmeta::broker::log::batch::build(&[b"sweep"], 1, None);
+            let r = ProduceRequest::default()
+                .with_acks(1)
+                .with_timeout_ms(5_000)
+                .with_topic_data(vec![produce_request::TopicProduceData::default()
+                    .with_name(topic())
+                    .with_partition_data(vec![
+                        produce_request::PartitionProduceData::default()
+                            .with_index(0)
+                            .with_records(Some(records.into())),
+                    ])]);
+            c.send(&r, v).await.map(drop).map_err(e)
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            let p = offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(-1)
+                .with_leader_epoch(0);
+            let t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(topic())
+                .with_partitions(vec![p]);
+            c.send(
+                &OffsetForLeaderEpochRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![t]),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e)
+        }
+        ApiKey::InitProducerId => c
+            .send(
+                &InitProducerIdRequest::default()
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::AllocateProducerIds => c
+            .send(
+                &AllocateProducerIdsRequest::default()
+                    .with_broker_id(BrokerId(1))
+                    .with_broker_epoch(-1),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
         other => Err(format!("the sweep has no sample request for {other:?}")),
     }
 }
@@ -372,11 +425,10 @@ fn create_sweep_topic(rt: &tokio::runtime::Runtime, broker: &str) {
 }
 
 /// Issue 10: kcat consuming an empty topic (ListOffsets v2) saw every broker close the
-/// connection. Reaching the end (`-e`) also needs Fetch: librdkafka fetches only with a
-/// message-format feature that needs Produce advertised (`kafka-clients.md` §6.3), which comes
-/// with the data plane; until then kcat waits, and this checks it is never disconnected.
+/// connection. Issue 11: with Produce advertised librdkafka fetches (MsgVer2,
+/// `kafka-clients.md` §6.3), so `-e` reaches the end and exits 0.
 #[test]
-fn kcat_consuming_an_empty_topic_is_never_disconnected_by_a_broker() {
+fn kcat_consuming_an_empty_topic_is_never_disconnected_and_exits_at_its_end() {
     let c = ProcessCluster::start(3, 1, "");
     let broker = c.broker_addr(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -396,6 +448,12 @@ fn kcat_consuming_an_empty_topic_is_never_disconnected_by_a_broker() {
         let line = stderr.lines().find(|l| l.contains(bad));
         assert!(line.is_none(), "kcat: {}", line.unwrap_or_default());
     }
+    assert!(
+        out.status.success(),
+        "kcat -C -e did not exit 0 at the end of the empty topic ({}): {}",
+        out.status,
+        stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    );
 }
 
 #[test]
