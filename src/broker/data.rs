@@ -16,6 +16,14 @@ use std::time::Duration;
 /// The longest a fetch may wait, whatever it asks (`max_wait_ms`).
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(30);
 
+/// One partition of a produce: (topic index, response, what an acks=all reply waits for:
+/// the partition, the offset the HW must reach, the leader epoch appended in).
+type ProduceRow = (
+    usize,
+    produce_response::PartitionProduceResponse,
+    Option<(Arc<Partition>, i64, i32)>,
+);
+
 /// What a request naming a partition finds on this broker.
 fn locate(
     service: &BrokerService,
@@ -65,11 +73,7 @@ impl BrokerService {
         let acks = r.acks;
         let wall = crate::controller::wall_ms();
         // (topic index, partition index, response, wait for (partition, offset, epoch)).
-        let mut rows: Vec<(
-            usize,
-            PartitionProduceResponse,
-            Option<(Arc<Partition>, i64, i32)>,
-        )> = Vec::new();
+        let mut rows: Vec<ProduceRow> = Vec::new();
         for (ti, t) in r.topic_data.iter().enumerate() {
             for pd in &t.partition_data {
                 let out = PartitionProduceResponse::default().with_index(pd.index);

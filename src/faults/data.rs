@@ -23,7 +23,7 @@ pub const PARTITIONS: i32 = 3;
 const PRODUCE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What the producers were told.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct DataLedger {
     /// Every message value ever sent.
     pub attempted: BTreeSet<String>,

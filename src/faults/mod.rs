@@ -864,7 +864,10 @@ async fn settle_and_check(
                 .iter()
                 .map(|b| (*b as i32, cluster.dir.join(format!("data-{b}"))))
                 .collect();
-            let d = data_ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let d = data_ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             last = data::check(&brokers, &dirs, &d).await;
             if last.is_empty() {
                 break;

@@ -59,7 +59,7 @@ fn killing_partition_leaders_loses_no_acknowledged_message_and_replicas_converge
     wait_for_brokers(&c);
     let brokers: Vec<String> = (1..=3).map(|id| c.broker_addr(id)).collect();
     let dirs: BTreeMap<i32, PathBuf> = (1..=3)
-        .map(|id| (id as i32, c.dir.path().join(format!("data-{id}"))))
+        .map(|id| (id, c.dir.path().join(format!("data-{id}"))))
         .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(data::create_topic(&brokers)).unwrap();

@@ -109,13 +109,14 @@ fn truncation_drops_the_tail_epochs_and_producer_state() {
     let dir = tempfile::tempdir().unwrap();
     let id = uuid::Uuid::new_v4();
     let mut log = PartitionLog::open(dir.path().join("t-0"), id, small_segments()).unwrap();
-    let mut next = 0;
-    for (epoch, seq) in [(0, 0), (0, 1), (1, 2), (1, 3), (1, 4)] {
+    for (next, (epoch, seq)) in [(0, 0), (0, 1), (1, 2), (1, 3), (1, 4)]
+        .into_iter()
+        .enumerate()
+    {
         let mut b = build(&[b"v"], 1, Some((9, 0, seq)));
-        set_base_offset(&mut b, next);
+        set_base_offset(&mut b, next as i64);
         set_leader_epoch(&mut b, epoch);
         log.append(&b).unwrap();
-        next += 1;
     }
     log.truncate_to(2).unwrap();
     assert_eq!(log.log_end(), 2);
