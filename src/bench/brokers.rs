@@ -70,14 +70,11 @@ async fn connect(addr: &str) -> Result<KafkaClient, String> {
         .map_err(|e| format!("{addr}: {e}"))
 }
 
-/// Runs the benchmark with its data under `dir`.
-pub async fn brokers(
+/// Three controllers and three brokers in this process, with data under `dir`, once every
+/// broker is unfenced and sees the others: the quorum and `(address, handle)` per broker.
+pub async fn start_cluster(
     dir: &Path,
-    seconds: u64,
-    connections: &[usize],
-    partitions_per_commit: usize,
-    propagation_samples: usize,
-) -> Result<BrokersReport, String> {
+) -> Result<(LocalQuorum, Vec<(String, BrokerHandle)>), String> {
     let config = ControllerConfig {
         cluster_id: "bench".into(),
         ..ControllerConfig::default()
@@ -121,6 +118,19 @@ pub async fn brokers(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok((quorum, brokers))
+}
+
+/// Runs the benchmark with its data under `dir`.
+pub async fn brokers(
+    dir: &Path,
+    seconds: u64,
+    connections: &[usize],
+    partitions_per_commit: usize,
+    propagation_samples: usize,
+) -> Result<BrokersReport, String> {
+    let (quorum, brokers) = start_cluster(dir).await?;
+    let states: Vec<Arc<BrokerState>> = brokers.iter().map(|(_, h)| h.state.clone()).collect();
     let addrs: Vec<String> = brokers.iter().map(|(a, _)| a.clone()).collect();
     let mut admin = connect(&addrs[0]).await?;
     let created = admin

@@ -8,6 +8,7 @@
 //! acknowledged commit on the new active controller is measured.
 
 pub mod brokers;
+pub mod produce;
 
 use crate::controller::Controller;
 use crate::local::LocalQuorum;
