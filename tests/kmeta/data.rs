@@ -111,3 +111,191 @@ fn killing_partition_leaders_loses_no_acknowledged_message_and_replicas_converge
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// Produces `batches` batches of 64 x 1 KiB to `topic`-0 on its leader with acks=all; returns
+/// the messages acknowledged.
+async fn fill(brokers: &[String], topic: &str, batches: usize) -> usize {
+    use kafka_protocol::messages::*;
+    use kmeta::kafka::client::KafkaClient;
+    use kmeta::kafka::wire::sb;
+    let body = vec![b'm'; 1024];
+    let mut acked = 0;
+    let mut conn: Option<KafkaClient> = None;
+    let mut sent = 0;
+    while sent < batches {
+        if conn.is_none() {
+            for addr in brokers {
+                let Ok(mut c) = KafkaClient::connect(addr, "fill", Duration::from_secs(10)).await
+                else {
+                    continue;
+                };
+                let meta = c
+                    .send(
+                        &MetadataRequest::default().with_topics(Some(vec![
+                            metadata_request::MetadataRequestTopic::default()
+                                .with_name(Some(TopicName(sb(topic)))),
+                        ])),
+                        12,
+                    )
+                    .await
+                    .unwrap();
+                let leader = meta.topics[0].partitions[0].leader_id.0;
+                if leader > 0 {
+                    conn = KafkaClient::connect(
+                        &brokers[(leader - 1) as usize],
+                        "fill",
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .ok();
+                    break;
+                }
+            }
+            continue;
+        }
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for i in 0..64 {
+            let mut v = body.clone();
+            v[..8].copy_from_slice(&((sent * 64 + i) as u64).to_be_bytes());
+            values.push(v);
+        }
+        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
+        let records = kmeta::broker::log::batch::build(&refs, kmeta::controller::wall_ms(), None);
+        let r = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![produce_request::TopicProduceData::default()
+                .with_name(TopicName(sb(topic)))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records.into())),
+                ])]);
+        let code = conn
+            .as_mut()
+            .unwrap()
+            .send(&r, 9)
+            .await
+            .map(|resp| resp.responses[0].partition_responses[0].error_code)
+            .unwrap_or(-1);
+        assert_eq!(code, 0, "produce failed");
+        acked += 64;
+        sent += 1;
+    }
+    acked
+}
+
+#[test]
+fn a_reassignment_copies_100_mb_to_new_brokers_before_it_completes() {
+    let c = ProcessCluster::start(3, 4, "");
+    crate::cluster::until(Duration::from_secs(30), "four live brokers", || {
+        let out = std::process::Command::new("kcat")
+            .args(["-b", &c.bootstrap(), "-L", "-J", "-m", "5"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["brokers"].as_array()?.len() == 4).then_some(())
+    });
+    let brokers: Vec<String> = (1..=4).map(|id| c.broker_addr(id)).collect();
+    let b = c.bootstrap();
+    let kmeta = |args: &[&str]| {
+        let out = std::process::Command::new(crate::cluster::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kmeta {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let plan = c.dir.path().join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"version":1,"partitions":[{"topic":"big","partition":0,"replicas":[1,2]}]}"#,
+    )
+    .unwrap();
+    kmeta(&[
+        "topics",
+        "create",
+        "--topic",
+        "big",
+        "--partitions",
+        "1",
+        "--replication-factor",
+        "2",
+        "--bootstrap-server",
+        &b,
+    ]);
+    kmeta(&[
+        "reassign",
+        "execute",
+        "--reassignment-json-file",
+        plan.to_str().unwrap(),
+        "--wait",
+        "--bootstrap-server",
+        &b,
+    ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // 1,600 batches of 64 KiB: 100 MiB.
+    let acked = rt.block_on(fill(&brokers, "big", 1_600));
+    assert_eq!(acked, 102_400);
+    std::fs::write(
+        &plan,
+        r#"{"version":1,"partitions":[{"topic":"big","partition":0,"replicas":[3,4]}]}"#,
+    )
+    .unwrap();
+    kmeta(&[
+        "reassign",
+        "execute",
+        "--reassignment-json-file",
+        plan.to_str().unwrap(),
+        "--wait",
+        "--bootstrap-server",
+        &b,
+    ]);
+    // The new replicas hold every byte, and the old ones let go of theirs.
+    let size = |id: u64| -> u64 {
+        std::fs::read_dir(c.dir.path().join(format!("data-{id}/big-0")))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .map(|e| e.metadata().unwrap().len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    crate::cluster::until(Duration::from_secs(30), "the old replicas deleted", || {
+        (size(1) == 0 && size(2) == 0).then_some(())
+    });
+    assert!(size(3) > 100 << 20, "broker 3 holds {} bytes", size(3));
+    assert_eq!(size(3), size(4));
+    // And a consumer reads all of it from the new leader.
+    let out = std::process::Command::new("timeout")
+        .args([
+            "60",
+            "kcat",
+            "-b",
+            &b,
+            "-C",
+            "-t",
+            "big",
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o\n",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kcat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offsets: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(offsets.len(), 102_400);
+    assert_eq!(offsets.last(), Some(&102_399));
+}
