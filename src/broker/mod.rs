@@ -311,8 +311,17 @@ impl BrokerHandle {
 
 /// Keeps the hosted partitions in line with each published image, and a replica fetcher
 /// running for every leader followed.
+///
+/// Nothing is applied before the broker's image has caught up once (the controller unfenced
+/// it): while a restarted broker replays the metadata log, its image passes through old
+/// states in which it may lead partitions in long-gone epochs. Acting on those would accept
+/// writes in a dead epoch and rewrite the epoch cache (KRaft's metadata loader also publishes
+/// nothing before it reaches the high watermark).
 async fn host_partitions(state: Arc<BrokerState>) {
     let mut applied = state.subscribe_applied();
+    while state.is_fenced() {
+        let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
+    }
     loop {
         let published = state.image();
         let leaders = state.replicas.apply_image(&published.image);

@@ -334,6 +334,12 @@ impl Partition {
         {
             return Ok(false);
         }
+        if role == Role::Leader && new.leader_epoch < s.log.epochs().latest_epoch() {
+            // This log already holds a later epoch: the state is stale (an image replayed
+            // from the past). Leading it would truncate the epoch cache; wait for newer state.
+            tracing::warn!(tp = ?self.tp, epoch = new.leader_epoch, latest = s.log.epochs().latest_epoch(), "ignoring leadership in an epoch older than the log's");
+            return Ok(false);
+        }
         let epoch_changed = new.leader_epoch != s.leader_epoch || role != s.role;
         s.leader_epoch = new.leader_epoch;
         s.partition_epoch = new.partition_epoch;
@@ -968,6 +974,22 @@ mod tests {
             })
             .map(|v| String::from_utf8(v.unwrap()).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn leadership_in_an_epoch_older_than_the_log_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = replica(dir.path(), 1, 1);
+        p.apply(&state(1, 5, &[1]), config(1)).unwrap();
+        produce(&p, "a").unwrap();
+        drop(p);
+        // Reopened (a restart) and shown a stale state in which it led epoch 3.
+        let p = replica(dir.path(), 1, 1);
+        assert!(!p.apply(&state(1, 3, &[1]), config(1)).unwrap());
+        assert_ne!(p.role().0, Role::Leader);
+        assert_eq!(p.lock().log.epochs().entries(), &[(5, 0)]);
+        assert!(p.apply(&state(1, 6, &[1]), config(1)).unwrap());
+        assert_eq!(p.role().0, Role::Leader);
     }
 
     #[test]

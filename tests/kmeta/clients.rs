@@ -15,7 +15,8 @@ fn json(text: &str) -> Value {
 fn wait_for_brokers(c: &ProcessCluster, n: usize) {
     let b = c.bootstrap();
     let want = n.to_string();
-    until(Duration::from_secs(30), "live brokers", || {
+    // 60 s: on 2 cores, next to the data-plane tests, registration can take a while.
+    until(Duration::from_secs(60), "live brokers", || {
         try_client(&["kcat", "--bootstrap", &b, "--brokers", &want])
             .0
             .then_some(())
