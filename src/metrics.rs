@@ -64,6 +64,16 @@ pub struct Gauges {
     pub last_committed_record_offset: Gauge,
     /// Milliseconds since each broker's last heartbeat (active controller only).
     pub broker_heartbeat_age_ms: Family<Vec<(String, String)>, Gauge>,
+    /// Partitions hosted by this broker (Kafka's `PartitionCount`).
+    pub partition_count: Gauge,
+    /// Partitions this broker leads (`LeaderCount`).
+    pub leader_count: Gauge,
+    /// Led partitions whose ISR is smaller than their replica set.
+    pub under_replicated_partitions: Gauge,
+    /// Led partitions whose ISR is below `min.insync.replicas`.
+    pub under_min_isr_partition_count: Gauge,
+    /// Bytes of partition logs on this broker's disk.
+    pub log_size_bytes: Gauge,
 }
 
 /// A node's registry: the gauges, and the controller's recorded metrics when it has one.
@@ -124,6 +134,31 @@ impl NodeMetrics {
             "BrokerHeartbeatAgeMs",
             "Milliseconds since each broker's last heartbeat",
             g.broker_heartbeat_age_ms.clone(),
+        );
+        registry.register(
+            "PartitionCount",
+            "Partitions hosted by this broker",
+            g.partition_count.clone(),
+        );
+        registry.register(
+            "LeaderCount",
+            "Partitions this broker leads",
+            g.leader_count.clone(),
+        );
+        registry.register(
+            "UnderReplicatedPartitions",
+            "Partitions led here whose ISR is smaller than their replica set",
+            g.under_replicated_partitions.clone(),
+        );
+        registry.register(
+            "UnderMinIsrPartitionCount",
+            "Partitions led here whose ISR is below min.insync.replicas",
+            g.under_min_isr_partition_count.clone(),
+        );
+        registry.register(
+            "LogSizeBytes",
+            "Bytes of partition logs on this broker",
+            g.log_size_bytes.clone(),
         );
         if let Some(c) = controller {
             registry.register(

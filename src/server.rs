@@ -215,6 +215,24 @@ fn metrics_render(
             .set(image.imbalanced_partitions().count() as i64);
         g.last_applied_record_offset.set(applied);
         g.last_committed_record_offset.set(committed);
+        if let Some(state) = &broker {
+            let (mut hosted, mut leading, mut under, mut under_min, mut bytes) = (0, 0, 0, 0, 0);
+            for p in state.replicas.all() {
+                let (leads, isr, replicas, min_isr, size) = p.health();
+                hosted += 1;
+                bytes += size as i64;
+                if leads {
+                    leading += 1;
+                    under += (isr < replicas) as i64;
+                    under_min += (isr < min_isr) as i64;
+                }
+            }
+            g.partition_count.set(hosted);
+            g.leader_count.set(leading);
+            g.under_replicated_partitions.set(under);
+            g.under_min_isr_partition_count.set(under_min);
+            g.log_size_bytes.set(bytes);
+        }
         m.encode()
     })
 }

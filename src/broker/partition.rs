@@ -874,6 +874,18 @@ impl Partition {
         s.log.delete()
     }
 
+    /// For metrics: `(leads, ISR size, replicas, effective min ISR, log bytes)`.
+    pub fn health(&self) -> (bool, usize, usize, usize, u64) {
+        let s = self.lock();
+        (
+            s.role == Role::Leader,
+            s.isr.len(),
+            s.replicas.len(),
+            s.effective_min_isr(),
+            s.log.size_bytes(),
+        )
+    }
+
     /// The pending proposal's ISR, for diagnostics.
     pub fn pending_isr(&self) -> Option<Vec<i32>> {
         self.lock().pending.as_ref().map(|p| p.proposed.clone())

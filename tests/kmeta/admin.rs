@@ -441,4 +441,18 @@ fn the_metrics_endpoint_serves_kraft_named_metrics_in_prometheus_text() {
     let broker = scrape(c.metrics[&1]).unwrap();
     assert_eq!(broker["kmeta_GlobalPartitionCount"], 5.0);
     assert_eq!(broker["kmeta_ActiveBrokerCount"], 3.0);
+    // The data plane: 5 partitions x 2 replicas over 3 brokers, each led once.
+    let brokers: Vec<_> = (1..=3)
+        .map(|id| {
+            until(Duration::from_secs(10), "broker metrics", || {
+                let m = scrape(c.metrics[&id])?;
+                (m.get("kmeta_UnderReplicatedPartitions") == Some(&0.0)).then_some(m)
+            })
+        })
+        .collect();
+    let sum = |k: &str| brokers.iter().map(|m| m[k]).sum::<f64>();
+    assert_eq!(sum("kmeta_PartitionCount"), 10.0);
+    assert_eq!(sum("kmeta_LeaderCount"), 5.0);
+    assert_eq!(sum("kmeta_UnderMinIsrPartitionCount"), 0.0);
+    assert!(brokers.iter().all(|m| m.contains_key("kmeta_LogSizeBytes")));
 }
