@@ -372,7 +372,81 @@ def roundtrip(args):
     print(json.dumps({"client": args.client, "messages": len(msgs), "idempotent": args.idempotent}))
 
 
+def produce_stream(args):
+    """Produce --count messages ("0", "1", ...) to partition 0 of --topic with acks=all,
+    pacing them over a few seconds, and write the values acknowledged to --out."""
+    delivered = []
+    if args.client == "confluent":
+        from confluent_kafka import Producer
+        prod = Producer({"bootstrap.servers": args.bootstrap, "acks": "all",
+                         "enable.idempotence": args.idempotent, "message.timeout.ms": 60000})
+
+        def on_delivery(err, m):
+            if err is None:
+                delivered.append(m.value().decode())
+        for i in range(args.count):
+            prod.produce(args.topic, str(i).encode(), partition=0, on_delivery=on_delivery)
+            prod.poll(0)
+            time.sleep(0.002)
+        prod.flush(90)
+    elif args.client == "kafka-python":
+        from kafka import KafkaProducer
+        prod = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all",
+                             enable_idempotence=args.idempotent, request_timeout_ms=30000,
+                             delivery_timeout_ms=60000)
+        futures = []
+        for i in range(args.count):
+            futures.append((str(i), prod.send(args.topic, str(i).encode(), partition=0)))
+            time.sleep(0.002)
+        prod.flush(90)
+        for v, f in futures:
+            try:
+                f.get(timeout=1)
+                delivered.append(v)
+            except Exception:
+                pass
+        prod.close()
+    else:
+        fail(f"produce-stream supports confluent and kafka-python, not {args.client}")
+    with open(args.out, "w") as f:
+        json.dump({"delivered": delivered}, f)
+    print(json.dumps({"client": args.client, "delivered": len(delivered)}))
+
+
+def verify_read(args):
+    """Read partition 0 of --topic from the start; every value acknowledged in --out must be
+    there; with --idempotent none twice; each value after the previous one."""
+    from confluent_kafka import Consumer, TopicPartition
+    with open(args.out) as f:
+        delivered = json.load(f)["delivered"]
+    c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"{args.topic}-verify",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.assign([TopicPartition(args.topic, 0, 0)])
+    lo, hi = c.get_watermark_offsets(TopicPartition(args.topic, 0), timeout=10)
+    got = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = c.poll(1.0)
+        if m is not None and not m.error():
+            got.append(m.value().decode())
+            if m.offset() + 1 >= hi:
+                break
+        elif m is None and len(got) >= hi - lo:
+            break
+    c.close()
+    missing = set(delivered) - set(got)
+    check(not missing, f"{len(missing)} acknowledged messages missing, e.g. {sorted(missing, key=int)[:5]}")
+    if args.idempotent:
+        dups = len(got) - len(set(got))
+        check(dups == 0, f"{dups} duplicates from an idempotent producer")
+        ints = [int(v) for v in got]
+        check(ints == sorted(ints), "messages out of order")
+    print(json.dumps({"delivered": len(delivered), "read": len(got)}))
+
+
 SCENARIOS = {
+    "produce-stream": produce_stream,
+    "verify-read": verify_read,
     "roundtrip": roundtrip,
     "kcat": kcat,
     "confluent": confluent,
@@ -399,5 +473,6 @@ if __name__ == "__main__":
                     choices=["kcat", "confluent", "kafka-python", "aiokafka"])
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--idempotent", action="store_true")
+    ap.add_argument("--out", default="")
     a = ap.parse_args()
     SCENARIOS[a.scenario](a)

@@ -299,3 +299,73 @@ fn a_reassignment_copies_100_mb_to_new_brokers_before_it_completes() {
     assert_eq!(offsets.len(), 102_400);
     assert_eq!(offsets.last(), Some(&102_399));
 }
+
+#[test]
+fn real_idempotent_producers_lose_and_duplicate_nothing_when_the_leader_is_killed() {
+    let mut c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c);
+    let b = c.bootstrap();
+    let python = std::env::var("KMETA_PYTHON").expect("KMETA_PYTHON (scripts/test.sh sets it)");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/check.py");
+    for client_name in ["confluent", "kafka-python"] {
+        let topic = format!("failover-{client_name}");
+        client(&[
+            "create",
+            "--bootstrap",
+            &b,
+            "--topic",
+            &topic,
+            "--partitions",
+            "1",
+            "--rf",
+            "3",
+        ]);
+        let out = c.dir.path().join(format!("{client_name}.json"));
+        let mut producer = std::process::Command::new("timeout")
+            .arg("150")
+            .arg(&python)
+            .arg(script)
+            .args([
+                "produce-stream",
+                "--bootstrap",
+                &b,
+                "--topic",
+                &topic,
+                "--client",
+                client_name,
+                "--count",
+                "3000",
+                "--idempotent",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let leader = {
+            let out = std::process::Command::new("kcat")
+                .args(["-b", &b, "-L", "-J", "-t", &topic])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["topics"][0]["partitions"][0]["leader"].as_u64().unwrap()
+        };
+        c.kill(leader);
+        std::thread::sleep(Duration::from_secs(4));
+        c.spawn(leader);
+        assert!(
+            producer.wait().unwrap().success(),
+            "{client_name} producer failed"
+        );
+        client(&[
+            "verify-read",
+            "--bootstrap",
+            &b,
+            "--topic",
+            &topic,
+            "--idempotent",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+}
