@@ -1005,6 +1005,35 @@ mod tests {
     }
 
     #[test]
+    fn an_unclean_leader_wins_and_the_old_leaders_extra_messages_are_lost_as_in_kafka() {
+        // ISR {A}; B is behind (m1 only) when A, holding m1 m2 (acks=1), dies. An unclean
+        // election makes B leader in epoch 2; B writes m3. A comes back as follower: its m2
+        // goes, the documented cost of unclean.leader.election.enable.
+        let dir = tempfile::tempdir().unwrap();
+        let a = replica(dir.path(), 1, 1);
+        let b = replica(dir.path(), 2, 1);
+        a.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        b.apply(&state(1, 1, &[1, 2]), config(1)).unwrap();
+        produce(&a, "m1").unwrap();
+        fetch_round(&a, &b, 2);
+        a.apply(
+            &LeaderAndIsr {
+                partition_epoch: 2,
+                ..state(1, 1, &[1])
+            },
+            config(1),
+        )
+        .unwrap();
+        a.append_as_leader(&build(&[b"m2"], 1, None), 1, 1).unwrap();
+        b.apply(&state(2, 2, &[2]), config(1)).unwrap();
+        produce(&b, "m3").unwrap();
+        a.apply(&state(2, 2, &[2]), config(1)).unwrap();
+        while fetch_round(&b, &a, 1) {}
+        assert_eq!(values(&a), vec!["m1", "m3"]);
+        assert_eq!(values(&b), vec!["m1", "m3"]);
+    }
+
+    #[test]
     fn acks_all_under_min_isr_is_refused_and_appends_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let leader = replica(dir.path(), 1, 2);

@@ -490,30 +490,33 @@ impl PartitionLog {
         let i = self.segments.partition_point(|s| s.base <= from).max(1) - 1;
         let seg = &self.segments[i];
         let (start, first) = seg.position_of(from)?;
-        let Some(mut h) = first else {
+        let Some(h) = first else {
             // `from` is past this segment: the next one starts at it.
             return match self.segments.get(i + 1) {
                 Some(next) => self.read(next.base, max_bytes, upper, min_one),
                 None => Ok(Bytes::new()),
             };
         };
-        let mut end = start;
-        loop {
-            if h.base_offset >= upper {
-                break;
-            }
-            let len = (end - start) as usize + h.size();
-            if len > max_bytes && !(min_one && end == start) {
-                break;
-            }
-            end += h.size() as u64;
-            if end >= seg.size {
-                break;
-            }
-            h = seg.header_at(end)?;
+        // One read covering up to `max_bytes` (at least the first batch when `min_one`),
+        // then whole batches cut from it: no read per batch header.
+        let mut want = max_bytes as u64;
+        if min_one {
+            want = want.max(h.size() as u64);
         }
-        let mut out = vec![0u8; (end - start) as usize];
+        let want = want.min(seg.size - start) as usize;
+        let mut out = vec![0u8; want];
         seg.file.read_exact_at(&mut out, start)?;
+        let mut end = 0usize;
+        while end < out.len() {
+            let Some(next) = BatchHeader::parse(&out[end..]) else {
+                break;
+            };
+            if next.base_offset >= upper || end + next.size() > out.len() {
+                break;
+            }
+            end += next.size();
+        }
+        out.truncate(end);
         Ok(Bytes::from(out))
     }
 
