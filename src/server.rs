@@ -134,8 +134,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     };
     match broker {
-        Some((state, listener)) => {
-            crate::broker::run_with(state, listener, stop).await?;
+        Some((state, (listener, extra))) => {
+            crate::broker::run_with(state, listener, extra, stop).await?;
         }
         None => stop.await,
     }
@@ -237,10 +237,13 @@ fn metrics_render(
     })
 }
 
+/// A broker's bound listeners: the inter-broker one, and further client listeners by name.
+type BrokerListeners = (TcpListener, Vec<(String, TcpListener)>);
+
 async fn broker_setup(
     config: &NodeConfig,
     cluster_id: &str,
-) -> Result<(crate::broker::BrokerConfig, TcpListener), String> {
+) -> Result<(crate::broker::BrokerConfig, BrokerListeners), String> {
     let name = &config.broker_listener_name;
     let bind = config.listener(name).ok_or_else(|| {
         format!("listeners: a broker needs a {name}:// listener (inter.broker.listener.name)")
@@ -253,6 +256,25 @@ async fn broker_setup(
     let listener = TcpListener::bind(bind.addr())
         .await
         .map_err(|e| format!("listeners: cannot bind {}: {e}", bind.addr()))?;
+    // Every other non-controller listener serves clients too, each advertising its own
+    // endpoints (an internal listener for replication, an external one for clients).
+    let mut extra = Vec::new();
+    let mut extra_listeners = Vec::new();
+    for l in &config.listeners {
+        if &l.name == name || l.name == config.controller_listener_name {
+            continue;
+        }
+        let advertised = config
+            .advertised_listeners
+            .iter()
+            .find(|a| a.name == l.name)
+            .unwrap_or(l);
+        let bound = TcpListener::bind(l.addr())
+            .await
+            .map_err(|e| format!("listeners: cannot bind {}: {e}", l.addr()))?;
+        extra.push((l.name.clone(), bound));
+        extra_listeners.push((l.name.clone(), advertised.host.clone(), advertised.port));
+    }
     let node_id = i32::try_from(config.node_id)
         .map_err(|_| format!("node.id: {} is too large for a broker id", config.node_id))?;
     Ok((
@@ -268,8 +290,9 @@ async fn broker_setup(
             session_timeout: std::time::Duration::from_millis(config.session_timeout_ms),
             limits: config.listener_limits(),
             data: config.data.clone(),
+            extra_listeners,
         },
-        listener,
+        (listener, extra),
     ))
 }
 

@@ -101,6 +101,7 @@ pub async fn start_cluster(
                 heartbeat_interval: Duration::from_millis(2000),
                 session_timeout: Duration::from_millis(9000),
                 limits: Limits::default(),
+                extra_listeners: Vec::new(),
                 data: crate::broker::replicas::DataConfig::new(dir.join(format!("broker-{id}"))),
             },
             listener,

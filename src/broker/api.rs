@@ -73,6 +73,8 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
 /// A broker's Kafka service.
 pub struct BrokerService {
     state: Arc<BrokerState>,
+    /// The listener this service answers on: clients learn endpoints on it.
+    listener: String,
     apis: ApiSet,
     forwarded: ApiSet,
 }
@@ -89,10 +91,11 @@ impl BrokerService {
         &self.state
     }
 
-    /// The service of the broker with `state`.
-    pub fn new(state: Arc<BrokerState>) -> Self {
+    /// The service of the broker with `state` on the listener named `listener`.
+    pub fn new(state: Arc<BrokerState>, listener: String) -> Self {
         BrokerService {
             state,
+            listener,
             apis: ApiSet::new(broker_apis()),
             forwarded: ApiSet::new(forwardable_apis()),
         }
@@ -100,7 +103,7 @@ impl BrokerService {
 
     /// Active brokers with an endpoint on the client listener, by id.
     pub(super) fn live_endpoints(&self, image: &MetadataImage) -> Vec<BrokerEndpoint> {
-        let name = &self.state.config.listener_name;
+        let name = &self.listener;
         image
             .brokers()
             .filter(|b| b.is_active())
@@ -220,7 +223,7 @@ impl BrokerService {
         let published = self.state.image();
         let image = &published.image;
         let live = self.live_endpoints(image);
-        let name = &self.state.config.listener_name;
+        let name = &self.listener;
         let brokers = image
             .brokers()
             .filter(|b| b.is_active() || (r.include_fenced_brokers && b.fenced))

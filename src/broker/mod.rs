@@ -45,7 +45,8 @@ pub struct BrokerConfig {
     pub cluster_id: String,
     /// `controller.quorum.voters`.
     pub voters: BTreeMap<u64, String>,
-    /// The listener name clients use (`inter.broker.listener.name`).
+    /// The listener other brokers replicate from (`inter.broker.listener.name`); clients on
+    /// it are told about this listener's endpoints.
     pub listener_name: String,
     /// The advertised host and port of that listener.
     pub advertised_host: String,
@@ -57,6 +58,9 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     /// `broker.session.timeout.ms` (bounds how long a controlled shutdown may take).
     pub session_timeout: Duration,
+    /// Further client listeners: `(name, advertised host, port)`. Clients connecting to one
+    /// are told each broker's endpoint on that listener (Kafka's rule).
+    pub extra_listeners: Vec<(String, String, u16)>,
     /// Listener limits.
     pub limits: Limits,
     /// Partition logs and replication settings.
@@ -161,11 +165,18 @@ async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
         .with_broker_id(BrokerId(c.node_id))
         .with_cluster_id(sb(&c.cluster_id))
         .with_incarnation_id(incarnation)
-        .with_listeners(vec![Listener::default()
-            .with_name(sb(&c.listener_name))
-            .with_host(sb(&c.advertised_host))
-            .with_port(c.advertised_port)
-            .with_security_protocol(0)])
+        .with_listeners(
+            std::iter::once((&c.listener_name, &c.advertised_host, c.advertised_port))
+                .chain(c.extra_listeners.iter().map(|(n, h, p)| (n, h, *p)))
+                .map(|(name, host, port)| {
+                    Listener::default()
+                        .with_name(sb(name))
+                        .with_host(sb(host))
+                        .with_port(port)
+                        .with_security_protocol(0)
+                })
+                .collect(),
+        )
         .with_features(vec![Feature::default()
             .with_name(sb("metadata.version"))
             .with_min_supported_version(1)
@@ -280,7 +291,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    run_with(BrokerState::new(config), listener, shutdown).await
+    run_with(BrokerState::new(config), listener, Vec::new(), shutdown).await
 }
 
 /// A broker running in this process (`kmeta dev`, benchmarks, tests).
@@ -296,7 +307,7 @@ impl BrokerHandle {
     pub fn spawn(config: BrokerConfig, listener: TcpListener) -> BrokerHandle {
         let state = BrokerState::new(config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run_with(state.clone(), listener, async {
+        let task = tokio::spawn(run_with(state.clone(), listener, Vec::new(), async {
             let _ = stopped.await;
         }));
         BrokerHandle { state, stop, task }
@@ -332,10 +343,12 @@ async fn host_partitions(state: Arc<BrokerState>) {
     }
 }
 
-/// Runs the broker whose state is `state` (see [`run`]).
+/// Runs the broker whose state is `state` (see [`run`]) on its inter-broker `listener` and
+/// the `extra` client listeners, by name.
 pub async fn run_with(
     state: Arc<BrokerState>,
     listener: TcpListener,
+    extra: Vec<(String, TcpListener)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let follower = tokio::spawn(follower::run(state.clone()));
@@ -344,23 +357,30 @@ pub async fn run_with(
     let hosting = tokio::spawn(host_partitions(state.clone()));
     let isr = tokio::spawn(replica::run(state.clone()));
     let retention = tokio::spawn(state.replicas.clone().retention_loop());
-    let service = Arc::new(api::BrokerService::new(state.clone()));
-    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (server_stop_tx, server_stop_rx) = watch::channel(false);
     let limits = state.config.limits;
-    let server = tokio::spawn(crate::kafka::listener::serve(
-        listener,
-        service,
-        limits,
-        async {
-            let _ = server_stop_rx.await;
-        },
-    ));
+    let mut servers = Vec::new();
+    let main_name = state.config.listener_name.clone();
+    for (name, l) in std::iter::once((main_name, listener)).chain(extra) {
+        let service = Arc::new(api::BrokerService::new(state.clone(), name));
+        let mut stop = server_stop_rx.clone();
+        servers.push(tokio::spawn(crate::kafka::listener::serve(
+            l,
+            service,
+            limits,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )));
+    }
     tracing::info!(broker = state.node_id, "broker started");
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = session.await;
-    let _ = server_stop_tx.send(());
-    let _ = server.await;
+    let _ = server_stop_tx.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
     isr.abort();
     retention.abort();
     hosting.abort();

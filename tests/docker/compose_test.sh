@@ -65,6 +65,9 @@ timeout 180 "${compose[@]}" -p "$project" -f docker/compose.yaml up -d >/dev/nul
 all="localhost:$KMETA_BROKER_1_PORT,localhost:$KMETA_BROKER_2_PORT,localhost:$KMETA_BROKER_3_PORT"
 until_ok 90 "three live brokers" "$KMETA_PYTHON" $check kcat --bootstrap "$all" --brokers 3
 
+echo "compose: messages replicate between containers: produce with acks=all (RF 3, min ISR 2), read back"
+timeout 120 "$KMETA_PYTHON" $check roundtrip --bootstrap "$all" --topic docker-data --client confluent --count 200 >/dev/null
+
 echo "compose: a client on the host creates a topic and lists its leaders"
 timeout 60 "$KMETA_PYTHON" $check create --bootstrap "$all" --topic docker-ha --partitions 3 --rf 3 >/dev/null
 leaders=$(timeout 60 "$KMETA_PYTHON" $check leaders --bootstrap "$all" --topic docker-ha)

@@ -39,6 +39,7 @@ async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
             heartbeat_interval: Duration::from_millis(300),
             session_timeout: Duration::from_millis(1_500),
             limits: Limits::default(),
+            extra_listeners: Vec::new(),
             data: kmeta::broker::replicas::DataConfig::new(dir.path().join("broker-1")),
         },
         listener,
