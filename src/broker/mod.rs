@@ -333,6 +333,7 @@ async fn host_partitions(state: Arc<BrokerState>) {
     while state.is_fenced() {
         let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
     }
+    state.replicas.remove_strays(&state.image().image);
     loop {
         let published = state.image();
         let leaders = state.replicas.apply_image(&published.image);

@@ -227,6 +227,47 @@ impl Replicas {
         leaders
     }
 
+    /// Deletes partition directories under `log.dirs` that `image` does not place on this
+    /// broker: replicas moved away or topics deleted while the broker was down. Only
+    /// directories with a `partition.metadata` file are considered (never the metadata log).
+    /// Call it once the image has caught up, never on a partial one.
+    pub fn remove_strays(&self, image: &MetadataImage) -> usize {
+        let hosted: BTreeSet<(String, i32)> = image
+            .partitions_on_broker(BrokerId(self.me))
+            .filter_map(|tp| {
+                image
+                    .topic(&tp.topic_id)
+                    .map(|t| (t.name.clone(), tp.partition))
+            })
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.config.log_dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.join("partition.metadata").exists() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some((topic, partition)) = name
+                .rsplit_once('-')
+                .and_then(|(t, p)| p.parse::<i32>().ok().map(|p| (t.to_string(), p)))
+            else {
+                continue;
+            };
+            if hosted.contains(&(topic, partition)) {
+                continue;
+            }
+            tracing::info!(dir = %path.display(), "deleting a partition directory no longer hosted here");
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(dir = %path.display(), error = %e, "cannot delete"),
+            }
+        }
+        removed
+    }
+
     /// Marks `leader` as having a fetcher; false if it already had one.
     pub fn claim_fetcher(&self, leader: i32) -> bool {
         self.fetchers

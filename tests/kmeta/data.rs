@@ -369,3 +369,49 @@ fn real_idempotent_producers_lose_and_duplicate_nothing_when_the_leader_is_kille
         ]);
     }
 }
+
+#[test]
+fn a_topic_deleted_while_a_broker_was_down_leaves_nothing_on_its_disk() {
+    let mut c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c);
+    let b = c.bootstrap();
+    client(&[
+        "roundtrip",
+        "--bootstrap",
+        &b,
+        "--topic",
+        "gone",
+        "--client",
+        "kcat",
+        "--count",
+        "30",
+    ]);
+    let root = c.dir.path().to_path_buf();
+    let dir = |id: u64| root.join(format!("data-{id}/gone-0"));
+    assert!(dir(3).exists());
+    c.kill(3);
+    let out = std::process::Command::new(crate::cluster::BIN)
+        .args([
+            "topics",
+            "delete",
+            "--topic",
+            "gone",
+            "--bootstrap-server",
+            &b,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    crate::cluster::until(
+        Duration::from_secs(20),
+        "the live brokers' copies deleted",
+        || (!dir(1).exists() && !dir(2).exists()).then_some(()),
+    );
+    assert!(dir(3).exists(), "broker 3 was down and still has its copy");
+    c.spawn(3);
+    crate::cluster::until(
+        Duration::from_secs(30),
+        "broker 3's stray copy deleted",
+        || (!dir(3).exists()).then_some(()),
+    );
+}
