@@ -65,6 +65,11 @@ pub enum ErrorCode {
     OffsetNotAvailable,
     InvalidRecord,
     FetchSessionIdNotFound,
+    InvalidSessionTimeout,
+    InconsistentGroupProtocol,
+    RebalanceInProgress,
+    MemberIdRequired,
+    FencedInstanceId,
 }
 
 impl ErrorCode {
@@ -128,6 +133,11 @@ impl ErrorCode {
             OffsetNotAvailable => 78,
             InvalidRecord => 87,
             FetchSessionIdNotFound => 70,
+            InvalidSessionTimeout => 26,
+            InconsistentGroupProtocol => 23,
+            RebalanceInProgress => 27,
+            MemberIdRequired => 79,
+            FencedInstanceId => 82,
         }
     }
 }

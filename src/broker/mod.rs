@@ -13,6 +13,7 @@ pub mod controllers;
 mod data;
 pub mod fetcher;
 pub mod follower;
+pub mod group;
 pub mod log;
 pub mod partition;
 pub mod producer_ids;
