@@ -25,7 +25,8 @@ fn ok(args: &[&str]) -> Value {
 }
 
 fn live_brokers(bootstrap: &str, n: usize) {
-    until(Duration::from_secs(30), "live brokers", || {
+    // 60 s: a cluster starting on 2 busy cores can take a while to register its brokers.
+    until(Duration::from_secs(60), "live brokers", || {
         let v = kmeta(&["brokers", "list", "--bootstrap-server", bootstrap]).ok()?;
         let active = v
             .as_array()?
