@@ -7,7 +7,7 @@
 //! is one it advertises. Decoding runs under `catch_unwind`, and the crate's habit of
 //! pre-allocating arrays from wire counts is made harmless by [`crate::alloc`].
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
@@ -207,14 +207,6 @@ pub fn encode_response(
         .encode(&mut out, version)
         .map_err(|e| format!("encoding a {api_key:?} v{version} response: {e:#}"))?;
     Ok(out.freeze())
-}
-
-/// Prefixes a payload with its size.
-pub fn framed(payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 4);
-    out.put_i32(payload.len() as i32);
-    out.put_slice(payload);
-    out.freeze()
 }
 
 #[cfg(test)]
