@@ -158,20 +158,7 @@ pub async fn produce(
                     .map_err(|e| e.to_string())?;
             let mut offset = 0i64;
             while !stop.load(Ordering::Relaxed) {
-                let r = FetchRequest::default()
-                    .with_replica_id(BrokerId(-1))
-                    .with_max_wait_ms(500)
-                    .with_min_bytes(1)
-                    .with_max_bytes(16 << 20)
-                    .with_session_epoch(-1)
-                    .with_topics(vec![fetch_request::FetchTopic::default()
-                        .with_topic(TopicName(sb(TOPIC)))
-                        .with_partitions(vec![fetch_request::FetchPartition::default()
-                            .with_partition(p)
-                            .with_fetch_offset(offset)
-                            .with_current_leader_epoch(-1)
-                            .with_last_fetched_epoch(-1)
-                            .with_partition_max_bytes(8 << 20)])]);
+                let r = crate::kafka::client::consumer_fetch(TOPIC, p, offset, 500, 1, 16 << 20);
                 let resp = c.send(&r, 11).await.map_err(|e| e.to_string())?;
                 let now = origin.elapsed().as_secs_f64() * 1e3;
                 let Some(pd) = resp.responses.first().and_then(|t| t.partitions.first()) else {
@@ -222,16 +209,7 @@ pub async fn produce(
                 let mut values: Vec<&[u8]> = vec![&first];
                 values.extend(std::iter::repeat_n(body.as_slice(), batch_messages - 1));
                 let records = batch::build(&values, crate::controller::wall_ms(), None);
-                let r = ProduceRequest::default()
-                    .with_acks(-1)
-                    .with_timeout_ms(30_000)
-                    .with_topic_data(vec![produce_request::TopicProduceData::default()
-                        .with_name(TopicName(sb(TOPIC)))
-                        .with_partition_data(vec![
-                            produce_request::PartitionProduceData::default()
-                                .with_index(p)
-                                .with_records(Some(records.into())),
-                        ])]);
+                let r = crate::kafka::client::produce_one(TOPIC, p, -1, 30_000, records);
                 let resp = c.send(&r, 9).await.map_err(|e| e.to_string())?;
                 let code = resp
                     .responses

@@ -182,16 +182,7 @@ pub async fn producer(
         }
         let producer = pid.map(|(p, e)| (p, e, seq));
         let records = batch::build(&[value.as_bytes()], crate::controller::wall_ms(), producer);
-        let r = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![produce_request::TopicProduceData::default()
-                .with_name(TopicName(sb(TOPIC)))
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(records.into())),
-                ])]);
+        let r = crate::kafka::client::produce_one(TOPIC, partition, -1, 10_000, records);
         let c = conn.as_mut().expect("connected");
         let answer = c.send(&r, 7).await;
         let (code, offset) = match &answer {
@@ -264,20 +255,7 @@ async fn read_partition(addr: &str, partition: i32) -> Result<(i64, Vec<(i64, St
     let mut out: Vec<(i64, String)> = Vec::new();
     let mut offset = 0i64;
     loop {
-        let r = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(0)
-            .with_max_bytes(8 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![fetch_request::FetchTopic::default()
-                .with_topic(TopicName(sb(TOPIC)))
-                .with_partitions(vec![fetch_request::FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_current_leader_epoch(-1)
-                    .with_last_fetched_epoch(-1)
-                    .with_partition_max_bytes(4 << 20)])]);
+        let r = crate::kafka::client::consumer_fetch(TOPIC, partition, offset, 0, 0, 8 << 20);
         let resp = c.send(&r, 11).await.map_err(|e| e.to_string())?;
         let p = resp
             .responses

@@ -161,16 +161,7 @@ async fn fill(brokers: &[String], topic: &str, batches: usize) -> usize {
         }
         let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
         let records = kmeta::broker::log::batch::build(&refs, kmeta::controller::wall_ms(), None);
-        let r = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![produce_request::TopicProduceData::default()
-                .with_name(TopicName(sb(topic)))
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(records.into())),
-                ])]);
+        let r = kmeta::kafka::client::produce_one(topic, 0, -1, 30_000, records);
         let code = conn
             .as_mut()
             .unwrap()
