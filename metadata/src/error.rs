@@ -70,6 +70,8 @@ pub enum ErrorCode {
     RebalanceInProgress,
     MemberIdRequired,
     FencedInstanceId,
+    NonEmptyGroup,
+    GroupSubscribedToTopic,
 }
 
 impl ErrorCode {
@@ -138,6 +140,8 @@ impl ErrorCode {
             RebalanceInProgress => 27,
             MemberIdRequired => 79,
             FencedInstanceId => 82,
+            NonEmptyGroup => 68,
+            GroupSubscribedToTopic => 86,
         }
     }
 }

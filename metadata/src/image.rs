@@ -363,6 +363,18 @@ impl MetadataImage {
         self.offsets.get(group)
     }
 
+    /// The broker coordinating `group`: rendezvous hashing over the active brokers, so that
+    /// when a broker dies or is fenced only the groups it coordinated move, and each to one
+    /// survivor, while every other group keeps its coordinator. `None` with no active broker.
+    /// Brokers answer FindCoordinator with it; the active controller checks commits against it.
+    pub fn group_coordinator(&self, group: &str) -> Option<BrokerId> {
+        self.brokers()
+            .filter(|b| b.is_active())
+            .map(|b| (coordinator_weight(group, b.broker_id), b.broker_id))
+            .max()
+            .map(|(_, id)| id)
+    }
+
     /// All groups that have committed offsets, ordered.
     pub fn groups(&self) -> impl Iterator<Item = &str> + '_ {
         self.offsets.keys().map(String::as_str)
@@ -399,6 +411,10 @@ impl MetadataImage {
             }
             MetadataRecord::NoOp => Ok(()),
             MetadataRecord::OffsetCommit(r) => self.replay_offset_commit(r),
+            MetadataRecord::OffsetDelete(r) => {
+                self.replay_offset_delete(r);
+                Ok(())
+            }
             MetadataRecord::ProducerIds(r) => {
                 if r.next_producer_id <= self.next_producer_id {
                     Err(format!(
@@ -672,6 +688,33 @@ impl MetadataImage {
         Ok(())
     }
 
+    fn replay_offset_delete(&mut self, r: &OffsetDeleteRecord) {
+        let Some(offsets) = self.offsets.get_mut(&r.group_id) else {
+            return;
+        };
+        let gone: Vec<TopicIdPartition> = match &r.partitions {
+            None => offsets.keys().copied().collect(),
+            Some(list) => list.clone(),
+        };
+        for tp in &gone {
+            offsets.remove(tp);
+        }
+        let left: OrdSet<TopicId> = offsets.keys().map(|tp| tp.topic_id).collect();
+        if offsets.is_empty() {
+            self.offsets.remove(&r.group_id);
+        }
+        for tp in gone {
+            if !left.contains(&tp.topic_id) {
+                if let Some(groups) = self.groups_by_topic.get_mut(&tp.topic_id) {
+                    groups.remove(&r.group_id);
+                    if groups.is_empty() {
+                        self.groups_by_topic.remove(&tp.topic_id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Records that rebuild this image from empty: the content of a snapshot. Replaying them
     /// in order into an empty image yields an image equal to this one (offsets aside).
     pub fn to_records(&self) -> Vec<MetadataRecord> {
@@ -794,4 +837,19 @@ fn set_membership(set: &mut OrdSet<TopicIdPartition>, tp: TopicIdPartition, memb
     } else {
         set.remove(&tp);
     }
+}
+
+/// A stable 64-bit weight of `(group, broker)` for rendezvous hashing: FNV-1a over the group's
+/// bytes and the broker id, then a SplitMix64 finalizer so that nearby broker ids spread.
+fn coordinator_weight(group: &str, broker: BrokerId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.as_bytes().iter().chain(&broker.0.to_be_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }

@@ -21,6 +21,7 @@
 
 use crate::types::{
     BrokerEpoch, BrokerId, LeaderEpoch, LeaderRecoveryState, PartitionEpoch, TopicId,
+    TopicIdPartition,
 };
 use serde::{Deserialize, Serialize};
 
@@ -249,6 +250,16 @@ pub struct OffsetCommitRecord {
     pub offsets: Vec<CommittedOffset>,
 }
 
+/// Deletes committed offsets of one group: all of them (DeleteGroups) or the listed
+/// partitions (OffsetDelete). kmeta type 1001.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetDeleteRecord {
+    /// The consumer group.
+    pub group_id: String,
+    /// `None`: every offset of the group.
+    pub partitions: Option<Vec<TopicIdPartition>>,
+}
+
 /// A block of producer ids handed to a broker (Kafka api key 15, `ProducerIdsRecord`): the
 /// broker owns `[next_producer_id - block, next_producer_id)`; the next block starts here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -288,6 +299,8 @@ pub enum MetadataRecord {
     OffsetCommit(OffsetCommitRecord),
     /// See [`ProducerIdsRecord`].
     ProducerIds(ProducerIdsRecord),
+    /// See [`OffsetDeleteRecord`].
+    OffsetDelete(OffsetDeleteRecord),
 }
 
 /// Why bytes could not be decoded into a record.
@@ -342,6 +355,8 @@ pub mod record_type {
     pub const NO_OP: u16 = 20;
     /// OffsetCommitRecord (kmeta's own).
     pub const OFFSET_COMMIT: u16 = 1000;
+    /// OffsetDeleteRecord (kmeta's own).
+    pub const OFFSET_DELETE: u16 = 1001;
 }
 
 /// The version every record type is written at by this binary.
@@ -364,6 +379,7 @@ impl MetadataRecord {
             MetadataRecord::NoOp => NO_OP,
             MetadataRecord::OffsetCommit(_) => OFFSET_COMMIT,
             MetadataRecord::ProducerIds(_) => PRODUCER_IDS,
+            MetadataRecord::OffsetDelete(_) => OFFSET_DELETE,
         }
     }
 
@@ -386,6 +402,7 @@ impl MetadataRecord {
             MetadataRecord::NoOp => Ok(std::mem::take(out)),
             MetadataRecord::OffsetCommit(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::ProducerIds(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::OffsetDelete(r) => postcard::to_extend(r, std::mem::take(out)),
         };
         // Serializing plain structs into a Vec cannot fail: postcard only errors on
         // unsupported serde features (none used here) or a full fixed buffer (not a Vec).
@@ -454,6 +471,7 @@ impl MetadataRecord {
             }
             OFFSET_COMMIT => MetadataRecord::OffsetCommit(parse(payload, t, v)?),
             PRODUCER_IDS => MetadataRecord::ProducerIds(parse(payload, t, v)?),
+            OFFSET_DELETE => MetadataRecord::OffsetDelete(parse(payload, t, v)?),
             _ => {
                 return Err(DecodeError::UnknownType {
                     record_type,
@@ -513,6 +531,17 @@ mod tests {
                 broker_id: BrokerId(2),
                 broker_epoch: BrokerEpoch(7),
                 next_producer_id: 2000,
+            }),
+            MetadataRecord::OffsetDelete(OffsetDeleteRecord {
+                group_id: "g".into(),
+                partitions: Some(vec![TopicIdPartition {
+                    topic_id,
+                    partition: 0,
+                }]),
+            }),
+            MetadataRecord::OffsetDelete(OffsetDeleteRecord {
+                group_id: "g".into(),
+                partitions: None,
             }),
         ]
     }

@@ -37,6 +37,7 @@ fn commit_request(writer: usize, offset: i64) -> OffsetCommitRequest {
         group_id: format!("bench-{writer}"),
         generation_id: -1,
         member_id: String::new(),
+        coordinator: None,
         partitions: vec![OffsetCommitPartition {
             topic: "bench".into(),
             partition: 0,

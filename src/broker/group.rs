@@ -3,8 +3,7 @@
 //! milliseconds; replies that wait (JoinGroup until the join phase completes, SyncGroup until
 //! the leader's assignment arrives) come out of [`Group::tick`], [`Group::join`] or
 //! [`Group::sync`] as [`Reply`] values for the caller to deliver.
-//!
-//! Groundwork for issue 12: not wired to the broker listener yet, and not advertised.
+//! [`super::coordinator`] wraps it for the request handlers.
 
 use bytes::Bytes;
 use kmeta_metadata::ErrorCode;
@@ -63,8 +62,10 @@ pub struct JoinRequest {
     pub member_id: String,
     /// `group.instance.id` (static membership).
     pub instance_id: Option<String>,
-    /// The client id, for generated member ids.
+    /// The client id, for generated member ids and DescribeGroups.
     pub client_id: String,
+    /// The client's address, for DescribeGroups.
+    pub client_host: String,
     /// `session.timeout.ms`.
     pub session_timeout_ms: i32,
     /// `rebalance.timeout.ms` (v1+; else the session timeout).
@@ -125,9 +126,41 @@ pub enum Outcome<T> {
     Parked(String),
 }
 
+/// A group as DescribeGroups shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    /// The state.
+    pub state: State,
+    /// "consumer", or empty without members.
+    pub protocol_type: String,
+    /// The chosen assignor, or empty.
+    pub protocol: String,
+    /// The members.
+    pub members: Vec<MemberDescription>,
+}
+
+/// One member as DescribeGroups shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// The member id.
+    pub member_id: String,
+    /// `group.instance.id`.
+    pub instance_id: Option<String>,
+    /// The client id.
+    pub client_id: String,
+    /// The client's address.
+    pub client_host: String,
+    /// Its metadata for the chosen protocol.
+    pub metadata: Bytes,
+    /// Its assignment (Stable only).
+    pub assignment: Bytes,
+}
+
 #[derive(Clone, Debug)]
 struct Member {
     instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
     session_timeout_ms: i32,
     rebalance_timeout_ms: i32,
     protocols: Vec<(String, Bytes)>,
@@ -151,6 +184,9 @@ pub struct Group {
     pending: BTreeMap<String, i64>,
     /// When the join phase ends at the latest.
     join_deadline_ms: Option<i64>,
+    /// The first rebalance of an Empty group waits this long for more members
+    /// (`group.initial.rebalance.delay.ms`, extended by each new member).
+    join_not_before_ms: Option<i64>,
     /// When the sync phase ends at the latest.
     sync_deadline_ms: Option<i64>,
     next_id: u64,
@@ -169,6 +205,7 @@ impl Group {
             members: BTreeMap::new(),
             pending: BTreeMap::new(),
             join_deadline_ms: None,
+            join_not_before_ms: None,
             sync_deadline_ms: None,
             next_id: 0,
         }
@@ -187,6 +224,56 @@ impl Group {
     /// Member ids.
     pub fn member_ids(&self) -> Vec<String> {
         self.members.keys().cloned().collect()
+    }
+
+    /// No members, and none told to rejoin with a new id: nothing to keep in memory.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty()
+    }
+
+    /// The protocol type ("consumer") while the group has members.
+    pub fn protocol_type(&self) -> Option<&str> {
+        self.protocol_type.as_deref()
+    }
+
+    /// What DescribeGroups shows.
+    pub fn describe(&self) -> Description {
+        let chosen = self.protocol.as_ref();
+        Description {
+            state: self.state,
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            protocol: self.protocol.clone().unwrap_or_default(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| MemberDescription {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    // Kafka shows the metadata only once a protocol is chosen.
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(p, _)| Some(p) == chosen)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default(),
+                    assignment: if self.state == State::Stable {
+                        m.assignment.clone()
+                    } else {
+                        Bytes::new()
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Every member's metadata for every protocol it offers (OffsetDelete reads the
+    /// subscriptions from it).
+    pub fn member_metadata(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.members
+            .values()
+            .flat_map(|m| m.protocols.iter().map(|(_, b)| b))
     }
 
     fn new_member_id(&mut self, prefix: &str) -> String {
@@ -239,22 +326,27 @@ impl Group {
             .map(|n| (*n).clone())
     }
 
-    fn prepare_rebalance(&mut self, now: i64) {
+    fn prepare_rebalance(&mut self, now: i64, out: &mut Vec<Reply>) {
         if self.state == State::PreparingRebalance {
             return;
         }
         // Members waiting in a sync phase are told to rejoin.
         self.sync_deadline_ms = None;
-        let delay = if self.state == State::Empty {
-            self.config.initial_rebalance_delay_ms
-        } else {
-            0
-        };
+        self.fail_sync(out);
+        let initial = self.state == State::Empty;
+        let timeout = self.rebalance_timeout_ms();
         self.state = State::PreparingRebalance;
-        self.join_deadline_ms = Some(now + self.rebalance_timeout_ms().max(delay));
-        if delay > 0 {
-            self.join_deadline_ms = Some(now + delay);
-        }
+        self.join_deadline_ms = Some(now + timeout);
+        self.join_not_before_ms =
+            initial.then(|| now + self.config.initial_rebalance_delay_ms.min(timeout));
+    }
+
+    /// The join phase is over: everyone is back (and an initial delay has passed), or the
+    /// rebalance timeout ran out.
+    fn join_done(&self, now: i64) -> bool {
+        self.state == State::PreparingRebalance
+            && (self.join_deadline_ms.is_some_and(|d| now >= d)
+                || (self.all_joined() && self.join_not_before_ms.is_none_or(|t| now >= t)))
     }
 
     fn all_joined(&self) -> bool {
@@ -268,11 +360,13 @@ impl Group {
     fn complete_join(&mut self, now: i64, out: &mut Vec<Reply>) {
         self.members.retain(|_, m| m.awaiting_join);
         self.join_deadline_ms = None;
+        self.join_not_before_ms = None;
         if self.members.is_empty() {
             self.state = State::Empty;
             self.generation += 1;
             self.leader = None;
             self.protocol = None;
+            self.protocol_type = None;
             return;
         }
         if self
@@ -361,6 +455,20 @@ impl Group {
                 member_id = self.new_member_id(instance);
                 if let Some(old) = old {
                     let mut m = self.members.remove(&old).expect("found");
+                    // Requests parked under the old id are fenced by the new one.
+                    if m.awaiting_join {
+                        out.push(Reply::Join(
+                            old.clone(),
+                            JoinResult::error(ErrorCode::FencedInstanceId, &old),
+                        ));
+                    }
+                    if m.awaiting_sync {
+                        out.push(Reply::Sync(old.clone(), Err(ErrorCode::FencedInstanceId)));
+                    }
+                    m.awaiting_join = false;
+                    m.awaiting_sync = false;
+                    m.client_id = r.client_id.clone();
+                    m.client_host = r.client_host.clone();
                     m.protocols = r.protocols.clone();
                     if self.leader.as_ref() == Some(&old) {
                         self.leader = Some(member_id.clone());
@@ -403,6 +511,8 @@ impl Group {
         let is_leader = self.leader.as_ref() == Some(&member_id);
         let m = self.members.entry(member_id.clone()).or_insert(Member {
             instance_id: r.instance_id.clone(),
+            client_id: r.client_id.clone(),
+            client_host: r.client_host.clone(),
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
             protocols: r.protocols.clone(),
@@ -442,18 +552,22 @@ impl Group {
             .get_mut(&member_id)
             .expect("inserted")
             .awaiting_join = true;
-        self.prepare_rebalance(now);
-        if self.all_joined() && self.generation > 0 && self.join_deadline_ms.is_some() {
-            // Everyone is back (not for the first rebalance, which waits out its delay).
-            if self.state == State::PreparingRebalance && self.generation > 0 {
-                self.complete_join(now, out);
-                if let Some(pos) = out
-                    .iter()
-                    .position(|r| matches!(r, Reply::Join(id, _) if *id == member_id))
-                {
-                    if let Reply::Join(_, result) = out.remove(pos) {
-                        return Outcome::Now(result);
-                    }
+        if self.state == State::PreparingRebalance && !known {
+            // A new member during the initial delay extends it, up to the rebalance timeout.
+            if let (Some(t), Some(d)) = (self.join_not_before_ms, self.join_deadline_ms) {
+                self.join_not_before_ms =
+                    Some(t.max((now + self.config.initial_rebalance_delay_ms).min(d)));
+            }
+        }
+        self.prepare_rebalance(now, out);
+        if self.join_done(now) {
+            self.complete_join(now, out);
+            if let Some(pos) = out
+                .iter()
+                .position(|r| matches!(r, Reply::Join(id, _) if *id == member_id))
+            {
+                if let Reply::Join(_, result) = out.remove(pos) {
+                    return Outcome::Now(result);
                 }
             }
         }
@@ -610,19 +724,18 @@ impl Group {
         }
         match self.state {
             State::PreparingRebalance => {
-                if self.all_joined() {
+                if self.members.is_empty() || self.join_done(now) {
                     self.complete_join(now, out);
                 }
             }
             _ if self.members.is_empty() => {
+                self.fail_sync(out);
                 self.state = State::Empty;
                 self.generation += 1;
                 self.protocol = None;
+                self.protocol_type = None;
             }
-            _ => {
-                self.fail_sync(out);
-                self.prepare_rebalance(now);
-            }
+            _ => self.prepare_rebalance(now, out),
         }
     }
 
@@ -673,12 +786,8 @@ impl Group {
         for id in expired {
             self.remove_member(&id, now, out);
         }
-        if self.state == State::PreparingRebalance {
-            let done = self.join_deadline_ms.is_some_and(|d| now >= d)
-                || (self.all_joined() && self.generation > 0);
-            if done {
-                self.complete_join(now, out);
-            }
+        if self.join_done(now) {
+            self.complete_join(now, out);
         }
         if self.state == State::CompletingRebalance
             && self.sync_deadline_ms.is_some_and(|d| now >= d)
@@ -707,6 +816,7 @@ mod tests {
             member_id: member.into(),
             instance_id: None,
             client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 30_000,
             protocol_type: "consumer".into(),

@@ -1089,6 +1089,7 @@ impl ControllerService {
             group_id: r.group_id.0.to_string(),
             generation_id: r.generation_id_or_member_epoch,
             member_id: r.member_id.to_string(),
+            coordinator: None,
             partitions: r
                 .topics
                 .iter()

@@ -1076,6 +1076,7 @@ async fn client(shared: Arc<Shared>, id: u32) {
                     group_id: group.clone(),
                     generation_id: -1,
                     member_id: String::new(),
+                    coordinator: None,
                     partitions: vec![OffsetCommitPartition {
                         topic: name.clone(),
                         partition: 0,

@@ -185,6 +185,7 @@ async fn offset_commits_from_many_callers_share_log_entries() {
                 group_id: format!("g{}", i % 20),
                 generation_id: -1,
                 member_id: String::new(),
+                coordinator: None,
                 partitions: vec![OffsetCommitPartition {
                     topic: "t".into(),
                     partition: 0,
@@ -278,6 +279,7 @@ async fn a_flood_of_writes_never_fences_a_heartbeating_broker() {
                     group_id: format!("flood-{writer}"),
                     generation_id: -1,
                     member_id: String::new(),
+                    coordinator: None,
                     partitions: vec![OffsetCommitPartition {
                         topic: "flood".into(),
                         partition: 0,

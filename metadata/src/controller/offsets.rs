@@ -1,13 +1,19 @@
 //! Consumer-group offsets: OffsetCommit validation and OffsetFetch.
 //!
-//! kmeta keeps committed offsets in the metadata log. Only simple commits are supported
-//! (generation -1, no member id): kmeta brokers run no group membership protocol.
+//! kmeta keeps committed offsets in the metadata log. Group membership is soft state on the
+//! coordinator broker ([`MetadataImage::group_coordinator`]), which checks a member's
+//! generation before it forwards the commit; the active controller then checks that the
+//! forwarding broker still coordinates the group in its own image, so a broker that lost the
+//! group (fenced, or moved away) cannot write its stale members' offsets. Commits that come
+//! without a coordinator (straight to a controller) may only be simple ones: generation -1,
+//! no member id.
 
 use super::ControllerResult;
 use crate::error::{ApiError, ErrorCode};
 use crate::image::MetadataImage;
+use crate::record::OffsetDeleteRecord;
 use crate::record::{CommittedOffset, MetadataRecord, OffsetCommitRecord};
-use crate::types::TopicIdPartition;
+use crate::types::{BrokerId, TopicIdPartition};
 use std::collections::BTreeMap;
 
 /// Longest metadata string a commit may carry (Kafka's `offset.metadata.max.bytes` default).
@@ -39,6 +45,22 @@ pub struct OffsetCommitRequest {
     pub member_id: String,
     /// The offsets.
     pub partitions: Vec<OffsetCommitPartition>,
+    /// The broker that validated the commit as the group's coordinator, when it came through
+    /// one; `None` for a commit sent straight to a controller.
+    pub coordinator: Option<BrokerId>,
+}
+
+/// `Err(NOT_COORDINATOR)` unless `coordinator` coordinates `group` in `image`.
+fn check_coordinator(
+    image: &MetadataImage,
+    group: &str,
+    coordinator: BrokerId,
+) -> Result<(), ErrorCode> {
+    if image.group_coordinator(group) == Some(coordinator) {
+        Ok(())
+    } else {
+        Err(ErrorCode::NotCoordinator)
+    }
 }
 
 /// Per-partition outcome, keyed by (topic, partition); `None` is success.
@@ -53,6 +75,8 @@ pub fn commit_offsets(
 ) -> ControllerResult<OffsetCommitReply> {
     let group_error = if request.group_id.is_empty() {
         Some(ErrorCode::InvalidGroupId)
+    } else if let Some(b) = request.coordinator {
+        check_coordinator(image, &request.group_id, b).err()
     } else if request.generation_id >= 0 || !request.member_id.is_empty() {
         Some(ErrorCode::IllegalGeneration)
     } else {
@@ -93,6 +117,93 @@ pub fn commit_offsets(
         vec![MetadataRecord::OffsetCommit(OffsetCommitRecord { offsets })]
     };
     ControllerResult::atomic(records, reply)
+}
+
+/// DeleteGroups of one group, forwarded by its coordinator once it found the group without
+/// members: removes every committed offset. GROUP_ID_NOT_FOUND when nothing is committed and
+/// the coordinator knew no such group either (`known_to_coordinator`).
+pub fn delete_group(
+    image: &MetadataImage,
+    group: &str,
+    coordinator: BrokerId,
+    known_to_coordinator: bool,
+) -> ControllerResult<Result<(), ErrorCode>> {
+    let verdict = if group.is_empty() {
+        Err(ErrorCode::InvalidGroupId)
+    } else {
+        check_coordinator(image, group, coordinator)
+    };
+    if let Err(e) = verdict {
+        return ControllerResult::atomic(vec![], Err(e));
+    }
+    if image.group_offsets(group).is_none() {
+        let reply = if known_to_coordinator {
+            Ok(())
+        } else {
+            Err(ErrorCode::GroupIdNotFound)
+        };
+        return ControllerResult::atomic(vec![], reply);
+    }
+    ControllerResult::atomic(
+        vec![MetadataRecord::OffsetDelete(OffsetDeleteRecord {
+            group_id: group.to_string(),
+            partitions: None,
+        })],
+        Ok(()),
+    )
+}
+
+/// OffsetDelete, forwarded by the coordinator with the partitions of topics the group's
+/// members are subscribed to already answered (GROUP_SUBSCRIBED_TO_TOPIC). Unknown topics
+/// and partitions get UNKNOWN_TOPIC_OR_PARTITION; a partition without a committed offset is
+/// deleted trivially, as in Kafka. Request-level: GROUP_ID_NOT_FOUND when the group has no
+/// offsets at all.
+pub fn delete_offsets(
+    image: &MetadataImage,
+    group: &str,
+    coordinator: BrokerId,
+    partitions: &[(String, i32)],
+) -> ControllerResult<Result<OffsetCommitReply, ErrorCode>> {
+    if group.is_empty() {
+        return ControllerResult::atomic(vec![], Err(ErrorCode::InvalidGroupId));
+    }
+    if let Err(e) = check_coordinator(image, group, coordinator) {
+        return ControllerResult::atomic(vec![], Err(e));
+    }
+    let Some(committed) = image.group_offsets(group) else {
+        return ControllerResult::atomic(vec![], Err(ErrorCode::GroupIdNotFound));
+    };
+    let mut reply = OffsetCommitReply::new();
+    let mut gone = Vec::new();
+    for (topic, partition) in partitions {
+        let tp = image.topic_id(topic).map(|topic_id| TopicIdPartition {
+            topic_id,
+            partition: *partition,
+        });
+        match tp.filter(|tp| image.partition(*tp).is_some()) {
+            None => {
+                reply.insert(
+                    (topic.clone(), *partition),
+                    Some(ErrorCode::UnknownTopicOrPartition),
+                );
+            }
+            Some(tp) => {
+                if committed.contains_key(&tp) {
+                    gone.push(tp);
+                }
+                reply.insert((topic.clone(), *partition), None);
+            }
+        }
+    }
+    let records = if gone.is_empty() {
+        vec![]
+    } else {
+        vec![MetadataRecord::OffsetDelete(OffsetDeleteRecord {
+            group_id: group.to_string(),
+            partitions: Some(gone),
+        })]
+    };
+    ControllerResult::atomic(records, Ok(reply))
 }
 
 /// A fetched offset: -1 with empty metadata when nothing is committed.

@@ -19,6 +19,7 @@ fn request(partitions: Vec<OffsetCommitPartition>) -> OffsetCommitRequest {
         group_id: "g1".into(),
         generation_id: -1,
         member_id: String::new(),
+        coordinator: None,
         partitions,
     }
 }
@@ -101,4 +102,134 @@ fn bad_commits_get_per_partition_errors_and_write_only_the_good_ones() {
         commit_offsets(&h.image, &empty, 1).reply[&("foo".to_string(), 0)],
         Some(ErrorCode::InvalidGroupId)
     );
+}
+
+fn fence(h: &mut Harness, id: i32) {
+    let epoch = h.image.broker(BrokerId(id)).unwrap().broker_epoch;
+    h.apply(&[MetadataRecord::BrokerRegistrationChange(
+        kmeta_metadata::record::BrokerRegistrationChangeRecord {
+            broker_id: BrokerId(id),
+            broker_epoch: epoch,
+            fenced: Some(true),
+            in_controlled_shutdown: None,
+        },
+    )]);
+}
+
+#[test]
+fn fencing_a_broker_moves_only_the_groups_it_coordinated() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1, 2, 3, 4, 5]);
+    let groups: Vec<String> = (0..500).map(|i| format!("group-{i}")).collect();
+    let before: Vec<BrokerId> = groups
+        .iter()
+        .map(|g| h.image.group_coordinator(g).unwrap())
+        .collect();
+    for b in 1..=5 {
+        let n = before.iter().filter(|c| c.0 == b).count();
+        assert!((50..=150).contains(&n), "broker {b} coordinates {n} of 500");
+    }
+    fence(&mut h, 3);
+    for (g, old) in groups.iter().zip(&before) {
+        let now = h.image.group_coordinator(g).unwrap();
+        if old.0 == 3 {
+            assert_ne!(now.0, 3, "{g} stayed on the fenced broker");
+        } else {
+            assert_eq!(now, *old, "{g} moved although its coordinator is alive");
+        }
+    }
+    for b in [1, 2, 4, 5] {
+        fence(&mut h, b);
+    }
+    assert_eq!(h.image.group_coordinator("group-1"), None);
+}
+
+#[test]
+fn a_commit_through_a_broker_that_no_longer_coordinates_the_group_writes_nothing() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1, 2, 3]);
+    h.create_topic("foo", 1, 1);
+    let coordinator = h.image.group_coordinator("g1").unwrap();
+    let other = (1..=3).map(BrokerId).find(|b| *b != coordinator).unwrap();
+    let mut member = request(vec![commit("foo", 0, 5, "")]);
+    member.generation_id = 3;
+    member.member_id = "m-1".into();
+    member.coordinator = Some(other);
+    let refused = commit_offsets(&h.image, &member, 1);
+    assert!(refused.records.is_empty());
+    assert_eq!(
+        refused.reply[&("foo".to_string(), 0)],
+        Some(ErrorCode::NotCoordinator)
+    );
+    // The coordinator validated the member: the controller writes it.
+    member.coordinator = Some(coordinator);
+    let reply = h.commit(commit_offsets(&h.image, &member, 1));
+    assert_eq!(reply[&("foo".to_string(), 0)], None);
+    assert_eq!(
+        fetch_offsets(&h.image, "g1", Some(&[("foo".into(), 0)])).unwrap()[0].offset,
+        5
+    );
+    // Once it is fenced, its commits are refused.
+    fence(&mut h, coordinator.0);
+    member.partitions[0].offset = 6;
+    let stale = commit_offsets(&h.image, &member, 2);
+    assert!(stale.records.is_empty());
+    assert_eq!(
+        stale.reply[&("foo".to_string(), 0)],
+        Some(ErrorCode::NotCoordinator)
+    );
+}
+
+#[test]
+fn deleting_a_group_or_some_of_its_offsets_removes_exactly_those() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1]);
+    h.create_topic("foo", 2, 1);
+    h.create_topic("bar", 1, 1);
+    let b = BrokerId(1);
+    h.commit(commit_offsets(
+        &h.image,
+        &request(vec![
+            commit("foo", 0, 1, ""),
+            commit("foo", 1, 2, ""),
+            commit("bar", 0, 3, ""),
+        ]),
+        1,
+    ));
+    let reply = h
+        .commit(delete_offsets(
+            &h.image,
+            "g1",
+            b,
+            &[("foo".into(), 1), ("foo".into(), 9), ("nope".into(), 0)],
+        ))
+        .unwrap();
+    assert_eq!(reply[&("foo".to_string(), 1)], None);
+    assert_eq!(
+        reply[&("foo".to_string(), 9)],
+        Some(ErrorCode::UnknownTopicOrPartition)
+    );
+    assert_eq!(
+        reply[&("nope".to_string(), 0)],
+        Some(ErrorCode::UnknownTopicOrPartition)
+    );
+    let mut left: Vec<(String, i32, i64)> = fetch_offsets(&h.image, "g1", None)
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.topic, o.partition, o.offset))
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![("bar".into(), 0, 3), ("foo".into(), 0, 1)]);
+    h.commit(delete_group(&h.image, "g1", b, true)).unwrap();
+    assert!(h.image.group_offsets("g1").is_none());
+    assert_eq!(h.image.groups().count(), 0);
+    assert_eq!(
+        h.commit(delete_group(&h.image, "g1", b, false)),
+        Err(ErrorCode::GroupIdNotFound)
+    );
+    assert_eq!(
+        h.commit(delete_offsets(&h.image, "g1", b, &[("foo".into(), 0)])),
+        Err(ErrorCode::GroupIdNotFound)
+    );
+    assert_eq!(h.replayed_from_scratch(), h.image);
 }

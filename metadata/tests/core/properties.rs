@@ -257,6 +257,7 @@ fn apply_op(h: &mut Harness, op: &Op) {
                 group_id: format!("group-{group}"),
                 generation_id: -1,
                 member_id: String::new(),
+                coordinator: None,
                 partitions: vec![OffsetCommitPartition {
                     topic: TOPICS[*topic].into(),
                     partition: *partition,

@@ -211,6 +211,7 @@ fn deleting_a_topic_removes_its_partitions_configs_and_offsets() {
         group_id: "g".into(),
         generation_id: -1,
         member_id: String::new(),
+        coordinator: None,
         partitions: vec![OffsetCommitPartition {
             topic: "foo".into(),
             partition: 1,
