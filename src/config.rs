@@ -87,6 +87,9 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("message.max.bytes", Some("1048588")),
     ("min.insync.replicas", Some("1")),
     ("replica.lag.time.max.ms", Some("30000")),
+    ("group.min.session.timeout.ms", Some("6000")),
+    ("group.max.session.timeout.ms", Some("1800000")),
+    ("group.initial.rebalance.delay.ms", Some("3000")),
 ];
 
 /// A parsed and validated node configuration.
@@ -137,6 +140,8 @@ pub struct NodeConfig {
     pub limits: crate::kafka::listener::Limits,
     /// The data plane's keys (`log.segment.bytes`, `min.insync.replicas`, ...).
     pub data: crate::broker::replicas::DataConfig,
+    /// The group coordinator's keys (`group.*`).
+    pub groups: crate::broker::group::GroupConfig,
 }
 
 /// Parses properties text: `key=value` (or `key: value`) lines, `#`/`!` comments.
@@ -386,8 +391,20 @@ impl NodeConfig {
             replica_lag_ms: number(props, "replica.lag.time.max.ms", 1i64)?,
             retention_check_ms: number(props, "log.retention.check.interval.ms", 1u64)?,
         };
+        let groups = crate::broker::group::GroupConfig {
+            min_session_ms: number(props, "group.min.session.timeout.ms", 1i32)?,
+            max_session_ms: number(props, "group.max.session.timeout.ms", 1i32)?,
+            initial_rebalance_delay_ms: number(props, "group.initial.rebalance.delay.ms", 0i64)?,
+        };
+        if groups.max_session_ms < groups.min_session_ms {
+            return Err(ConfigError(format!(
+                "group.max.session.timeout.ms ({}) is below group.min.session.timeout.ms ({})",
+                groups.max_session_ms, groups.min_session_ms
+            )));
+        }
         Ok(NodeConfig {
             data,
+            groups,
             node_id,
             roles,
             voters,

@@ -112,6 +112,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Consumer groups, like kafka-consumer-groups.sh.
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Read a stopped node's metadata snapshot and log offline.
     MetadataShell {
         /// The node's log directory (its log.dirs).
@@ -275,6 +282,49 @@ enum QuorumCommand {
         /// Every replica's log end offset, lag and timestamps.
         #[arg(long)]
         replication: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// Every group, with its state and coordinator.
+    List,
+    /// Members, and per partition the committed offset, log end offset and lag.
+    Describe {
+        #[arg(long)]
+        group: String,
+    },
+    /// Delete a group without members, and its committed offsets.
+    Delete {
+        #[arg(long)]
+        group: String,
+    },
+    /// Move a group's committed offsets (the group must have no members). A dry run unless
+    /// --execute.
+    ResetOffsets {
+        #[arg(long)]
+        group: String,
+        /// A topic, or topic:0,2 for some partitions (repeatable).
+        #[arg(long, required_unless_present = "all_topics")]
+        topic: Vec<String>,
+        /// Every partition the group has committed.
+        #[arg(long)]
+        all_topics: bool,
+        /// To the log start.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// To the log end.
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// To this offset (clamped into the log).
+        #[arg(long, group = "to", allow_negative_numbers = true)]
+        to_offset: Option<i64>,
+        /// By this many from the committed offset (clamped into the log).
+        #[arg(long, group = "to", allow_negative_numbers = true)]
+        shift_by: Option<i64>,
+        /// Commit the new offsets (default: print the plan only).
+        #[arg(long)]
+        execute: bool,
     },
 }
 
@@ -727,6 +777,39 @@ fn main() -> ExitCode {
             admin,
         } => admin_command(admin, move |a, out| {
             Box::pin(async move { kmeta::cli::brokers::list(a, out).await })
+        }),
+        Command::Groups { command, admin } => admin_command(admin, move |a, out| {
+            Box::pin(async move {
+                use kmeta::cli::groups;
+                match command {
+                    GroupsCommand::List => groups::list(a, out).await,
+                    GroupsCommand::Describe { group } => groups::describe(a, &group, out).await,
+                    GroupsCommand::Delete { group } => groups::delete(a, &group, out).await,
+                    GroupsCommand::ResetOffsets {
+                        group,
+                        topic,
+                        all_topics,
+                        to_earliest,
+                        to_latest,
+                        to_offset,
+                        shift_by,
+                        execute,
+                    } => {
+                        let to = match (to_earliest, to_latest, to_offset, shift_by) {
+                            (true, _, _, _) => groups::ResetTo::Earliest,
+                            (_, true, _, _) => groups::ResetTo::Latest,
+                            (_, _, Some(o), _) => groups::ResetTo::Offset(o),
+                            (_, _, _, Some(d)) => groups::ResetTo::Shift(d),
+                            _ => {
+                                return Err("say where to: --to-earliest, --to-latest, \
+                                    --to-offset N or --shift-by N"
+                                    .into())
+                            }
+                        };
+                        groups::reset_offsets(a, &group, &topic, all_topics, to, execute, out).await
+                    }
+                }
+            })
         }),
         Command::MetadataShell { dir, dump, output } => {
             match kmeta::cli::metadata_shell::run(&dir, dump, output) {

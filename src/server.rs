@@ -290,6 +290,7 @@ async fn broker_setup(
             session_timeout: std::time::Duration::from_millis(config.session_timeout_ms),
             limits: config.listener_limits(),
             data: config.data.clone(),
+            groups: config.groups,
             extra_listeners,
         },
         (listener, extra),

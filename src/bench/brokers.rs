@@ -103,6 +103,7 @@ pub async fn start_cluster(
                 limits: Limits::default(),
                 extra_listeners: Vec::new(),
                 data: crate::broker::replicas::DataConfig::new(dir.join(format!("broker-{id}"))),
+                groups: crate::broker::group::GroupConfig::default(),
             },
             listener,
         );

@@ -2,14 +2,18 @@
 //! forwarded to the active controller inside Envelope.
 
 use super::BrokerState;
-use crate::controller::kafka_api::{forwardable_apis, ENVELOPE_DEADLINE_TAG, ENVELOPE_OFFSET_TAG};
+use crate::controller::kafka_api::{
+    forwardable_apis, ENVELOPE_COORDINATOR_TAG, ENVELOPE_DEADLINE_TAG, ENVELOPE_OFFSET_TAG,
+};
 use crate::kafka::listener::Service;
 use crate::kafka::wire::{encode_response, sb, versions, ApiSet, Request};
 use bytes::Bytes;
+use bytes::BytesMut;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::VersionRange;
+use kafka_protocol::protocol::{Decodable, Encodable, Request as KafkaRequest};
 use kmeta_metadata::record::ConfigResource;
-use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
+use kmeta_metadata::{ErrorCode, MetadataImage};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +64,13 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
         ),
         // Idempotent producers only (v5 adds transaction semantics).
         (ApiKey::InitProducerId, VersionRange { min: 0, max: 4 }),
+        // The classic group protocol (src/broker/coordinator.rs). JoinGroup stops at v7: v8
+        // adds only a reason, v9 the static leader's skip_assignment, which kmeta does not
+        // implement.
+        (ApiKey::JoinGroup, VersionRange { min: 0, max: 7 }),
+        (ApiKey::SyncGroup, versions::<SyncGroupRequest>()),
+        (ApiKey::Heartbeat, versions::<HeartbeatRequest>()),
+        (ApiKey::LeaveGroup, versions::<LeaveGroupRequest>()),
         // Answered by the active controller (the broker relays it), as Kafka brokers do for
         // kafka-metadata-quorum.sh --bootstrap-server.
         (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
@@ -79,9 +90,6 @@ pub struct BrokerService {
     forwarded: ApiSet,
 }
 
-/// Committed offsets of one topic: `(partition, offset, leader epoch, metadata)`.
-type TopicOffsets = (String, Vec<(i32, i64, i32, String)>);
-
 /// An active broker's client endpoint: `(id, host, port, rack)`.
 pub(super) type BrokerEndpoint = (i32, String, u16, Option<String>);
 
@@ -99,6 +107,11 @@ impl BrokerService {
             apis: ApiSet::new(broker_apis()),
             forwarded: ApiSet::new(forwardable_apis()),
         }
+    }
+
+    /// The listener this service answers on.
+    pub(super) fn listener(&self) -> &str {
+        &self.listener
     }
 
     /// Active brokers with an endpoint on the client listener, by id.
@@ -122,20 +135,6 @@ impl BrokerService {
         } else {
             live.first().map_or(-1, |b| b.0)
         }
-    }
-
-    /// The broker coordinating `group`: a stable hash over the active brokers.
-    fn coordinator(&self, live: &[BrokerEndpoint], group: &str) -> Option<BrokerEndpoint> {
-        if live.is_empty() {
-            return None;
-        }
-        // FNV-1a: stable across processes and versions.
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in group.as_bytes() {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        Some(live[(h % live.len() as u64) as usize].clone())
     }
 
     fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
@@ -255,221 +254,6 @@ impl BrokerService {
             .with_brokers(brokers)
     }
 
-    fn find_coordinator(&self, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-        use find_coordinator_response::Coordinator;
-        let published = self.state.image();
-        let live = self.live_endpoints(&published.image);
-        let one = |key: &str| -> Coordinator {
-            let c = Coordinator::default().with_key(sb(key));
-            if r.key_type != 0 {
-                return c
-                    .with_error_code(ErrorCode::CoordinatorNotAvailable.code())
-                    .with_error_message(Some(sb("kmeta coordinates consumer groups only")))
-                    .with_node_id(BrokerId(-1))
-                    .with_port(-1);
-            }
-            match self.coordinator(&live, key) {
-                Some((id, host, port, _)) => c
-                    .with_node_id(BrokerId(id))
-                    .with_host(sb(host))
-                    .with_port(port as i32),
-                None => c
-                    .with_error_code(ErrorCode::CoordinatorNotAvailable.code())
-                    .with_node_id(BrokerId(-1))
-                    .with_port(-1),
-            }
-        };
-        if version >= 4 {
-            FindCoordinatorResponse::default()
-                .with_coordinators(r.coordinator_keys.iter().map(|k| one(k)).collect())
-        } else {
-            let c = one(&r.key);
-            FindCoordinatorResponse::default()
-                .with_error_code(c.error_code)
-                .with_error_message(c.error_message)
-                .with_node_id(c.node_id)
-                .with_host(c.host)
-                .with_port(c.port)
-        }
-    }
-
-    fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
-        use offset_fetch_response::*;
-        let published = self.state.image();
-        let image = &published.image;
-        // (topic, partition) → (offset, leader epoch, metadata); -1 when nothing is committed.
-        let lookup = |group: &str, asked: Option<Vec<(String, Vec<i32>)>>| -> Vec<TopicOffsets> {
-            let offsets = image.group_offsets(group);
-            let name_of = |tp: &TopicIdPartition| image.topic(&tp.topic_id).map(|t| t.name.clone());
-            match asked {
-                Some(topics) => topics
-                    .into_iter()
-                    .map(|(t, parts)| {
-                        let id = image.topic_id(&t);
-                        let rows = parts
-                            .into_iter()
-                            .map(|p| {
-                                let v = id.and_then(|id| {
-                                    offsets.and_then(|o| {
-                                        o.get(&TopicIdPartition {
-                                            topic_id: id,
-                                            partition: p,
-                                        })
-                                    })
-                                });
-                                match v {
-                                    Some(v) => (p, v.offset, v.leader_epoch, v.metadata.clone()),
-                                    None => (p, -1, -1, String::new()),
-                                }
-                            })
-                            .collect();
-                        (t, rows)
-                    })
-                    .collect(),
-                None => {
-                    let mut out: Vec<TopicOffsets> = Vec::new();
-                    for (tp, v) in offsets.into_iter().flat_map(|o| o.iter()) {
-                        let Some(name) = name_of(tp) else { continue };
-                        let row = (tp.partition, v.offset, v.leader_epoch, v.metadata.clone());
-                        match out.iter_mut().find(|(n, _)| *n == name) {
-                            Some((_, rows)) => rows.push(row),
-                            None => out.push((name, vec![row])),
-                        }
-                    }
-                    out
-                }
-            }
-        };
-        if version >= 8 {
-            let groups = r
-                .groups
-                .iter()
-                .map(|g| {
-                    let asked = g.topics.as_ref().map(|ts| {
-                        ts.iter()
-                            .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
-                            .collect()
-                    });
-                    let topics = lookup(&g.group_id.0, asked)
-                        .into_iter()
-                        .map(|(t, rows)| {
-                            OffsetFetchResponseTopics::default()
-                                .with_name(TopicName(sb(t)))
-                                .with_partitions(
-                                    rows.into_iter()
-                                        .map(|(p, o, e, m)| {
-                                            OffsetFetchResponsePartitions::default()
-                                                .with_partition_index(p)
-                                                .with_committed_offset(o)
-                                                .with_committed_leader_epoch(e)
-                                                .with_metadata(Some(sb(m)))
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect();
-                    OffsetFetchResponseGroup::default()
-                        .with_group_id(g.group_id.clone())
-                        .with_topics(topics)
-                })
-                .collect();
-            OffsetFetchResponse::default().with_groups(groups)
-        } else {
-            let asked = r.topics.as_ref().map(|ts| {
-                ts.iter()
-                    .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
-                    .collect()
-            });
-            let topics = lookup(&r.group_id.0, asked)
-                .into_iter()
-                .map(|(t, rows)| {
-                    OffsetFetchResponseTopic::default()
-                        .with_name(TopicName(sb(t)))
-                        .with_partitions(
-                            rows.into_iter()
-                                .map(|(p, o, e, m)| {
-                                    let mut part = OffsetFetchResponsePartition::default()
-                                        .with_partition_index(p)
-                                        .with_committed_offset(o)
-                                        .with_metadata(Some(sb(m)));
-                                    if version >= 5 {
-                                        part = part.with_committed_leader_epoch(e);
-                                    }
-                                    part
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            OffsetFetchResponse::default().with_topics(topics)
-        }
-    }
-
-    fn coordinated_groups(&self) -> Vec<String> {
-        let published = self.state.image();
-        let image = &published.image;
-        let live = self.live_endpoints(image);
-        image
-            .groups()
-            .filter(|g| {
-                self.coordinator(&live, g)
-                    .is_some_and(|c| c.0 == self.state.node_id)
-            })
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn list_groups(&self, r: ListGroupsRequest) -> ListGroupsResponse {
-        use list_groups_response::ListedGroup;
-        let state_ok = r.states_filter.is_empty()
-            || r.states_filter
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case("Empty"));
-        let type_ok = r.types_filter.is_empty()
-            || r.types_filter
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case("classic"));
-        let groups = if state_ok && type_ok {
-            self.coordinated_groups()
-                .into_iter()
-                .map(|g| {
-                    ListedGroup::default()
-                        .with_group_id(GroupId(sb(g)))
-                        .with_protocol_type(sb("consumer"))
-                        .with_group_state(sb("Empty"))
-                        .with_group_type(sb("classic"))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        ListGroupsResponse::default().with_groups(groups)
-    }
-
-    fn describe_groups(&self, r: DescribeGroupsRequest, version: i16) -> DescribeGroupsResponse {
-        use describe_groups_response::DescribedGroup;
-        let published = self.state.image();
-        let image = &published.image;
-        let groups = r
-            .groups
-            .iter()
-            .map(|g| {
-                let out = DescribedGroup::default().with_group_id(g.clone());
-                if image.group_offsets(&g.0).is_some() {
-                    out.with_group_state(sb("Empty"))
-                        .with_protocol_type(sb("consumer"))
-                } else if version >= 6 {
-                    out.with_group_state(sb("Dead"))
-                        .with_error_code(ErrorCode::GroupIdNotFound.code())
-                        .with_error_message(Some(sb(format!("Group {} not found.", &*g.0))))
-                } else {
-                    out.with_group_state(sb("Dead"))
-                }
-            })
-            .collect();
-        DescribeGroupsResponse::default().with_groups(groups)
-    }
-
     fn describe_configs(&self, r: DescribeConfigsRequest) -> DescribeConfigsResponse {
         use describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
         let published = self.state.image();
@@ -546,7 +330,10 @@ impl BrokerService {
 
     /// Forwards a write to the active controller and returns the controller's reply once this
     /// broker's image includes the write.
-    async fn forward(&self, raw: Bytes) -> Result<Bytes, String> {
+    ///
+    /// `coordinator`: this broker's id when it checked the request as the group's coordinator
+    /// (the controller refuses it if this broker no longer coordinates the group).
+    async fn forward(&self, raw: Bytes, coordinator: Option<i32>) -> Result<Bytes, String> {
         let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
         // The controller must not decide this request after the broker has given up on it
         // (Kafka clients' request.timeout.ms is 30 s by default, like FORWARD_TIMEOUT).
@@ -558,6 +345,12 @@ impl BrokerService {
             ENVELOPE_DEADLINE_TAG,
             Bytes::copy_from_slice(&deadline_ms.to_be_bytes()),
         );
+        if let Some(id) = coordinator {
+            envelope.unknown_tagged_fields.insert(
+                ENVELOPE_COORDINATOR_TAG,
+                Bytes::copy_from_slice(&id.to_be_bytes()),
+            );
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.state.controllers.send(&envelope, 0).await {
@@ -600,6 +393,33 @@ impl BrokerService {
     }
 }
 
+impl BrokerService {
+    /// Forwards a group write this broker checked as the group's coordinator, and decodes
+    /// the controller's reply.
+    pub(super) async fn forward_as_coordinator<R: KafkaRequest>(
+        &self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, String> {
+        let api_key = ApiKey::try_from(R::KEY).map_err(|_| "unknown api key".to_string())?;
+        let mut raw = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_client_id(Some(sb(self.state.client_id.clone())))
+            .encode(&mut raw, api_key.request_header_version(version))
+            .map_err(|e| format!("encoding a forwarded {api_key:?} header: {e:#}"))?;
+        request
+            .encode(&mut raw, version)
+            .map_err(|e| format!("encoding a forwarded {api_key:?}: {e:#}"))?;
+        let mut reply = self.forward(raw.freeze(), Some(self.state.node_id)).await?;
+        ResponseHeader::decode(&mut reply, api_key.response_header_version(version))
+            .map_err(|e| format!("decoding a forwarded {api_key:?} reply header: {e:#}"))?;
+        R::Response::decode(&mut reply, version)
+            .map_err(|e| format!("decoding a forwarded {api_key:?} reply: {e:#}"))
+    }
+}
+
 impl Service for BrokerService {
     fn apis(&self) -> &ApiSet {
         &self.apis
@@ -612,11 +432,14 @@ impl Service for BrokerService {
             version,
             body,
             raw,
+            client_host,
         } = request;
-        // Admin requests and offset commits go to the active controller as they came.
-        if self.forwarded.versions(api_key).is_some() {
-            return self.forward(raw).await;
+        // Admin requests go to the active controller as they came; group writes are checked
+        // by the group's coordinator first (groups.rs).
+        if self.forwarded.versions(api_key).is_some() && !super::groups::is_group_write(api_key) {
+            return self.forward(raw, None).await;
         }
+        let client_id = header.client_id.as_deref().unwrap_or_default();
         let response: ResponseKind = match body {
             RequestKind::ApiVersions(_) => self.apis.api_versions_response().into(),
             RequestKind::Metadata(r) => self.metadata(r, version).into(),
@@ -624,6 +447,16 @@ impl Service for BrokerService {
             RequestKind::FindCoordinator(r) => self.find_coordinator(r, version).into(),
             RequestKind::OffsetFetch(r) => self.offset_fetch(r, version).into(),
             RequestKind::ListGroups(r) => self.list_groups(r).into(),
+            RequestKind::JoinGroup(r) => self
+                .join_group(r, version, client_id, &client_host)
+                .await
+                .into(),
+            RequestKind::SyncGroup(r) => self.sync_group(r).await.into(),
+            RequestKind::Heartbeat(r) => self.heartbeat(r).into(),
+            RequestKind::LeaveGroup(r) => self.leave_group(r, version).into(),
+            RequestKind::OffsetCommit(r) => self.offset_commit(r, version).await?.into(),
+            RequestKind::DeleteGroups(r) => self.delete_groups(r, version).await?.into(),
+            RequestKind::OffsetDelete(r) => self.offset_delete(r, version).await?.into(),
             RequestKind::DescribeGroups(r) => self.describe_groups(r, version).into(),
             RequestKind::DescribeConfigs(r) => self.describe_configs(r).into(),
             RequestKind::ListOffsets(r) => self.list_offsets(r, version).into(),

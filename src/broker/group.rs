@@ -282,6 +282,11 @@ impl Group {
         format!("{prefix}-{uuid}")
     }
 
+    /// The longest rebalance timeout of the members: how long a rebalance phase may last.
+    pub fn rebalance_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.rebalance_timeout_ms().max(0) as u64)
+    }
+
     fn rebalance_timeout_ms(&self) -> i64 {
         self.members
             .values()
@@ -382,19 +387,7 @@ impl Group {
         self.sync_deadline_ms = Some(now + self.rebalance_timeout_ms());
         let leader = self.leader.clone().unwrap_or_default();
         let protocol = self.protocol.clone();
-        let everyone: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .iter()
-            .map(|(id, m)| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(p, _)| Some(p) == protocol.as_ref())
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
-                (id.clone(), m.instance_id.clone(), meta)
-            })
-            .collect();
+        let everyone = self.members_for_leader();
         for (id, m) in self.members.iter_mut() {
             m.awaiting_join = false;
             m.last_heartbeat_ms = now;
@@ -414,6 +407,23 @@ impl Group {
                 },
             ));
         }
+    }
+
+    /// What the leader's JoinGroup carries: every member's id, instance id and metadata for
+    /// the chosen protocol.
+    fn members_for_leader(&self) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(p, _)| Some(p) == self.protocol.as_ref())
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect()
     }
 
     /// JoinGroup.
@@ -476,14 +486,22 @@ impl Group {
                     let stable = self.state == State::Stable;
                     self.members.insert(member_id.clone(), m);
                     if stable {
-                        // Same protocols, stable group: the old assignment, no rebalance.
+                        // Same protocols, stable group: the old assignment, no rebalance. A
+                        // returning leader gets the members, as every leader does (its
+                        // SyncGroup in a stable group keeps the assignment in force).
+                        let leader = self.leader.clone().unwrap_or_default();
+                        let members = if leader == member_id {
+                            self.members_for_leader()
+                        } else {
+                            Vec::new()
+                        };
                         return Outcome::Now(JoinResult {
                             error: ErrorCode::None,
                             generation: self.generation,
                             protocol: self.protocol.clone(),
-                            leader: self.leader.clone().unwrap_or_default(),
+                            leader,
                             member_id,
-                            members: Vec::new(),
+                            members,
                         });
                     }
                 }

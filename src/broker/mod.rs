@@ -10,10 +10,12 @@
 
 pub mod api;
 pub mod controllers;
+pub mod coordinator;
 mod data;
 pub mod fetcher;
 pub mod follower;
 pub mod group;
+mod groups;
 pub mod log;
 pub mod partition;
 pub mod producer_ids;
@@ -66,6 +68,8 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Partition logs and replication settings.
     pub data: replicas::DataConfig,
+    /// Group coordinator settings.
+    pub groups: group::GroupConfig,
 }
 
 /// The image as published to request handlers.
@@ -93,6 +97,8 @@ pub struct BrokerState {
     pub replicas: Arc<replicas::Replicas>,
     /// Ids for idempotent producers.
     pub producer_ids: producer_ids::ProducerIds,
+    /// The consumer groups this broker coordinates.
+    pub groups: coordinator::Coordinator,
     image: ArcSwap<Published>,
     applied: watch::Sender<u64>,
     epoch: AtomicI64,
@@ -114,6 +120,7 @@ impl BrokerState {
             client_id,
             replicas: Arc::new(replicas::Replicas::new(config.node_id, config.data.clone())),
             producer_ids: producer_ids::ProducerIds::default(),
+            groups: coordinator::Coordinator::new(config.groups),
             config,
             image: ArcSwap::from_pointee(Published {
                 image: MetadataImage::new(),
@@ -345,6 +352,21 @@ async fn host_partitions(state: Arc<BrokerState>) {
     }
 }
 
+/// Drives the group coordinator: session timers and rebalance deadlines, and dropping the
+/// groups the latest image gives to another broker.
+async fn run_coordinator(state: Arc<BrokerState>) {
+    let mut tick = tokio::time::interval(coordinator::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let published = state.image();
+        let me = kmeta_metadata::BrokerId(state.node_id);
+        state
+            .groups
+            .tick(|g| published.image.group_coordinator(g) == Some(me));
+    }
+}
+
 /// Runs the broker whose state is `state` (see [`run`]) on its inter-broker `listener` and
 /// the `extra` client listeners, by name.
 pub async fn run_with(
@@ -359,6 +381,7 @@ pub async fn run_with(
     let hosting = tokio::spawn(host_partitions(state.clone()));
     let isr = tokio::spawn(replica::run(state.clone()));
     let retention = tokio::spawn(state.replicas.clone().retention_loop());
+    let groups = tokio::spawn(run_coordinator(state.clone()));
     let (server_stop_tx, server_stop_rx) = watch::channel(false);
     let limits = state.config.limits;
     let mut servers = Vec::new();
@@ -385,6 +408,7 @@ pub async fn run_with(
     }
     isr.abort();
     retention.abort();
+    groups.abort();
     hosting.abort();
     follower.abort();
     Ok(())

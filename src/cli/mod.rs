@@ -3,6 +3,7 @@
 
 pub mod brokers;
 pub mod elect;
+pub mod groups;
 pub mod metadata_shell;
 pub mod quorum;
 pub mod reassign;

@@ -20,7 +20,8 @@ use kmeta_metadata::controller::cluster::{
     BrokerRegistrationRequest as CoreRegistration,
 };
 use kmeta_metadata::controller::offsets::{
-    commit_offsets, OffsetCommitPartition, OffsetCommitRequest as CoreCommit,
+    commit_offsets, delete_group, delete_offsets, OffsetCommitPartition,
+    OffsetCommitRequest as CoreCommit,
 };
 use kmeta_metadata::controller::replication::alter_partition::{
     alter_partition, AlterPartitionData, AlterPartitionRequest as CoreAlterPartition,
@@ -52,6 +53,12 @@ pub const ENVELOPE_OFFSET_TAG: i32 = 10_000;
 /// after that client's next write.
 pub const ENVELOPE_DEADLINE_TAG: i32 = 10_001;
 
+/// The tagged field of an EnvelopeRequest that names the broker which checked a group write
+/// (OffsetCommit, DeleteGroups, OffsetDelete) as the group's coordinator: its id, i32
+/// big-endian. The controller refuses the write with NOT_COORDINATOR unless that broker
+/// coordinates the group in the controller's image (a kmeta extension; `docs/PROTOCOL.md`).
+pub const ENVELOPE_COORDINATOR_TAG: i32 = 10_002;
+
 /// The longest a broker's metadata fetch waits for new entries.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
 
@@ -77,6 +84,8 @@ pub fn forwardable_apis() -> Vec<(ApiKey, VersionRange)> {
             versions::<ListPartitionReassignmentsRequest>(),
         ),
         (ApiKey::OffsetCommit, versions::<OffsetCommitRequest>()),
+        (ApiKey::DeleteGroups, versions::<DeleteGroupsRequest>()),
+        (ApiKey::OffsetDelete, versions::<OffsetDeleteRequest>()),
         (
             ApiKey::IncrementalAlterConfigs,
             versions::<IncrementalAlterConfigsRequest>(),
@@ -162,10 +171,14 @@ impl ControllerService {
     }
 
     /// Answers one request; also returns the offset at which a write's effects are visible.
+    ///
+    /// `coordinator`: the broker that checked a forwarded group write as the group's
+    /// coordinator (`ENVELOPE_COORDINATOR_TAG`).
     async fn dispatch(
         &self,
         body: RequestKind,
         version: i16,
+        coordinator: Option<i32>,
     ) -> Result<(ResponseKind, Option<u64>), String> {
         Ok(match body {
             RequestKind::ApiVersions(_) => (self.apis.api_versions_response().into(), None),
@@ -187,7 +200,9 @@ impl ControllerService {
                 written(self.alter_reassignments(r).await)
             }
             RequestKind::ListPartitionReassignments(r) => written(self.list_reassignments(r).await),
-            RequestKind::OffsetCommit(r) => written(self.offset_commit(r).await),
+            RequestKind::OffsetCommit(r) => written(self.offset_commit(r, coordinator).await),
+            RequestKind::DeleteGroups(r) => written(self.delete_groups(r, coordinator).await),
+            RequestKind::OffsetDelete(r) => written(self.offset_delete(r, coordinator).await),
             RequestKind::IncrementalAlterConfigs(r) => written(self.alter_configs(r).await),
             other => return Err(format!("unexpected request {other:?}")),
         })
@@ -219,7 +234,12 @@ impl ControllerService {
                 EnvelopeResponse::default().with_error_code(ErrorCode::RequestTimedOut.code())
             );
         }
-        let dispatch = self.dispatch(inner.body, inner.version);
+        let coordinator = envelope
+            .unknown_tagged_fields
+            .get(&ENVELOPE_COORDINATOR_TAG)
+            .filter(|t| t.len() == 4)
+            .map(|t| i32::from_be_bytes(t[..4].try_into().expect("4 bytes")));
+        let dispatch = self.dispatch(inner.body, inner.version, coordinator);
         let (response, at) = match deadline_ms {
             Some(d) => {
                 crate::controller::WRITE_DEADLINE_MS
@@ -1083,13 +1103,131 @@ impl ControllerService {
         )
     }
 
-    async fn offset_commit(&self, r: OffsetCommitRequest) -> (OffsetCommitResponse, Option<u64>) {
+    async fn delete_groups(
+        &self,
+        r: DeleteGroupsRequest,
+        coordinator: Option<i32>,
+    ) -> (DeleteGroupsResponse, Option<u64>) {
+        use delete_groups_response::DeletableGroupResult;
+        let mut results = Vec::new();
+        let mut last = None;
+        for g in r.groups_names {
+            let code = match coordinator {
+                // Only a coordinator knows whether the group has members.
+                None => ErrorCode::NotCoordinator.code(),
+                Some(c) => {
+                    let group = g.0.to_string();
+                    match self
+                        .controller
+                        .submit_at(move |ctx| Ok(delete_group(ctx.image, &group, CoreBrokerId(c))))
+                        .await
+                    {
+                        Ok((Ok(()), at)) => {
+                            last = last.max(Some(at));
+                            0
+                        }
+                        Ok((Err(code), _)) => code.code(),
+                        Err(e) => e.code.code(),
+                    }
+                }
+            };
+            results.push(
+                DeletableGroupResult::default()
+                    .with_group_id(g)
+                    .with_error_code(code),
+            );
+        }
+        (DeleteGroupsResponse::default().with_results(results), last)
+    }
+
+    async fn offset_delete(
+        &self,
+        r: OffsetDeleteRequest,
+        coordinator: Option<i32>,
+    ) -> (OffsetDeleteResponse, Option<u64>) {
+        use offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+        let Some(c) = coordinator else {
+            return (
+                OffsetDeleteResponse::default().with_error_code(ErrorCode::NotCoordinator.code()),
+                None,
+            );
+        };
+        let group = r.group_id.0.to_string();
+        let partitions: Vec<(String, i32)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.name.0.to_string(), p.partition_index))
+            })
+            .collect();
+        let result = self
+            .controller
+            .submit_at(move |ctx| {
+                Ok(delete_offsets(
+                    ctx.image,
+                    &group,
+                    CoreBrokerId(c),
+                    &partitions,
+                ))
+            })
+            .await;
+        let (reply, at) = match result {
+            Ok((Ok(reply), at)) => (reply, at),
+            Ok((Err(code), _)) => {
+                return (
+                    OffsetDeleteResponse::default().with_error_code(code.code()),
+                    None,
+                )
+            }
+            Err(e) => {
+                return (
+                    OffsetDeleteResponse::default().with_error_code(e.code.code()),
+                    None,
+                )
+            }
+        };
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                OffsetDeleteResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| {
+                                let code = reply
+                                    .get(&(t.name.0.to_string(), p.partition_index))
+                                    .copied()
+                                    .flatten()
+                                    .map_or(0, |c| c.code());
+                                OffsetDeleteResponsePartition::default()
+                                    .with_partition_index(p.partition_index)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        (
+            OffsetDeleteResponse::default().with_topics(topics),
+            Some(at),
+        )
+    }
+
+    async fn offset_commit(
+        &self,
+        r: OffsetCommitRequest,
+        coordinator: Option<i32>,
+    ) -> (OffsetCommitResponse, Option<u64>) {
         use offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
         let request = CoreCommit {
             group_id: r.group_id.0.to_string(),
             generation_id: r.generation_id_or_member_epoch,
             member_id: r.member_id.to_string(),
-            coordinator: None,
+            coordinator: coordinator.map(CoreBrokerId),
             partitions: r
                 .topics
                 .iter()
@@ -1163,7 +1301,7 @@ impl Service for ControllerService {
         } = request;
         let response: ResponseKind = match body {
             RequestKind::Envelope(envelope) => self.envelope(envelope).await?.into(),
-            other => self.dispatch(other, version).await?.0,
+            other => self.dispatch(other, version, None).await?.0,
         };
         encode_response(header.correlation_id, api_key, version, &response)
     }

@@ -84,9 +84,10 @@ pub async fn serve_connection<S: Service>(
     limits: Limits,
 ) {
     let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
+    let client_host = peer_addr
+        .map(|a| format!("/{}", a.ip()))
         .unwrap_or_default();
     loop {
         let frame = match first.take() {
@@ -118,7 +119,10 @@ pub async fn serve_connection<S: Service>(
             return;
         }
         let reply = match decode_request(frame, service.apis()) {
-            Ok(request) => match service.handle(request).await {
+            Ok(mut request) => match {
+                request.client_host.clone_from(&client_host);
+                service.handle(request).await
+            } {
                 Ok(payload) => payload,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "closing connection");

@@ -87,6 +87,8 @@ pub struct Request {
     pub body: RequestKind,
     /// The whole payload as received (header included), for forwarding.
     pub raw: Bytes,
+    /// The client's address as Kafka shows it ("/127.0.0.1"), set by the listener.
+    pub client_host: String,
 }
 
 /// What to do with a frame that is not a request this listener serves.
@@ -188,6 +190,7 @@ pub fn decode_request(payload: Bytes, apis: &ApiSet) -> Result<Request, Rejected
         version,
         body,
         raw: payload,
+        client_host: String::new(),
     })
 }
 

@@ -444,6 +444,128 @@ def verify_read(args):
     print(json.dumps({"delivered": len(delivered), "read": len(got)}))
 
 
+# ---------------------------------------------------------------------------- groups
+def produce_spread(args):
+    """Produce --count messages with values "<--offset + i>" round-robin over --partitions
+    partitions of --topic, acks=all; fails unless every one is acknowledged."""
+    from confluent_kafka import Producer
+    prod = Producer({"bootstrap.servers": args.bootstrap, "acks": "all",
+                     "enable.idempotence": True, "message.timeout.ms": 90000})
+    failed = []
+
+    def on_delivery(err, m):
+        if err is not None:
+            failed.append(str(err))
+    for i in range(args.count):
+        prod.produce(args.topic, str(args.offset + i).encode(), partition=i % args.partitions,
+                     on_delivery=on_delivery)
+        prod.poll(0)
+    left = prod.flush(120)
+    check(left == 0 and not failed, f"{left} unacknowledged, errors: {failed[:3]}")
+    print(json.dumps({"produced": args.count}))
+
+
+def group_member(args):
+    """One member of --group subscribed to --topic with --client, until --stop exists or
+    --seconds pass. Appends JSON lines to --out: {"assigned": [[t, p], ...]} whenever the
+    assignment changes, {"batch": [[p, o, value], ...]} for each batch consumed *before* its
+    synchronous commit, then {"committed": true|false} after the commit. Offsets are committed
+    only by those commits (no auto-commit), so a message may be consumed again only after a
+    commit that failed or never ran."""
+    import os
+    out = open(args.out, "a", buffering=1)
+
+    def emit(obj):
+        out.write(json.dumps(obj) + "\n")
+    deadline = time.time() + args.seconds
+    stop = lambda: time.time() > deadline or (args.stop and os.path.exists(args.stop))
+    session = 6000
+    last = None
+
+    def note(assignment):
+        nonlocal last
+        cur = sorted([t, p] for t, p in assignment)
+        if cur != last:
+            last = cur
+            emit({"assigned": cur})
+    if args.client == "confluent":
+        from confluent_kafka import Consumer
+        conf = {"bootstrap.servers": args.bootstrap, "group.id": args.group,
+                "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                "session.timeout.ms": session, "heartbeat.interval.ms": 1000}
+        if args.assignor:
+            conf["partition.assignment.strategy"] = args.assignor
+        if args.instance:
+            conf["group.instance.id"] = args.instance
+        c = Consumer(conf)
+        c.subscribe([args.topic])
+        while not stop():
+            msgs = c.consume(500, 0.5)
+            note((tp.topic, tp.partition) for tp in c.assignment())
+            msgs = [m for m in msgs if not m.error()]
+            if not msgs:
+                continue
+            emit({"batch": [[m.partition(), m.offset(), m.value().decode()] for m in msgs]})
+            try:
+                c.commit(asynchronous=False)
+                emit({"committed": True})
+            except Exception as e:
+                emit({"committed": False, "error": str(e)})
+        c.close()
+    elif args.client == "kafka-python":
+        from kafka import KafkaConsumer
+        kw = {}
+        if args.instance:
+            kw["group_instance_id"] = args.instance
+        c = KafkaConsumer(args.topic, bootstrap_servers=args.bootstrap, group_id=args.group,
+                          enable_auto_commit=False, auto_offset_reset="earliest",
+                          session_timeout_ms=session, heartbeat_interval_ms=1000, **kw)
+        while not stop():
+            polled = c.poll(timeout_ms=500, max_records=500)
+            note((tp.topic, tp.partition) for tp in c.assignment())
+            msgs = [m for ms in polled.values() for m in ms]
+            if not msgs:
+                continue
+            emit({"batch": [[m.partition, m.offset, m.value.decode()] for m in msgs]})
+            try:
+                c.commit()
+                emit({"committed": True})
+            except Exception as e:
+                emit({"committed": False, "error": str(e)})
+        c.close()
+    elif args.client == "aiokafka":
+        async def run():
+            from aiokafka import AIOKafkaConsumer
+            kw = {}
+            if args.instance:
+                kw["group_instance_id"] = args.instance
+            c = AIOKafkaConsumer(args.topic, bootstrap_servers=args.bootstrap,
+                                 group_id=args.group, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", session_timeout_ms=session,
+                                 heartbeat_interval_ms=1000, **kw)
+            await c.start()
+            try:
+                while not stop():
+                    polled = await c.getmany(timeout_ms=500, max_records=500)
+                    note((tp.topic, tp.partition) for tp in c.assignment())
+                    msgs = [m for ms in polled.values() for m in ms]
+                    if not msgs:
+                        continue
+                    emit({"batch": [[m.partition, m.offset, m.value.decode()] for m in msgs]})
+                    try:
+                        await c.commit()
+                        emit({"committed": True})
+                    except Exception as e:
+                        emit({"committed": False, "error": str(e)})
+            finally:
+                await c.stop()
+        asyncio.run(run())
+    else:
+        fail(f"group-member supports confluent, kafka-python and aiokafka, not {args.client}")
+    emit({"closed": True})
+    print(json.dumps({"client": args.client, "closed": True}))
+
+
 SCENARIOS = {
     "produce-stream": produce_stream,
     "verify-read": verify_read,
@@ -456,6 +578,8 @@ SCENARIOS = {
     "committed": committed,
     "commit": commit,
     "create": create,
+    "produce-spread": produce_spread,
+    "group-member": group_member,
 }
 
 if __name__ == "__main__":
@@ -474,5 +598,9 @@ if __name__ == "__main__":
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--idempotent", action="store_true")
     ap.add_argument("--out", default="")
+    ap.add_argument("--stop", default="", help="group-member: exit once this file exists")
+    ap.add_argument("--seconds", type=float, default=120)
+    ap.add_argument("--assignor", default="", help="confluent partition.assignment.strategy")
+    ap.add_argument("--instance", default="", help="group.instance.id (static membership)")
     a = ap.parse_args()
     SCENARIOS[a.scenario](a)

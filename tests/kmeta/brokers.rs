@@ -41,6 +41,7 @@ async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
             limits: Limits::default(),
             extra_listeners: Vec::new(),
             data: kmeta::broker::replicas::DataConfig::new(dir.path().join("broker-1")),
+            groups: kmeta::broker::group::GroupConfig::default(),
         },
         listener,
     );

@@ -120,13 +120,12 @@ pub fn commit_offsets(
 }
 
 /// DeleteGroups of one group, forwarded by its coordinator once it found the group without
-/// members: removes every committed offset. GROUP_ID_NOT_FOUND when nothing is committed and
-/// the coordinator knew no such group either (`known_to_coordinator`).
+/// members (the coordinator also answers GROUP_ID_NOT_FOUND for a group it has never seen):
+/// removes every committed offset.
 pub fn delete_group(
     image: &MetadataImage,
     group: &str,
     coordinator: BrokerId,
-    known_to_coordinator: bool,
 ) -> ControllerResult<Result<(), ErrorCode>> {
     let verdict = if group.is_empty() {
         Err(ErrorCode::InvalidGroupId)
@@ -137,12 +136,7 @@ pub fn delete_group(
         return ControllerResult::atomic(vec![], Err(e));
     }
     if image.group_offsets(group).is_none() {
-        let reply = if known_to_coordinator {
-            Ok(())
-        } else {
-            Err(ErrorCode::GroupIdNotFound)
-        };
-        return ControllerResult::atomic(vec![], reply);
+        return ControllerResult::atomic(vec![], Ok(()));
     }
     ControllerResult::atomic(
         vec![MetadataRecord::OffsetDelete(OffsetDeleteRecord {

@@ -220,12 +220,17 @@ fn deleting_a_group_or_some_of_its_offsets_removes_exactly_those() {
         .collect();
     left.sort();
     assert_eq!(left, vec![("bar".into(), 0, 3), ("foo".into(), 0, 1)]);
-    h.commit(delete_group(&h.image, "g1", b, true)).unwrap();
+    let at = h.next_offset();
+    h.commit(delete_group(&h.image, "g1", b)).unwrap();
+    assert!(h.next_offset() > at, "the deletion is a record");
     assert!(h.image.group_offsets("g1").is_none());
     assert_eq!(h.image.groups().count(), 0);
+    // Deleting again writes nothing; another broker may not delete it at all.
+    let again = delete_group(&h.image, "g1", b);
+    assert!(again.records.is_empty());
     assert_eq!(
-        h.commit(delete_group(&h.image, "g1", b, false)),
-        Err(ErrorCode::GroupIdNotFound)
+        delete_group(&h.image, "g1", BrokerId(2)).reply,
+        Err(ErrorCode::NotCoordinator)
     );
     assert_eq!(
         h.commit(delete_offsets(&h.image, "g1", b, &[("foo".into(), 0)])),
