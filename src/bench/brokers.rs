@@ -64,6 +64,22 @@ fn commit_request(
             )])
 }
 
+/// The first of `prefix`, `prefix-1`, `prefix-2`, ... that `broker` coordinates.
+fn coordinated_group(broker: &BrokerState, prefix: &str) -> String {
+    let image = &broker.image().image;
+    let me = kmeta_metadata::BrokerId(broker.node_id);
+    (0..100_000)
+        .map(|k| {
+            if k == 0 {
+                prefix.to_string()
+            } else {
+                format!("{prefix}-{k}")
+            }
+        })
+        .find(|g| image.group_coordinator(g) == Some(me))
+        .expect("every broker coordinates some group")
+}
+
 async fn connect(addr: &str) -> Result<KafkaClient, String> {
     KafkaClient::connect(addr, "kmeta-bench", Duration::from_secs(30))
         .await
@@ -157,11 +173,12 @@ pub async fn brokers(
         let mut tasks = Vec::new();
         for i in 0..c {
             let addr = addrs[i % addrs.len()].clone();
+            // A group this connection's broker coordinates: commits go to the coordinator.
+            let group = coordinated_group(&states[i % states.len()], &format!("bench-{i}"));
             let (stop, done) = (stop.clone(), done.clone());
             let p = partitions_per_commit.min(PARTITIONS as usize) as i32;
             tasks.push(tokio::spawn(async move {
                 let mut client = connect(&addr).await?;
-                let group = format!("bench-{i}");
                 let mut offset = 0;
                 while !stop.load(Ordering::Relaxed) {
                     offset += 1;
@@ -195,7 +212,7 @@ pub async fn brokers(
     // Commit → every broker.
     let mut client = connect(&addrs[0]).await?;
     let mut samples = Vec::with_capacity(propagation_samples);
-    let group = "bench-propagation";
+    let group = &coordinated_group(&states[0], "bench-propagation");
     let topic_id = states[0]
         .image()
         .image

@@ -214,7 +214,7 @@ impl Coordinator {
             }
             let mut topics: Vec<String> = g
                 .member_metadata()
-                .flat_map(|m| crate::kafka::consumer_protocol::subscription_topics(m))
+                .flat_map(crate::kafka::consumer_protocol::subscription_topics)
                 .collect();
             topics.sort();
             topics.dedup();
@@ -272,5 +272,60 @@ fn join_error(code: ErrorCode, member_id: &str) -> JoinResult {
         leader: String::new(),
         member_id: member_id.to_string(),
         members: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(member: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: member.into(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 6_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            require_known_member_id: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_join_is_answered_by_the_timer_or_told_the_group_moved() {
+        let config = GroupConfig {
+            initial_rebalance_delay_ms: 200,
+            ..GroupConfig::default()
+        };
+        let coordinator = std::sync::Arc::new(Coordinator::new(config));
+        let first = coordinator.join("g", join("")).await;
+        assert_eq!(first.error, ErrorCode::MemberIdRequired);
+        let parked = {
+            let c = coordinator.clone();
+            let id = first.member_id.clone();
+            tokio::spawn(async move { c.join("g", join(&id)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        coordinator.tick(|_| true);
+        assert!(!parked.is_finished(), "the initial delay holds the join");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        coordinator.tick(|_| true);
+        let joined = parked.await.unwrap();
+        assert_eq!((joined.error, joined.generation), (ErrorCode::None, 1));
+        assert_eq!(joined.leader, joined.member_id);
+        // A second group whose join is parked when the image gives the group to another
+        // broker: the waiting member is told NOT_COORDINATOR, and the state is gone.
+        let other = coordinator.join("h", join("")).await;
+        let parked = {
+            let c = coordinator.clone();
+            tokio::spawn(async move { c.join("h", join(&other.member_id)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        coordinator.tick(|g| g != "h");
+        assert_eq!(parked.await.unwrap().error, ErrorCode::NotCoordinator);
+        assert!(coordinator.describe("h").is_none());
+        assert!(coordinator.describe("g").is_some());
     }
 }

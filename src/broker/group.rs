@@ -966,4 +966,69 @@ mod tests {
             Outcome::Now(Ok(Bytes::from_static(b"P")))
         );
     }
+
+    #[test]
+    fn commits_and_heartbeats_follow_kafka_rules_through_a_rebalance() {
+        let mut g = Group::new(GroupConfig::default());
+        let mut out = Vec::new();
+        let a = first_join(&mut g, 0, &mut out);
+        let b = first_join(&mut g, 0, &mut out);
+        g.tick(3_000, &mut out);
+        let leader = g.leader.clone().unwrap();
+        let follower = if leader == a { b.clone() } else { a.clone() };
+        let _ = g.sync(&follower, None, 1, vec![], 3_000, &mut out);
+        let _ = g.sync(&leader, None, 1, vec![], 3_000, &mut out);
+        out.clear();
+        assert_eq!(g.state(), State::Stable);
+        // A third member: the group prepares a rebalance.
+        let c = first_join(&mut g, 4_000, &mut out);
+        assert_eq!(g.state(), State::PreparingRebalance);
+        assert_eq!(
+            g.validate_commit(&a, None, 1),
+            Ok(()),
+            "the old generation may commit"
+        );
+        assert_eq!(
+            g.heartbeat(&a, None, 1, 4_000),
+            ErrorCode::RebalanceInProgress
+        );
+        assert_eq!(
+            g.validate_commit("", None, -1),
+            Err(ErrorCode::UnknownMemberId),
+            "no simple commits into a group with members"
+        );
+        // Everyone rejoins: generation 2 waits for the leader's assignment.
+        for m in [&a, &b] {
+            let _ = g.join(join(m), 4_100, &mut out);
+        }
+        assert_eq!(g.state(), State::CompletingRebalance);
+        assert_eq!(g.generation(), 2);
+        assert_eq!(out.len(), 2, "the parked joins of {a} and {c} are answered");
+        out.clear();
+        assert_eq!(
+            g.validate_commit(&a, None, 2),
+            Err(ErrorCode::RebalanceInProgress)
+        );
+        assert_eq!(
+            g.validate_commit(&a, None, 1),
+            Err(ErrorCode::IllegalGeneration)
+        );
+        let leader = g.leader.clone().unwrap();
+        let follower = [&a, &b, &c]
+            .into_iter()
+            .find(|m| **m != leader)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            g.sync(&follower, None, 2, vec![], 4_200, &mut out),
+            Outcome::Parked(follower.clone())
+        );
+        // The leader leaves before assigning: the parked follower is told to rejoin.
+        assert_eq!(g.leave(&leader, None, 4_300, &mut out), ErrorCode::None);
+        assert_eq!(
+            out,
+            vec![Reply::Sync(follower, Err(ErrorCode::RebalanceInProgress))]
+        );
+        assert_eq!(g.state(), State::PreparingRebalance);
+    }
 }

@@ -404,6 +404,29 @@ fn indeterminate(code: i16) -> bool {
     matches!(code, 41 | 7 | -1 | 15 | 16 | 5)
 }
 
+/// A connection to the coordinator of `group`, found through `via` (offset commits and
+/// fetches must go to it).
+async fn coordinator_client(via: &mut KafkaClient, group: &str) -> Option<KafkaClient> {
+    let r = via
+        .send(
+            &FindCoordinatorRequest::default()
+                .with_key(sb(group))
+                .with_key_type(0),
+            3,
+        )
+        .await
+        .ok()?;
+    if r.error_code != 0 {
+        return None;
+    }
+    let addr = format!("{}:{}", &*r.host, r.port);
+    let mut c = KafkaClient::connect(&addr, "kmeta-faults", Duration::from_secs(5))
+        .await
+        .ok()?;
+    c.set_timeout(CLIENT_TIMEOUT);
+    Some(c)
+}
+
 async fn client_for(addrs: &[String], rng: &Mutex<StdRng>) -> Option<KafkaClient> {
     let i = rng.lock().ok()?.random_range(0..addrs.len());
     let mut c = KafkaClient::connect(&addrs[i], "kmeta-faults", Duration::from_secs(5))
@@ -427,6 +450,7 @@ async fn load(
     let mut offset = 0i64;
     let mut retention = RETENTION_BASE;
     let mut client: Option<KafkaClient> = None;
+    let mut coordinator: Option<KafkaClient> = None;
     while !stop.load(Ordering::SeqCst) {
         if client.is_none() {
             client = client_for(&brokers, &rng).await;
@@ -546,8 +570,15 @@ async fn load(
                                         .with_committed_offset(offset),
                                 ]),
                         ]);
-                    match c.send(&r, 8).await {
-                        Ok(resp) => {
+                    if coordinator.is_none() {
+                        coordinator = coordinator_client(c, &group).await;
+                    }
+                    let sent = match coordinator.as_mut() {
+                        Some(coord) => coord.send(&r, 8).await.ok(),
+                        None => None,
+                    };
+                    match sent {
+                        Some(resp) => {
                             let code = resp
                                 .topics
                                 .first()
@@ -560,9 +591,20 @@ async fn load(
                             } else if indeterminate(code) {
                                 l.indeterminate += 1;
                             }
+                            if code != 0 {
+                                // The group may have moved: find its coordinator again.
+                                coordinator = None;
+                            }
                             Ok(())
                         }
-                        Err(_) => Err(()),
+                        None => {
+                            coordinator = None;
+                            ledger
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .indeterminate += 1;
+                            Ok(())
+                        }
                     }
                 }
                 _ => {
@@ -1005,6 +1047,27 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
         }
     }
     for ((group, topic), (acked, attempted)) in &ledger.offsets {
+        // Offsets are read where Kafka serves them: at the group's coordinator. Each broker
+        // checks the groups it coordinates (every broker agrees on which, above).
+        let found = c
+            .send(
+                &FindCoordinatorRequest::default()
+                    .with_key(sb(group.clone()))
+                    .with_key_type(0),
+                3,
+            )
+            .await
+            .map_err(|e| format!("FindCoordinator: {e}"))?;
+        if found.error_code != 0 {
+            problems.push(format!(
+                "group {group} has no coordinator (error {})",
+                found.error_code
+            ));
+            continue;
+        }
+        if format!("{}:{}", &*found.host, found.port) != addr {
+            continue;
+        }
         let r = OffsetFetchRequest::default().with_groups(vec![
             offset_fetch_request::OffsetFetchRequestGroup::default()
                 .with_group_id(GroupId(sb(group.clone())))

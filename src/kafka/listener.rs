@@ -118,11 +118,12 @@ pub async fn serve_connection<S: Service>(
             tracing::info!(%peer, "dropping a request whose client closed the connection");
             return;
         }
-        let reply = match decode_request(frame, service.apis()) {
-            Ok(mut request) => match {
-                request.client_host.clone_from(&client_host);
-                service.handle(request).await
-            } {
+        let decoded = decode_request(frame, service.apis()).map(|mut request| {
+            request.client_host.clone_from(&client_host);
+            request
+        });
+        let reply = match decoded {
+            Ok(request) => match service.handle(request).await {
                 Ok(payload) => payload,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "closing connection");

@@ -7,6 +7,7 @@ mod cluster;
 mod controller;
 mod data;
 mod dev;
+mod groups;
 mod hostile;
 mod processes;
 mod quorum;

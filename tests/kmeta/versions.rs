@@ -104,6 +104,84 @@ async fn send(
             };
             c.send(&r, v).await.map(drop).map_err(e)
         }
+        ApiKey::JoinGroup => {
+            // v4+: a new member is told MEMBER_ID_REQUIRED at once; before v4 the join would
+            // wait out the initial rebalance delay, so it carries a session timeout below the
+            // minimum and is refused at once (INVALID_SESSION_TIMEOUT).
+            let p = join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(sb("range"))
+                .with_metadata(bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0]));
+            let r = JoinGroupRequest::default()
+                .with_group_id(GroupId(sb(format!("sweep-{v}"))))
+                .with_session_timeout_ms(if v >= 4 { 10_000 } else { 10 })
+                .with_rebalance_timeout_ms(10_000)
+                .with_protocol_type(sb("consumer"))
+                .with_protocols(vec![p]);
+            c.send(&r, v).await.map(drop).map_err(e)
+        }
+        ApiKey::SyncGroup => c
+            .send(
+                &SyncGroupRequest::default()
+                    .with_group_id(GroupId(sb("g")))
+                    .with_generation_id(1)
+                    .with_member_id(sb("nobody"))
+                    .with_protocol_type(Some(sb("consumer")))
+                    .with_protocol_name(Some(sb("range"))),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::Heartbeat => c
+            .send(
+                &HeartbeatRequest::default()
+                    .with_group_id(GroupId(sb("g")))
+                    .with_generation_id(1)
+                    .with_member_id(sb("nobody")),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::LeaveGroup => {
+            let r = if v >= 3 {
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(sb("g")))
+                    .with_members(vec![
+                        leave_group_request::MemberIdentity::default().with_member_id(sb("nobody"))
+                    ])
+            } else {
+                LeaveGroupRequest::default()
+                    .with_group_id(GroupId(sb("g")))
+                    .with_member_id(sb("nobody"))
+            };
+            c.send(&r, v).await.map(drop).map_err(e)
+        }
+        ApiKey::DeleteGroups => c
+            .send(
+                &DeleteGroupsRequest::default().with_groups_names(vec![GroupId(sb("nope"))]),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::OffsetDelete => {
+            let t = offset_delete_request::OffsetDeleteRequestTopic::default()
+                .with_name(topic())
+                .with_partitions(vec![
+                    offset_delete_request::OffsetDeleteRequestPartition::default()
+                        .with_partition_index(0),
+                ]);
+            c.send(
+                &OffsetDeleteRequest::default()
+                    .with_group_id(GroupId(sb("g")))
+                    .with_topics(vec![t]),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e)
+        }
         ApiKey::ListGroups => c
             .send(&ListGroupsRequest::default(), v)
             .await
