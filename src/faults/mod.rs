@@ -958,11 +958,13 @@ async fn check(cluster: &mut Cluster, ledger: &Ledger) -> Vec<String> {
     }
     // Brokers: each serves every acknowledged write, and all serve the same view.
     let mut broker_views = BTreeMap::new();
+    let mut offsets_checked = 0;
     for b in BROKERS {
         match broker_view(&cluster.broker_addr(b), ledger).await {
-            Ok((view, problems)) => {
+            Ok((view, problems, checked)) => {
                 v.extend(problems.into_iter().map(|p| format!("broker {b}: {p}")));
                 broker_views.insert(b, view);
+                offsets_checked += checked;
             }
             Err(e) => v.push(format!("broker {b}: {e}")),
         }
@@ -971,11 +973,18 @@ async fn check(cluster: &mut Cluster, ledger: &Ledger) -> Vec<String> {
     if distinct.len() > 1 {
         v.push("brokers serve different metadata".to_string());
     }
+    if offsets_checked != ledger.offsets.len() {
+        v.push(format!(
+            "{offsets_checked} of {} committed offsets were read at their group's coordinator",
+            ledger.offsets.len()
+        ));
+    }
     v
 }
 
-/// A broker's metadata, canonically printed, and every ledger property it breaks.
-async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>), String> {
+/// A broker's metadata, canonically printed, every ledger property it breaks, and how many
+/// committed offsets it checked (those of the groups it coordinates).
+async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>, usize), String> {
     let mut c = KafkaClient::connect(addr, "kmeta-faults-check", Duration::from_secs(3))
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
@@ -1046,6 +1055,7 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
             problems.push(format!("topic {name} was never asked for"));
         }
     }
+    let mut checked = 0;
     for ((group, topic), (acked, attempted)) in &ledger.offsets {
         // Offsets are read where Kafka serves them: at the group's coordinator. Each broker
         // checks the groups it coordinates (every broker agrees on which, above).
@@ -1068,6 +1078,7 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
         if format!("{}:{}", &*found.host, found.port) != addr {
             continue;
         }
+        checked += 1;
         let r = OffsetFetchRequest::default().with_groups(vec![
             offset_fetch_request::OffsetFetchRequestGroup::default()
                 .with_group_id(GroupId(sb(group.clone())))
@@ -1132,5 +1143,5 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
             _ => {}
         }
     }
-    Ok((view, problems))
+    Ok((view, problems, checked))
 }

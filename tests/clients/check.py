@@ -468,7 +468,7 @@ def produce_spread(args):
 def group_member(args):
     """One member of --group subscribed to --topic with --client, until --stop exists or
     --seconds pass. Appends JSON lines to --out: {"assigned": [[t, p], ...]} whenever the
-    assignment changes, {"batch": [[p, o, value], ...]} for each batch consumed *before* its
+    assignment changes, {"rebalanced": n} at each rebalance (confluent only), {"batch": [[p, o, value], ...]} for each batch consumed *before* its
     synchronous commit, then {"committed": true|false} after the commit. Offsets are committed
     only by those commits (no auto-commit), so a message may be consumed again only after a
     commit that failed or never ran."""
@@ -498,7 +498,9 @@ def group_member(args):
         if args.instance:
             conf["group.instance.id"] = args.instance
         c = Consumer(conf)
-        c.subscribe([args.topic])
+        # Every rebalance that reaches this member, even one that gives back the same
+        # partitions (the client assigns them itself after the callback).
+        c.subscribe([args.topic], on_assign=lambda _c, ps: emit({"rebalanced": len(ps)}))
         while not stop():
             msgs = c.consume(500, 0.5)
             note((tp.topic, tp.partition) for tp in c.assignment())

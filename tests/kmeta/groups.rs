@@ -32,6 +32,18 @@ struct Member {
 
 impl Member {
     fn start(c: &ProcessCluster, client: &str, group: &str, topic: &str, name: &str) -> Member {
+        Member::start_with(c, client, group, topic, name, &[])
+    }
+
+    /// With more `check.py group-member` arguments (`--instance`, `--assignor`).
+    fn start_with(
+        c: &ProcessCluster,
+        client: &str,
+        group: &str,
+        topic: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Member {
         let python = std::env::var("KMETA_PYTHON").expect("KMETA_PYTHON (scripts/test.sh sets it)");
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/check.py");
         let out = c.dir.path().join(format!("{name}.jsonl"));
@@ -55,6 +67,7 @@ impl Member {
                 "--seconds",
                 "160",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(c.dir.path().join(format!("{name}.err"))).unwrap())
             .spawn()
@@ -543,4 +556,114 @@ fn killing_the_coordinator_moves_the_group_and_consumption_resumes_from_committe
             (total_lag(&v)? == 0 && v["members"] == 2).then_some(())
         },
     );
+}
+
+/// How many rebalances reached a confluent member (its on_assign callbacks).
+fn rebalances(m: &Member) -> usize {
+    std::fs::read_to_string(&m.out)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"rebalanced\""))
+        .count()
+}
+
+#[test]
+fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance_and_cooperative_members_share(
+) {
+    let c = ProcessCluster::start(3, 3, "");
+    wait_for_brokers(&c);
+    for topic in ["orders-static", "orders-coop"] {
+        client(&[
+            "create",
+            "--bootstrap",
+            &c.bootstrap(),
+            "--topic",
+            topic,
+            "--partitions",
+            "6",
+            "--rf",
+            "3",
+        ]);
+        produce(&c, topic, 0, 300);
+    }
+    let (group, topic) = ("g-static", "orders-static");
+    let a = Member::start_with(
+        &c,
+        "confluent",
+        group,
+        topic,
+        "static-0",
+        &["--instance", "inst-0"],
+    );
+    let mut b = Member::start_with(
+        &c,
+        "confluent",
+        group,
+        topic,
+        "static-1",
+        &["--instance", "inst-1"],
+    );
+    let coop = ["--assignor", "cooperative-sticky"];
+    let mut cooperative = vec![
+        Member::start_with(&c, "confluent", "g-coop", "orders-coop", "coop-0", &coop),
+        Member::start_with(&c, "confluent", "g-coop", "orders-coop", "coop-1", &coop),
+    ];
+    until(
+        Duration::from_secs(60),
+        "two static members split the partitions",
+        || split_among(&[&a, &b]).then_some(()),
+    );
+    until(Duration::from_secs(60), "300 consumed", || {
+        (consumed(&[a.log(), b.log()]).len() >= 300).then_some(())
+    });
+    // kill -9 and restart with the same group.instance.id, within the session timeout: it
+    // takes its old member's place, and the group does not rebalance.
+    let held = b.log().assigned;
+    let before = rebalances(&a);
+    b.kill();
+    let b2 = Member::start_with(
+        &c,
+        "confluent",
+        group,
+        topic,
+        "static-1b",
+        &["--instance", "inst-1"],
+    );
+    until(
+        Duration::from_secs(30),
+        "the restarted static member's old partitions",
+        || (b2.log().assigned == held).then_some(()),
+    );
+    produce(&c, topic, 300, 300);
+    until(Duration::from_secs(60), "600 consumed", || {
+        (consumed(&[a.log(), b.log(), b2.log()]).len() >= 600).then_some(())
+    });
+    assert!(before > 0, "on_assign is logged");
+    assert_eq!(rebalances(&a), before, "the other member was rebalanced");
+    assert_consumed_once(&[a.log(), b.log(), b2.log()], 600, "static");
+    // cooperative-sticky: a third member joins and the partitions spread over three.
+    until(
+        Duration::from_secs(60),
+        "two cooperative members split the partitions",
+        || split_among(&cooperative.iter().collect::<Vec<_>>()).then_some(()),
+    );
+    cooperative.push(Member::start_with(
+        &c,
+        "confluent",
+        "g-coop",
+        "orders-coop",
+        "coop-2",
+        &coop,
+    ));
+    until(
+        Duration::from_secs(60),
+        "three cooperative members split the partitions",
+        || split_among(&cooperative.iter().collect::<Vec<_>>()).then_some(()),
+    );
+    produce(&c, "orders-coop", 300, 300);
+    let logs = || cooperative.iter().map(|m| m.log()).collect::<Vec<_>>();
+    until(Duration::from_secs(60), "600 consumed", || {
+        (consumed(&logs()).len() >= 600).then_some(())
+    });
+    assert_consumed_once(&logs(), 600, "cooperative");
 }
