@@ -278,11 +278,15 @@ def roundtrip(args):
         admin.list_topics(topic=t, timeout=10)), 20, f"{t} with leaders")
     msgs = expected_messages(args)
     got = {}
+    # Without idempotence a client keeps its order across retries only with one request in
+    # flight (Kafka's rule): a produce that reaches a leader before it has applied its new
+    # partition is retried, and a later batch sent behind it could land first.
     if args.client == "kcat":
         for p in range(args.partitions):
             body = "".join(v + "\n" for q, v in msgs if q == p)
             out = subprocess.run(["kcat", "-b", args.bootstrap, "-P", "-t", t, "-p", str(p),
-                                  "-X", "acks=all", "-X", "message.timeout.ms=30000"],
+                                  "-X", "acks=all", "-X", "message.timeout.ms=30000",
+                                  "-X", "max.in.flight=1"],
                                  input=body, capture_output=True, text=True, timeout=60)
             check(out.returncode == 0, f"kcat -P failed: {out.stderr}")
         for p in range(args.partitions):
@@ -295,6 +299,8 @@ def roundtrip(args):
         from confluent_kafka import Producer, Consumer, TopicPartition
         conf = {"bootstrap.servers": args.bootstrap, "acks": "all",
                 "enable.idempotence": args.idempotent}
+        if not args.idempotent:
+            conf["max.in.flight"] = 1
         prod = Producer(conf)
         errors = []
         for p, v in msgs:
@@ -318,7 +324,8 @@ def roundtrip(args):
     elif args.client == "kafka-python":
         from kafka import KafkaProducer, KafkaConsumer, TopicPartition
         prod = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all",
-                             enable_idempotence=args.idempotent)
+                             enable_idempotence=args.idempotent,
+                             max_in_flight_requests_per_connection=5 if args.idempotent else 1)
         futures = [prod.send(t, v.encode(), partition=p) for p, v in msgs]
         prod.flush(60)
         for f in futures:
