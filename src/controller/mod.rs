@@ -85,6 +85,8 @@ type Finish = Box<dyn FnOnce(Result<u64, ApiError>) + Send>;
 
 struct Decided {
     records: Vec<MetadataRecord>,
+    /// False when the records may be split over several entries (`ControllerResult::atomic`).
+    atomic: bool,
     finish: Finish,
 }
 
@@ -204,6 +206,7 @@ impl Controller {
                     let _ = tx.send(Err(e));
                     Decided {
                         records: Vec::new(),
+                        atomic: true,
                         finish: Box::new(|_| {}),
                     }
                 }
@@ -211,6 +214,7 @@ impl Controller {
                     let reply = result.reply;
                     Decided {
                         records: result.records,
+                        atomic: result.atomic,
                         finish: Box::new(move |outcome| {
                             let _ = tx.send(outcome.map(|offset| (reply, offset)));
                         }),
@@ -472,36 +476,60 @@ impl EventLoop {
                 (decided.finish)(Ok(offset.saturating_sub(1)));
                 continue;
             }
-            if records.len() + decided.records.len() > MAX_RECORDS_PER_BATCH && !records.is_empty()
-            {
-                // This entry is full: propose it; this job's records start the next one.
-                // They were decided on the same speculative image, which the next entry
-                // extends; an offset they carry (a broker epoch) is then the previous
-                // entry's, still unique and growing.
-                self.propose(std::mem::take(&mut records), std::mem::take(&mut finishes))
-                    .await;
-            }
-            // Assert both sides: the records must replay on the speculative image, with the
-            // same checks every replica's replay makes, before they are proposed.
-            let Some(active) = self.active.as_mut() else {
-                (decided.finish)(Err(not_controller()));
-                continue;
-            };
-            let at = LogOffset(active.next_offset as i64);
-            let mut next = active.image.clone();
-            match decided.records.iter().try_for_each(|r| next.replay(at, r)) {
-                Ok(()) => {
-                    active.image = next;
-                    records.extend(decided.records);
-                    finishes.push(decided.finish);
+            // A non-atomic result (fencing, controlled shutdown, unregistration, elections)
+            // is written as a sequence of bounded entries, each a prefix of its records that
+            // leaves the image consistent; the reply waits for the last. An atomic one is one
+            // entry (it was bounded when decided).
+            let Decided {
+                records: mut rest,
+                atomic,
+                finish,
+            } = decided;
+            let mut finish = Some(finish);
+            while !rest.is_empty() {
+                let chunk = if !atomic && rest.len() > MAX_RECORDS_PER_BATCH {
+                    let tail = rest.split_off(MAX_RECORDS_PER_BATCH);
+                    std::mem::replace(&mut rest, tail)
+                } else {
+                    std::mem::take(&mut rest)
+                };
+                if records.len() + chunk.len() > MAX_RECORDS_PER_BATCH && !records.is_empty() {
+                    // This entry is full: propose it; these records start the next one.
+                    // They were decided on the same speculative image, which the next entry
+                    // extends; an offset they carry (a broker epoch) is then the previous
+                    // entry's, still unique and growing.
+                    self.propose(std::mem::take(&mut records), std::mem::take(&mut finishes))
+                        .await;
                 }
-                Err(e) => {
-                    tracing::error!(%e, "a decision produced records that do not replay on the speculative image");
-                    (decided.finish)(Err(not_controller()));
-                    finishes.into_iter().for_each(|f| f(Err(not_controller())));
-                    finishes = Vec::new();
-                    records.clear();
-                    self.renounce("a decision produced records that do not replay");
+                // Assert both sides: the records must replay on the speculative image, with
+                // the same checks every replica's replay makes, before they are proposed.
+                let Some(active) = self.active.as_mut() else {
+                    if let Some(f) = finish.take() {
+                        f(Err(not_controller()));
+                    }
+                    break;
+                };
+                let at = LogOffset(active.next_offset as i64);
+                let mut next = active.image.clone();
+                match chunk.iter().try_for_each(|r| next.replay(at, r)) {
+                    Ok(()) => {
+                        active.image = next;
+                        records.extend(chunk);
+                        if rest.is_empty() {
+                            finishes.extend(finish.take());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(%e, "a decision produced records that do not replay on the speculative image");
+                        if let Some(f) = finish.take() {
+                            f(Err(not_controller()));
+                        }
+                        finishes.into_iter().for_each(|f| f(Err(not_controller())));
+                        finishes = Vec::new();
+                        records.clear();
+                        self.renounce("a decision produced records that do not replay");
+                        break;
+                    }
                 }
             }
         }
@@ -603,18 +631,26 @@ impl EventLoop {
         }
         // Two jobs: the second is decided against the image that includes the first's records.
         let balance: Job = Box::new(|ctx| {
-            let records = balance_partition_leaders(ctx.image).records;
-            if !records.is_empty() {
-                tracing::info!(elections = records.len(), "preferred leader balancing");
+            let result = balance_partition_leaders(ctx.image);
+            if !result.records.is_empty() {
+                tracing::info!(
+                    elections = result.records.len(),
+                    "preferred leader balancing"
+                );
             }
             Decided {
-                records,
+                records: result.records,
+                atomic: result.atomic,
                 finish: Box::new(|_| {}),
             }
         });
-        let unclean: Job = Box::new(|ctx| Decided {
-            records: elect_unclean_leaders(ctx.image, ctx.config).records,
-            finish: Box::new(|_| {}),
+        let unclean: Job = Box::new(|ctx| {
+            let result = elect_unclean_leaders(ctx.image, ctx.config);
+            Decided {
+                records: result.records,
+                atomic: result.atomic,
+                finish: Box::new(|_| {}),
+            }
         });
         self.run_jobs(vec![balance, unclean]).await;
     }
@@ -631,6 +667,7 @@ impl EventLoop {
             }
             Decided {
                 records: result.records,
+                atomic: result.atomic,
                 finish: Box::new(|_| {}),
             }
         });

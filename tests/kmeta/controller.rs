@@ -380,3 +380,82 @@ async fn a_write_past_its_deadline_is_refused_and_never_committed() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_a_broker_in_36000_isrs_is_written_as_bounded_entries() {
+    let cluster = Cluster::start(3).await;
+    let (leader, c) = active(&cluster).await;
+    let epochs = register_and_unfence(&c, &cluster, leader, &[1, 2]).await;
+    // Both brokers heartbeat until broker 1 goes silent.
+    let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beats = {
+        let (c, silent) = (c.clone(), silent.clone());
+        let offset = applied(&cluster, leader);
+        tokio::spawn(async move {
+            loop {
+                for (id, epoch) in [(1, epochs[0]), (2, epochs[1])] {
+                    if id == 1 && silent.load(std::sync::atomic::Ordering::Relaxed) {
+                        continue;
+                    }
+                    let _ = c
+                        .heartbeat(BrokerHeartbeatRequest {
+                            broker_id: BrokerId(id),
+                            broker_epoch: epoch,
+                            current_metadata_offset: offset,
+                            want_fence: false,
+                            want_shut_down: false,
+                        })
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Four topics of 9,000 partitions on both brokers: broker 1 is in 36,000 ISRs.
+    for i in 0..4u128 {
+        let topic = CreatableTopic {
+            name: format!("wide-{i}"),
+            topic_id: uuid::Uuid::from_u128(900 + i),
+            num_partitions: 9_000,
+            replication_factor: 2,
+            assignments: vec![],
+            configs: vec![],
+        };
+        let reply = c
+            .submit(move |ctx| Ok(create_topics(ctx.image, ctx.config, &[topic], false)))
+            .await
+            .unwrap();
+        assert_eq!(reply[0].error, None);
+    }
+    let before = applied(&cluster, leader).0;
+    // Broker 1 goes silent. Its fence takes it out of 36,000 ISRs: more records than one
+    // entry may hold, so it is written as at least four entries, the fence record last.
+    silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    let start = Instant::now();
+    loop {
+        let image = cluster.nodes[&leader].sm.image();
+        if image.broker(BrokerId(1)).unwrap().fenced {
+            for i in 0..4 {
+                let t = image.topic_by_name(&format!("wide-{i}")).unwrap();
+                for p in t.partitions.values() {
+                    assert_eq!(p.isr, vec![BrokerId(2)]);
+                    assert_eq!(p.leader, BrokerId(2));
+                }
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(SESSION_TIMEOUT_MS * 6),
+            "broker 1 was not fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries = applied(&cluster, leader).0 - before;
+    assert!(
+        entries >= 4,
+        "36,001 records of one fence took {entries} entries; at most {} records fit one",
+        kmeta_metadata::controller::MAX_RECORDS_PER_BATCH
+    );
+    beats.abort();
+    cluster.shutdown().await;
+}

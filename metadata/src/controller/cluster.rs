@@ -272,7 +272,10 @@ pub fn process_heartbeat(
         (Unfenced, ControlledShutdown) => {
             records.extend(remove_broker_from_isrs(image, config, id));
             records.push(change(None, Some(true)));
-            tracker.set_controlled_shutdown_offset(id, next_offset);
+            // The runtime writes a large result as entries of MAX_RECORDS_PER_BATCH records:
+            // the shutdown may complete once every broker has the last of them.
+            let entries = (records.len() - 1) / super::MAX_RECORDS_PER_BATCH;
+            tracker.set_controlled_shutdown_offset(id, LogOffset(next_offset.0 + entries as i64));
         }
         (ControlledShutdown, ControlledShutdown) => {
             // Leadership may have been stuck on this broker (sole ISR member); try again.
