@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod controller;
+pub mod delta;
 pub mod error;
 pub mod image;
 pub mod invariants;

@@ -13,6 +13,7 @@ use kafka_protocol::messages::fetch_snapshot_request::{
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchSnapshotRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::{ErrorCode, LogOffset, MetadataImage};
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,17 +110,19 @@ async fn fetch_once(
         *image = decode_image(&data, LogOffset(offset as i64)).map_err(|e| e.to_string())?;
         *next = end as u64;
         tracing::info!(offset, bytes = data.len(), "loaded a metadata snapshot");
-        state.publish(image.clone(), offset);
+        state.publish(image.clone(), offset, ImageDelta::everything());
         return Ok(());
     }
     let entries = decode_entries(p.records.clone().unwrap_or_default())?;
     let mut changed = false;
+    let mut delta = ImageDelta::default();
     for (offset, bytes) in entries {
         if offset < *next {
             continue;
         }
         let batch = decode_batch(&bytes).map_err(|e| e.to_string())?;
         for record in &batch.0 {
+            delta.note(image, record);
             if let Err(e) = image.replay(LogOffset(offset as i64), record) {
                 // The image no longer matches the log: start over from a snapshot.
                 tracing::error!(%e, offset, "a committed record does not replay here: resyncing");
@@ -137,7 +140,7 @@ async fn fetch_once(
         changed = true;
     }
     if changed {
-        state.publish(image.clone(), next.saturating_sub(1));
+        state.publish(image.clone(), next.saturating_sub(1), delta);
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ use kafka_protocol::messages::broker_registration_request::{Feature, Listener};
 use kafka_protocol::messages::{
     BrokerHeartbeatRequest, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
 };
+use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::{ErrorCode, MetadataImage};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -100,6 +101,8 @@ pub struct BrokerState {
     /// The consumer groups this broker coordinates.
     pub groups: coordinator::Coordinator,
     image: ArcSwap<Published>,
+    /// What changed since the partitions last caught up with the image.
+    delta: std::sync::Mutex<ImageDelta>,
     applied: watch::Sender<u64>,
     epoch: AtomicI64,
     fenced: AtomicBool,
@@ -122,6 +125,7 @@ impl BrokerState {
             producer_ids: producer_ids::ProducerIds::default(),
             groups: coordinator::Coordinator::new(config.groups),
             config,
+            delta: std::sync::Mutex::new(ImageDelta::everything()),
             image: ArcSwap::from_pointee(Published {
                 image: MetadataImage::new(),
                 offset: 0,
@@ -138,9 +142,23 @@ impl BrokerState {
     }
 
     /// Publishes a new image that includes everything up to `offset`.
-    pub fn publish(&self, image: MetadataImage, offset: u64) {
-        self.image.store(Arc::new(Published { image, offset }));
+    ///
+    /// `delta` is what changed since the last publish; it accumulates until
+    /// [`BrokerState::take_changes`] takes it with the image it leads to.
+    pub fn publish(&self, image: MetadataImage, offset: u64, delta: ImageDelta) {
+        {
+            let mut pending = self.delta.lock().unwrap_or_else(|p| p.into_inner());
+            pending.merge(delta);
+            self.image.store(Arc::new(Published { image, offset }));
+        }
         self.applied.send_replace(offset);
+    }
+
+    /// The published image and everything that changed since the last call (all of it on the
+    /// first call).
+    pub fn take_changes(&self) -> (Arc<Published>, ImageDelta) {
+        let mut pending = self.delta.lock().unwrap_or_else(|p| p.into_inner());
+        (self.image.load_full(), std::mem::take(&mut *pending))
     }
 
     /// Waits until the image includes `offset`, at most `timeout`. True if it does.
@@ -343,8 +361,9 @@ async fn host_partitions(state: Arc<BrokerState>) {
     }
     state.replicas.remove_strays(&state.image().image);
     loop {
-        let published = state.image();
-        let leaders = state.replicas.apply_image(&published.image);
+        // Work in proportion to what changed: only the partitions the new records touched.
+        let (published, delta) = state.take_changes();
+        let leaders = state.replicas.apply_delta(&published.image, &delta);
         fetcher::ensure(&state, leaders);
         if applied.changed().await.is_err() {
             return;

@@ -4,6 +4,7 @@
 
 use super::log::LogConfig;
 use super::partition::{LeaderAndIsr, Partition, PartitionConfig, Role};
+use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::record::{ConfigResource, ConfigResourceType};
 use kmeta_metadata::{BrokerId, MetadataImage, TopicIdPartition};
 use std::collections::{BTreeSet, HashMap};
@@ -161,70 +162,129 @@ impl Replicas {
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         for tp in &hosted {
-            let (Some(topic), Some(reg)) = (image.topic(&tp.topic_id), image.partition(*tp)) else {
-                continue;
-            };
-            let config = self.partition_config(image, &topic.name);
-            let partition = match self.get(tp) {
-                Some(p) => p,
-                None => {
-                    let dir = self
-                        .config
-                        .log_dir
-                        .join(format!("{}-{}", topic.name, tp.partition));
-                    match Partition::open(*tp, topic.name.clone(), self.me, dir, config.clone()) {
-                        Ok(p) => {
-                            let p = Arc::new(p);
-                            self.partitions
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(*tp, p.clone());
-                            p
-                        }
-                        Err(e) => {
-                            tracing::error!(topic = %topic.name, partition = tp.partition, error = %e, "cannot open the partition's log");
-                            continue;
-                        }
-                    }
-                }
-            };
-            let state = LeaderAndIsr {
-                leader: reg.leader.0,
-                leader_epoch: reg.leader_epoch.0,
-                partition_epoch: reg.partition_epoch.0,
-                replicas: reg.replicas.iter().map(|b| b.0).collect(),
-                isr: reg.isr.iter().map(|b| b.0).collect(),
-            };
-            match partition.apply(&state, config) {
-                Ok(c) => changed |= c,
-                Err(e) => tracing::error!(tp = ?tp, error = %e, "cannot apply the partition state"),
-            }
-            if let (Role::Follower { leader }, _) = partition.role() {
-                if leader >= 0 {
-                    leaders.insert(leader);
-                }
-            }
+            changed |= self.apply_one(image, *tp, &mut leaders);
         }
-        let gone: Vec<Arc<Partition>> = {
-            let mut map = self.partitions.write().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<TopicIdPartition> = map
-                .keys()
+        let gone: Vec<TopicIdPartition> = {
+            let map = self.partitions.read().unwrap_or_else(|p| p.into_inner());
+            map.keys()
                 .filter(|k| !hosted.contains(k))
                 .copied()
-                .collect();
-            keys.iter().filter_map(|k| map.remove(k)).collect()
+                .collect()
         };
-        for p in gone {
-            changed = true;
+        changed |= self.remove(&gone);
+        if changed {
+            self.changed();
+        }
+        leaders
+    }
+
+    /// Brings the partitions `delta` touched in line with `image` (all of them when the delta
+    /// says everything changed). Returns the leaders that touched partitions now follow.
+    pub fn apply_delta(&self, image: &MetadataImage, delta: &ImageDelta) -> BTreeSet<i32> {
+        if delta.all {
+            return self.apply_image(image);
+        }
+        let me = BrokerId(self.me);
+        let mut touched: BTreeSet<TopicIdPartition> = delta.partitions.clone();
+        for id in &delta.topic_configs {
+            if let Some(t) = image.topic(id) {
+                touched.extend(t.partitions.keys().map(|&partition| TopicIdPartition {
+                    topic_id: *id,
+                    partition,
+                }));
+            }
+        }
+        let mut leaders = BTreeSet::new();
+        let mut changed = false;
+        let mut gone: Vec<TopicIdPartition> = delta.removed.iter().copied().collect();
+        for tp in touched {
+            let here = image
+                .partition(tp)
+                .is_some_and(|p| p.replicas.contains(&me));
+            if here {
+                changed |= self.apply_one(image, tp, &mut leaders);
+            } else {
+                gone.push(tp);
+            }
+        }
+        changed |= self.remove(&gone);
+        if changed {
+            self.changed();
+        }
+        leaders
+    }
+
+    /// Applies one hosted partition's state from `image`, opening its log the first time;
+    /// adds the leader it follows to `leaders`. True if its state changed.
+    fn apply_one(
+        &self,
+        image: &MetadataImage,
+        tp: TopicIdPartition,
+        leaders: &mut BTreeSet<i32>,
+    ) -> bool {
+        let (Some(topic), Some(reg)) = (image.topic(&tp.topic_id), image.partition(tp)) else {
+            return false;
+        };
+        let config = self.partition_config(image, &topic.name);
+        let partition = match self.get(&tp) {
+            Some(p) => p,
+            None => {
+                let dir = self
+                    .config
+                    .log_dir
+                    .join(format!("{}-{}", topic.name, tp.partition));
+                match Partition::open(tp, topic.name.clone(), self.me, dir, config.clone()) {
+                    Ok(p) => {
+                        let p = Arc::new(p);
+                        self.partitions
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(tp, p.clone());
+                        p
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %topic.name, partition = tp.partition, error = %e, "cannot open the partition's log");
+                        return false;
+                    }
+                }
+            }
+        };
+        let state = LeaderAndIsr {
+            leader: reg.leader.0,
+            leader_epoch: reg.leader_epoch.0,
+            partition_epoch: reg.partition_epoch.0,
+            replicas: reg.replicas.iter().map(|b| b.0).collect(),
+            isr: reg.isr.iter().map(|b| b.0).collect(),
+        };
+        let changed = match partition.apply(&state, config) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(tp = ?tp, error = %e, "cannot apply the partition state");
+                false
+            }
+        };
+        if let (Role::Follower { leader }, _) = partition.role() {
+            if leader >= 0 {
+                leaders.insert(leader);
+            }
+        }
+        changed
+    }
+
+    /// Drops and deletes the replicas of `tps` hosted here (moved away or deleted). True if
+    /// there were any.
+    fn remove(&self, tps: &[TopicIdPartition]) -> bool {
+        let gone: Vec<Arc<Partition>> = {
+            let mut map = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+            tps.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for p in &gone {
             tracing::info!(topic = %p.topic, partition = p.tp.partition, "deleting a replica no longer hosted here");
             if let Err(e) = p.delete() {
                 tracing::warn!(error = %e, "cannot delete a partition directory");
             }
         }
-        if changed {
-            self.changed();
-        }
-        leaders
+        !gone.is_empty()
     }
 
     /// Deletes partition directories under `log.dirs` that `image` does not place on this

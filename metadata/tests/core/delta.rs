@@ -1,0 +1,68 @@
+//! ImageDelta: what a run of records touched, so brokers apply only that.
+
+use crate::harness::*;
+use kmeta_metadata::controller::configs::{alter_configs, ConfigOp};
+use kmeta_metadata::controller::replication::alter_partition::alter_partition;
+use kmeta_metadata::controller::replication::topics::*;
+use kmeta_metadata::controller::replication::TopicRef;
+use kmeta_metadata::delta::ImageDelta;
+use kmeta_metadata::record::ConfigResource;
+use kmeta_metadata::*;
+use std::collections::BTreeSet;
+
+/// The delta of the records `h` logged from `from` on, noted on the image they replayed onto.
+fn delta_since(h: &Harness, mut image: MetadataImage, from: usize) -> ImageDelta {
+    let mut delta = ImageDelta::default();
+    for (offset, r) in &h.log[from..] {
+        delta.note(&image, r);
+        image.replay(*offset, r).unwrap();
+    }
+    delta
+}
+
+#[test]
+fn a_delta_names_exactly_the_partitions_and_topic_configs_its_records_touched() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1, 2, 3]);
+    h.create_topic("a", 3, 3);
+    h.create_topic("b", 2, 3);
+    h.create_topic("untouched", 4, 3);
+    let (start, image) = (h.log.len(), h.image.clone());
+    h.set_topic_config("a", "retention.ms", "1000");
+    let b0 = h.tp("b", 0);
+    h.commit(alter_partition(&h.image, &h.alter_isr(b0, &ids(&[1, 2]))).unwrap());
+    h.commit(delete_topics(&h.image, &[TopicRef::Name("b".into())]));
+    let c = h.create_topic("c", 2, 3);
+    let delta = delta_since(&h, image, start);
+    assert!(!delta.all);
+    assert_eq!(delta.topic_configs, BTreeSet::from([h.tp("a", 0).topic_id]));
+    let created: BTreeSet<TopicIdPartition> = (0..2)
+        .map(|partition| TopicIdPartition {
+            topic_id: c,
+            partition,
+        })
+        .collect();
+    assert_eq!(
+        delta.partitions, created,
+        "b-0's change is superseded by b's deletion"
+    );
+    assert_eq!(delta.removed.len(), 2);
+    assert!(delta.removed.contains(&b0));
+    // Merging keeps the later word: a partition removed later is not also "changed".
+    let mut merged = ImageDelta::default();
+    merged.partitions.insert(b0);
+    merged.merge(delta.clone());
+    assert!(!merged.partitions.contains(&b0) && merged.removed.contains(&b0));
+    // A broker-level config reaches every partition's config: everything changed.
+    let from = h.log.len();
+    let image = h.image.clone();
+    let result = alter_configs(
+        &h.image,
+        &ConfigResource::cluster_default(),
+        &[ConfigOp::Set("min.insync.replicas".into(), "2".into())],
+        false,
+    )
+    .unwrap();
+    h.commit(result);
+    assert!(delta_since(&h, image, from).all);
+}
