@@ -109,8 +109,8 @@ impl Coordinator {
         };
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => join_error(ErrorCode::NotCoordinator, &id),
-            Err(_) => join_error(ErrorCode::RebalanceInProgress, &id),
+            Ok(Err(_)) => JoinResult::error(ErrorCode::NotCoordinator, &id),
+            Err(_) => JoinResult::error(ErrorCode::RebalanceInProgress, &id),
         }
     }
 
@@ -264,34 +264,10 @@ impl Coordinator {
     }
 }
 
-fn join_error(code: ErrorCode, member_id: &str) -> JoinResult {
-    JoinResult {
-        error: code,
-        generation: -1,
-        protocol: None,
-        leader: String::new(),
-        member_id: member_id.to_string(),
-        members: Vec::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::group::tests::join;
     use super::*;
-
-    fn join(member: &str) -> JoinRequest {
-        JoinRequest {
-            member_id: member.into(),
-            instance_id: None,
-            client_id: "c".into(),
-            client_host: "/127.0.0.1".into(),
-            session_timeout_ms: 6_000,
-            rebalance_timeout_ms: 10_000,
-            protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
-            require_known_member_id: true,
-        }
-    }
 
     #[tokio::test]
     async fn a_parked_join_is_answered_by_the_timer_or_told_the_group_moved() {

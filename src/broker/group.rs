@@ -96,7 +96,8 @@ pub struct JoinResult {
 }
 
 impl JoinResult {
-    fn error(error: ErrorCode, member_id: &str) -> JoinResult {
+    /// A refusal (or MEMBER_ID_REQUIRED) for `member_id`.
+    pub fn error(error: ErrorCode, member_id: &str) -> JoinResult {
         JoinResult {
             error,
             generation: -1,
@@ -409,6 +410,22 @@ impl Group {
         }
     }
 
+    /// A JoinGroup answered with the group's current generation, protocol and leader.
+    fn current_generation(
+        &self,
+        member_id: String,
+        members: Vec<(String, Option<String>, Bytes)>,
+    ) -> JoinResult {
+        JoinResult {
+            error: ErrorCode::None,
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id,
+            members,
+        }
+    }
+
     /// What the leader's JoinGroup carries: every member's id, instance id and metadata for
     /// the chosen protocol.
     fn members_for_leader(&self) -> Vec<(String, Option<String>, Bytes)> {
@@ -489,20 +506,12 @@ impl Group {
                         // Same protocols, stable group: the old assignment, no rebalance. A
                         // returning leader gets the members, as every leader does (its
                         // SyncGroup in a stable group keeps the assignment in force).
-                        let leader = self.leader.clone().unwrap_or_default();
-                        let members = if leader == member_id {
+                        let members = if self.leader.as_ref() == Some(&member_id) {
                             self.members_for_leader()
                         } else {
                             Vec::new()
                         };
-                        return Outcome::Now(JoinResult {
-                            error: ErrorCode::None,
-                            generation: self.generation,
-                            protocol: self.protocol.clone(),
-                            leader,
-                            member_id,
-                            members,
-                        });
+                        return Outcome::Now(self.current_generation(member_id, members));
                     }
                 }
             } else {
@@ -543,28 +552,17 @@ impl Group {
         m.session_timeout_ms = r.session_timeout_ms;
         m.rebalance_timeout_ms = r.rebalance_timeout_ms;
         m.last_heartbeat_ms = now;
-        match self.state {
-            State::CompletingRebalance if known && !changed => {
-                return Outcome::Now(JoinResult {
-                    error: ErrorCode::None,
-                    generation: self.generation,
-                    protocol: self.protocol.clone(),
-                    leader: self.leader.clone().unwrap_or_default(),
-                    member_id,
-                    members: Vec::new(),
-                })
-            }
-            State::Stable if known && !changed && !is_leader => {
-                return Outcome::Now(JoinResult {
-                    error: ErrorCode::None,
-                    generation: self.generation,
-                    protocol: self.protocol.clone(),
-                    leader: self.leader.clone().unwrap_or_default(),
-                    member_id,
-                    members: Vec::new(),
-                })
-            }
-            _ => {}
+        // A known member with unchanged metadata gets the current generation, unless it is
+        // a Stable group's leader (its rejoin rebalances).
+        let current = known
+            && !changed
+            && match self.state {
+                State::CompletingRebalance => true,
+                State::Stable => !is_leader,
+                _ => false,
+            };
+        if current {
+            return Outcome::Now(self.current_generation(member_id, Vec::new()));
         }
         self.members
             .get_mut(&member_id)
@@ -826,10 +824,11 @@ impl Group {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn join(member: &str) -> JoinRequest {
+    /// A dynamic member's JoinGroup (v4+: MEMBER_ID_REQUIRED first), "range" only.
+    pub(crate) fn join(member: &str) -> JoinRequest {
         JoinRequest {
             member_id: member.into(),
             instance_id: None,

@@ -12,6 +12,7 @@
 
 use super::api::BrokerService;
 use super::group::JoinRequest;
+use crate::controller::kafka_api::offset_commit_response;
 use crate::kafka::wire::sb;
 use kafka_protocol::messages::*;
 use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
@@ -242,7 +243,6 @@ impl BrokerService {
         r: OffsetCommitRequest,
         version: i16,
     ) -> Result<OffsetCommitResponse, String> {
-        use offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
         let verdict = self.coordinates_now(&r.group_id).and_then(|()| {
             self.state().groups.validate_commit(
                 &r.group_id,
@@ -252,26 +252,7 @@ impl BrokerService {
             )
         });
         if let Err(code) = verdict {
-            let topics = r
-                .topics
-                .iter()
-                .map(|t| {
-                    OffsetCommitResponseTopic::default()
-                        .with_name(t.name.clone())
-                        .with_topic_id(t.topic_id)
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    OffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(code.code())
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            return Ok(OffsetCommitResponse::default().with_topics(topics));
+            return Ok(offset_commit_response(&r, |_, _| code.code()));
         }
         self.forward_as_coordinator(&r, version).await
     }
@@ -427,12 +408,12 @@ impl BrokerService {
         let image = &published.image;
         // Groups with members here, then groups known only by their committed offsets.
         let mut groups: Vec<(String, &'static str, String)> = self.state().groups.list();
+        groups.retain(|(id, _, _)| self.coordinates(image, id).is_ok());
         for g in image.groups() {
             if !groups.iter().any(|(id, _, _)| id == g) && self.coordinates(image, g).is_ok() {
                 groups.push((g.to_string(), "Empty", "consumer".to_string()));
             }
         }
-        groups.retain(|(id, _, _)| self.coordinates(image, id).is_ok());
         groups.sort();
         let state_ok = |s: &str| {
             r.states_filter.is_empty() || r.states_filter.iter().any(|f| f.eq_ignore_ascii_case(s))

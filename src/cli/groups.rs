@@ -10,30 +10,16 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
-    ListGroupsRequest, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    BrokerId, DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest,
+    ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Connects to the coordinator of `group`, as every group request must.
 async fn coordinator(admin: &mut Admin, group: &str) -> Result<(i32, Admin), String> {
-    let r = admin
-        .send(
-            &FindCoordinatorRequest::default()
-                .with_key(sb(group))
-                .with_key_type(0),
-            3,
-        )
-        .await?;
-    if r.error_code != 0 {
-        return Err(format!(
-            "no coordinator for group {group}: {}",
-            error_text(r.error_code, r.error_message.as_ref())
-        ));
-    }
-    let addr = format!("{}:{}", &*r.host, r.port);
-    Ok((r.node_id.0, Admin::connect(&addr).await?))
+    let (id, addr) = admin.group_coordinator(group).await?;
+    Ok((id, Admin::connect(&addr).await?))
 }
 
 /// `host:port` of every broker in Metadata, by id.

@@ -61,6 +61,11 @@ impl Admin {
             .map_err(|e| format!("{}: {e}", self.client.addr()))
     }
 
+    /// The coordinator of `group`: its node id and `host:port`.
+    pub async fn group_coordinator(&mut self, group: &str) -> Result<(i32, String), String> {
+        self.client.find_group_coordinator(group).await
+    }
+
     /// Metadata for `topics` (all when `None`).
     pub async fn metadata(
         &mut self,

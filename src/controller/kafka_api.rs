@@ -1222,7 +1222,6 @@ impl ControllerService {
         r: OffsetCommitRequest,
         coordinator: Option<i32>,
     ) -> (OffsetCommitResponse, Option<u64>) {
-        use offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
         let request = CoreCommit {
             group_id: r.group_id.0.to_string(),
             generation_id: r.generation_id_or_member_epoch,
@@ -1263,27 +1262,36 @@ impl ControllerService {
                     .map_or(0, |c| c.code())
             })
         };
-        let topics = r
-            .topics
-            .iter()
-            .map(|t| {
-                OffsetCommitResponseTopic::default()
-                    .with_name(t.name.clone())
-                    .with_topic_id(t.topic_id)
-                    .with_partitions(
-                        t.partitions
-                            .iter()
-                            .map(|p| {
-                                OffsetCommitResponsePartition::default()
-                                    .with_partition_index(p.partition_index)
-                                    .with_error_code(codes(&t.name.0, p.partition_index))
-                            })
-                            .collect(),
-                    )
-            })
-            .collect();
-        (OffsetCommitResponse::default().with_topics(topics), at)
+        (offset_commit_response(&r, codes), at)
     }
+}
+
+/// The OffsetCommit response to `r`: every partition it names, with `code(topic, partition)`.
+pub fn offset_commit_response(
+    r: &OffsetCommitRequest,
+    code: impl Fn(&str, i32) -> i16,
+) -> OffsetCommitResponse {
+    use offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+    let topics = r
+        .topics
+        .iter()
+        .map(|t| {
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_topic_id(t.topic_id)
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code(&t.name.0, p.partition_index))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
 }
 
 impl Service for ControllerService {

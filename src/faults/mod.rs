@@ -407,19 +407,7 @@ fn indeterminate(code: i16) -> bool {
 /// A connection to the coordinator of `group`, found through `via` (offset commits and
 /// fetches must go to it).
 async fn coordinator_client(via: &mut KafkaClient, group: &str) -> Option<KafkaClient> {
-    let r = via
-        .send(
-            &FindCoordinatorRequest::default()
-                .with_key(sb(group))
-                .with_key_type(0),
-            3,
-        )
-        .await
-        .ok()?;
-    if r.error_code != 0 {
-        return None;
-    }
-    let addr = format!("{}:{}", &*r.host, r.port);
+    let (_, addr) = via.find_group_coordinator(group).await.ok()?;
     let mut c = KafkaClient::connect(&addr, "kmeta-faults", Duration::from_secs(5))
         .await
         .ok()?;
@@ -1059,24 +1047,13 @@ async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>
     for ((group, topic), (acked, attempted)) in &ledger.offsets {
         // Offsets are read where Kafka serves them: at the group's coordinator. Each broker
         // checks the groups it coordinates (every broker agrees on which, above).
-        let found = c
-            .send(
-                &FindCoordinatorRequest::default()
-                    .with_key(sb(group.clone()))
-                    .with_key_type(0),
-                3,
-            )
-            .await
-            .map_err(|e| format!("FindCoordinator: {e}"))?;
-        if found.error_code != 0 {
-            problems.push(format!(
-                "group {group} has no coordinator (error {})",
-                found.error_code
-            ));
-            continue;
-        }
-        if format!("{}:{}", &*found.host, found.port) != addr {
-            continue;
+        match c.find_group_coordinator(group).await {
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+            Ok((_, at)) if at != addr => continue,
+            Ok(_) => {}
         }
         checked += 1;
         let r = OffsetFetchRequest::default().with_groups(vec![

@@ -76,6 +76,25 @@ impl KafkaClient {
         R::Response::decode(&mut reply, version).map_err(invalid)
     }
 
+    /// FindCoordinator (v3) of a consumer group: the coordinator's node id and `host:port`,
+    /// or why there is none.
+    pub async fn find_group_coordinator(&mut self, group: &str) -> Result<(i32, String), String> {
+        let request = kafka_protocol::messages::FindCoordinatorRequest::default()
+            .with_key(crate::kafka::wire::sb(group))
+            .with_key_type(0);
+        let r = self
+            .send(&request, 3)
+            .await
+            .map_err(|e| format!("FindCoordinator at {}: {e}", self.addr))?;
+        if r.error_code != 0 {
+            return Err(format!(
+                "no coordinator for group {group}: {}",
+                crate::cli::error_text(r.error_code, r.error_message.as_ref())
+            ));
+        }
+        Ok((r.node_id.0, format!("{}:{}", &*r.host, r.port)))
+    }
+
     /// Sends one raw request payload (header included) and returns the raw response payload.
     pub async fn exchange(&mut self, payload: &[u8]) -> io::Result<Bytes> {
         let timeout = self.timeout;

@@ -287,3 +287,15 @@ pub fn until<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Waits until kcat's metadata lists three live (unfenced) brokers, at most 60 s.
+pub fn wait_for_three_brokers(c: &ProcessCluster) {
+    until(Duration::from_secs(60), "three live brokers", || {
+        let out = Command::new("kcat")
+            .args(["-b", &c.bootstrap(), "-L", "-J", "-m", "5"])
+            .output()
+            .expect("kcat (scripts/test.sh installs it)");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["brokers"].as_array()?.len() == 3).then_some(())
+    });
+}

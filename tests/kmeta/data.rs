@@ -1,7 +1,7 @@
 //! The data plane with real processes and real clients: produce with acks=all, read back, and
 //! no acknowledged message lost when a partition leader is killed.
 
-use crate::cluster::{client, ProcessCluster};
+use crate::cluster::{client, wait_for_three_brokers, ProcessCluster};
 use kmeta::faults::data;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,21 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn wait_for_brokers(c: &ProcessCluster) {
-    crate::cluster::until(Duration::from_secs(60), "three live brokers", || {
-        let out = std::process::Command::new("kcat")
-            .args(["-b", &c.bootstrap(), "-L", "-J", "-m", "5"])
-            .output()
-            .expect("kcat (scripts/test.sh installs it)");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["brokers"].as_array()?.len() == 3).then_some(())
-    });
-}
-
 #[test]
 fn every_real_client_produces_with_acks_all_and_reads_back_what_it_wrote_in_order() {
     let c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     let b = c.bootstrap();
     for client_name in ["kcat", "confluent", "kafka-python", "aiokafka"] {
         let topic = format!("rt-{client_name}");
@@ -56,7 +45,7 @@ fn every_real_client_produces_with_acks_all_and_reads_back_what_it_wrote_in_orde
 #[test]
 fn killing_partition_leaders_loses_no_acknowledged_message_and_replicas_converge() {
     let mut c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     let brokers: Vec<String> = (1..=3).map(|id| c.broker_addr(id)).collect();
     let dirs: BTreeMap<i32, PathBuf> = (1..=3)
         .map(|id| (id, c.dir.path().join(format!("data-{id}"))))
@@ -300,7 +289,7 @@ fn real_idempotent_producers_lose_and_duplicate_nothing_when_the_leader_is_kille
     for client_name in ["confluent", "kafka-python"] {
         // Each round starts with all three brokers unfenced: the previous round's killed
         // leader must have registered again before an RF 3 topic can be placed.
-        wait_for_brokers(&c);
+        wait_for_three_brokers(&c);
         let topic = format!("failover-{client_name}");
         client(&[
             "create",
@@ -366,7 +355,7 @@ fn real_idempotent_producers_lose_and_duplicate_nothing_when_the_leader_is_kille
 #[test]
 fn a_topic_deleted_while_a_broker_was_down_leaves_nothing_on_its_disk() {
     let mut c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     let b = c.bootstrap();
     client(&[
         "roundtrip",

@@ -3,7 +3,7 @@
 //! committed offsets when the coordinator broker dies. `tests/clients/check.py group-member`
 //! logs each member's assignments, and each batch before and after its synchronous commit.
 
-use crate::cluster::{client, until, ProcessCluster};
+use crate::cluster::{client, until, wait_for_three_brokers, ProcessCluster};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,17 +12,6 @@ use std::time::Duration;
 
 const PARTITIONS: i32 = 6;
 const BIN: &str = env!("CARGO_BIN_EXE_kmeta");
-
-fn wait_for_brokers(c: &ProcessCluster) {
-    until(Duration::from_secs(60), "three live brokers", || {
-        let out = Command::new("kcat")
-            .args(["-b", &c.bootstrap(), "-L", "-J", "-m", "5"])
-            .output()
-            .expect("kcat (scripts/test.sh installs it)");
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (v["brokers"].as_array()?.len() == 3).then_some(())
-    });
-}
 
 /// One `check.py group-member` process.
 struct Member {
@@ -189,6 +178,21 @@ fn split_among(members: &[&Member]) -> bool {
     all.len() == PARTITIONS as usize
 }
 
+/// A topic of six partitions, RF 3.
+fn create_topic(c: &ProcessCluster, topic: &str) {
+    client(&[
+        "create",
+        "--bootstrap",
+        &c.bootstrap(),
+        "--topic",
+        topic,
+        "--partitions",
+        &PARTITIONS.to_string(),
+        "--rf",
+        "3",
+    ]);
+}
+
 fn produce(c: &ProcessCluster, topic: &str, from: usize, count: usize) {
     client(&[
         "produce-spread",
@@ -237,21 +241,11 @@ fn total_lag(v: &Value) -> Option<i64> {
 #[test]
 fn each_client_shares_partitions_rebalances_on_join_and_on_kill_and_consumes_each_message_once() {
     let c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     let clients = ["confluent", "kafka-python", "aiokafka"];
     for name in clients {
         let topic = format!("orders-{name}");
-        client(&[
-            "create",
-            "--bootstrap",
-            &c.bootstrap(),
-            "--topic",
-            &topic,
-            "--partitions",
-            "6",
-            "--rf",
-            "3",
-        ]);
+        create_topic(&c, &topic);
         produce(&c, &topic, 0, 300);
     }
     // Two members per client, each client its own group and topic, all at once.
@@ -444,19 +438,9 @@ fn kcat_split(c: &ProcessCluster, names: &[&str]) -> bool {
 #[test]
 fn kcat_balanced_consumers_share_partitions_rebalance_and_commit() {
     let c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     let (group, topic) = ("g-kcat", "orders-kcat");
-    client(&[
-        "create",
-        "--bootstrap",
-        &c.bootstrap(),
-        "--topic",
-        topic,
-        "--partitions",
-        "6",
-        "--rf",
-        "3",
-    ]);
+    create_topic(&c, topic);
     produce(&c, topic, 0, 300);
     let mut a = kcat_member(&c, group, topic, "kcat-0");
     let b = kcat_member(&c, group, topic, "kcat-1");
@@ -501,19 +485,9 @@ fn kcat_balanced_consumers_share_partitions_rebalance_and_commit() {
 #[test]
 fn killing_the_coordinator_moves_the_group_and_consumption_resumes_from_committed_offsets() {
     let mut c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     let (group, topic) = ("g-failover", "orders-failover");
-    client(&[
-        "create",
-        "--bootstrap",
-        &c.bootstrap(),
-        "--topic",
-        topic,
-        "--partitions",
-        "6",
-        "--rf",
-        "3",
-    ]);
+    create_topic(&c, topic);
     produce(&c, topic, 0, 300);
     let members = [
         Member::start(&c, "confluent", group, topic, "failover-0"),
@@ -571,19 +545,9 @@ fn rebalances(m: &Member) -> usize {
 fn a_restarted_static_member_gets_its_partitions_back_without_a_rebalance_and_cooperative_members_share(
 ) {
     let c = ProcessCluster::start(3, 3, "");
-    wait_for_brokers(&c);
+    wait_for_three_brokers(&c);
     for topic in ["orders-static", "orders-coop"] {
-        client(&[
-            "create",
-            "--bootstrap",
-            &c.bootstrap(),
-            "--topic",
-            topic,
-            "--partitions",
-            "6",
-            "--rf",
-            "3",
-        ]);
+        create_topic(&c, topic);
         produce(&c, topic, 0, 300);
     }
     let (group, topic) = ("g-static", "orders-static");
