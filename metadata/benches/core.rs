@@ -57,6 +57,7 @@ impl Cluster {
             }],
             features: vec![],
             rack: None,
+            previous_broker_epoch: None,
         };
         let r = register_broker(
             &self.image,

@@ -237,6 +237,9 @@ pub struct MetadataImage {
     reassigning: OrdSet<TopicIdPartition>,
     imbalanced: OrdSet<TopicIdPartition>,
     leaderless: OrdSet<TopicIdPartition>,
+    /// How many partitions each broker leads (no entry for none), so a heartbeat asks whether
+    /// a broker leads anything without a scan of its partitions.
+    leader_counts: OrdMap<BrokerId, usize>,
     groups_by_topic: OrdMap<TopicId, OrdSet<String>>,
     partition_count: usize,
 }
@@ -338,6 +341,11 @@ impl MetadataImage {
     /// Number of partitions with no leader (Kafka's OfflinePartitionsCount).
     pub fn leaderless_count(&self) -> usize {
         self.leaderless.len()
+    }
+
+    /// How many partitions `broker` leads.
+    pub fn leader_count(&self, broker: BrokerId) -> usize {
+        self.leader_counts.get(&broker).copied().unwrap_or(0)
     }
 
     /// Configs of one resource (empty when none are set).
@@ -566,12 +574,29 @@ impl MetadataImage {
         set_membership(&mut self.reassigning, tp, new.is_reassigning());
         set_membership(&mut self.imbalanced, tp, new.has_imbalanced_leader());
         set_membership(&mut self.leaderless, tp, new.leader.is_none());
+        let old_leader = old.map_or(BrokerId::NONE, |p| p.leader);
+        if old_leader != new.leader {
+            self.count_leader(old_leader, -1);
+            self.count_leader(new.leader, 1);
+        }
         let topic = Arc::make_mut(
             self.topics
                 .get_mut(&tp.topic_id)
                 .expect("callers check that the topic exists"),
         );
         topic.partitions.insert(tp.partition, Arc::new(new));
+    }
+
+    fn count_leader(&mut self, broker: BrokerId, by: isize) {
+        if broker.is_none() {
+            return;
+        }
+        let n = self.leader_count(broker).saturating_add_signed(by);
+        if n == 0 {
+            self.leader_counts.remove(&broker);
+        } else {
+            self.leader_counts.insert(broker, n);
+        }
     }
 
     fn unindex_broker(&mut self, broker: BrokerId, tp: TopicIdPartition) {
@@ -600,6 +625,7 @@ impl MetadataImage {
             self.reassigning.remove(&tp);
             self.imbalanced.remove(&tp);
             self.leaderless.remove(&tp);
+            self.count_leader(p.leader, -1);
         }
         self.partition_count -= topic.partitions.len();
         self.configs.remove(&ConfigResource::topic(&topic.name));
@@ -815,6 +841,7 @@ impl MetadataImage {
             reassigning: &self.reassigning,
             imbalanced: &self.imbalanced,
             leaderless: &self.leaderless,
+            leader_counts: &self.leader_counts,
             groups_by_topic: &self.groups_by_topic,
             partition_count: self.partition_count,
         }
@@ -827,6 +854,7 @@ pub(crate) struct DerivedIndexes<'a> {
     pub reassigning: &'a OrdSet<TopicIdPartition>,
     pub imbalanced: &'a OrdSet<TopicIdPartition>,
     pub leaderless: &'a OrdSet<TopicIdPartition>,
+    pub leader_counts: &'a OrdMap<BrokerId, usize>,
     pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<String>>,
     pub partition_count: usize,
 }

@@ -16,6 +16,7 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
     let mut reassigning = OrdSet::new();
     let mut imbalanced = OrdSet::new();
     let mut leaderless = OrdSet::new();
+    let mut leader_counts: std::collections::BTreeMap<BrokerId, usize> = Default::default();
     let mut partitions = 0usize;
     for topic in image.topics_by_name() {
         if image.topic_id(&topic.name) != Some(topic.id) {
@@ -47,6 +48,8 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
             }
             if p.leader.is_none() {
                 leaderless.insert(tp);
+            } else {
+                *leader_counts.entry(p.leader).or_insert(0usize) += 1;
             }
         }
     }
@@ -65,6 +68,14 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
     }
     if *derived.leaderless != leaderless {
         faults.push("leaderless index is out of step".into());
+    }
+    if derived
+        .leader_counts
+        .iter()
+        .map(|(b, n)| (*b, *n))
+        .ne(leader_counts.iter().map(|(b, n)| (*b, *n)))
+    {
+        faults.push("leader-count index is out of step".into());
     }
     if derived.partition_count != partitions {
         faults.push(format!(

@@ -69,6 +69,7 @@ async fn setup(quorum: &LocalQuorum) -> Result<Controller, String> {
         }],
         features: vec![],
         rack: None,
+        previous_broker_epoch: None,
     };
     let epoch = c.register_broker(req).await.map_err(|e| e.to_string())?;
     let applied = quorum.nodes[&leader].sm.last_applied_index().unwrap_or(0);

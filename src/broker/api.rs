@@ -434,6 +434,10 @@ impl Service for BrokerService {
             raw,
             client_host,
         } = request;
+        // Nothing is answered before the broker has registered and caught up: the
+        // connection is open, its requests wait (as on a Kafka broker before it enables
+        // request processing).
+        self.state.wait_until_serving().await;
         // Admin requests go to the active controller as they came; group writes are checked
         // by the group's coordinator first (groups.rs).
         if self.forwarded.versions(api_key).is_some() && !super::groups::is_group_write(api_key) {

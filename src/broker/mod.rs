@@ -106,6 +106,9 @@ pub struct BrokerState {
     applied: watch::Sender<u64>,
     epoch: AtomicI64,
     fenced: AtomicBool,
+    /// Turned true once, when the broker has registered and its image has caught up with its
+    /// registration; no client request is answered before.
+    serving: watch::Sender<bool>,
 }
 
 impl BrokerState {
@@ -133,6 +136,7 @@ impl BrokerState {
             applied: watch::channel(0).0,
             epoch: AtomicI64::new(-1),
             fenced: AtomicBool::new(true),
+            serving: watch::channel(false).0,
         })
     }
 
@@ -183,11 +187,110 @@ impl BrokerState {
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::Relaxed)
     }
+
+    /// True once the broker answers clients: it has registered and its image has caught up
+    /// with its registration (Kafka's brokers enable request processing at the same point).
+    /// Until then an image replayed from an old log would answer with long-gone leaders.
+    pub fn is_serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+
+    /// Waits until the broker answers clients.
+    pub async fn wait_until_serving(&self) {
+        let mut rx = self.serving.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
 }
 
+/// Opens the broker to clients once it has registered and its image includes the
+/// registration (the offset of its epoch).
+async fn serve_when_caught_up(state: Arc<BrokerState>) {
+    loop {
+        let epoch = state.broker_epoch();
+        if epoch >= 0
+            && state
+                .wait_for_offset(epoch as u64, Duration::from_millis(100))
+                .await
+        {
+            tracing::info!(
+                broker = state.node_id,
+                epoch,
+                "caught up with the registration: serving clients"
+            );
+            state.serving.send_replace(true);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// BrokerRegistration v3: the first with `PreviousBrokerEpoch`.
+const REGISTRATION_VERSION: i16 = 3;
+
+/// The log directory's lock file (Kafka's name): held by the running broker process.
+const LOCK_FILE: &str = ".lock";
+/// The epoch of the last registration made from this log directory.
+const EPOCH_FILE: &str = "broker.epoch";
+
+/// Takes the log directory's exclusive lock, held until the returned file is dropped (the
+/// process ends, or the broker stops). A second process on the same directory is refused:
+/// two brokers appending to the same partition files would corrupt them, and the lock is what
+/// lets a restart prove to the controller that the previous process is gone (`broker.epoch`).
+pub fn lock_log_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "log directory {} is in use by another process",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// The epoch this log directory last registered with, if it recorded one.
+fn read_previous_epoch(dir: &std::path::Path) -> Option<i64> {
+    let text = std::fs::read_to_string(dir.join(EPOCH_FILE)).ok()?;
+    text.trim().parse().ok().filter(|e: &i64| *e >= 0)
+}
+
+/// Records `epoch` as this log directory's registration (written aside, then renamed, so a
+/// crash leaves the old epoch or the new one).
+fn write_epoch(dir: &std::path::Path, epoch: i64) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{epoch}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Registers, proving a restart with the epoch the previous process of this log directory
+/// registered with, and records the new epoch there once registered.
 async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
+    let dir = &state.config.data.log_dir;
+    let previous = read_previous_epoch(dir);
+    let epoch = register_once(state, incarnation, previous).await;
+    if let Err(e) = write_epoch(dir, epoch) {
+        // Without it the next restart waits for this session to expire; nothing else.
+        tracing::warn!(error = %e, dir = %dir.display(), "cannot record the broker epoch");
+    }
+    epoch
+}
+
+async fn register_once(state: &BrokerState, incarnation: uuid::Uuid, previous: Option<i64>) -> i64 {
     let c = &state.config;
     let request = BrokerRegistrationRequest::default()
+        .with_previous_broker_epoch(previous.unwrap_or(-1))
         .with_broker_id(BrokerId(c.node_id))
         .with_cluster_id(sb(&c.cluster_id))
         .with_incarnation_id(incarnation)
@@ -212,7 +315,7 @@ async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
     loop {
         let outcome: Result<BrokerRegistrationResponse, String> = state
             .session
-            .send(&request, 0)
+            .send(&request, REGISTRATION_VERSION)
             .await
             .map_err(|e| e.to_string());
         match outcome {
@@ -394,7 +497,9 @@ pub async fn run_with(
     extra: Vec<(String, TcpListener)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let _lock = lock_log_dir(&state.config.data.log_dir)?;
     let follower = tokio::spawn(follower::run(state.clone()));
+    let gate = tokio::spawn(serve_when_caught_up(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let session = tokio::spawn(keep_session(state.clone(), stop_rx));
     let hosting = tokio::spawn(host_partitions(state.clone()));
@@ -425,6 +530,7 @@ pub async fn run_with(
     for server in servers {
         let _ = server.await;
     }
+    gate.abort();
     isr.abort();
     retention.abort();
     groups.abort();

@@ -290,6 +290,8 @@ impl ControllerService {
                 })
                 .collect(),
             rack: r.rack.as_ref().map(|s| s.to_string()),
+            previous_broker_epoch: (r.previous_broker_epoch >= 0)
+                .then_some(kmeta_metadata::BrokerEpoch(r.previous_broker_epoch)),
         };
         match self.controller.register_broker(request).await {
             Ok(epoch) => BrokerRegistrationResponse::default().with_broker_epoch(epoch.0),

@@ -37,7 +37,7 @@ use kmeta_metadata::controller::cluster::{
 };
 use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
 use kmeta_metadata::controller::replication::election::{
-    balance_partition_leaders, elect_unclean_leaders,
+    balance_partition_leaders, elect_unclean_leaders, enables_preferred_election,
 };
 use kmeta_metadata::controller::{ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH};
 use kmeta_metadata::{ApiError, BrokerEpoch, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
@@ -62,6 +62,10 @@ pub const MAX_JOBS_PER_ENTRY: usize = 512;
 pub const MAX_ENTRIES_IN_FLIGHT: usize = 4;
 /// How often expired sessions are checked.
 pub const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How long after a write lets a preferred replica lead again (it rejoined the ISR) the loop
+/// runs a leader-balancing pass, instead of waiting for the periodic one. Writes within this
+/// time share one pass. A pass that stops at its bound of elections runs again at this delay.
+pub const BALANCE_SOON: Duration = Duration::from_millis(500);
 
 /// What a decision sees.
 pub struct Ctx<'a> {
@@ -146,6 +150,8 @@ impl Controller {
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_ENTRIES_IN_FLIGHT)),
             failures: failures_tx,
             next_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
+            balance_soon: None,
+            balance_more: Arc::default(),
         };
         let task = tokio::spawn(event_loop.run(rx, failures_rx));
         (
@@ -280,6 +286,14 @@ impl Controller {
     }
 }
 
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// State held only while this node is the active controller: one session.
 struct Active {
     leader_id: CommittedLeaderIdOf<TypeConfig>,
@@ -309,6 +323,10 @@ struct EventLoop {
     in_flight: Arc<tokio::sync::Semaphore>,
     failures: mpsc::UnboundedSender<Failure>,
     next_nonce: u64,
+    /// When the next leader-balancing pass runs ahead of the periodic one.
+    balance_soon: Option<Instant>,
+    /// Set by a balancing pass that stopped at its bound of elections.
+    balance_more: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EventLoop {
@@ -345,6 +363,11 @@ impl EventLoop {
                     self.fence_expired().await;
                 }
                 _ = balancer.tick(), if self.config.leader_balance_interval_ms > 0 => {
+                    self.refresh_leadership().await;
+                    self.balance_leaders().await;
+                }
+                _ = sleep_until_some(self.balance_soon) => {
+                    self.balance_soon = None;
                     self.refresh_leadership().await;
                     self.balance_leaders().await;
                 }
@@ -513,6 +536,12 @@ impl EventLoop {
                 let mut next = active.image.clone();
                 match chunk.iter().try_for_each(|r| next.replay(at, r)) {
                     Ok(()) => {
+                        if self.balance_soon.is_none()
+                            && self.config.leader_balance_interval_ms > 0
+                            && chunk.iter().any(|r| enables_preferred_election(&next, r))
+                        {
+                            self.balance_soon = Some(Instant::now() + BALANCE_SOON);
+                        }
                         active.image = next;
                         records.extend(chunk);
                         if rest.is_empty() {
@@ -630,8 +659,10 @@ impl EventLoop {
             return;
         }
         // Two jobs: the second is decided against the image that includes the first's records.
-        let balance: Job = Box::new(|ctx| {
+        let more = self.balance_more.clone();
+        let balance: Job = Box::new(move |ctx| {
             let result = balance_partition_leaders(ctx.image);
+            more.store(result.reply, std::sync::atomic::Ordering::Relaxed);
             if !result.records.is_empty() {
                 tracing::info!(
                     elections = result.records.len(),
@@ -653,6 +684,12 @@ impl EventLoop {
             }
         });
         self.run_jobs(vec![balance, unclean]).await;
+        if self
+            .balance_more
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.balance_soon = Some(Instant::now() + BALANCE_SOON);
+        }
     }
 
     async fn fence_expired(&mut self) {

@@ -909,6 +909,7 @@ async fn broker_session(shared: Arc<Shared>, id: BrokerId, session_timeout_ms: u
                         }],
                         features: Vec::new(),
                         rack: None,
+                        previous_broker_epoch: None,
                     };
                     let r = tokio::time::timeout(
                         Duration::from_millis(1_000),

@@ -32,6 +32,7 @@ fn registration(id: i32) -> BrokerRegistrationRequest {
         }],
         features: vec![],
         rack: None,
+        previous_broker_epoch: None,
     }
 }
 

@@ -29,12 +29,19 @@ pub struct BrokerRegistrationRequest {
     pub features: Vec<FeatureRange>,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// The epoch of the incarnation that last registered from this broker's log directory,
+    /// read from that directory (BrokerRegistration v3+ `PreviousBrokerEpoch`; `None` when
+    /// unknown). The broker holds the directory's lock while it reads it, so a process that
+    /// knows it proves the incarnation that got this epoch has stopped.
+    pub previous_broker_epoch: Option<BrokerEpoch>,
 }
 
 /// Registers a broker. A new incarnation gets epoch `next_offset` (the offset its record will
 /// be written at) and starts fenced; the same incarnation re-registering keeps its epoch and
 /// state. Refused: a wrong cluster id, or a new incarnation while the old one still has a
-/// live session.
+/// live session and the new one cannot show the old one's epoch (`previous_broker_epoch`):
+/// a restart from the same log directory takes its registration back at once, a second
+/// process configured with the same id is refused until the first one's session expires.
 pub fn register_broker(
     image: &MetadataImage,
     config: &ControllerConfig,
@@ -70,8 +77,10 @@ pub fn register_broker(
             (old.broker_epoch, old.fenced, old.in_controlled_shutdown)
         }
         Some(old) => {
+            let restarted = request.previous_broker_epoch == Some(old.broker_epoch);
             if tracker.has_valid_session(image, old.broker_id, now_ms, config.session_timeout_ms)
                 && !old.in_controlled_shutdown
+                && !restarted
             {
                 return Err(ApiError::new(
                     ErrorCode::DuplicateBrokerRegistration,
@@ -83,7 +92,12 @@ pub fn register_broker(
             }
             // The old incarnation is gone: take it out of every ISR first (unclean shutdown).
             records.extend(remove_broker_from_isrs(image, config, old.broker_id));
-            (BrokerEpoch(next_offset.0), true, false)
+            // The runtime writes a large result as entries of MAX_RECORDS_PER_BATCH records
+            // (the ISR removals are safe to land without the rest); the epoch is the offset of
+            // the last one, which holds the registration, so a broker is caught up with its
+            // own registration once its image reaches its epoch.
+            let entries = records.len() / super::MAX_RECORDS_PER_BATCH;
+            (BrokerEpoch(next_offset.0 + entries as i64), true, false)
         }
         None => (BrokerEpoch(next_offset.0), true, false),
     };
@@ -97,7 +111,7 @@ pub fn register_broker(
         fenced,
         in_controlled_shutdown,
     }));
-    Ok(ControllerResult::atomic(records, epoch))
+    Ok(ControllerResult::non_atomic(records, epoch))
 }
 
 /// A BrokerHeartbeat request.
@@ -187,9 +201,7 @@ pub fn next_broker_state(
 }
 
 fn leads_any(image: &MetadataImage, broker: BrokerId) -> bool {
-    image
-        .partitions_on_broker(broker)
-        .any(|tp| image.partition(tp).is_some_and(|p| p.leader == broker))
+    image.leader_count(broker) > 0
 }
 
 /// Processes a heartbeat: refreshes the session, then moves the broker through the state
@@ -277,7 +289,7 @@ pub fn process_heartbeat(
             let entries = (records.len() - 1) / super::MAX_RECORDS_PER_BATCH;
             tracker.set_controlled_shutdown_offset(id, LogOffset(next_offset.0 + entries as i64));
         }
-        (ControlledShutdown, ControlledShutdown) => {
+        (ControlledShutdown, ControlledShutdown) if leads => {
             // Leadership may have been stuck on this broker (sole ISR member); try again.
             records.extend(remove_broker_from_isrs(image, config, id));
         }

@@ -3,6 +3,7 @@
 
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
+use kmeta_metadata::controller::replication::election::balance_partition_leaders;
 use kmeta_metadata::controller::replication::topics::create_topics;
 use kmeta_metadata::record::MetadataRecord;
 use kmeta_metadata::*;
@@ -369,4 +370,122 @@ fn unfencing_a_broker_elects_it_where_partitions_had_no_leader() {
     h.heartbeat(0, false, false).unwrap();
     assert_eq!(h.image.leaderless_count(), 0);
     assert_eq!(h.partition("foo", 2).leader, BrokerId(0));
+}
+
+#[test]
+fn a_restart_showing_its_previous_epoch_takes_the_registration_back_while_the_session_is_live() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("t", &[&[1, 0, 2]]);
+    let old_epoch = h.image.broker(BrokerId(1)).unwrap().broker_epoch;
+    // Another process with the same id (it cannot know the epoch) is refused.
+    for wrong in [None, Some(BrokerEpoch(old_epoch.0 + 1))] {
+        let mut req = h.register_request(1, 77, None);
+        req.previous_broker_epoch = wrong;
+        let err = register_broker(
+            &h.image,
+            &h.config,
+            &h.tracker,
+            &req,
+            h.next_offset(),
+            h.now_ms,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.code,
+            ErrorCode::DuplicateBrokerRegistration,
+            "{wrong:?}"
+        );
+    }
+    // The restarted process, which read the epoch from its locked log directory, is not.
+    let mut req = h.register_request(1, 78, None);
+    req.previous_broker_epoch = Some(old_epoch);
+    let result = register_broker(
+        &h.image,
+        &h.config,
+        &h.tracker,
+        &req,
+        h.next_offset(),
+        h.now_ms,
+    )
+    .expect("a restart from the same log directory is taken back at once");
+    let epoch = h.commit(result);
+    assert!(epoch.0 > old_epoch.0);
+    let b = h.image.broker(BrokerId(1)).unwrap();
+    assert!(b.fenced, "the new incarnation starts fenced");
+    assert_eq!(b.incarnation_id, uuid::Uuid::from_u128(78));
+    // Its old incarnation may have lost unflushed data: it leaves every ISR.
+    let p = h.partition("t", 0);
+    assert_eq!(p.isr, ids(&[0, 2]));
+    assert_eq!(p.leader, BrokerId(0));
+}
+
+#[test]
+fn a_re_registration_out_of_many_isrs_is_written_as_bounded_entries_with_the_record_last() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_many_unchecked("t", 25, 1_000, &[1, 0, 2]);
+    let old_epoch = h.image.broker(BrokerId(1)).unwrap().broker_epoch;
+    let mut req = h.register_request(1, 78, None);
+    req.previous_broker_epoch = Some(old_epoch);
+    let next = h.next_offset();
+    let result =
+        register_broker(&h.image, &h.config, &h.tracker, &req, next, h.now_ms).expect("accepted");
+    assert!(!result.atomic, "25,000 ISR removals are not one entry");
+    assert_eq!(result.records.len(), 25_001);
+    assert!(matches!(
+        result.records.last(),
+        Some(MetadataRecord::RegisterBroker(_))
+    ));
+    // Entries of 10,000 records: the registration lands in the third, and that is the epoch.
+    assert_eq!(result.reply, BrokerEpoch(next.0 + 2));
+    assert!(invariants::check(&h.image).is_empty());
+}
+
+#[test]
+fn a_preferred_replica_rejoining_the_isr_calls_for_a_balancing_pass_and_nothing_else_does() {
+    use kmeta_metadata::controller::replication::alter_partition::alter_partition;
+    use kmeta_metadata::controller::replication::election::enables_preferred_election;
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("t", &[&[1, 0, 2]]);
+    let tp = h.tp("t", 0);
+    // Broker 1, the preferred leader, restarts: out of the ISR, leadership on 0.
+    let old_epoch = h.image.broker(BrokerId(1)).unwrap().broker_epoch;
+    let mut req = h.register_request(1, 78, None);
+    req.previous_broker_epoch = Some(old_epoch);
+    let result = register_broker(
+        &h.image,
+        &h.config,
+        &h.tracker,
+        &req,
+        h.next_offset(),
+        h.now_ms,
+    )
+    .unwrap();
+    let records = result.records.clone();
+    h.commit(result);
+    assert!(
+        records
+            .iter()
+            .all(|r| !enables_preferred_election(&h.image, r)),
+        "leaving the ISR enables nothing"
+    );
+    h.heartbeat(1, false, false).unwrap();
+    // The leader shrinks the ISR further: still nothing to balance.
+    let shrink = alter_partition(&h.image, &h.alter_isr(tp, &ids(&[0]))).unwrap();
+    let records = shrink.records.clone();
+    h.commit(shrink);
+    assert!(records
+        .iter()
+        .all(|r| !enables_preferred_election(&h.image, r)));
+    // 1 catches up and rejoins: now a pass would move leadership back to it.
+    let expand = alter_partition(&h.image, &h.alter_isr(tp, &ids(&[0, 1]))).unwrap();
+    let records = expand.records.clone();
+    h.commit(expand);
+    assert!(records
+        .iter()
+        .any(|r| enables_preferred_election(&h.image, r)));
+    h.commit(balance_partition_leaders(&h.image));
+    assert_eq!(h.partition("t", 0).leader, BrokerId(1));
 }

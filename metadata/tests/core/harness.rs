@@ -94,6 +94,7 @@ impl Harness {
             }],
             features: vec![],
             rack: rack.map(str::to_string),
+            previous_broker_epoch: None,
         }
     }
 
@@ -193,6 +194,31 @@ impl Harness {
             .map(|(i, r)| (i as i32, r.iter().map(|b| BrokerId(*b)).collect()))
             .collect();
         self.create(t)
+    }
+
+    /// Creates `topics` topics named `{prefix}{i}` of `partitions` partitions each, all on
+    /// `replicas`, replaying their records without the per-record invariant checks (for
+    /// scale tests, where checking the whole image after every record is quadratic).
+    pub fn create_many_unchecked(
+        &mut self,
+        prefix: &str,
+        topics: usize,
+        partitions: usize,
+        replicas: &[i32],
+    ) {
+        for i in 0..topics {
+            let mut t = self.creatable(&format!("{prefix}{i}"), -1, -1);
+            t.assignments = (0..partitions)
+                .map(|p| (p as i32, replicas.iter().map(|b| BrokerId(*b)).collect()))
+                .collect();
+            let result = create_topics(&self.image, &self.config, &[t], false);
+            assert_eq!(result.reply[0].error, None, "{:?}", result.reply[0]);
+            for r in &result.records {
+                let offset = self.next_offset();
+                self.image.replay(offset, r).expect("replays");
+                self.log.push((offset, r.clone()));
+            }
+        }
     }
 
     fn create(&mut self, t: CreatableTopic) -> TopicId {
