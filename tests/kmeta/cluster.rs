@@ -143,7 +143,10 @@ impl ProcessCluster {
     /// Starts node `id` (again).
     pub fn spawn(&mut self, id: u64) {
         let log = std::fs::File::create(self.dir.path().join(format!("node-{id}.log"))).unwrap();
-        let child = Command::new(BIN)
+        // KMETA_TEST_NODE_BINARY runs the nodes from another build (to show a test failing
+        // on the code before a fix).
+        let bin = std::env::var("KMETA_TEST_NODE_BINARY").unwrap_or_else(|_| BIN.to_string());
+        let child = Command::new(bin)
             .args(["server", "--config", self.configs[&id].to_str().unwrap()])
             .env("KMETA_LOG", "info,openraft=warn")
             .stdout(Stdio::null())

@@ -364,3 +364,184 @@ async fn a_combined_broker_and_controller_node_serves_clients_and_stops_on_sigte
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// What one broker shows: every partition of a topic as `(leader, replicas, isr)`, and the
+/// epoch of every active broker (DescribeCluster's kmeta extension).
+type BrokerView = (Vec<(i32, Vec<i32>, Vec<i32>)>, BTreeMap<i32, i64>);
+
+/// What every broker shows of `topic` and of the active brokers; empty if one cannot answer.
+async fn cluster_seen(c: &crate::cluster::ProcessCluster, topic: &str) -> Vec<BrokerView> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{DescribeClusterRequest, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use kmeta::broker::api::BROKER_EPOCH_TAG;
+    let mut seen = Vec::new();
+    for id in c.brokers.keys() {
+        let Ok(mut k) = kmeta::kafka::client::KafkaClient::connect(
+            &c.broker_addr(*id),
+            "test",
+            Duration::from_secs(2),
+        )
+        .await
+        else {
+            return Vec::new();
+        };
+        let request =
+            MetadataRequest::default().with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
+        let (Ok(md), Ok(cluster)) = (
+            k.send(&request, 12).await,
+            k.send(&DescribeClusterRequest::default(), 0).await,
+        ) else {
+            return Vec::new();
+        };
+        let mut parts: Vec<(i32, Vec<i32>, Vec<i32>)> = md
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| {
+                (
+                    p.leader_id.0,
+                    p.replica_nodes.iter().map(|b| b.0).collect(),
+                    p.isr_nodes.iter().map(|b| b.0).collect(),
+                )
+            })
+            .collect();
+        parts.sort_by_key(|p| p.1.clone());
+        let epochs = cluster
+            .brokers
+            .iter()
+            .filter(|b| !b.is_fenced)
+            .map(|b| {
+                let epoch = b
+                    .unknown_tagged_fields
+                    .get(&BROKER_EPOCH_TAG)
+                    .and_then(|v| v.as_ref().try_into().ok())
+                    .map_or(-1, i64::from_be_bytes);
+                (b.broker_id.0, epoch)
+            })
+            .collect();
+        seen.push((parts, epochs));
+    }
+    seen
+}
+
+/// True when every broker shows every one of `n` partitions led by its preferred replica
+/// with all replicas in sync, and all brokers active with epochs outside `old_epochs`.
+fn balanced(seen: &[BrokerView], n: usize, brokers: usize, old_epochs: &[i64]) -> bool {
+    seen.len() == brokers
+        && seen.iter().all(|(parts, epochs)| {
+            epochs.len() == brokers
+                && epochs.values().all(|e| !old_epochs.contains(e))
+                && parts.len() == n
+                && parts.iter().all(|(leader, replicas, isr)| {
+                    Some(leader) == replicas.first() && isr.len() == replicas.len()
+                })
+        })
+}
+
+/// Issue 13: after `kill -9` of all six processes, each restarted broker takes its
+/// registration back at once, though its old session (30 s here) has not expired, and
+/// leadership returns to the preferred replicas without waiting for the periodic balancing
+/// pass (5 minutes by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_full_restart_brokers_register_at_once_and_leadership_comes_back_balanced() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let mut c = crate::cluster::ProcessCluster::start(3, 3, "broker.session.timeout.ms=30000\n");
+    let mut k = live_brokers(&c.broker_addr(1), 3, Duration::from_secs(30)).await;
+    let created = k
+        .send(
+            &CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("balanced")))
+                .with_num_partitions(6)
+                .with_replication_factor(3)]),
+            7,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    let start = Instant::now();
+    let old_epochs: Vec<i64> = loop {
+        let seen = cluster_seen(&c, "balanced").await;
+        if balanced(&seen, 6, 3, &[]) {
+            break seen[0].1.values().copied().collect();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never balanced at the start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    c.restart_all();
+    let start = Instant::now();
+    loop {
+        let seen = cluster_seen(&c, "balanced").await;
+        if balanced(&seen, 6, 3, &old_epochs) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "20 s after the full restart (sessions of 30 s): {seen:?}\nbroker 1: {}",
+            c.log_tail(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "full restart: three new registrations and every partition led by its preferred replica on every broker after {:?}",
+        start.elapsed()
+    );
+}
+
+/// Issue 13: a broker answers no client before it has registered and caught up with its
+/// registration; requests sent earlier wait on the open connection and are answered then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_answers_no_client_until_it_has_registered() {
+    use kafka_protocol::messages::MetadataRequest;
+    use kmeta::kafka::client::KafkaClient;
+
+    let mut c = crate::cluster::ProcessCluster::start(3, 1, "");
+    live_brokers(&c.broker_addr(1), 1, Duration::from_secs(30)).await;
+    let controllers: Vec<u64> = c.controllers.keys().copied().collect();
+    for id in &controllers {
+        c.kill(*id);
+    }
+    c.kill(1);
+    c.spawn(1);
+    // No controller: the broker cannot register. Its port opens, but nothing is answered.
+    let start = Instant::now();
+    let mut k = loop {
+        match KafkaClient::connect(&c.broker_addr(1), "test", Duration::from_secs(30)).await {
+            Ok(k) => break k,
+            Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the broker never listened: {e}"),
+        }
+    };
+    let asked = tokio::spawn(async move {
+        k.send(&MetadataRequest::default().with_topics(None), 12)
+            .await
+            .map(|md| md.brokers.len())
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !asked.is_finished(),
+        "the broker answered before it registered: {:?}",
+        asked.await
+    );
+    for id in &controllers {
+        c.spawn(*id);
+    }
+    // Answered once registered and caught up (it may still be fenced for a heartbeat, and
+    // then lists no live broker, as a Kafka broker does between the two).
+    tokio::time::timeout(Duration::from_secs(25), asked)
+        .await
+        .expect("answered once registered")
+        .unwrap()
+        .expect("the waiting request is answered on its connection");
+    assert!(c.log_contains(1, "serving clients"));
+}
