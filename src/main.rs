@@ -398,6 +398,27 @@ enum BenchCommand {
         #[arg(long, default_value = "target/bench-produce")]
         data_dir: PathBuf,
     },
+    /// What a cluster costs as it grows, on real processes (3 controllers + 3 brokers from
+    /// this binary): create time, memory, snapshots, Metadata latency, one change's
+    /// propagation, controlled shutdown, kill -9 of a broker, a wiped broker, controller
+    /// restart, full restart.
+    Scale {
+        /// Partitions (RF 3), one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "10000")]
+        partitions: Vec<usize>,
+        /// `broker.session.timeout.ms`.
+        #[arg(long, default_value_t = 9000)]
+        session_timeout_ms: u64,
+        /// Changes timed for propagation.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+        /// Append each run's figures as a JSON line to this file (for bench/plot-scale.py).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Where the nodes keep their data (removed at the end).
+        #[arg(long, default_value = "target/bench-scale")]
+        data_dir: PathBuf,
+    },
     /// Offset commits/s through brokers, commit-to-every-broker latency, and Metadata
     /// requests/s, against 3 controllers and 3 brokers in this process.
     Brokers {
@@ -648,6 +669,41 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(e),
             }
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Scale {
+                    partitions,
+                    session_timeout_ms,
+                    samples,
+                    json,
+                    data_dir,
+                },
+        } => {
+            init_logging();
+            let runtime = server_runtime();
+            for n in partitions {
+                println!("bench scale: {n} partitions, 3 controllers + 3 brokers as processes");
+                let options = kmeta::bench::scale::ScaleOptions {
+                    partitions: n,
+                    data_dir: data_dir.clone(),
+                    session_timeout_ms,
+                    samples,
+                };
+                match runtime.block_on(kmeta::bench::scale::scale(&options)) {
+                    Ok(report) => {
+                        if let Some(path) = &json {
+                            if let Err(e) =
+                                kmeta::bench::scale::append_json(path, &report.to_json(n))
+                            {
+                                return fail(e);
+                            }
+                        }
+                    }
+                    Err(e) => return fail(e),
+                }
+            }
+            ExitCode::SUCCESS
         }
         Command::Bench {
             command:

@@ -9,6 +9,7 @@
 
 pub mod brokers;
 pub mod produce;
+pub mod scale;
 
 use crate::controller::Controller;
 use crate::local::LocalQuorum;

@@ -335,12 +335,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 inner.snapshot_path.clone(),
             )
         };
+        let started = std::time::Instant::now();
         let file = SnapshotFile {
             meta: meta.clone(),
             data: encode_snapshot(&image, chain),
         };
         let bytes = postcard::to_allocvec(&file).map_err(invalid)?;
         write_atomic(&path, &bytes)?;
+        tracing::info!(
+            offset = meta.last_log_id.map_or(0, |l| l.index()),
+            bytes = bytes.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot written"
+        );
         let data = file.data.clone();
         self.lock().snapshot = Some(file);
         Ok(Snapshot {

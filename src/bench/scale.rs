@@ -1,0 +1,588 @@
+//! `kmeta bench scale --partitions N`: what a cluster costs as it grows (issue 13), on real
+//! processes: 3 controllers and 3 brokers started from this binary (`kmeta server`) on
+//! 127.0.0.1, each with its own data directory, at default settings except the ones named in
+//! [`node_config`].
+//!
+//! The phases run in order on one cluster, and each prints its figure as soon as it is
+//! measured; a phase that does not finish within its bound prints "not reached" and the next
+//! one runs anyway. Every wait polls Metadata on the brokers (all topics: the clients' view),
+//! so a figure includes the time for every broker to show it. Processes are killed and the
+//! data directory removed at the end, whatever happens.
+
+use crate::kafka::client::KafkaClient;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Partitions per topic (the issue's shape: topics of 1,000 partitions).
+pub const PARTITIONS_PER_TOPIC: usize = 1_000;
+/// Topics per CreateTopics request.
+pub const TOPICS_PER_REQUEST: usize = 9;
+const BROKERS: [u64; 3] = [1, 2, 3];
+const CONTROLLERS: [u64; 3] = [101, 102, 103];
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ScaleOptions {
+    /// Partitions to create (RF 3).
+    pub partitions: usize,
+    /// Where the nodes keep their data (removed at the end).
+    pub data_dir: PathBuf,
+    /// `broker.session.timeout.ms` of the brokers and controllers.
+    pub session_timeout_ms: u64,
+    /// Changes timed for propagation.
+    pub samples: usize,
+}
+
+/// One figure: its name and its value (`None`: not reached within its bound).
+pub type Figure = (&'static str, Option<f64>);
+
+/// The figures, in the order measured (times in ms, memory in MiB, sizes in bytes).
+#[derive(Debug, Default)]
+pub struct ScaleReport {
+    /// Every figure.
+    pub figures: Vec<Figure>,
+}
+
+impl ScaleReport {
+    fn record(&mut self, name: &'static str, value: Option<f64>) {
+        match value {
+            Some(v) => println!("  {name}: {v:.1}"),
+            None => println!("  {name}: not reached"),
+        }
+        self.figures.push((name, value));
+    }
+
+    /// The figures as one JSON object, for plotting.
+    pub fn to_json(&self, partitions: usize) -> String {
+        let mut map = serde_json::Map::new();
+        map.insert("partitions".into(), partitions.into());
+        for (name, v) in &self.figures {
+            map.insert(
+                (*name).into(),
+                v.map_or(serde_json::Value::Null, |v| {
+                    serde_json::Number::from_f64((v * 10.0).round() / 10.0)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number)
+                }),
+            );
+        }
+        serde_json::Value::Object(map).to_string()
+    }
+}
+
+/// The six processes.
+struct Nodes {
+    dir: PathBuf,
+    binary: PathBuf,
+    cluster_id: String,
+    ports: BTreeMap<u64, u16>,
+    children: BTreeMap<u64, Child>,
+    session_timeout_ms: u64,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+impl Nodes {
+    fn config_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.properties"))
+    }
+
+    fn data_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("data-{id}"))
+    }
+
+    /// The properties of node `id`: defaults, plus a snapshot every 8 MiB of records (so the
+    /// run writes some at every N) and the session timeout asked for.
+    fn node_config(&self, id: u64) -> String {
+        let voters: Vec<String> = CONTROLLERS
+            .iter()
+            .map(|c| format!("{c}@127.0.0.1:{}", self.ports[c]))
+            .collect();
+        let (role, listener) = if CONTROLLERS.contains(&id) {
+            ("controller", "CONTROLLER")
+        } else {
+            ("broker", "PLAINTEXT")
+        };
+        format!(
+            "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={}\nlisteners={listener}://127.0.0.1:{}\nlog.dirs={}\nbroker.session.timeout.ms={}\nmetadata.log.max.record.bytes.between.snapshots=8388608\n",
+            voters.join(","),
+            self.ports[&id],
+            self.data_path(id).display(),
+            self.session_timeout_ms,
+        )
+    }
+
+    fn format(&self, id: u64) -> Result<(), String> {
+        std::fs::write(self.config_path(id), self.node_config(id))
+            .map_err(|e| format!("writing the config of node {id}: {e}"))?;
+        let out = Command::new(&self.binary)
+            .args(["storage", "format", "--config"])
+            .arg(self.config_path(id))
+            .args(["--cluster-id", &self.cluster_id])
+            .output()
+            .map_err(|e| format!("kmeta storage format: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "formatting node {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    fn start(o: &ScaleOptions) -> Result<Nodes, String> {
+        let _ = std::fs::remove_dir_all(&o.data_dir);
+        std::fs::create_dir_all(&o.data_dir)
+            .map_err(|e| format!("creating {}: {e}", o.data_dir.display()))?;
+        let mut ports = BTreeMap::new();
+        for id in CONTROLLERS.iter().chain(&BROKERS) {
+            ports.insert(*id, free_port()?);
+        }
+        let mut nodes = Nodes {
+            dir: o.data_dir.clone(),
+            binary: std::env::current_exe().map_err(|e| format!("this binary: {e}"))?,
+            cluster_id: crate::random_cluster_id(),
+            ports,
+            children: BTreeMap::new(),
+            session_timeout_ms: o.session_timeout_ms,
+        };
+        for id in CONTROLLERS.iter().chain(&BROKERS) {
+            nodes.format(*id)?;
+            nodes.spawn(*id)?;
+        }
+        Ok(nodes)
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .map_err(|e| format!("log of node {id}: {e}"))?;
+        let child = Command::new(&self.binary)
+            .arg("server")
+            .arg("--config")
+            .arg(self.config_path(id))
+            .env("KMETA_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting node {id}: {e}"))?;
+        self.children.insert(id, child);
+        Ok(())
+    }
+
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.children.remove(&id) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM to `id`; the time until it exited, if it did within `within`.
+    async fn terminate(&mut self, id: u64, within: Duration) -> Option<Duration> {
+        let mut child = self.children.remove(&id)?;
+        let start = Instant::now();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        while start.elapsed() < within {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    fn rss_mib(&self, id: u64) -> Option<f64> {
+        let pid = self.children.get(&id)?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    fn addr(&self, id: u64) -> String {
+        format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// The newest "snapshot written" line of any controller: `(bytes, ms)`.
+    fn last_snapshot(&self) -> Option<(f64, f64)> {
+        let mut best: Option<(String, f64, f64)> = None;
+        for id in CONTROLLERS {
+            let text = std::fs::read_to_string(self.log_path(id)).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("snapshot written")) {
+                let field = |key: &str| -> Option<f64> {
+                    let at = line.find(&format!("{key}="))? + key.len() + 1;
+                    line[at..].split_whitespace().next()?.parse().ok()
+                };
+                let stamp = line.split_whitespace().next().unwrap_or("").to_string();
+                if let (Some(bytes), Some(ms)) = (field("bytes"), field("ms")) {
+                    if best.as_ref().is_none_or(|(s, _, _)| *s < stamp) {
+                        best = Some((stamp, bytes, ms));
+                    }
+                }
+            }
+        }
+        best.map(|(_, b, ms)| (b, ms))
+    }
+}
+
+/// What one broker shows of the whole cluster (all-topics Metadata).
+#[derive(Debug, Default, Clone)]
+struct Survey {
+    partitions: usize,
+    leaderless: usize,
+    /// Partitions whose leader is not their first replica.
+    imbalanced: usize,
+    /// Partitions with fewer in-sync replicas than replicas.
+    under_replicated: usize,
+    led_by: BTreeMap<i32, usize>,
+    live_brokers: usize,
+}
+
+fn survey_of(md: &MetadataResponse) -> Survey {
+    let mut s = Survey {
+        live_brokers: md.brokers.len(),
+        ..Survey::default()
+    };
+    for p in md.topics.iter().flat_map(|t| t.partitions.iter()) {
+        s.partitions += 1;
+        if p.leader_id.0 < 0 {
+            s.leaderless += 1;
+        } else {
+            *s.led_by.entry(p.leader_id.0).or_default() += 1;
+        }
+        if p.replica_nodes.first() != Some(&p.leader_id) {
+            s.imbalanced += 1;
+        }
+        if p.isr_nodes.len() < p.replica_nodes.len() {
+            s.under_replicated += 1;
+        }
+    }
+    s
+}
+
+async fn connect(addr: &str) -> Option<KafkaClient> {
+    KafkaClient::connect(addr, "kmeta-bench-scale", Duration::from_secs(120))
+        .await
+        .ok()
+}
+
+async fn survey(addr: &str) -> Option<Survey> {
+    let mut k = connect(addr).await?;
+    let md = k
+        .send(&MetadataRequest::default().with_topics(None), 12)
+        .await
+        .ok()?;
+    Some(survey_of(&md))
+}
+
+/// Polls every broker in `on` until `done` holds for each one's survey, at most `within`;
+/// the time it took.
+async fn until_all(
+    nodes: &Nodes,
+    on: &[u64],
+    within: Duration,
+    done: impl Fn(&Survey) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let mut all = true;
+        for id in on {
+            if !survey(&nodes.addr(*id)).await.is_some_and(|s| done(&s)) {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+fn creatable(name: String, partitions: usize) -> CreatableTopic {
+    CreatableTopic::default()
+        .with_name(TopicName(StrBytes::from_string(name)))
+        .with_num_partitions(partitions as i32)
+        .with_replication_factor(3)
+}
+
+/// Creates `topics`, retrying those refused as retriable (a controller failover).
+async fn create(addr: &str, topics: Vec<CreatableTopic>) -> Result<(), String> {
+    let mut k = connect(addr)
+        .await
+        .ok_or_else(|| format!("cannot connect to {addr}"))?;
+    let r = k
+        .send(&CreateTopicsRequest::default().with_topics(topics), 7)
+        .await
+        .map_err(|e| format!("CreateTopics: {e}"))?;
+    for t in &r.topics {
+        if t.error_code != 0 {
+            return Err(format!(
+                "CreateTopics of {}: error {} {:?}",
+                t.name.0, t.error_code, t.error_message
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    Some(sorted[i])
+}
+
+/// Runs every phase and returns the figures.
+pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
+    let n = o.partitions.max(1);
+    let mut nodes = Nodes::start(o)?;
+    let mut report = ScaleReport::default();
+    // Bounds that grow with N (the slow figures are what is measured; these only stop a run
+    // that is stuck).
+    let bound = Duration::from_secs(60 + (n / 5_000) as u64);
+    let session = Duration::from_millis(o.session_timeout_ms);
+    let b1 = nodes.addr(1);
+    until_all(&nodes, &BROKERS, Duration::from_secs(60), |s| {
+        s.live_brokers == 3
+    })
+    .await
+    .ok_or("the brokers never all registered")?;
+
+    // Create.
+    println!("creating {n} partitions (RF 3, topics of {PARTITIONS_PER_TOPIC}, {TOPICS_PER_REQUEST} topics per CreateTopics)");
+    let mut topics = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let p = left.min(PARTITIONS_PER_TOPIC);
+        topics.push(creatable(format!("scale-{}", topics.len()), p));
+        left -= p;
+    }
+    let start = Instant::now();
+    for chunk in topics.chunks(TOPICS_PER_REQUEST) {
+        create(&b1, chunk.to_vec()).await?;
+    }
+    report.record("create_ms", ms(Some(start.elapsed())));
+    let visible = until_all(&nodes, &BROKERS, bound, |s| s.partitions == n).await;
+    report.record(
+        "create_visible_on_every_broker_ms",
+        ms(visible.map(|_| start.elapsed())),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Memory.
+    let rss = |nodes: &Nodes, ids: &[u64]| {
+        ids.iter()
+            .filter_map(|id| nodes.rss_mib(*id))
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
+    report.record("controller_rss_max_mib", rss(&nodes, &CONTROLLERS));
+    report.record("broker_rss_max_mib", rss(&nodes, &BROKERS));
+    let snapshot = nodes.last_snapshot();
+    report.record("snapshot_bytes", snapshot.map(|s| s.0));
+    report.record("snapshot_write_ms", snapshot.map(|s| s.1));
+
+    // All-topics Metadata on one broker.
+    let mut times = Vec::new();
+    if let Some(mut k) = connect(&b1).await {
+        for _ in 0..5 {
+            let t = Instant::now();
+            if k.send(&MetadataRequest::default().with_topics(None), 12)
+                .await
+                .is_ok()
+            {
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    report.record("all_topics_metadata_ms_p50", percentile(&times, 0.5));
+
+    // One change's propagation: a 1-partition topic created through broker 1, until every
+    // broker shows it.
+    let mut times = Vec::new();
+    let mut clients = Vec::new();
+    for id in BROKERS {
+        if let Some(k) = connect(&nodes.addr(id)).await {
+            clients.push(k);
+        }
+    }
+    for i in 0..o.samples {
+        let name = format!("probe-{i}");
+        let t = Instant::now();
+        if create(&b1, vec![creatable(name.clone(), 1)]).await.is_err() {
+            continue;
+        }
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(name))))]));
+        let mut seen = 0;
+        'poll: while t.elapsed() < Duration::from_secs(10) {
+            seen = 0;
+            for k in clients.iter_mut() {
+                match k.send(&request, 12).await {
+                    Ok(md) if md.topics.iter().all(|t| t.error_code == 0) => seen += 1,
+                    _ => continue 'poll,
+                }
+            }
+            break;
+        }
+        if seen == clients.len() {
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    drop(clients);
+    let total = n + o.samples;
+    times.sort_by(f64::total_cmp);
+    report.record("propagation_ms_p50", percentile(&times, 0.5));
+    report.record("propagation_ms_p99", percentile(&times, 0.99));
+
+    let balanced = |s: &Survey| {
+        s.partitions == total && s.live_brokers == 3 && s.imbalanced == 0 && s.under_replicated == 0
+    };
+    until_all(&nodes, &BROKERS, bound, balanced).await;
+
+    // Controlled shutdown of broker 2 (it leads about a third).
+    let exit = nodes.terminate(2, bound).await;
+    report.record("controlled_shutdown_exit_ms", ms(exit));
+    let re_led = until_all(&nodes, &[1, 3], bound, |s| {
+        s.leaderless == 0 && !s.led_by.contains_key(&2)
+    })
+    .await;
+    report.record("controlled_shutdown_all_re_led_after_exit_ms", ms(re_led));
+    nodes.spawn(2)?;
+    let start = Instant::now();
+    let back = until_all(&nodes, &BROKERS, bound, |s| {
+        s.live_brokers == 3 && s.under_replicated == 0
+    })
+    .await;
+    report.record("restarted_broker_in_every_isr_ms", ms(back));
+    let bal = until_all(&nodes, &BROKERS, bound, balanced).await;
+    report.record(
+        "restarted_broker_balanced_ms",
+        ms(bal.map(|_| start.elapsed())),
+    );
+
+    // kill -9 of broker 3.
+    nodes.kill(3);
+    let re_led = until_all(&nodes, &[1, 2], bound + session, |s| {
+        s.leaderless == 0 && !s.led_by.contains_key(&3)
+    })
+    .await;
+    report.record(
+        "kill_9_all_re_led_after_session_expiry_ms",
+        re_led.map(|d| d.as_secs_f64() * 1000.0 - session.as_secs_f64() * 1000.0),
+    );
+    // It comes back wiped: an empty log directory, formatted again.
+    let _ = std::fs::remove_dir_all(nodes.data_path(3));
+    nodes.format(3)?;
+    let start_wiped = Instant::now();
+    nodes.spawn(3)?;
+    let caught_up = until_all(&nodes, &[3], bound, |s| {
+        s.live_brokers == 3 && s.partitions == total
+    })
+    .await;
+    report.record("wiped_broker_caught_up_ms", ms(caught_up));
+    let bal = until_all(&nodes, &BROKERS, bound, balanced).await;
+    report.record(
+        "wiped_broker_balanced_ms",
+        ms(bal.map(|_| start_wiped.elapsed())),
+    );
+
+    // Controller restart: kill -9 of all three, started again; until a write is acknowledged.
+    for id in CONTROLLERS {
+        nodes.kill(id);
+    }
+    let start = Instant::now();
+    for id in CONTROLLERS {
+        nodes.spawn(id)?;
+    }
+    let mut served = None;
+    let mut i = 0;
+    while start.elapsed() < bound {
+        i += 1;
+        if create(&b1, vec![creatable(format!("after-restart-{i}"), 1)])
+            .await
+            .is_ok()
+        {
+            served = Some(start.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.record("controller_restart_to_write_ms", ms(served));
+    // A create refused by a failing-over controller may still have committed: at least.
+    let total = total + usize::from(served.is_some());
+    let balanced = |s: &Survey| {
+        s.partitions >= total && s.live_brokers == 3 && s.imbalanced == 0 && s.under_replicated == 0
+    };
+    until_all(&nodes, &BROKERS, bound, balanced).await;
+
+    // Full restart: kill -9 of all six, all started again.
+    for id in CONTROLLERS.iter().chain(&BROKERS) {
+        nodes.kill(*id);
+    }
+    let start = Instant::now();
+    for id in CONTROLLERS.iter().chain(&BROKERS) {
+        nodes.spawn(*id)?;
+    }
+    let bal = until_all(&nodes, &BROKERS, bound, balanced).await;
+    report.record(
+        "full_restart_led_and_balanced_ms",
+        ms(bal.map(|_| start.elapsed())),
+    );
+    Ok(report)
+}
+
+/// Appends `line` to `path` (for collecting runs at several N).
+pub fn append_json(path: &Path, line: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
+}
