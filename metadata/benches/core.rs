@@ -219,7 +219,7 @@ fn main() {
             })
         } else {
             let round = i / tps.len();
-            let isr = if round % 2 == 0 {
+            let isr = if round.is_multiple_of(2) {
                 vec![BrokerId(0), BrokerId(1)]
             } else {
                 vec![BrokerId(0), BrokerId(1), BrokerId(2)]
