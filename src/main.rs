@@ -415,9 +415,12 @@ enum BenchCommand {
         /// Append each run's figures as a JSON line to this file (for bench/plot-scale.py).
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Where the nodes keep their data (removed at the end).
+        /// Where the nodes keep their data (removed at the end unless --keep).
         #[arg(long, default_value = "target/bench-scale")]
         data_dir: PathBuf,
+        /// Keep the data directory and the nodes' logs (node-ID.log) after the run.
+        #[arg(long)]
+        keep: bool,
     },
     /// Offset commits/s through brokers, commit-to-every-broker latency, and Metadata
     /// requests/s, against 3 controllers and 3 brokers in this process.
@@ -678,6 +681,7 @@ fn main() -> ExitCode {
                     samples,
                     json,
                     data_dir,
+                    keep,
                 },
         } => {
             init_logging();
@@ -689,6 +693,7 @@ fn main() -> ExitCode {
                     data_dir: data_dir.clone(),
                     session_timeout_ms,
                     samples,
+                    keep,
                 };
                 match runtime.block_on(kmeta::bench::scale::scale(&options)) {
                     Ok(report) => {

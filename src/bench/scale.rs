@@ -37,6 +37,8 @@ pub struct ScaleOptions {
     pub session_timeout_ms: u64,
     /// Changes timed for propagation.
     pub samples: usize,
+    /// Keep the data directory (with each node's log) instead of removing it.
+    pub keep: bool,
 }
 
 /// One figure: its name and its value (`None`: not reached within its bound).
@@ -83,6 +85,7 @@ struct Nodes {
     ports: BTreeMap<u64, u16>,
     children: BTreeMap<u64, Child>,
     session_timeout_ms: u64,
+    keep: bool,
 }
 
 impl Drop for Nodes {
@@ -91,7 +94,9 @@ impl Drop for Nodes {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -165,6 +170,7 @@ impl Nodes {
             ports,
             children: BTreeMap::new(),
             session_timeout_ms: o.session_timeout_ms,
+            keep: o.keep,
         };
         for id in CONTROLLERS.iter().chain(&BROKERS) {
             nodes.format(*id)?;
@@ -237,6 +243,27 @@ impl Nodes {
 
     fn addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// When a controller logged that `broker`'s session expired (wall-clock ms), newest.
+    fn fenced_at_ms(&self, broker: u64) -> Option<i64> {
+        CONTROLLERS
+            .iter()
+            .flat_map(|id| {
+                std::fs::read_to_string(self.log_path(*id))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("broker session expired")
+                            && l.contains(&format!("broker={broker} "))
+                    })
+                    .filter_map(|l| {
+                        let at = l.find("wall_ms=")? + "wall_ms=".len();
+                        l[at..].split_whitespace().next()?.parse::<i64>().ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .max()
     }
 
     /// The newest "snapshot written" line of any controller: `(bytes, ms)`.
@@ -511,9 +538,13 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
         s.leaderless == 0 && !s.led_by.contains_key(&3)
     })
     .await;
+    // From the moment the active controller saw the session expire (its log's wall clock).
+    let re_led_at = crate::controller::wall_ms();
     report.record(
         "kill_9_all_re_led_after_session_expiry_ms",
-        re_led.map(|d| d.as_secs_f64() * 1000.0 - session.as_secs_f64() * 1000.0),
+        re_led
+            .and(nodes.fenced_at_ms(3))
+            .map(|fenced| (re_led_at - fenced) as f64),
     );
     // It comes back wiped: an empty log directory, formatted again.
     let _ = std::fs::remove_dir_all(nodes.data_path(3));

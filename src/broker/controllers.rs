@@ -123,6 +123,17 @@ impl Controllers {
             Ok(r) => Ok(r),
             Err(e) => {
                 *slot = None;
+                drop(slot);
+                // The other pooled connections to that controller are most likely dead too
+                // (it stopped or restarted): drop the idle ones now, or each would cost a
+                // failed attempt and a caller's backoff in turn.
+                for other in &self.slots {
+                    if let Ok(mut c) = other.try_lock() {
+                        if c.as_ref().is_some_and(|c| c.addr() == addr) {
+                            *c = None;
+                        }
+                    }
+                }
                 self.forget_leader();
                 Err(e)
             }

@@ -228,7 +228,6 @@ impl BrokerService {
             let image = &published.image;
             let mut total = 0usize;
             let mut urgent = false;
-            let mut expand = false;
             let mut hw_changed = false;
             let mut responses = Vec::with_capacity(r.topics.len());
             for t in &r.topics {
@@ -259,7 +258,9 @@ impl BrokerService {
                                     min_one,
                                 )
                                 .map(|f| {
-                                    expand |= f.may_expand;
+                                    if f.may_expand {
+                                        self.state().replicas.note_isr_candidate(&p);
+                                    }
                                     hw_changed |= f.hw_changed;
                                     f.read
                                 })
@@ -323,9 +324,6 @@ impl BrokerService {
             }
             if hw_changed {
                 self.state().replicas.changed();
-            }
-            if expand {
-                self.state().replicas.isr_check.notify_one();
             }
             let enough = total >= r.min_bytes.max(0) as usize && total > 0;
             if enough

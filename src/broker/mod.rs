@@ -224,6 +224,9 @@ async fn serve_when_caught_up(state: Arc<BrokerState>) {
     }
 }
 
+/// The longest wait between registration attempts: a refused or unanswered registration is
+/// cheap to repeat, and a quorum that has just elected a leader should not wait on it.
+const REGISTRATION_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// BrokerRegistration v3: the first with `PreviousBrokerEpoch`.
 const REGISTRATION_VERSION: i16 = 3;
 
@@ -337,7 +340,7 @@ async fn register_once(state: &BrokerState, incarnation: uuid::Uuid, previous: O
             Err(e) => tracing::debug!(error = %e, "registration failed; retrying"),
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(REGISTRATION_BACKOFF_MAX);
     }
 }
 

@@ -1,8 +1,10 @@
 //! The ISR duties of a partition leader (Kafka's `Partition.maybeShrinkIsr`/`maybeExpandIsr`
-//! and `AlterPartitionManager`): every `replica.lag.time.max.ms / 2`, and whenever a follower
-//! fetch says one may have caught up, ask each led partition for an ISR change and send those
-//! in one AlterPartition to the active controller. A partition keeps at most one change in
-//! flight; the controller's answer (or new metadata) settles it.
+//! and `AlterPartitionManager`): every `replica.lag.time.max.ms / 2` ask each led partition
+//! for an ISR change (a shrink is found only this way), and whenever follower fetches say
+//! followers may have caught up, ask just those partitions; send the changes in
+//! AlterPartition requests to the active controller, one after another while more are
+//! waiting. A partition keeps at most one change in flight; the controller's answer (or new
+//! metadata) settles it.
 
 use super::partition::LeaderAndIsr;
 use super::BrokerState;
@@ -15,8 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Partitions in one AlterPartition request, at most.
-pub const MAX_PARTITIONS_PER_REQUEST: usize = 1_000;
+/// Partitions in one AlterPartition request, at most (the controller writes one request's
+/// changes as one entry, of at most 10,000 records).
+pub const MAX_PARTITIONS_PER_REQUEST: usize = 5_000;
 
 fn error_code(code: i16) -> ErrorCode {
     [
@@ -40,25 +43,45 @@ pub async fn run(state: Arc<BrokerState>) {
     let replicas = state.replicas.clone();
     let period = Duration::from_millis((replicas.config().replica_lag_ms / 2).max(50) as u64);
     let mut tick = tokio::time::interval(period);
+    // Candidates taken but not yet asked (more than one request's worth).
+    let mut waiting: Vec<Arc<super::partition::Partition>> = Vec::new();
     loop {
-        tokio::select! {
-            _ = replicas.isr_check.notified() => {}
-            _ = tick.tick() => {}
-        }
+        let everything = waiting.is_empty()
+            && tokio::select! {
+                _ = replicas.isr_check.notified() => false,
+                _ = tick.tick() => true,
+            };
         let epoch = state.broker_epoch();
         if epoch < 0 || state.is_fenced() {
+            waiting.clear();
             continue;
         }
         let published = state.image();
         let image = &published.image;
         let eligible = |r: i32| image.is_active_broker(BrokerId(r));
         let mut proposals = Vec::new();
-        for p in replicas.all() {
-            if let Some(proposal) = p.isr_proposal(eligible) {
-                proposals.push((p, proposal));
-                if proposals.len() >= MAX_PARTITIONS_PER_REQUEST {
-                    break;
+        if everything {
+            waiting.clear();
+            replicas.isr_candidates();
+            for p in replicas.all() {
+                if let Some(proposal) = p.isr_proposal(eligible) {
+                    proposals.push((p, proposal));
                 }
+            }
+        } else {
+            waiting.extend(replicas.isr_candidates());
+            while proposals.len() < MAX_PARTITIONS_PER_REQUEST {
+                let Some(p) = waiting.pop() else { break };
+                if let Some(proposal) = p.isr_proposal(eligible) {
+                    proposals.push((p, proposal));
+                }
+            }
+        }
+        if proposals.len() > MAX_PARTITIONS_PER_REQUEST {
+            // The periodic pass over everything: the rest go back to the candidates.
+            for (p, _) in proposals.split_off(MAX_PARTITIONS_PER_REQUEST) {
+                p.isr_result(Err(ErrorCode::OperationNotAttempted));
+                replicas.note_isr_candidate(&p);
             }
         }
         if proposals.is_empty() {
@@ -149,7 +172,9 @@ pub async fn run(state: Arc<BrokerState>) {
                     p.isr_result(Err(ErrorCode::OperationNotAttempted));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                replicas.isr_check.notify_one();
+                for (p, _) in &proposals {
+                    replicas.note_isr_candidate(p);
+                }
             }
         }
         if hw_changed {

@@ -50,6 +50,9 @@ pub struct Replicas {
     changes: watch::Sender<u64>,
     /// Woken when a leader may change an ISR (a follower caught up).
     pub isr_check: Notify,
+    /// Led partitions whose follower may have caught up since the ISR duties last looked, so
+    /// they look at just those instead of every hosted partition ([`Replicas::isr_candidates`]).
+    candidates: Mutex<HashMap<TopicIdPartition, Arc<Partition>>>,
     fetchers: Mutex<BTreeSet<i32>>,
 }
 
@@ -66,6 +69,7 @@ impl Replicas {
             partitions: RwLock::new(HashMap::new()),
             changes: watch::channel(0).0,
             isr_check: Notify::new(),
+            candidates: Mutex::new(HashMap::new()),
             fetchers: Mutex::new(BTreeSet::new()),
         }
     }
@@ -85,6 +89,22 @@ impl Replicas {
     }
 
     /// Every hosted partition.
+    /// Notes that a follower of `p` may have caught up, and wakes the ISR duties.
+    pub fn note_isr_candidate(&self, p: &Arc<Partition>) {
+        self.candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p.tp, p.clone());
+        self.isr_check.notify_one();
+    }
+
+    /// Takes the partitions noted by [`Replicas::note_isr_candidate`].
+    pub fn isr_candidates(&self) -> Vec<Arc<Partition>> {
+        std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_values()
+            .collect()
+    }
+
     pub fn all(&self) -> Vec<Arc<Partition>> {
         self.partitions
             .read()

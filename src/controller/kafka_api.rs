@@ -529,6 +529,13 @@ impl ControllerService {
             .first()
             .and_then(|t| t.partitions.first())
             .map_or(0, |p| p.fetch_offset.max(0) as u64);
+        if r.replica_id.0 >= 0 && from > 0 {
+            // A broker's metadata fetcher publishes each response before its next fetch.
+            self.controller.note_broker_applied(
+                kmeta_metadata::BrokerId(r.replica_id.0),
+                kmeta_metadata::LogOffset(from as i64 - 1),
+            );
+        }
         let max_bytes =
             (r.max_bytes.max(1) as usize).min(crate::kafka::wire::MAX_RESPONSE_BYTES / 2);
         let wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);

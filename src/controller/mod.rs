@@ -64,7 +64,8 @@ pub const MAX_ENTRIES_IN_FLIGHT: usize = 4;
 pub const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How long after a write lets a preferred replica lead again (it rejoined the ISR) the loop
 /// runs a leader-balancing pass, instead of waiting for the periodic one. Writes within this
-/// time share one pass. A pass that stops at its bound of elections runs again at this delay.
+/// time share one pass. A pass that stops at its bound of elections is followed at once by
+/// the next.
 pub const BALANCE_SOON: Duration = Duration::from_millis(500);
 
 /// What a decision sees.
@@ -259,6 +260,16 @@ impl Controller {
             .contacts()
             .map(|(b, c)| (b, now.saturating_sub(c.last_contact_ms), c.metadata_offset))
             .collect()
+    }
+
+    /// Notes that `broker` has applied the metadata log up to `offset` (it fetches from the
+    /// next one), so a controlled shutdown waiting for every broker to see its leader moves
+    /// completes without waiting for their next heartbeats.
+    pub fn note_broker_applied(&self, broker: kmeta_metadata::BrokerId, offset: LogOffset) {
+        self.tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note_applied(broker, offset);
     }
 
     /// A broker heartbeat: the session is refreshed at once, off the write path; the state
@@ -688,7 +699,9 @@ impl EventLoop {
             .balance_more
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
-            self.balance_soon = Some(Instant::now() + BALANCE_SOON);
+            // More partitions wait: the next pass at once (it is decided on the image that
+            // includes this one; the bound on entries in flight paces the passes).
+            self.balance_soon = Some(Instant::now());
         }
     }
 
@@ -699,7 +712,7 @@ impl EventLoop {
         let job: Job = Box::new(|ctx| {
             let result = fence_stale_broker(ctx.image, ctx.config, ctx.tracker, ctx.now_ms);
             if let Some(b) = result.reply {
-                tracing::info!(broker = %b, "broker session expired: fencing");
+                tracing::info!(broker = %b, wall_ms = ctx.wall_ms, "broker session expired: fencing");
                 ctx.tracker.remove(b);
             }
             Decided {

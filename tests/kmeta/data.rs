@@ -158,6 +158,12 @@ async fn fill(brokers: &[String], topic: &str, batches: usize) -> usize {
             .await
             .map(|resp| resp.responses[0].partition_responses[0].error_code)
             .unwrap_or(-1);
+        if code == kmeta_metadata::ErrorCode::NotLeaderOrFollower.code() {
+            // Leadership moved (the controller moves it back to the preferred replica once
+            // that one is in sync): nothing was appended; find the leader and send again.
+            conn = None;
+            continue;
+        }
         assert_eq!(code, 0, "produce failed");
         acked += 64;
         sent += 1;

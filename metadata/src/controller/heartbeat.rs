@@ -50,6 +50,15 @@ impl BrokerHeartbeatTracker {
         self.by_contact.insert((entry.last_contact_ms, broker));
     }
 
+    /// Raises the metadata offset `broker` has applied, learned from its metadata fetches
+    /// (a broker fetching from offset F has published everything before F). Neither a
+    /// contact nor a session: a broker not tracked stays untracked.
+    pub fn note_applied(&mut self, broker: BrokerId, metadata_offset: LogOffset) {
+        if let Some(c) = self.contacts.get_mut(&broker) {
+            c.metadata_offset = c.metadata_offset.max(metadata_offset);
+        }
+    }
+
     /// Notes the offset at which `broker` entered controlled shutdown.
     pub fn set_controlled_shutdown_offset(&mut self, broker: BrokerId, offset: LogOffset) {
         if let Some(c) = self.contacts.get_mut(&broker) {
