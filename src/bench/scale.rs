@@ -86,6 +86,7 @@ struct Nodes {
     children: BTreeMap<u64, Child>,
     session_timeout_ms: u64,
     keep: bool,
+    partitions: usize,
 }
 
 impl Drop for Nodes {
@@ -116,8 +117,9 @@ impl Nodes {
         self.dir.join(format!("data-{id}"))
     }
 
-    /// The properties of node `id`: defaults, plus a snapshot every 8 MiB of records (so the
-    /// run writes some at every N) and the session timeout asked for.
+    /// The properties of node `id`: defaults, plus a snapshot after every `20 × N` bytes of
+    /// records (at least 1 MiB: about one or two during the creation, at every N) and the
+    /// session timeout asked for.
     fn node_config(&self, id: u64) -> String {
         let voters: Vec<String> = CONTROLLERS
             .iter()
@@ -129,11 +131,12 @@ impl Nodes {
             ("broker", "PLAINTEXT")
         };
         format!(
-            "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={}\nlisteners={listener}://127.0.0.1:{}\nlog.dirs={}\nbroker.session.timeout.ms={}\nmetadata.log.max.record.bytes.between.snapshots=8388608\n",
+            "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={}\nlisteners={listener}://127.0.0.1:{}\nlog.dirs={}\nbroker.session.timeout.ms={}\nmetadata.log.max.record.bytes.between.snapshots={}\n",
             voters.join(","),
             self.ports[&id],
             self.data_path(id).display(),
             self.session_timeout_ms,
+            (self.partitions * 20).max(1 << 20),
         )
     }
 
@@ -171,6 +174,7 @@ impl Nodes {
             children: BTreeMap::new(),
             session_timeout_ms: o.session_timeout_ms,
             keep: o.keep,
+            partitions: o.partitions,
         };
         for id in CONTROLLERS.iter().chain(&BROKERS) {
             nodes.format(*id)?;
@@ -226,6 +230,16 @@ impl Nodes {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// CPU time node `id` has used (user + system), in clock ticks.
+    fn cpu_ticks(&self, id: u64) -> Option<u64> {
+        let pid = self.children.get(&id)?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) close with ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     }
 
     fn rss_mib(&self, id: u64) -> Option<f64> {
@@ -438,6 +452,20 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
         ms(visible.map(|_| start.elapsed())),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Idle CPU: the six processes with nothing asked of them, over 5 s.
+    let all: Vec<u64> = CONTROLLERS.iter().chain(&BROKERS).copied().collect();
+    let ticks = |nodes: &Nodes| -> Option<u64> { all.iter().map(|id| nodes.cpu_ticks(*id)).sum() };
+    let before = ticks(&nodes);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    report.record(
+        "idle_cpu_percent_of_a_core",
+        before
+            .zip(ticks(&nodes))
+            .map(|(a, b)| (b - a) as f64 / hz / 5.0 * 100.0),
+    );
 
     // Memory.
     let rss = |nodes: &Nodes, ids: &[u64]| {

@@ -31,7 +31,17 @@ fn locate(
     topic: &str,
     partition: i32,
 ) -> Result<Arc<Partition>, ErrorCode> {
-    let Some(t) = image.topic_by_name(topic) else {
+    locate_in(service, image.topic_by_name(topic), partition)
+}
+
+/// Like [`locate`], with the topic already looked up (once per topic of a request, not once
+/// per partition: a follower's fetch names thousands of partitions).
+fn locate_in(
+    service: &BrokerService,
+    topic: Option<&kmeta_metadata::image::TopicImage>,
+    partition: i32,
+) -> Result<Arc<Partition>, ErrorCode> {
+    let Some(t) = topic else {
         return Err(ErrorCode::UnknownTopicOrPartition);
     };
     if !t.partitions.contains_key(&partition) {
@@ -45,6 +55,53 @@ fn locate(
             partition,
         })
         .ok_or(ErrorCode::NotLeaderOrFollower)
+}
+
+/// Fills in `out` from a partition's read: `(the partition's answer, the bytes of records it
+/// carries, whether the answer should go out at once: an error or a divergence)`.
+fn partition_data(
+    out: fetch_response::PartitionData,
+    result: Result<Read, super::partition::PartitionError>,
+) -> (fetch_response::PartitionData, usize, bool) {
+    use fetch_response::EpochEndOffset;
+    match result {
+        Ok(Read::Records(records, m)) => {
+            let bytes = records.len();
+            let out = out
+                .with_high_watermark(m.high_watermark)
+                .with_last_stable_offset(m.high_watermark)
+                .with_log_start_offset(m.log_start)
+                .with_records(Some(records));
+            (out, bytes, false)
+        }
+        Ok(Read::Diverging {
+            epoch,
+            end_offset,
+            marks,
+        }) => {
+            let out = out
+                .with_high_watermark(marks.high_watermark)
+                .with_last_stable_offset(marks.high_watermark)
+                .with_log_start_offset(marks.log_start)
+                .with_diverging_epoch(
+                    EpochEndOffset::default()
+                        .with_epoch(epoch)
+                        .with_end_offset(end_offset),
+                );
+            (out, 0, true)
+        }
+        Err((code, marks)) => {
+            let out = out.with_error_code(code.code());
+            let out = match marks {
+                Some(m) => out
+                    .with_high_watermark(m.high_watermark)
+                    .with_last_stable_offset(m.high_watermark)
+                    .with_log_start_offset(m.log_start),
+                None => out.with_high_watermark(-1).with_last_stable_offset(-1),
+            };
+            (out, 0, true)
+        }
+    }
 }
 
 /// The batch count and codec of a producer's records, or the error Kafka gives (§1.2 step 4).
@@ -204,20 +261,24 @@ impl BrokerService {
         Ok(Some(response))
     }
 
-    /// Fetch, from consumers (`replica_id` < 0) and followers. Sessionless: every response is
-    /// a full one (session id 0) listing every partition asked for.
+    /// Fetch, from consumers (`replica_id` < 0) and followers. Consumers fetch sessionless:
+    /// every response is a full one (session id 0) listing every partition asked for.
+    /// Followers may fetch in a session ([`super::fetch_session`]).
     pub(super) async fn fetch(&self, r: FetchRequest, version: i16) -> FetchResponse {
-        use fetch_response::{EpochEndOffset, FetchableTopicResponse, PartitionData};
-        if r.session_id != 0 {
-            return FetchResponse::default()
-                .with_error_code(ErrorCode::FetchSessionIdNotFound.code())
-                .with_session_id(0);
-        }
+        use fetch_response::{FetchableTopicResponse, PartitionData};
         let replica = if version >= 15 {
             r.replica_state.replica_id.0
         } else {
             r.replica_id.0
         };
+        if replica >= 0 && (r.session_id != 0 || r.session_epoch == 0) {
+            return self.fetch_in_session(r, version, replica).await;
+        }
+        if r.session_id != 0 {
+            return FetchResponse::default()
+                .with_error_code(ErrorCode::FetchSessionIdNotFound.code())
+                .with_session_id(0);
+        }
         let max_wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut changes = self.state().replicas.subscribe();
@@ -232,6 +293,7 @@ impl BrokerService {
             let mut responses = Vec::with_capacity(r.topics.len());
             for t in &r.topics {
                 let name = t.topic.0.to_string();
+                let topic = image.topic_by_name(&name);
                 let mut parts = Vec::with_capacity(t.partitions.len());
                 for fp in &t.partitions {
                     let out = PartitionData::default()
@@ -245,7 +307,7 @@ impl BrokerService {
                     let room = (r.max_bytes.max(0) as usize).saturating_sub(total);
                     let max_bytes = (fp.partition_max_bytes.max(0) as usize).min(room);
                     let min_one = total == 0;
-                    let result = locate(self, image, &name, fp.partition)
+                    let result = locate_in(self, topic, fp.partition)
                         .map_err(|e| (e, None))
                         .and_then(|p| {
                             if replica >= 0 {
@@ -278,41 +340,9 @@ impl BrokerService {
                                 )
                             }
                         });
-                    let out = match result {
-                        Ok(Read::Records(records, m)) => {
-                            total += records.len();
-                            out.with_high_watermark(m.high_watermark)
-                                .with_last_stable_offset(m.high_watermark)
-                                .with_log_start_offset(m.log_start)
-                                .with_records(Some(records))
-                        }
-                        Ok(Read::Diverging {
-                            epoch,
-                            end_offset,
-                            marks,
-                        }) => {
-                            urgent = true;
-                            out.with_high_watermark(marks.high_watermark)
-                                .with_last_stable_offset(marks.high_watermark)
-                                .with_log_start_offset(marks.log_start)
-                                .with_diverging_epoch(
-                                    EpochEndOffset::default()
-                                        .with_epoch(epoch)
-                                        .with_end_offset(end_offset),
-                                )
-                        }
-                        Err((code, marks)) => {
-                            urgent = true;
-                            let out = out.with_error_code(code.code());
-                            match marks {
-                                Some(m) => out
-                                    .with_high_watermark(m.high_watermark)
-                                    .with_last_stable_offset(m.high_watermark)
-                                    .with_log_start_offset(m.log_start),
-                                None => out.with_high_watermark(-1).with_last_stable_offset(-1),
-                            }
-                        }
-                    };
+                    let (out, bytes, stop) = partition_data(out, result);
+                    total += bytes;
+                    urgent |= stop;
                     parts.push(out);
                 }
                 responses.push(
@@ -341,6 +371,175 @@ impl BrokerService {
                 .is_err()
             {
                 // One last look at the deadline (the loop answers with what there is).
+                continue;
+            }
+        }
+    }
+
+    /// A follower's fetch in an incremental session (KIP-227; `fetch_session.rs`): session
+    /// id 0 with epoch 0 opens one (a full fetch and answer); a later fetch names the changed
+    /// partitions and the forgotten ones, and is answered with the partitions that have
+    /// something new.
+    async fn fetch_in_session(&self, r: FetchRequest, version: i16, replica: i32) -> FetchResponse {
+        use super::fetch_session::{Cached, Session};
+        use fetch_response::{FetchableTopicResponse, PartitionData};
+        let refuse = |code: ErrorCode| {
+            FetchResponse::default()
+                .with_error_code(code.code())
+                .with_session_id(0)
+        };
+        let sessions = &self.state().fetch_sessions;
+        let (id, session, full) = if r.session_id == 0 {
+            let (id, session) = sessions.open(replica);
+            (id, session, true)
+        } else {
+            match sessions.get(r.session_id) {
+                Some(session) => (r.session_id, session, false),
+                None => return refuse(ErrorCode::FetchSessionIdNotFound),
+            }
+        };
+        let mut s = session.lock().await;
+        if !full && (s.replica != replica || s.epoch != r.session_epoch) {
+            drop(s);
+            sessions.close(id);
+            return refuse(ErrorCode::InvalidFetchSessionEpoch);
+        }
+        s.epoch = if full {
+            1
+        } else {
+            Session::next_epoch(s.epoch)
+        };
+        for f in &r.forgotten_topics_data {
+            for p in &f.partitions {
+                s.parts.remove(&(f.topic.0.to_string(), *p));
+            }
+        }
+        let published = self.state().image();
+        for t in &r.topics {
+            let name = t.topic.0.to_string();
+            let topic_id = published.image.topic_id(&name).unwrap_or(uuid::Uuid::nil());
+            for fp in &t.partitions {
+                let c = s
+                    .parts
+                    .entry((name.clone(), fp.partition))
+                    .or_insert_with(|| Cached {
+                        topic: t.topic.clone(),
+                        topic_id,
+                        fetch_offset: 0,
+                        current_leader_epoch: -1,
+                        last_fetched_epoch: -1,
+                        max_bytes: 0,
+                        partition: None,
+                        sent_hw: -1,
+                        sent_log_start: -1,
+                    });
+                c.fetch_offset = fp.fetch_offset;
+                c.current_leader_epoch = fp.current_leader_epoch;
+                c.last_fetched_epoch = if version >= 12 {
+                    fp.last_fetched_epoch
+                } else {
+                    -1
+                };
+                c.max_bytes = fp.partition_max_bytes;
+            }
+        }
+        drop(published);
+        let max_wait = Duration::from_millis(r.max_wait_ms.max(0) as u64).min(MAX_FETCH_WAIT);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let replicas = &self.state().replicas;
+        let mut changes = replicas.subscribe();
+        let mut resolved_at = None;
+        loop {
+            changes.borrow_and_update();
+            // Partition handles are looked up again only when the hosted set changed.
+            let generation = replicas.generation();
+            if resolved_at != Some(generation) {
+                let published = self.state().image();
+                for ((_, partition), c) in s.parts.iter_mut() {
+                    c.partition = published.image.topic_id(&c.topic.0).and_then(|id| {
+                        c.topic_id = id;
+                        replicas.get(&TopicIdPartition {
+                            topic_id: id,
+                            partition: *partition,
+                        })
+                    });
+                }
+                resolved_at = Some(generation);
+            }
+            let mut total = 0usize;
+            let mut urgent = false;
+            let mut hw_changed = false;
+            let mut included: Vec<(String, i32, PartitionData)> = Vec::new();
+            for ((topic, partition), c) in s.parts.iter() {
+                let room = (r.max_bytes.max(0) as usize).saturating_sub(total);
+                let max_bytes = (c.max_bytes.max(0) as usize).min(room);
+                let result = match &c.partition {
+                    None => Err((ErrorCode::NotLeaderOrFollower, None)),
+                    Some(p) => p
+                        .read_for_follower(
+                            replica,
+                            c.fetch_offset,
+                            c.current_leader_epoch,
+                            c.last_fetched_epoch,
+                            max_bytes,
+                            total == 0,
+                        )
+                        .map(|f| {
+                            if f.may_expand {
+                                replicas.note_isr_candidate(p);
+                            }
+                            hw_changed |= f.hw_changed;
+                            f.read
+                        }),
+                };
+                let out = PartitionData::default()
+                    .with_partition_index(*partition)
+                    .with_records(Some(Bytes::new()));
+                let (out, bytes, stop) = partition_data(out, result);
+                total += bytes;
+                urgent |= stop;
+                let news = full
+                    || bytes > 0
+                    || stop
+                    || out.high_watermark != c.sent_hw
+                    || out.log_start_offset != c.sent_log_start;
+                if news {
+                    included.push((topic.clone(), *partition, out));
+                }
+            }
+            if hw_changed {
+                replicas.changed();
+            }
+            let enough = total >= r.min_bytes.max(0) as usize && total > 0;
+            if enough || urgent || max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
+                let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+                for (topic, partition, out) in included {
+                    if let Some(c) = s.parts.get_mut(&(topic.clone(), partition)) {
+                        c.sent_hw = out.high_watermark;
+                        c.sent_log_start = out.log_start_offset;
+                        if responses
+                            .last()
+                            .is_none_or(|t| t.topic.0 != *topic.as_str())
+                        {
+                            responses.push(
+                                FetchableTopicResponse::default()
+                                    .with_topic(c.topic.clone())
+                                    .with_topic_id(c.topic_id),
+                            );
+                        }
+                    }
+                    if let Some(t) = responses.last_mut() {
+                        t.partitions.push(out);
+                    }
+                }
+                return FetchResponse::default()
+                    .with_session_id(id)
+                    .with_responses(responses);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 continue;
             }
         }

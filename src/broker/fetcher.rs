@@ -1,6 +1,7 @@
 //! Replica fetchers: one task per leader broker this broker follows partitions of, each
 //! long-polling that leader with Fetch v12 (`replica_id` = this broker) for all of them, as
-//! Kafka's `ReplicaFetcherThread` does. A response's records are appended verbatim; a
+//! Kafka's `ReplicaFetcherThread` does, in an incremental fetch session (KIP-227): after the
+//! first fetch, a request names only the partitions whose position changed. A response's records are appended verbatim; a
 //! `diverging_epoch` truncates the log where the histories fork (KIP-101, KIP-279, KIP-320)
 //! before fetching on; OFFSET_OUT_OF_RANGE resets to the leader's range.
 
@@ -8,10 +9,10 @@ use super::partition::Partition;
 use super::BrokerState;
 use crate::kafka::client::KafkaClient;
 use crate::kafka::wire::sb;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{BrokerId as WireBrokerId, FetchRequest, TopicName};
 use kmeta_metadata::{BrokerId, ErrorCode};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,18 @@ pub const RESPONSE_MAX_BYTES: i32 = 10 * 1024 * 1024;
 const BACKOFF: Duration = Duration::from_millis(200);
 /// A fetcher with nothing to follow for this long stops (a new one starts when needed).
 const IDLE_STOP: Duration = Duration::from_secs(30);
+
+/// A partition's fetch position: (current leader epoch, fetch offset, last fetched epoch,
+/// log start offset).
+type Position = (i32, i64, i32, i64);
+
+/// This fetcher's incremental fetch session with its leader (KIP-227): its id, the epoch the
+/// next fetch carries, and the positions the leader holds for it.
+struct FollowerSession {
+    id: i32,
+    epoch: i32,
+    sent: HashMap<(String, i32), Position>,
+}
 
 /// Starts a fetcher for each leader in `leaders` that has none.
 pub fn ensure(state: &Arc<BrokerState>, leaders: impl IntoIterator<Item = i32>) {
@@ -51,6 +64,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
     let replicas = state.replicas.clone();
     let mut changes = replicas.subscribe();
     let mut client: Option<KafkaClient> = None;
+    let mut session: Option<FollowerSession> = None;
     let mut idle_since = tokio::time::Instant::now();
     loop {
         let parts = replicas.following(leader);
@@ -72,6 +86,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         };
         if client.as_ref().is_some_and(|c| c.addr() != addr) {
             client = None;
+            session = None;
         }
         if client.is_none() {
             match KafkaClient::connect(
@@ -91,39 +106,68 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         }
         // (topic, partition) → (partition, the epoch and offset fetched at).
         let mut asked: BTreeMap<(String, i32), (Arc<Partition>, i32, i64)> = BTreeMap::new();
-        let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+        let mut positions: HashMap<(String, i32), Position> = HashMap::new();
         for p in parts {
-            let Some((epoch, offset, last_epoch, log_start)) = p.follower_fetch_position(leader)
-            else {
+            let Some(position) = p.follower_fetch_position(leader) else {
                 continue;
             };
-            topics.entry(p.topic.clone()).or_default().push(
+            let key = (p.topic.clone(), p.tp.partition);
+            asked.insert(key.clone(), (p, position.0, position.1));
+            positions.insert(key, position);
+        }
+        if asked.is_empty() {
+            continue;
+        }
+        // In a session only what changed is named; without one (or to open one), everything.
+        let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
+        let mut forgotten: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for (key, position) in &positions {
+            if session
+                .as_ref()
+                .is_some_and(|s| s.sent.get(key) == Some(position))
+            {
+                continue;
+            }
+            let (epoch, offset, last_epoch, log_start) = *position;
+            topics.entry(key.0.clone()).or_default().push(
                 FetchPartition::default()
-                    .with_partition(p.tp.partition)
+                    .with_partition(key.1)
                     .with_current_leader_epoch(epoch)
                     .with_fetch_offset(offset)
                     .with_last_fetched_epoch(last_epoch)
                     .with_log_start_offset(log_start)
                     .with_partition_max_bytes(PARTITION_MAX_BYTES),
             );
-            asked.insert((p.topic.clone(), p.tp.partition), (p, epoch, offset));
         }
-        if asked.is_empty() {
-            continue;
+        if let Some(s) = &session {
+            for key in s.sent.keys().filter(|k| !positions.contains_key(*k)) {
+                forgotten.entry(key.0.clone()).or_default().push(key.1);
+            }
         }
+        let (session_id, session_epoch) = session.as_ref().map_or((0, 0), |s| (s.id, s.epoch));
         let request = FetchRequest::default()
             .with_replica_id(WireBrokerId(state.node_id))
             .with_max_wait_ms(WAIT_MAX_MS)
             .with_min_bytes(1)
             .with_max_bytes(RESPONSE_MAX_BYTES)
             .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
+            .with_session_id(session_id)
+            .with_session_epoch(session_epoch)
             .with_topics(
                 topics
                     .into_iter()
                     .map(|(t, ps)| {
                         FetchTopic::default()
+                            .with_topic(TopicName(sb(t)))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            )
+            .with_forgotten_topics_data(
+                forgotten
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        ForgottenTopic::default()
                             .with_topic(TopicName(sb(t)))
                             .with_partitions(ps)
                     })
@@ -135,10 +179,34 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             Err(e) => {
                 tracing::debug!(leader, error = %e, "follower fetch failed");
                 client = None;
+                session = None;
                 tokio::time::sleep(BACKOFF).await;
                 continue;
             }
         };
+        if response.error_code == ErrorCode::FetchSessionIdNotFound.code()
+            || response.error_code == ErrorCode::InvalidFetchSessionEpoch.code()
+        {
+            // The leader lost the session (restarted, evicted it): open a new one at once.
+            tracing::debug!(
+                leader,
+                error_code = response.error_code,
+                "fetch session lost"
+            );
+            session = None;
+            continue;
+        }
+        if response.error_code == 0 {
+            session = (response.session_id > 0).then(|| FollowerSession {
+                id: response.session_id,
+                epoch: if session_id == response.session_id {
+                    crate::broker::fetch_session::Session::next_epoch(session_epoch)
+                } else {
+                    1
+                },
+                sent: positions,
+            });
+        }
         let mut backoff = response.error_code != 0;
         let mut progressed = false;
         for t in &response.responses {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod controllers;
 pub mod coordinator;
 mod data;
+pub mod fetch_session;
 pub mod fetcher;
 pub mod follower;
 pub mod group;
@@ -100,6 +101,8 @@ pub struct BrokerState {
     pub producer_ids: producer_ids::ProducerIds,
     /// The consumer groups this broker coordinates.
     pub groups: coordinator::Coordinator,
+    /// The fetch sessions of this broker's followers.
+    pub fetch_sessions: fetch_session::FetchSessions,
     image: ArcSwap<Published>,
     /// What changed since the partitions last caught up with the image.
     delta: std::sync::Mutex<ImageDelta>,
@@ -127,6 +130,7 @@ impl BrokerState {
             replicas: Arc::new(replicas::Replicas::new(config.node_id, config.data.clone())),
             producer_ids: producer_ids::ProducerIds::default(),
             groups: coordinator::Coordinator::new(config.groups),
+            fetch_sessions: fetch_session::FetchSessions::default(),
             config,
             delta: std::sync::Mutex::new(ImageDelta::everything()),
             image: ArcSwap::from_pointee(Published {

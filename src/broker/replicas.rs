@@ -42,17 +42,57 @@ impl DataConfig {
     }
 }
 
+/// Hashes a partition key cheaply: topic ids are random UUIDs, so their low half mixed with
+/// the partition index is already well spread. The default SipHash took a seventh of a
+/// follower-heavy broker's CPU in fetch handling at 100,000 partitions.
+#[derive(Clone, Copy, Default)]
+pub struct PartitionHash;
+
+impl std::hash::BuildHasher for PartitionHash {
+    type Hasher = PartitionHasher;
+    fn build_hasher(&self) -> PartitionHasher {
+        PartitionHasher(0)
+    }
+}
+
+/// The hasher of [`PartitionHash`].
+#[derive(Default)]
+pub struct PartitionHasher(u64);
+
+impl std::hash::Hasher for PartitionHasher {
+    fn finish(&self) -> u64 {
+        // SplitMix64's finalizer.
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
+    fn write_i32(&mut self, i: i32) {
+        self.0 = self.0.rotate_left(5) ^ i as u32 as u64;
+    }
+}
+
 /// The hosted partitions.
 pub struct Replicas {
     me: i32,
     config: DataConfig,
-    partitions: RwLock<HashMap<TopicIdPartition, Arc<Partition>>>,
+    partitions: RwLock<HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>>,
     changes: watch::Sender<u64>,
     /// Woken when a leader may change an ISR (a follower caught up).
     pub isr_check: Notify,
     /// Led partitions whose follower may have caught up since the ISR duties last looked, so
     /// they look at just those instead of every hosted partition ([`Replicas::isr_candidates`]).
     candidates: Mutex<HashMap<TopicIdPartition, Arc<Partition>>>,
+    /// Bumped whenever a partition is added or removed, so a holder of partition handles
+    /// (a fetch session) knows when to look them up again.
+    generation: std::sync::atomic::AtomicU64,
     fetchers: Mutex<BTreeSet<i32>>,
 }
 
@@ -66,10 +106,11 @@ impl Replicas {
         Replicas {
             me,
             config,
-            partitions: RwLock::new(HashMap::new()),
+            partitions: RwLock::new(HashMap::default()),
             changes: watch::channel(0).0,
             isr_check: Notify::new(),
             candidates: Mutex::new(HashMap::new()),
+            generation: Default::default(),
             fetchers: Mutex::new(BTreeSet::new()),
         }
     }
@@ -88,7 +129,16 @@ impl Replicas {
             .cloned()
     }
 
-    /// Every hosted partition.
+    /// Changes whenever a partition is added or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump_generation(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Notes that a follower of `p` may have caught up, and wakes the ISR duties.
     pub fn note_isr_candidate(&self, p: &Arc<Partition>) {
         self.candidates
@@ -105,6 +155,7 @@ impl Replicas {
             .collect()
     }
 
+    /// Every hosted partition.
     pub fn all(&self) -> Vec<Arc<Partition>> {
         self.partitions
             .read()
@@ -260,6 +311,7 @@ impl Replicas {
                             .write()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(tp, p.clone());
+                        self.bump_generation();
                         p
                     }
                     Err(e) => {
@@ -298,6 +350,9 @@ impl Replicas {
             let mut map = self.partitions.write().unwrap_or_else(|p| p.into_inner());
             tps.iter().filter_map(|k| map.remove(k)).collect()
         };
+        if !gone.is_empty() {
+            self.bump_generation();
+        }
         for p in &gone {
             tracing::info!(topic = %p.topic, partition = p.tp.partition, "deleting a replica no longer hosted here");
             if let Err(e) = p.delete() {

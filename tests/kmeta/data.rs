@@ -403,3 +403,150 @@ fn a_topic_deleted_while_a_broker_was_down_leaves_nothing_on_its_disk() {
         || (!dir(3).exists()).then_some(()),
     );
 }
+
+/// Issue 13: a follower fetches in an incremental session (KIP-227). The first fetch opens it
+/// and is answered in full; a later fetch naming nothing is answered with only the partitions
+/// that have something new; a wrong epoch or an unknown session is refused with Kafka's
+/// errors. (The test plays broker 3, killed, as the follower.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_session_names_only_what_changed_both_ways() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::*;
+    use kmeta::kafka::client::KafkaClient;
+    use kmeta::kafka::wire::sb;
+    use kmeta_metadata::ErrorCode;
+
+    let mut c = ProcessCluster::start(3, 3, "");
+    let b1 = c.broker_addr(1);
+    let mut k = loop {
+        if let Ok(mut k) = KafkaClient::connect(&b1, "test", Duration::from_secs(10)).await {
+            if k.send(&MetadataRequest::default(), 12)
+                .await
+                .is_ok_and(|m| m.brokers.len() == 3)
+            {
+                break k;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let created = k
+        .send(
+            &CreateTopicsRequest::default().with_topics(vec![
+                create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(sb("quiet")))
+                    .with_num_partitions(30)
+                    .with_replication_factor(3),
+            ]),
+            7,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.topics[0].error_code, 0);
+    c.kill(3);
+    // The partitions broker 1 leads, once every broker agrees.
+    let led: Vec<i32> = loop {
+        let md = k
+            .send(&MetadataRequest::default().with_topics(None), 12)
+            .await
+            .unwrap();
+        let parts = &md.topics[0].partitions;
+        if parts.len() == 30
+            && parts
+                .iter()
+                .all(|p| p.leader_id.0 == 1 || p.leader_id.0 == 2)
+        {
+            break parts
+                .iter()
+                .filter(|p| p.leader_id.0 == 1)
+                .map(|p| p.partition_index)
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(led.len() >= 2, "broker 1 leads {led:?}");
+    let fetch = |id: i32, epoch: i32, partitions: &[i32], wait_ms: i32| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(3))
+            .with_max_wait_ms(wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_session_id(id)
+            .with_session_epoch(epoch)
+            .with_topics(if partitions.is_empty() {
+                Vec::new()
+            } else {
+                vec![FetchTopic::default()
+                    .with_topic(TopicName(sb("quiet")))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|p| {
+                                FetchPartition::default()
+                                    .with_partition(*p)
+                                    .with_fetch_offset(0)
+                                    .with_current_leader_epoch(-1)
+                                    .with_last_fetched_epoch(-1)
+                                    .with_partition_max_bytes(1 << 20)
+                            })
+                            .collect(),
+                    )]
+            })
+    };
+    let count = |r: &FetchResponse| {
+        r.responses
+            .iter()
+            .map(|t| t.partitions.len())
+            .sum::<usize>()
+    };
+    let mut f = KafkaClient::connect(&b1, "follower", Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let opened = f.send(&fetch(0, 0, &led, 0), 12).await.unwrap();
+    assert_eq!(opened.error_code, 0);
+    assert!(opened.session_id > 0, "no session was opened: {opened:?}");
+    assert_eq!(
+        count(&opened),
+        led.len(),
+        "the opening answer is a full one"
+    );
+    let id = opened.session_id;
+
+    let quiet = f.send(&fetch(id, 1, &[], 0), 12).await.unwrap();
+    assert_eq!((quiet.error_code, quiet.session_id), (0, id));
+    assert_eq!(
+        count(&quiet),
+        0,
+        "nothing changed, nothing named: {quiet:?}"
+    );
+
+    // One message on one partition: only that one comes back, with its records.
+    let mut p = KafkaClient::connect(&b1, "producer", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let records = kmeta::broker::log::batch::build(&[b"m"], kmeta::controller::wall_ms(), None);
+    let produced = p
+        .send(
+            &kmeta::kafka::client::produce_one("quiet", led[0], 1, 10_000, records),
+            9,
+        )
+        .await
+        .unwrap();
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    let news = f.send(&fetch(id, 2, &[], 2_000), 12).await.unwrap();
+    assert_eq!(news.error_code, 0);
+    let named: Vec<i32> = news
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| p.partition_index)
+        .collect();
+    assert_eq!(named, vec![led[0]], "{news:?}");
+    let part = &news.responses[0].partitions[0];
+    assert!(part.records.as_ref().is_some_and(|r| !r.is_empty()));
+
+    let wrong = f.send(&fetch(id, 7, &[], 0), 12).await.unwrap();
+    assert_eq!(wrong.error_code, ErrorCode::InvalidFetchSessionEpoch.code());
+    let gone = f.send(&fetch(id, 3, &[], 0), 12).await.unwrap();
+    assert_eq!(gone.error_code, ErrorCode::FetchSessionIdNotFound.code());
+}
