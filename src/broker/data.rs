@@ -451,11 +451,15 @@ impl BrokerService {
         let mut resolved_at = None;
         loop {
             changes.borrow_and_update();
-            // Partition handles are looked up again only when the hosted set changed.
+            // Partition handles are looked up again only when the hosted set changed, and
+            // only those not held or no longer hosted.
             let generation = replicas.generation();
             if resolved_at != Some(generation) {
                 let published = self.state().image();
                 for ((_, partition), c) in s.parts.iter_mut() {
+                    if c.partition.as_ref().is_some_and(|p| !p.is_removed()) {
+                        continue;
+                    }
                     c.partition = published.image.topic_id(&c.topic.0).and_then(|id| {
                         c.topic_id = id;
                         replicas.get(&TopicIdPartition {

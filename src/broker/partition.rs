@@ -254,6 +254,8 @@ pub struct Partition {
     pub topic: String,
     me: i32,
     state: Mutex<State>,
+    /// Set once the broker stops hosting this replica (a holder of the handle looks again).
+    removed: std::sync::atomic::AtomicBool,
 }
 
 /// An error on a partition, with the marks to report alongside where known.
@@ -286,7 +288,19 @@ impl Partition {
                 epoch_start_offset: 0,
                 config,
             }),
+            removed: Default::default(),
         })
+    }
+
+    /// Marks this replica as no longer hosted.
+    pub fn mark_removed(&self) {
+        self.removed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once this replica is no longer hosted here.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

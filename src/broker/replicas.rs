@@ -354,6 +354,7 @@ impl Replicas {
             self.bump_generation();
         }
         for p in &gone {
+            p.mark_removed();
             tracing::info!(topic = %p.topic, partition = p.tp.partition, "deleting a replica no longer hosted here");
             if let Err(e) = p.delete() {
                 tracing::warn!(error = %e, "cannot delete a partition directory");
