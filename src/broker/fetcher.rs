@@ -6,12 +6,13 @@
 //! before fetching on; OFFSET_OUT_OF_RANGE resets to the leader's range.
 
 use super::partition::Partition;
+use super::replicas::PartitionHash;
 use super::BrokerState;
 use crate::kafka::client::KafkaClient;
 use crate::kafka::wire::sb;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{BrokerId as WireBrokerId, FetchRequest, TopicName};
-use kmeta_metadata::{BrokerId, ErrorCode};
+use kmeta_metadata::{BrokerId, ErrorCode, TopicIdPartition};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +38,11 @@ type Position = (i32, i64, i32, i64);
 struct FollowerSession {
     id: i32,
     epoch: i32,
-    sent: HashMap<(String, i32), Position>,
+    sent: Followed,
 }
+
+/// Followed partitions: where each fetches from, and the partition.
+type Followed = HashMap<TopicIdPartition, (Position, Arc<Partition>), PartitionHash>;
 
 /// Starts a fetcher for each leader in `leaders` that has none.
 pub fn ensure(state: &Arc<BrokerState>, leaders: impl IntoIterator<Item = i32>) {
@@ -104,34 +108,32 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 }
             }
         }
-        // (topic, partition) → (partition, the epoch and offset fetched at).
-        let mut asked: BTreeMap<(String, i32), (Arc<Partition>, i32, i64)> = BTreeMap::new();
-        let mut positions: HashMap<(String, i32), Position> = HashMap::new();
+        // Each followed partition and where it fetches from, keyed cheaply (this runs on
+        // every fetch, over every partition followed from this leader).
+        let mut positions: Followed = HashMap::with_capacity_and_hasher(parts.len(), PartitionHash);
         for p in parts {
             let Some(position) = p.follower_fetch_position(leader) else {
                 continue;
             };
-            let key = (p.topic.clone(), p.tp.partition);
-            asked.insert(key.clone(), (p, position.0, position.1));
-            positions.insert(key, position);
+            positions.insert(p.tp, (position, p));
         }
-        if asked.is_empty() {
+        if positions.is_empty() {
             continue;
         }
         // In a session only what changed is named; without one (or to open one), everything.
-        let mut topics: BTreeMap<String, Vec<FetchPartition>> = BTreeMap::new();
-        let mut forgotten: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for (key, position) in &positions {
+        let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        for (tp, (position, p)) in &positions {
             if session
                 .as_ref()
-                .is_some_and(|s| s.sent.get(key) == Some(position))
+                .is_some_and(|s| s.sent.get(tp).is_some_and(|(sent, _)| sent == position))
             {
                 continue;
             }
             let (epoch, offset, last_epoch, log_start) = *position;
-            topics.entry(key.0.clone()).or_default().push(
+            topics.entry(p.topic.as_str()).or_default().push(
                 FetchPartition::default()
-                    .with_partition(key.1)
+                    .with_partition(tp.partition)
                     .with_current_leader_epoch(epoch)
                     .with_fetch_offset(offset)
                     .with_last_fetched_epoch(last_epoch)
@@ -140,8 +142,11 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             );
         }
         if let Some(s) = &session {
-            for key in s.sent.keys().filter(|k| !positions.contains_key(*k)) {
-                forgotten.entry(key.0.clone()).or_default().push(key.1);
+            for (tp, (_, p)) in s.sent.iter().filter(|(tp, _)| !positions.contains_key(*tp)) {
+                forgotten
+                    .entry(p.topic.as_str())
+                    .or_default()
+                    .push(tp.partition);
             }
         }
         let (session_id, session_epoch) = session.as_ref().map_or((0, 0), |s| (s.id, s.epoch));
@@ -196,24 +201,30 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             session = None;
             continue;
         }
-        if response.error_code == 0 {
-            session = (response.session_id > 0).then(|| FollowerSession {
-                id: response.session_id,
-                epoch: if session_id == response.session_id {
+        // The session this answer leaves (set once the answer is read: it takes `positions`).
+        let next_session = (response.error_code == 0).then(|| {
+            (response.session_id > 0).then(|| {
+                let epoch = if session_id == response.session_id {
                     crate::broker::fetch_session::Session::next_epoch(session_epoch)
                 } else {
                     1
-                },
-                sent: positions,
-            });
-        }
+                };
+                (response.session_id, epoch)
+            })
+        });
         let mut backoff = response.error_code != 0;
         let mut progressed = false;
+        let published = state.image();
         for t in &response.responses {
+            let Some(topic_id) = published.image.topic_id(&t.topic.0) else {
+                continue;
+            };
             for pd in &t.partitions {
-                let Some((p, epoch, offset)) =
-                    asked.get(&(t.topic.0.to_string(), pd.partition_index))
-                else {
+                let tp = TopicIdPartition {
+                    topic_id,
+                    partition: pd.partition_index,
+                };
+                let Some(((epoch, offset, _, _), p)) = positions.get(&tp) else {
                     continue;
                 };
                 if pd.error_code == ErrorCode::OffsetOutOfRange.code() {
@@ -257,6 +268,13 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                     }
                 }
             }
+        }
+        if let Some(next) = next_session {
+            session = next.map(|(id, epoch)| FollowerSession {
+                id,
+                epoch,
+                sent: positions,
+            });
         }
         if progressed {
             replicas.changed();
