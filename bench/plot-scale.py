@@ -43,7 +43,7 @@ def main(path, out):
         ax.set_ylim(bottom=0)
         missing = [r["partitions"] for r in runs if r.get(name) is None]
         if missing:
-            ax.text(0.02, 0.92, "not reached at " + ", ".join(map(str, missing)),
+            ax.text(0.02, 0.92, "no figure at " + ", ".join(map(str, missing)),
                     transform=ax.transAxes, fontsize=7, color="red")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")

@@ -193,13 +193,23 @@ impl Nodes {
             .append(true)
             .open(self.log_path(id))
             .map_err(|e| format!("log of node {id}: {e}"))?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .arg("server")
             .arg("--config")
             .arg(self.config_path(id))
             .env("KMETA_LOG", "info,openraft=warn")
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; it only asks the kernel to
+        // kill the node if the benchmark dies (Ctrl-C, a timeout), so none is left behind.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .map_err(|e| format!("starting node {id}: {e}"))?;
         self.children.insert(id, child);
