@@ -26,6 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The `q` quantile of `sorted` (nearest rank, rounded), or `None` when it is empty.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[(last as f64 * q).round() as usize])
+}
+
 async fn active(quorum: &LocalQuorum, within: Duration) -> Result<(u64, Controller), String> {
     quorum
         .active_controller(within)

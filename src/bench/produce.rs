@@ -42,12 +42,9 @@ pub struct ProduceReport {
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
     v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99), *v.last().expect("nonempty"))
+    let at = |q: f64| super::percentile(&v, q).unwrap_or(0.0);
+    (at(0.5), at(0.99), at(1.0))
 }
 
 /// Writes `mb` MiB to a file in `dir` in 1 MiB writes, fsyncs, and returns MB/s.

@@ -9,6 +9,7 @@
 //! so a figure includes the time for every broker to show it. Processes are killed and the
 //! data directory removed at the end, whatever happens.
 
+use super::percentile;
 use crate::kafka::client::KafkaClient;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -416,14 +417,6 @@ async fn create(addr: &str, topics: Vec<CreatableTopic>) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    Some(sorted[i])
 }
 
 /// Runs every phase and returns the figures.

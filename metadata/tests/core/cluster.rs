@@ -44,15 +44,7 @@ fn registration_with_the_wrong_cluster_id_is_inconsistent_cluster_id() {
     let h = Harness::default();
     let mut req = h.register_request(1, 5, None);
     req.cluster_id = "other".into();
-    let err = register_broker(
-        &h.image,
-        &h.config,
-        &h.tracker,
-        &req,
-        h.next_offset(),
-        h.now_ms,
-    )
-    .unwrap_err();
+    let err = h.try_register(&req).unwrap_err();
     assert_eq!(err.code, ErrorCode::InconsistentClusterId);
 }
 
@@ -61,26 +53,10 @@ fn new_incarnation_while_the_old_session_is_live_is_a_duplicate_registration() {
     let mut h = Harness::default();
     h.active_brokers(&[1]);
     let req = h.register_request(1, 99, None);
-    let err = register_broker(
-        &h.image,
-        &h.config,
-        &h.tracker,
-        &req,
-        h.next_offset(),
-        h.now_ms,
-    )
-    .unwrap_err();
+    let err = h.try_register(&req).unwrap_err();
     assert_eq!(err.code, ErrorCode::DuplicateBrokerRegistration);
     h.now_ms += h.config.session_timeout_ms + 1;
-    assert!(register_broker(
-        &h.image,
-        &h.config,
-        &h.tracker,
-        &req,
-        h.next_offset(),
-        h.now_ms
-    )
-    .is_ok());
+    assert!(h.try_register(&req).is_ok());
 }
 
 #[test]
@@ -382,15 +358,7 @@ fn a_restart_showing_its_previous_epoch_takes_the_registration_back_while_the_se
     for wrong in [None, Some(BrokerEpoch(old_epoch.0 + 1))] {
         let mut req = h.register_request(1, 77, None);
         req.previous_broker_epoch = wrong;
-        let err = register_broker(
-            &h.image,
-            &h.config,
-            &h.tracker,
-            &req,
-            h.next_offset(),
-            h.now_ms,
-        )
-        .unwrap_err();
+        let err = h.try_register(&req).unwrap_err();
         assert_eq!(
             err.code,
             ErrorCode::DuplicateBrokerRegistration,
@@ -400,15 +368,9 @@ fn a_restart_showing_its_previous_epoch_takes_the_registration_back_while_the_se
     // The restarted process, which read the epoch from its locked log directory, is not.
     let mut req = h.register_request(1, 78, None);
     req.previous_broker_epoch = Some(old_epoch);
-    let result = register_broker(
-        &h.image,
-        &h.config,
-        &h.tracker,
-        &req,
-        h.next_offset(),
-        h.now_ms,
-    )
-    .expect("a restart from the same log directory is taken back at once");
+    let result = h
+        .try_register(&req)
+        .expect("a restart from the same log directory is taken back at once");
     let epoch = h.commit(result);
     assert!(epoch.0 > old_epoch.0);
     let b = h.image.broker(BrokerId(1)).unwrap();
@@ -429,8 +391,7 @@ fn a_re_registration_out_of_many_isrs_is_written_as_bounded_entries_with_the_rec
     let mut req = h.register_request(1, 78, None);
     req.previous_broker_epoch = Some(old_epoch);
     let next = h.next_offset();
-    let result =
-        register_broker(&h.image, &h.config, &h.tracker, &req, next, h.now_ms).expect("accepted");
+    let result = h.try_register(&req).expect("accepted");
     assert!(!result.atomic, "25,000 ISR removals are not one entry");
     assert_eq!(result.records.len(), 25_001);
     assert!(matches!(
@@ -454,15 +415,7 @@ fn a_preferred_replica_rejoining_the_isr_calls_for_a_balancing_pass_and_nothing_
     let old_epoch = h.image.broker(BrokerId(1)).unwrap().broker_epoch;
     let mut req = h.register_request(1, 78, None);
     req.previous_broker_epoch = Some(old_epoch);
-    let result = register_broker(
-        &h.image,
-        &h.config,
-        &h.tracker,
-        &req,
-        h.next_offset(),
-        h.now_ms,
-    )
-    .unwrap();
+    let result = h.try_register(&req).unwrap();
     let records = result.records.clone();
     h.commit(result);
     assert!(

@@ -98,6 +98,21 @@ impl Harness {
         }
     }
 
+    /// Decides `req` against the harness's image, sessions and clock (nothing applied).
+    pub fn try_register(
+        &self,
+        req: &BrokerRegistrationRequest,
+    ) -> Result<ControllerResult<BrokerEpoch>, ApiError> {
+        register_broker(
+            &self.image,
+            &self.config,
+            &self.tracker,
+            req,
+            self.next_offset(),
+            self.now_ms,
+        )
+    }
+
     /// Registers a broker (incarnation = 1000 + id) and returns its epoch.
     pub fn register(&mut self, id: i32) -> BrokerEpoch {
         self.register_incarnation(id, 1000 + id as u128, None)
@@ -110,15 +125,7 @@ impl Harness {
         rack: Option<&str>,
     ) -> BrokerEpoch {
         let req = self.register_request(id, incarnation, rack);
-        let result = register_broker(
-            &self.image,
-            &self.config,
-            &self.tracker,
-            &req,
-            self.next_offset(),
-            self.now_ms,
-        )
-        .expect("registration accepted");
+        let result = self.try_register(&req).expect("registration accepted");
         self.commit(result)
     }
 
