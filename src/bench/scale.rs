@@ -326,6 +326,13 @@ struct Survey {
     live_brokers: usize,
 }
 
+impl Survey {
+    /// All three brokers live, every partition led by its preferred replica, every ISR whole.
+    fn balanced(&self) -> bool {
+        self.live_brokers == 3 && self.imbalanced == 0 && self.under_replicated == 0
+    }
+}
+
 fn survey_of(md: &MetadataResponse) -> Survey {
     let mut s = Survey {
         live_brokers: md.brokers.len(),
@@ -399,7 +406,7 @@ fn creatable(name: String, partitions: usize) -> CreatableTopic {
         .with_replication_factor(3)
 }
 
-/// Creates `topics`, retrying those refused as retriable (a controller failover).
+/// Creates `topics` through the broker at `addr`; any refusal is an error.
 async fn create(addr: &str, topics: Vec<CreatableTopic>) -> Result<(), String> {
     let mut k = connect(addr)
         .await
@@ -537,9 +544,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     report.record("propagation_ms_p50", percentile(&times, 0.5));
     report.record("propagation_ms_p99", percentile(&times, 0.99));
 
-    let balanced = |s: &Survey| {
-        s.partitions == total && s.live_brokers == 3 && s.imbalanced == 0 && s.under_replicated == 0
-    };
+    let balanced = |s: &Survey| s.partitions == total && s.balanced();
     until_all(&nodes, &BROKERS, bound, balanced).await;
 
     // Controlled shutdown of broker 2 (it leads about a third).
@@ -617,9 +622,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     report.record("controller_restart_to_write_ms", ms(served));
     // A create refused by a failing-over controller may still have committed: at least.
     let total = total + usize::from(served.is_some());
-    let balanced = |s: &Survey| {
-        s.partitions >= total && s.live_brokers == 3 && s.imbalanced == 0 && s.under_replicated == 0
-    };
+    let balanced = |s: &Survey| s.partitions >= total && s.balanced();
     until_all(&nodes, &BROKERS, bound, balanced).await;
 
     // Full restart: kill -9 of all six, all started again.

@@ -1,9 +1,10 @@
 //! Replica fetchers: one task per leader broker this broker follows partitions of, each
 //! long-polling that leader with Fetch v12 (`replica_id` = this broker) for all of them, as
 //! Kafka's `ReplicaFetcherThread` does, in an incremental fetch session (KIP-227): after the
-//! first fetch, a request names only the partitions whose position changed. A response's records are appended verbatim; a
-//! `diverging_epoch` truncates the log where the histories fork (KIP-101, KIP-279, KIP-320)
-//! before fetching on; OFFSET_OUT_OF_RANGE resets to the leader's range.
+//! first fetch, a request names only the partitions whose position changed. A response's
+//! records are appended verbatim; a `diverging_epoch` truncates the log where the histories
+//! fork (KIP-101, KIP-279, KIP-320) before fetching on; OFFSET_OUT_OF_RANGE resets to the
+//! leader's range.
 
 use super::partition::Partition;
 use super::replicas::PartitionHash;

@@ -192,14 +192,10 @@ impl BrokerState {
         self.fenced.load(Ordering::Relaxed)
     }
 
-    /// True once the broker answers clients: it has registered and its image has caught up
-    /// with its registration (Kafka's brokers enable request processing at the same point).
-    /// Until then an image replayed from an old log would answer with long-gone leaders.
-    pub fn is_serving(&self) -> bool {
-        *self.serving.borrow()
-    }
-
-    /// Waits until the broker answers clients.
+    /// Waits until the broker answers clients: it has registered and its image has caught
+    /// up with its registration (Kafka's brokers enable request processing at the same
+    /// point). Until then an image replayed from an old log would answer with long-gone
+    /// leaders.
     pub async fn wait_until_serving(&self) {
         let mut rx = self.serving.subscribe();
         let _ = rx.wait_for(|s| *s).await;

@@ -43,14 +43,21 @@ pub async fn run(state: Arc<BrokerState>) {
     let replicas = state.replicas.clone();
     let period = Duration::from_millis((replicas.config().replica_lag_ms / 2).max(50) as u64);
     let mut tick = tokio::time::interval(period);
-    // Candidates taken but not yet asked (more than one request's worth).
+    // Partitions still to ask, beyond one request's worth: all of them after the periodic
+    // tick, else the candidates noted since.
     let mut waiting: Vec<Arc<super::partition::Partition>> = Vec::new();
     loop {
-        let everything = waiting.is_empty()
-            && tokio::select! {
+        if waiting.is_empty() {
+            let everything = tokio::select! {
                 _ = replicas.isr_check.notified() => false,
                 _ = tick.tick() => true,
             };
+            if everything {
+                // Every led partition is asked: the noted ones are among them.
+                replicas.isr_candidates();
+                waiting = replicas.all();
+            }
+        }
         let epoch = state.broker_epoch();
         if epoch < 0 || state.is_fenced() {
             waiting.clear();
@@ -60,28 +67,11 @@ pub async fn run(state: Arc<BrokerState>) {
         let image = &published.image;
         let eligible = |r: i32| image.is_active_broker(BrokerId(r));
         let mut proposals = Vec::new();
-        if everything {
-            waiting.clear();
-            replicas.isr_candidates();
-            for p in replicas.all() {
-                if let Some(proposal) = p.isr_proposal(eligible) {
-                    proposals.push((p, proposal));
-                }
-            }
-        } else {
-            waiting.extend(replicas.isr_candidates());
-            while proposals.len() < MAX_PARTITIONS_PER_REQUEST {
-                let Some(p) = waiting.pop() else { break };
-                if let Some(proposal) = p.isr_proposal(eligible) {
-                    proposals.push((p, proposal));
-                }
-            }
-        }
-        if proposals.len() > MAX_PARTITIONS_PER_REQUEST {
-            // The periodic pass over everything: the rest go back to the candidates.
-            for (p, _) in proposals.split_off(MAX_PARTITIONS_PER_REQUEST) {
-                p.isr_result(Err(ErrorCode::OperationNotAttempted));
-                replicas.note_isr_candidate(&p);
+        waiting.extend(replicas.isr_candidates());
+        while proposals.len() < MAX_PARTITIONS_PER_REQUEST {
+            let Some(p) = waiting.pop() else { break };
+            if let Some(proposal) = p.isr_proposal(eligible) {
+                proposals.push((p, proposal));
             }
         }
         if proposals.is_empty() {

@@ -89,7 +89,7 @@ pub struct Replicas {
     pub isr_check: Notify,
     /// Led partitions whose follower may have caught up since the ISR duties last looked, so
     /// they look at just those instead of every hosted partition ([`Replicas::isr_candidates`]).
-    candidates: Mutex<HashMap<TopicIdPartition, Arc<Partition>>>,
+    candidates: Mutex<HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>>,
     /// Bumped whenever a partition is added or removed, so a holder of partition handles
     /// (a fetch session) knows when to look them up again.
     generation: std::sync::atomic::AtomicU64,
@@ -109,7 +109,7 @@ impl Replicas {
             partitions: RwLock::new(HashMap::default()),
             changes: watch::channel(0).0,
             isr_check: Notify::new(),
-            candidates: Mutex::new(HashMap::new()),
+            candidates: Mutex::new(HashMap::default()),
             generation: Default::default(),
             fetchers: Mutex::new(BTreeSet::new()),
         }
