@@ -2,7 +2,7 @@
 //! topic with replication factor 3 and `min.insync.replicas=2`, each keeping a ledger of what
 //! was acknowledged at which offset. The checks: every acknowledged message is at its
 //! offset; nothing appears that was never sent; an idempotent producer's message appears at
-//! most once; each producer's messages are in the order it sent them; and every replica's log
+//! most once; a message acknowledged before another was sent precedes it; and every replica's log
 //! file holds the same batches as the leader up to the high watermark.
 
 use crate::broker::log::batch;
@@ -299,6 +299,68 @@ fn read_replica_files(dir: &Path, below: i64) -> Result<Vec<(i64, String)>, Stri
     Ok(out)
 }
 
+/// A producer's number `n` and name of a value `p{id}-{n}`.
+fn numbered(value: &str) -> Option<(&str, u64)> {
+    let (who, n) = value.rsplit_once('-')?;
+    Some((who, n.parse().ok()?))
+}
+
+/// Kafka's ordering promise to a producer with one request in flight: a message acknowledged
+/// before another was sent precedes it in the log. Nothing is promised about a message whose
+/// send failed and was not retried: the request may still reach a broker later (the kernel
+/// delivers a closed connection's unacknowledged bytes after a partition heals, or a paused
+/// broker reads it on resuming) and be appended after messages sent since. The violations in
+/// `log` (one partition's `(offset, value)`), given every acknowledged `(partition, offset)`.
+fn order_violations(
+    partition: i32,
+    log: &[(i64, String)],
+    acked: &BTreeMap<String, (i32, i64)>,
+) -> Vec<String> {
+    // Per producer: its acknowledged messages here by number, each with the greatest offset of
+    // any acknowledged message numbered at or below it.
+    let mut by_producer: BTreeMap<&str, BTreeMap<u64, (i64, &str)>> = BTreeMap::new();
+    for (value, (p, offset)) in acked {
+        if *p != partition {
+            continue;
+        }
+        if let Some((who, n)) = numbered(value) {
+            by_producer
+                .entry(who)
+                .or_default()
+                .insert(n, (*offset, value));
+        }
+    }
+    let mut highest: BTreeMap<&str, BTreeMap<u64, (i64, &str)>> = BTreeMap::new();
+    for (who, acks) in by_producer {
+        let mut best: Option<(i64, &str)> = None;
+        let prefix = highest.entry(who).or_default();
+        for (n, (offset, value)) in acks {
+            if best.is_none_or(|(b, _)| offset > b) {
+                best = Some((offset, value));
+            }
+            prefix.insert(n, best.expect("set above"));
+        }
+    }
+    let mut v = Vec::new();
+    for (offset, value) in log {
+        let Some((who, n)) = numbered(value) else {
+            continue;
+        };
+        let before = highest
+            .get(who)
+            .and_then(|p| p.range(..n).next_back())
+            .map(|(_, b)| *b);
+        if let Some((at, earlier)) = before {
+            if at > *offset {
+                v.push(format!(
+                    "{value} at {TOPIC}-{partition}@{offset} precedes {earlier} (@{at}), acknowledged before it was sent"
+                ));
+            }
+        }
+    }
+    v
+}
+
 /// Every data-plane property; the violations. `log_dirs` maps broker id to its `log.dirs`.
 pub async fn check(
     brokers: &[String],
@@ -334,7 +396,6 @@ pub async fn check(
             }
         }
         let mut seen = BTreeSet::new();
-        let mut last_n: BTreeMap<String, u64> = BTreeMap::new();
         for (offset, value) in &log {
             if !ledger.attempted.contains(value) {
                 v.push(format!(
@@ -346,16 +407,8 @@ pub async fn check(
                     "idempotent {value} appears twice ({TOPIC}-{partition}@{offset})"
                 ));
             }
-            if let Some((who, n)) = value.rsplit_once('-') {
-                let n: u64 = n.parse().unwrap_or(0);
-                let prev = last_n.insert(who.to_string(), n).unwrap_or(0);
-                if n < prev {
-                    v.push(format!(
-                        "{value} at {TOPIC}-{partition}@{offset} after {who}-{prev}"
-                    ));
-                }
-            }
         }
+        v.extend(order_violations(partition, &log, &ledger.acked));
         for (b, dir) in log_dirs {
             match read_replica_files(&dir.join(format!("{TOPIC}-{partition}")), hw) {
                 Ok(replica) if replica == log => {}
@@ -376,4 +429,45 @@ pub async fn check(
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(values: &[&str]) -> Vec<(i64, String)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as i64, v.to_string()))
+            .collect()
+    }
+
+    fn acked(values: &[(&str, i64)]) -> BTreeMap<String, (i32, i64)> {
+        values
+            .iter()
+            .map(|(v, o)| (v.to_string(), (0, *o)))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_message_delivered_late_may_follow_later_messages() {
+        // p1-2 failed (never acknowledged), then p1-3 was acknowledged; p1-2's request reached
+        // the leader afterwards.
+        let l = log(&["p1-1", "p1-3", "p1-2"]);
+        assert!(order_violations(0, &l, &acked(&[("p1-1", 0), ("p1-3", 1)])).is_empty());
+    }
+
+    #[test]
+    fn a_message_before_one_acknowledged_ahead_of_it_is_a_violation() {
+        // p1-3 was sent only after p1-2 was acknowledged at offset 2: it cannot be at 1.
+        let l = log(&["p1-1", "p1-3", "p1-2"]);
+        let v = order_violations(0, &l, &acked(&[("p1-1", 0), ("p1-2", 2)]));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("p1-3"), "{v:?}");
+        // Acknowledged messages out of order are caught too, and other producers are apart.
+        let l = log(&["p2-9", "p1-2", "p1-1"]);
+        let v = order_violations(0, &l, &acked(&[("p1-1", 2), ("p1-2", 1), ("p2-9", 0)]));
+        assert_eq!(v.len(), 1, "{v:?}");
+    }
 }
