@@ -318,6 +318,7 @@ impl BrokerService {
                                     fp.last_fetched_epoch,
                                     max_bytes,
                                     min_one,
+                                    -1,
                                 )
                                 .map(|f| {
                                     if f.may_expand {
@@ -381,7 +382,7 @@ impl BrokerService {
     /// partitions and the forgotten ones, and is answered with the partitions that have
     /// something new.
     async fn fetch_in_session(&self, r: FetchRequest, version: i16, replica: i32) -> FetchResponse {
-        use super::fetch_session::{Cached, Session};
+        use super::fetch_session::Session;
         use fetch_response::{FetchableTopicResponse, PartitionData};
         let refuse = |code: ErrorCode| {
             FetchResponse::default()
@@ -409,9 +410,12 @@ impl BrokerService {
         } else {
             Session::next_epoch(s.epoch)
         };
+        // A partition skipped by the previous fetch was, at that fetch, where it still is.
+        let skipped_fetch_ms = s.fetch_ms;
+        s.fetch_ms = super::partition::mono_ms();
         for f in &r.forgotten_topics_data {
             for p in &f.partitions {
-                s.parts.remove(&(f.topic.0.to_string(), *p));
+                s.forget(&(f.topic.0.to_string(), *p));
             }
         }
         let published = self.state().image();
@@ -419,20 +423,7 @@ impl BrokerService {
             let name = t.topic.0.to_string();
             let topic_id = published.image.topic_id(&name).unwrap_or(uuid::Uuid::nil());
             for fp in &t.partitions {
-                let c = s
-                    .parts
-                    .entry((name.clone(), fp.partition))
-                    .or_insert_with(|| Cached {
-                        topic: t.topic.clone(),
-                        topic_id,
-                        fetch_offset: 0,
-                        current_leader_epoch: -1,
-                        last_fetched_epoch: -1,
-                        max_bytes: 0,
-                        partition: None,
-                        sent_hw: -1,
-                        sent_log_start: -1,
-                    });
+                let c = s.name((name.clone(), fp.partition), &t.topic, topic_id);
                 c.fetch_offset = fp.fetch_offset;
                 c.current_leader_epoch = fp.current_leader_epoch;
                 c.last_fetched_epoch = if version >= 12 {
@@ -448,33 +439,27 @@ impl BrokerService {
         let deadline = tokio::time::Instant::now() + max_wait;
         let replicas = &self.state().replicas;
         let mut changes = replicas.subscribe();
-        let mut resolved_at = None;
         loop {
             changes.borrow_and_update();
-            // Partition handles are looked up again only when the hosted set changed, and
-            // only those not held or no longer hosted.
-            let generation = replicas.generation();
-            if resolved_at != Some(generation) {
+            {
                 let published = self.state().image();
-                for ((_, partition), c) in s.parts.iter_mut() {
-                    if c.partition.as_ref().is_some_and(|p| !p.is_removed()) {
-                        continue;
-                    }
-                    c.partition = published.image.topic_id(&c.topic.0).and_then(|id| {
-                        c.topic_id = id;
-                        replicas.get(&TopicIdPartition {
-                            topic_id: id,
-                            partition: *partition,
-                        })
-                    });
-                }
-                resolved_at = Some(generation);
+                s.refresh(
+                    &replicas.change_log,
+                    replicas.generation(),
+                    |topic| published.image.topic_id(topic),
+                    |tp| replicas.get(tp),
+                );
             }
             let mut total = 0usize;
             let mut urgent = false;
             let mut hw_changed = false;
             let mut included: Vec<(String, i32, PartitionData)> = Vec::new();
-            for ((topic, partition), c) in s.parts.iter() {
+            // The partitions read that are quiet: at the log end, nothing to send.
+            let mut quiet: Vec<&(String, i32)> = Vec::new();
+            for key in s.active.iter() {
+                let Some(c) = s.parts.get(key) else { continue };
+                let (topic, partition) = key;
+                let mut at_end = false;
                 let room = (r.max_bytes.max(0) as usize).saturating_sub(total);
                 let max_bytes = (c.max_bytes.max(0) as usize).min(room);
                 let result = match &c.partition {
@@ -487,12 +472,14 @@ impl BrokerService {
                             c.last_fetched_epoch,
                             max_bytes,
                             total == 0,
+                            skipped_fetch_ms,
                         )
                         .map(|f| {
                             if f.may_expand {
                                 replicas.note_isr_candidate(p);
                             }
                             hw_changed |= f.hw_changed;
+                            at_end = f.at_end;
                             f.read
                         }),
                 };
@@ -507,6 +494,9 @@ impl BrokerService {
                     || stop
                     || out.high_watermark != c.sent_hw
                     || out.log_start_offset != c.sent_log_start;
+                if at_end && bytes == 0 && !stop {
+                    quiet.push(key);
+                }
                 if news {
                     included.push((topic.clone(), *partition, out));
                 }
@@ -516,6 +506,11 @@ impl BrokerService {
             }
             let enough = total >= r.min_bytes.max(0) as usize && total > 0;
             if enough || urgent || max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
+                // What this answer settles leaves the reads until it changes.
+                let quiet: Vec<(String, i32)> = quiet.into_iter().cloned().collect();
+                for key in &quiet {
+                    s.active.remove(key);
+                }
                 let mut responses: Vec<FetchableTopicResponse> = Vec::new();
                 for (topic, partition, out) in included {
                     if let Some(c) = s.parts.get_mut(&(topic.clone(), partition)) {

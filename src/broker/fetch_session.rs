@@ -8,15 +8,26 @@
 //! last answer. A follower of many quiet partitions then sends and receives almost nothing,
 //! where a sessionless fetch names every partition both ways, every half second.
 //!
-//! The leader still reads every partition of the session on each fetch (as Kafka's
-//! incremental fetch context does), so that each follower's fetch position keeps counting for
-//! the ISR and the high watermark; that read holds a cached partition handle, with no lookup.
+//! The leader reads only a session's *active* partitions: those the follower named (its
+//! position moved), those that changed since the last answer (read from the broker's
+//! [`ChangeLog`] from the session's cursor), those without a hosted replica, and those whose
+//! last answer was not "at the log end, nothing to send". A follower at the log end of a
+//! partition that did not change would get the same empty answer again. So a fetch costs
+//! what changed, whatever the session holds.
+//!
+//! Kafka's leader reads every partition of the session on each fetch, which also records
+//! each follower's fetch time for the ISR. Here the partition records a skipped fetch when
+//! it is next read (`skipped_fetch_ms` of [`Partition::read_for_follower`]); until then the
+//! follower is at the log end, which keeps it caught up by Kafka's rule.
 //!
 //! Only followers get sessions (`replica_id` ≥ 0): a consumer asking for one gets a full
 //! answer with session id 0, which KIP-227 allows (the server may decline a session).
 
+use super::changes::{ChangeLog, Since};
 use super::partition::Partition;
-use std::collections::{BTreeMap, HashMap};
+use super::replicas::PartitionHash;
+use kmeta_metadata::TopicIdPartition;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +57,9 @@ pub struct Cached {
     pub sent_log_start: i64,
 }
 
+/// A session partition's key: the topic's name as the follower names it, and the index.
+pub type Key = (String, i32);
+
 /// A follower's session with this leader.
 pub struct Session {
     /// The follower's broker id.
@@ -53,10 +67,146 @@ pub struct Session {
     /// The epoch the next fetch must carry.
     pub epoch: i32,
     /// Its partitions, by (topic, partition), in a stable order.
-    pub parts: BTreeMap<(String, i32), Cached>,
+    pub parts: BTreeMap<Key, Cached>,
+    /// When the latest fetch in this session arrived (monotonic ms; -1 before the first).
+    pub fetch_ms: i64,
+    /// The partitions the next read looks at (see the module documentation).
+    pub active: BTreeSet<Key>,
+    /// Resolved partitions by id, to find the ones the change log names.
+    by_tp: HashMap<TopicIdPartition, Key, PartitionHash>,
+    /// Partitions with no hosted replica handle (looked up again when the hosted set changes).
+    unresolved: BTreeSet<Key>,
+    /// Where this session reads the change log from (`None` until the first read).
+    cursor: Option<u64>,
+    /// The hosted set's generation the unresolved were last looked up in.
+    resolved_at: Option<u64>,
 }
 
 impl Session {
+    fn new(replica: i32) -> Session {
+        Session {
+            replica,
+            epoch: 1,
+            parts: BTreeMap::new(),
+            fetch_ms: -1,
+            active: BTreeSet::new(),
+            by_tp: HashMap::with_hasher(PartitionHash),
+            unresolved: BTreeSet::new(),
+            cursor: None,
+            resolved_at: None,
+        }
+    }
+
+    /// The follower named `key` (a new partition, or a new position): returns its entry,
+    /// which the next read looks at. `topic_id` is nil if the topic is unknown here.
+    pub fn name(
+        &mut self,
+        key: Key,
+        topic: &kafka_protocol::messages::TopicName,
+        topic_id: uuid::Uuid,
+    ) -> &mut Cached {
+        self.active.insert(key.clone());
+        if !self.parts.contains_key(&key) {
+            self.unresolved.insert(key.clone());
+            self.resolved_at = None;
+        }
+        self.parts.entry(key).or_insert_with(|| Cached {
+            topic: topic.clone(),
+            topic_id,
+            fetch_offset: 0,
+            current_leader_epoch: -1,
+            last_fetched_epoch: -1,
+            max_bytes: 0,
+            partition: None,
+            sent_hw: -1,
+            sent_log_start: -1,
+        })
+    }
+
+    /// The follower forgot `key`.
+    pub fn forget(&mut self, key: &Key) {
+        if let Some(c) = self.parts.remove(key) {
+            let tp = TopicIdPartition {
+                topic_id: c.topic_id,
+                partition: key.1,
+            };
+            if self.by_tp.get(&tp) == Some(key) {
+                self.by_tp.remove(&tp);
+            }
+        }
+        self.active.remove(key);
+        self.unresolved.remove(key);
+    }
+
+    /// Before a read: marks active what changed since the last look (all of it if the
+    /// session's cursor fell behind the log), drops handles of replicas no longer hosted,
+    /// and, when the hosted set's `generation` moved, looks up the handles missing
+    /// (`topic_id` finds a topic's id by name, `get` a hosted replica).
+    pub fn refresh(
+        &mut self,
+        changes: &ChangeLog,
+        generation: u64,
+        topic_id: impl Fn(&str) -> Option<uuid::Uuid>,
+        get: impl Fn(&TopicIdPartition) -> Option<Arc<Partition>>,
+    ) {
+        let since = match self.cursor {
+            // A new session: every partition was just named.
+            None => {
+                self.cursor = Some(changes.end());
+                Since::Changed(Vec::new())
+            }
+            Some(cursor) => {
+                let (since, next) = changes.since(cursor);
+                self.cursor = Some(next);
+                since
+            }
+        };
+        let changed: Vec<Key> = match since {
+            Since::Everything => self.parts.keys().cloned().collect(),
+            Since::Changed(tps) => tps
+                .iter()
+                .filter_map(|tp| self.by_tp.get(tp).cloned())
+                .collect(),
+        };
+        for key in changed {
+            let Some(c) = self.parts.get_mut(&key) else {
+                continue;
+            };
+            self.active.insert(key.clone());
+            if c.partition.as_ref().is_some_and(|p| p.is_removed()) {
+                c.partition = None;
+                self.by_tp.remove(&TopicIdPartition {
+                    topic_id: c.topic_id,
+                    partition: key.1,
+                });
+                self.unresolved.insert(key);
+            }
+        }
+        if self.resolved_at != Some(generation) {
+            self.resolved_at = Some(generation);
+            let keys: Vec<Key> = self.unresolved.iter().cloned().collect();
+            for key in keys {
+                let Some(c) = self.parts.get_mut(&key) else {
+                    continue;
+                };
+                let Some(id) = topic_id(&c.topic.0) else {
+                    continue;
+                };
+                c.topic_id = id;
+                let tp = TopicIdPartition {
+                    topic_id: id,
+                    partition: key.1,
+                };
+                if let Some(p) = get(&tp) {
+                    c.partition = Some(p);
+                    self.by_tp.insert(tp, key.clone());
+                    self.unresolved.remove(&key);
+                    self.active.insert(key);
+                }
+            }
+        }
+    }
+
     /// The epoch after `epoch` (1 after the largest: 0 only opens a session).
     pub fn next_epoch(epoch: i32) -> i32 {
         if epoch == i32::MAX {
@@ -93,11 +243,7 @@ impl FetchSessions {
             }
             self.next_id.store(0, Ordering::Relaxed);
         };
-        let session = Arc::new(tokio::sync::Mutex::new(Session {
-            replica,
-            epoch: 1,
-            parts: BTreeMap::new(),
-        }));
+        let session = Arc::new(tokio::sync::Mutex::new(Session::new(replica)));
         let used = self.uses.fetch_add(1, Ordering::Relaxed);
         let mut map = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, e| e.replica != replica);
@@ -177,6 +323,89 @@ mod tests {
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(s.get(first).is_some(), "used recently");
         assert!(s.get(second).is_none(), "the least recently used went");
+    }
+
+    #[test]
+    fn a_session_reads_only_what_was_named_or_changed_since_its_last_answer() {
+        use crate::broker::partition::{LeaderAndIsr, PartitionConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(ChangeLog::default());
+        let topic_id = uuid::Uuid::from_u128(9);
+        let config = PartitionConfig {
+            log: Default::default(),
+            min_insync_replicas: 1,
+            replica_lag_ms: 30_000,
+        };
+        let hosted: HashMap<TopicIdPartition, Arc<Partition>> = (0..3)
+            .map(|i| {
+                let tp = TopicIdPartition {
+                    topic_id,
+                    partition: i,
+                };
+                let p = Partition::open(
+                    tp,
+                    "t".into(),
+                    1,
+                    dir.path().join(format!("t-{i}")),
+                    config.clone(),
+                )
+                .unwrap();
+                p.announce_to(log.clone());
+                let state = LeaderAndIsr {
+                    leader: 1,
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                    replicas: vec![1, 2],
+                    isr: vec![1, 2],
+                };
+                p.apply(&state, config.clone()).unwrap();
+                (tp, Arc::new(p))
+            })
+            .collect();
+        let name = kafka_protocol::messages::TopicName(crate::kafka::wire::sb("t"));
+        let mut s = Session::new(2);
+        for i in 0..3 {
+            s.name(("t".into(), i), &name, topic_id);
+        }
+        let refresh =
+            |s: &mut Session| s.refresh(&log, 1, |_| Some(topic_id), |tp| hosted.get(tp).cloned());
+        refresh(&mut s);
+        assert_eq!(s.active.len(), 3, "all named");
+        assert!(
+            s.parts.values().all(|c| c.partition.is_some()),
+            "all resolved"
+        );
+        // An answer found them all quiet.
+        s.active.clear();
+        refresh(&mut s);
+        assert!(s.active.is_empty(), "nothing changed: nothing to read");
+        // A produce to partition 1 changes it, and only it.
+        let p1 = &hosted[&TopicIdPartition {
+            topic_id,
+            partition: 1,
+        }];
+        let batch = crate::broker::log::batch::build(&[b"x".as_slice()], 1, None);
+        p1.append_as_leader(&batch, 1, 1).unwrap();
+        refresh(&mut s);
+        assert_eq!(
+            s.active.iter().collect::<Vec<_>>(),
+            vec![&("t".to_string(), 1)]
+        );
+        s.active.clear();
+        // Named again by the follower (its position moved): read.
+        s.name(("t".into(), 2), &name, topic_id);
+        refresh(&mut s);
+        assert_eq!(
+            s.active.iter().collect::<Vec<_>>(),
+            vec![&("t".to_string(), 2)]
+        );
+        // Forgotten: never read again.
+        s.forget(&("t".into(), 2));
+        s.active.clear();
+        p1.append_as_leader(&batch, 1, 1).unwrap();
+        refresh(&mut s);
+        assert_eq!(s.active.len(), 1);
+        assert_eq!(s.parts.len(), 2);
     }
 
     #[test]

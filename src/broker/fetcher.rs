@@ -6,6 +6,7 @@
 //! fork (KIP-101, KIP-279, KIP-320) before fetching on; OFFSET_OUT_OF_RANGE resets to the
 //! leader's range.
 
+use super::changes::Since;
 use super::partition::Partition;
 use super::replicas::PartitionHash;
 use super::BrokerState;
@@ -14,7 +15,7 @@ use crate::kafka::wire::sb;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{BrokerId as WireBrokerId, FetchRequest, TopicName};
 use kmeta_metadata::{BrokerId, ErrorCode, TopicIdPartition};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,16 +35,109 @@ const IDLE_STOP: Duration = Duration::from_secs(30);
 /// log start offset).
 type Position = (i32, i64, i32, i64);
 
-/// This fetcher's incremental fetch session with its leader (KIP-227): its id, the epoch the
-/// next fetch carries, and the positions the leader holds for it.
-struct FollowerSession {
-    id: i32,
-    epoch: i32,
-    sent: Followed,
+/// One followed partition, as this fetcher knows it.
+struct Entry {
+    partition: Arc<Partition>,
+    /// The partition's version when `position` was read.
+    version: u64,
+    /// Where it fetches from; `None` once it no longer follows this leader.
+    position: Option<Position>,
+    /// The position the leader holds for it in the current session.
+    sent: Option<Position>,
+    /// No longer followed from this leader: kept only until the leader is told to forget it.
+    gone: bool,
 }
 
-/// Followed partitions: where each fetches from, and the partition.
-type Followed = HashMap<TopicIdPartition, (Position, Arc<Partition>), PartitionHash>;
+/// The followed partitions, kept across fetches. A position is read again only when the
+/// broker's change log names the partition, and a request names only the partitions whose
+/// position differs from what the session holds, so a fetch costs what changed.
+#[derive(Default)]
+struct Followed {
+    entries: HashMap<TopicIdPartition, Entry, PartitionHash>,
+    /// Entries whose position may differ from `sent` (or that are gone but still sent).
+    dirty: HashSet<TopicIdPartition, PartitionHash>,
+    /// Entries not gone.
+    live: usize,
+}
+
+impl Followed {
+    /// Brings the entries in line with the partitions followed from the leader now; new ones
+    /// are read.
+    fn sync(&mut self, now: Vec<Arc<Partition>>, leader: i32) {
+        let mut fresh: HashMap<TopicIdPartition, Entry, PartitionHash> =
+            HashMap::with_capacity_and_hasher(now.len(), PartitionHash);
+        for p in now {
+            let tp = p.tp;
+            match self.entries.remove(&tp) {
+                Some(e) if Arc::ptr_eq(&e.partition, &p) && !e.gone => {
+                    fresh.insert(tp, e);
+                }
+                old => {
+                    let mut e = Entry {
+                        partition: p,
+                        version: 0,
+                        position: None,
+                        sent: None,
+                        gone: false,
+                    };
+                    // Replaced: the leader may still hold the old replica's position.
+                    e.sent = old.and_then(|o| o.sent);
+                    refresh(&mut e, leader);
+                    self.dirty.insert(tp);
+                    fresh.insert(tp, e);
+                }
+            }
+        }
+        self.live = fresh.len();
+        for (tp, mut e) in self.entries.drain() {
+            if e.sent.is_some() {
+                e.gone = true;
+                e.position = None;
+                self.dirty.insert(tp);
+                fresh.insert(tp, e);
+            } else {
+                self.dirty.remove(&tp);
+            }
+        }
+        self.entries = fresh;
+    }
+
+    /// Reads again the positions of `tps` (all entries when `None`).
+    fn refresh(&mut self, tps: Option<Vec<TopicIdPartition>>, leader: i32) {
+        let mut one = |tp: TopicIdPartition, e: &mut Entry| {
+            if !e.gone && refresh(e, leader) {
+                self.dirty.insert(tp);
+            }
+        };
+        match tps {
+            None => {
+                for (tp, e) in self.entries.iter_mut() {
+                    one(*tp, e);
+                }
+            }
+            Some(tps) => {
+                for tp in tps {
+                    if let Some(e) = self.entries.get_mut(&tp) {
+                        one(tp, e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads `e`'s position if its partition's version moved; true if the position changed.
+fn refresh(e: &mut Entry, leader: i32) -> bool {
+    let version = e.partition.version();
+    if version == e.version {
+        return false;
+    }
+    e.version = version;
+    let position = e.partition.follower_fetch_position(leader);
+    let changed = position != e.position;
+    e.position = position;
+    changed
+}
 
 /// Starts a fetcher for each leader in `leaders` that has none.
 pub fn ensure(state: &Arc<BrokerState>, leaders: impl IntoIterator<Item = i32>) {
@@ -69,11 +163,29 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
     let replicas = state.replicas.clone();
     let mut changes = replicas.subscribe();
     let mut client: Option<KafkaClient> = None;
-    let mut session: Option<FollowerSession> = None;
+    // The incremental fetch session (KIP-227): its id and the epoch the next fetch carries.
+    let mut session: Option<(i32, i32)> = None;
+    let mut followed = Followed::default();
+    let mut known_generation: Option<u64> = None;
+    let mut cursor = replicas.change_log.end();
     let mut idle_since = tokio::time::Instant::now();
     loop {
-        let parts = replicas.following(leader);
-        if parts.is_empty() {
+        // Positions are read again only where a partition changed.
+        let (since, next) = replicas.change_log.since(cursor);
+        cursor = next;
+        let generation = replicas.following_generation(leader);
+        if known_generation != Some(generation) {
+            known_generation = Some(generation);
+            followed.sync(replicas.following(leader), leader);
+        }
+        followed.refresh(
+            match since {
+                Since::Changed(tps) => Some(tps),
+                Since::Everything => None,
+            },
+            leader,
+        );
+        if followed.live == 0 {
             if idle_since.elapsed() > IDLE_STOP {
                 replicas.release_fetcher(leader);
                 // A partition may have started following in between.
@@ -91,9 +203,9 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         };
         if client.as_ref().is_some_and(|c| c.addr() != addr) {
             client = None;
-            session = None;
         }
         if client.is_none() {
+            session = None;
             match KafkaClient::connect(
                 &addr,
                 &state.client_id,
@@ -109,48 +221,48 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 }
             }
         }
-        // Each followed partition and where it fetches from, keyed cheaply (this runs on
-        // every fetch, over every partition followed from this leader).
-        let mut positions: Followed = HashMap::with_capacity_and_hasher(parts.len(), PartitionHash);
-        for p in parts {
-            let Some(position) = p.follower_fetch_position(leader) else {
-                continue;
-            };
-            positions.insert(p.tp, (position, p));
-        }
-        if positions.is_empty() {
-            continue;
+        if session.is_none() {
+            // A new session starts from nothing: everything is named, nothing forgotten.
+            followed.entries.retain(|_, e| !e.gone);
+            followed.dirty.clear();
+            for (tp, e) in followed.entries.iter_mut() {
+                e.sent = None;
+                followed.dirty.insert(*tp);
+            }
         }
         // In a session only what changed is named; without one (or to open one), everything.
         let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
         let mut forgotten: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-        for (tp, (position, p)) in &positions {
-            if session
-                .as_ref()
-                .is_some_and(|s| s.sent.get(tp).is_some_and(|(sent, _)| sent == position))
-            {
+        let mut named: Vec<TopicIdPartition> = Vec::new();
+        for tp in &followed.dirty {
+            let Some(e) = followed.entries.get(tp) else {
                 continue;
+            };
+            match e.position {
+                Some(position) if e.sent != Some(position) => {
+                    let (epoch, offset, last_epoch, log_start) = position;
+                    topics.entry(e.partition.topic.as_str()).or_default().push(
+                        FetchPartition::default()
+                            .with_partition(tp.partition)
+                            .with_current_leader_epoch(epoch)
+                            .with_fetch_offset(offset)
+                            .with_last_fetched_epoch(last_epoch)
+                            .with_log_start_offset(log_start)
+                            .with_partition_max_bytes(PARTITION_MAX_BYTES),
+                    );
+                    named.push(*tp);
+                }
+                None if e.sent.is_some() => {
+                    forgotten
+                        .entry(e.partition.topic.as_str())
+                        .or_default()
+                        .push(tp.partition);
+                    named.push(*tp);
+                }
+                _ => {}
             }
-            let (epoch, offset, last_epoch, log_start) = *position;
-            topics.entry(p.topic.as_str()).or_default().push(
-                FetchPartition::default()
-                    .with_partition(tp.partition)
-                    .with_current_leader_epoch(epoch)
-                    .with_fetch_offset(offset)
-                    .with_last_fetched_epoch(last_epoch)
-                    .with_log_start_offset(log_start)
-                    .with_partition_max_bytes(PARTITION_MAX_BYTES),
-            );
         }
-        if let Some(s) = &session {
-            for (tp, (_, p)) in s.sent.iter().filter(|(tp, _)| !positions.contains_key(*tp)) {
-                forgotten
-                    .entry(p.topic.as_str())
-                    .or_default()
-                    .push(tp.partition);
-            }
-        }
-        let (session_id, session_epoch) = session.as_ref().map_or((0, 0), |s| (s.id, s.epoch));
+        let (session_id, session_epoch) = session.unwrap_or((0, 0));
         let request = FetchRequest::default()
             .with_replica_id(WireBrokerId(state.node_id))
             .with_max_wait_ms(WAIT_MAX_MS)
@@ -202,17 +314,6 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             session = None;
             continue;
         }
-        // The session this answer leaves (set once the answer is read: it takes `positions`).
-        let next_session = (response.error_code == 0).then(|| {
-            (response.session_id > 0).then(|| {
-                let epoch = if session_id == response.session_id {
-                    crate::broker::fetch_session::Session::next_epoch(session_epoch)
-                } else {
-                    1
-                };
-                (response.session_id, epoch)
-            })
-        });
         let mut backoff = response.error_code != 0;
         let mut progressed = false;
         let published = state.image();
@@ -225,7 +326,12 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                     topic_id,
                     partition: pd.partition_index,
                 };
-                let Some(((epoch, offset, _, _), p)) = positions.get(&tp) else {
+                let Some(Entry {
+                    position: Some((epoch, offset, _, _)),
+                    partition: p,
+                    ..
+                }) = followed.entries.get(&tp)
+                else {
                     continue;
                 };
                 if pd.error_code == ErrorCode::OffsetOutOfRange.code() {
@@ -270,12 +376,28 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 }
             }
         }
-        if let Some(next) = next_session {
-            session = next.map(|(id, epoch)| FollowerSession {
-                id,
-                epoch,
-                sent: positions,
-            });
+        drop(published);
+        // The session this answer leaves: the leader now holds what was named.
+        if response.error_code == 0 {
+            if response.session_id > 0 {
+                let epoch = if session_id == response.session_id {
+                    crate::broker::fetch_session::Session::next_epoch(session_epoch)
+                } else {
+                    1
+                };
+                session = Some((response.session_id, epoch));
+                for tp in named {
+                    if let Some(e) = followed.entries.get_mut(&tp) {
+                        e.sent = e.position;
+                        if e.gone {
+                            followed.entries.remove(&tp);
+                        }
+                    }
+                }
+                followed.dirty.clear();
+            } else {
+                session = None;
+            }
         }
         if progressed {
             replicas.changed();

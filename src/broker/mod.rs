@@ -9,6 +9,7 @@
 //! away) and stop once the controller allows it.
 
 pub mod api;
+pub mod changes;
 pub mod controllers;
 pub mod coordinator;
 mod data;

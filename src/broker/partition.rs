@@ -13,7 +13,7 @@ use super::log::{LogConfig, PartitionLog};
 use bytes::Bytes;
 use kmeta_metadata::{ErrorCode, TopicIdPartition};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Milliseconds on a monotonic clock (follower lag and ISR timing).
 pub fn mono_ms() -> i64 {
@@ -244,6 +244,11 @@ pub struct FollowerFetch {
     pub hw_changed: bool,
     /// The follower may now join the ISR.
     pub may_expand: bool,
+    /// The partition's [`Partition::version`] the read saw.
+    pub version: u64,
+    /// The follower is at the log end and nothing diverged: until the version changes, the
+    /// same fetch gets the same empty answer.
+    pub at_end: bool,
 }
 
 /// One partition replica.
@@ -256,6 +261,14 @@ pub struct Partition {
     state: Mutex<State>,
     /// Set once the broker stops hosting this replica (a holder of the handle looks again).
     removed: std::sync::atomic::AtomicBool,
+    /// Bumped, under the state lock, by every change of what a fetch of this replica can
+    /// return or send: the log, the HW, the log start, the role, epochs, replicas and ISR.
+    /// Not by a follower's fetch bookkeeping, so followers' reads do not make each other's
+    /// sessions read again. A holder of a read taken at version v knows that nothing changed
+    /// while the version is still v.
+    version: std::sync::atomic::AtomicU64,
+    /// Where a version change is announced (set once by the broker's partition set).
+    changes: std::sync::OnceLock<Arc<super::changes::ChangeLog>>,
 }
 
 /// An error on a partition, with the marks to report alongside where known.
@@ -289,7 +302,14 @@ impl Partition {
                 config,
             }),
             removed: Default::default(),
+            version: std::sync::atomic::AtomicU64::new(1),
+            changes: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Announces each later version change in `changes`.
+    pub fn announce_to(&self, changes: Arc<super::changes::ChangeLog>) {
+        let _ = self.changes.set(changes);
     }
 
     /// Marks this replica as no longer hosted.
@@ -305,6 +325,21 @@ impl Partition {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The version (see the field): unchanged means no fetch would see anything new.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks a change; called with the state lock held, so a reader holding the lock sees
+    /// the version that goes with the state it reads.
+    fn bump(&self, _locked: &State) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(changes) = self.changes.get() {
+            changes.push(self.tp);
+        }
     }
 
     /// The role, leader epoch and log end offset.
@@ -334,6 +369,7 @@ impl Partition {
     pub fn apply(&self, new: &LeaderAndIsr, config: PartitionConfig) -> std::io::Result<bool> {
         let now = mono_ms();
         let mut s = self.lock();
+        self.bump(&s);
         if s.config != config {
             s.log.set_config(config.log.clone());
             s.config = config;
@@ -457,6 +493,7 @@ impl Partition {
         } else {
             -1
         };
+        self.bump(&s);
         let appended = s.log.append(&bytes).map_err(|e| {
             tracing::error!(tp = ?self.tp, error = %e, "append failed");
             (ErrorCode::KafkaStorageError, None)
@@ -548,6 +585,11 @@ impl Partition {
 
     /// A follower's fetch: up to the log end. Updates what the leader knows of `replica`
     /// (unless the histories diverged) and maybe the HW.
+    ///
+    /// `skipped_fetch_ms` is the time of the follower's latest earlier fetch that left this
+    /// partition unread (a session fetch skips a partition whose version has not moved since
+    /// its last answer), or -1: at that fetch the follower was where it is now and the log
+    /// was as last read, so it counts as a fetch then, as Kafka's leader would have recorded.
     #[allow(clippy::too_many_arguments)]
     pub fn read_for_follower(
         &self,
@@ -557,9 +599,11 @@ impl Partition {
         last_fetched_epoch: i32,
         max_bytes: usize,
         min_one: bool,
+        skipped_fetch_ms: i64,
     ) -> Result<FollowerFetch, PartitionError> {
         let now = mono_ms();
         let mut s = self.lock();
+        let version = self.version();
         s.check_leader(current_leader_epoch)
             .map_err(|e| (e, None))?;
         if !s.replicas.contains(&replica) || replica == self.me {
@@ -586,9 +630,18 @@ impl Partition {
                 read,
                 hw_changed: false,
                 may_expand: false,
+                version,
+                at_end: false,
             });
         }
         let f = s.followers.entry(replica).or_insert(Follower::unknown(0));
+        if skipped_fetch_ms > f.last_fetch_ms && fetch_offset == f.leo {
+            // The skipped fetch, as if read: the leader's log end then was the one last seen.
+            if f.last_fetch_leader_leo >= 0 && fetch_offset >= f.last_fetch_leader_leo {
+                f.last_caught_up_ms = skipped_fetch_ms;
+            }
+            f.last_fetch_ms = skipped_fetch_ms;
+        }
         if fetch_offset >= leo {
             f.last_caught_up_ms = now;
         } else if f.last_fetch_leader_leo >= 0 && fetch_offset >= f.last_fetch_leader_leo {
@@ -598,6 +651,9 @@ impl Partition {
         f.last_fetch_ms = now;
         f.last_fetch_leader_leo = leo;
         let hw_changed = s.maybe_increment_hw(self.me, now);
+        if hw_changed {
+            self.bump(&s);
+        }
         let may_expand = s.pending.is_none()
             && !s.isr.contains(&replica)
             && fetch_offset >= s.high_watermark
@@ -613,6 +669,8 @@ impl Partition {
             read,
             hw_changed,
             may_expand,
+            version: self.version(),
+            at_end: fetch_offset >= leo,
         })
     }
 
@@ -627,6 +685,7 @@ impl Partition {
         leader_log_start: i64,
     ) -> Result<bool, String> {
         let mut s = self.lock();
+        self.bump(&s);
         if s.role == Role::Leader || s.leader_epoch != leader_epoch {
             return Ok(false);
         }
@@ -656,6 +715,7 @@ impl Partition {
         end_offset: i64,
     ) -> std::io::Result<Option<i64>> {
         let mut s = self.lock();
+        self.bump(&s);
         if s.role == Role::Leader || s.leader_epoch != leader_epoch {
             return Ok(None);
         }
@@ -685,6 +745,7 @@ impl Partition {
         leader_hw: i64,
     ) -> std::io::Result<()> {
         let mut s = self.lock();
+        self.bump(&s);
         if s.role == Role::Leader || s.leader_epoch != leader_epoch {
             return Ok(());
         }
@@ -781,6 +842,7 @@ impl Partition {
                 return None;
             }
             s.pending = None;
+            self.bump(&s);
         }
         let leo = s.log.log_end();
         let lag = s.config.replica_lag_ms;
@@ -825,6 +887,7 @@ impl Partition {
             proposed.extend(joining);
             (proposed.clone(), proposed)
         };
+        self.bump(&s);
         s.pending = Some(PendingIsr {
             proposed: proposed.clone(),
             maximal,
@@ -843,6 +906,7 @@ impl Partition {
     pub fn isr_result(&self, result: Result<LeaderAndIsr, ErrorCode>) -> bool {
         let now = mono_ms();
         let mut s = self.lock();
+        self.bump(&s);
         if s.pending.is_none() || s.role != Role::Leader {
             return false;
         }
@@ -869,7 +933,11 @@ impl Partition {
     pub fn enforce_retention(&self, wall_ms: i64) -> std::io::Result<usize> {
         let mut s = self.lock();
         let hw = s.high_watermark;
-        s.log.enforce_retention(hw, wall_ms)
+        let deleted = s.log.enforce_retention(hw, wall_ms)?;
+        if deleted > 0 {
+            self.bump(&s);
+        }
+        Ok(deleted)
     }
 
     /// Bytes of log on disk.
@@ -882,6 +950,7 @@ impl Partition {
     /// can name.
     pub fn delete(&self) -> std::io::Result<()> {
         let mut s = self.lock();
+        self.bump(&s);
         s.role = Role::Follower { leader: -1 };
         s.leader_epoch = i32::MAX;
         s.partition_epoch = i32::MAX;
@@ -962,7 +1031,7 @@ mod tests {
         else {
             return false;
         };
-        match leader.read_for_follower(id, offset, epoch, last_epoch, 1 << 20, true) {
+        match leader.read_for_follower(id, offset, epoch, last_epoch, 1 << 20, true, -1) {
             Ok(f) => match f.read {
                 Read::Records(r, m) => {
                     let moved = !r.is_empty();
@@ -1161,6 +1230,52 @@ mod tests {
             b.append_as_leader(&gap, -1, 1).err().map(|e| e.0),
             Some(ErrorCode::OutOfOrderSequenceNumber)
         );
+    }
+
+    #[test]
+    fn a_fetch_session_skip_of_a_quiet_partition_counts_as_a_caught_up_fetch() {
+        // A session leaves a quiet partition unread; when the leader appends after the lag
+        // time, the follower's next read carries the skipped fetch's time and it stays in
+        // sync, as it would in Kafka, whose leader reads every fetch. Without it, the same
+        // read would leave the follower out of sync.
+        let lag = PartitionConfig {
+            replica_lag_ms: 50,
+            ..config(1)
+        };
+        let proposal_after_quiet = |skipped: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let leader =
+                Partition::open(tp(), "t".into(), 1, dir.path().join("b1"), lag.clone()).unwrap();
+            let f2 =
+                Partition::open(tp(), "t".into(), 2, dir.path().join("b2"), lag.clone()).unwrap();
+            leader.apply(&state(1, 1, &[1, 2]), lag.clone()).unwrap();
+            f2.apply(&state(1, 1, &[1, 2]), lag.clone()).unwrap();
+            produce(&leader, "a").unwrap();
+            while fetch_round(&leader, &f2, 2) {}
+            fetch_round(&leader, &f2, 2);
+            let quiet = leader.version();
+            std::thread::sleep(std::time::Duration::from_millis(120));
+            assert_eq!(leader.version(), quiet, "nothing changed while quiet");
+            let skipped_fetch = mono_ms();
+            produce(&leader, "b").unwrap();
+            assert_ne!(leader.version(), quiet, "an append is a change");
+            let (_, offset, last_epoch, _) = f2.follower_fetch_position(1).unwrap();
+            assert_eq!(offset, 1);
+            leader
+                .read_for_follower(
+                    2,
+                    offset,
+                    1,
+                    last_epoch,
+                    1 << 20,
+                    true,
+                    if skipped { skipped_fetch } else { -1 },
+                )
+                .unwrap();
+            leader.isr_proposal(|_| true).map(|p| p.isr)
+        };
+        assert_eq!(proposal_after_quiet(true), None, "still in sync");
+        assert_eq!(proposal_after_quiet(false), Some(vec![1]));
     }
 
     #[test]

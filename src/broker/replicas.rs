@@ -94,6 +94,47 @@ pub struct Replicas {
     /// (a fetch session) knows when to look them up again.
     generation: std::sync::atomic::AtomicU64,
     fetchers: Mutex<BTreeSet<i32>>,
+    /// The partitions followed, by leader, kept as roles change so that a fetcher lists its
+    /// own without a scan of every hosted partition.
+    followed: Mutex<Followed>,
+    /// Every version change of a hosted partition, in order.
+    pub change_log: Arc<super::changes::ChangeLog>,
+}
+
+/// Partitions by key.
+type PartitionMap = HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>;
+
+/// The index behind [`Replicas::following`].
+#[derive(Default)]
+struct Followed {
+    /// Each followed partition's leader.
+    leader_of: HashMap<TopicIdPartition, i32, PartitionHash>,
+    /// Each leader's followed partitions, and a counter bumped when that set changes.
+    by_leader: HashMap<i32, (u64, PartitionMap)>,
+}
+
+impl Followed {
+    /// Files `p` under `leader` (`None`: followed from nobody, or led here, or gone).
+    fn set(&mut self, p: &Arc<Partition>, leader: Option<i32>) {
+        let old = match leader {
+            Some(l) => self.leader_of.insert(p.tp, l),
+            None => self.leader_of.remove(&p.tp),
+        };
+        if old == leader {
+            return;
+        }
+        if let Some(old) = old {
+            if let Some((generation, parts)) = self.by_leader.get_mut(&old) {
+                parts.remove(&p.tp);
+                *generation += 1;
+            }
+        }
+        if let Some(l) = leader {
+            let (generation, parts) = self.by_leader.entry(l).or_default();
+            parts.insert(p.tp, p.clone());
+            *generation += 1;
+        }
+    }
 }
 
 fn parse<T: std::str::FromStr>(v: Option<&String>) -> Option<T> {
@@ -112,6 +153,8 @@ impl Replicas {
             candidates: Mutex::new(HashMap::default()),
             generation: Default::default(),
             fetchers: Mutex::new(BTreeSet::new()),
+            followed: Mutex::new(Followed::default()),
+            change_log: Default::default(),
         }
     }
 
@@ -167,10 +210,24 @@ impl Replicas {
 
     /// Partitions this broker follows `leader` for.
     pub fn following(&self, leader: i32) -> Vec<Arc<Partition>> {
-        self.all()
-            .into_iter()
-            .filter(|p| p.role().0 == Role::Follower { leader })
-            .collect()
+        self.followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_leader
+            .get(&leader)
+            .map(|(_, parts)| parts.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A counter that changes whenever the set [`Replicas::following`] returns for `leader`
+    /// changes.
+    pub fn following_generation(&self, leader: i32) -> u64 {
+        self.followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_leader
+            .get(&leader)
+            .map_or(0, |(g, _)| *g)
     }
 
     /// A receiver woken on every log end, HW or role change of any partition.
@@ -306,6 +363,7 @@ impl Replicas {
                     .join(format!("{}-{}", topic.name, tp.partition));
                 match Partition::open(tp, topic.name.clone(), self.me, dir, config.clone()) {
                     Ok(p) => {
+                        p.announce_to(self.change_log.clone());
                         let p = Arc::new(p);
                         self.partitions
                             .write()
@@ -335,11 +393,17 @@ impl Replicas {
                 false
             }
         };
-        if let (Role::Follower { leader }, _) = partition.role() {
-            if leader >= 0 {
-                leaders.insert(leader);
-            }
+        let leader = match partition.role() {
+            (Role::Follower { leader }, _) if leader >= 0 => Some(leader),
+            _ => None,
+        };
+        if let Some(l) = leader {
+            leaders.insert(l);
         }
+        self.followed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(&partition, leader);
         changed
     }
 
@@ -352,6 +416,10 @@ impl Replicas {
         };
         if !gone.is_empty() {
             self.bump_generation();
+            let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &gone {
+                followed.set(p, None);
+            }
         }
         for p in &gone {
             p.mark_removed();

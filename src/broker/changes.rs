@@ -1,0 +1,111 @@
+//! The partitions that changed, in order: a bounded log each fetch session and replica
+//! fetcher reads from its own cursor, so that what it looks at per fetch grows with what
+//! changed on the broker, not with how many partitions it holds.
+//!
+//! A partition is pushed whenever its version moves ([`super::partition::Partition::version`]),
+//! with its state lock held, so a reader that sees the entry and then takes that lock sees the
+//! change. The log keeps the latest [`CAPACITY`] entries; a reader whose cursor fell behind
+//! them is told so and looks at everything once, as after a restart.
+
+use kmeta_metadata::TopicIdPartition;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// Entries kept (a repeated partition takes one each time; readers skip what they hold no
+/// interest in). 256 Ki entries are 5 MiB.
+pub const CAPACITY: usize = 1 << 18;
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct ChangeLog {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The sequence number of `entries[0]`.
+    first: u64,
+    entries: VecDeque<TopicIdPartition>,
+}
+
+/// What changed since a cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Since {
+    /// These partitions (in order, possibly repeated).
+    Changed(Vec<TopicIdPartition>),
+    /// The cursor fell behind what is kept: anything may have changed.
+    Everything,
+}
+
+impl ChangeLog {
+    /// Records that `tp` changed.
+    pub fn push(&self, tp: TopicIdPartition) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.entries.push_back(tp);
+        if g.entries.len() > CAPACITY {
+            g.entries.pop_front();
+            g.first += 1;
+        }
+    }
+
+    /// The cursor after every entry so far.
+    pub fn end(&self) -> u64 {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.first + g.entries.len() as u64
+    }
+
+    /// What changed from `cursor` on, and the cursor after it.
+    pub fn since(&self, cursor: u64) -> (Since, u64) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let end = g.first + g.entries.len() as u64;
+        if cursor < g.first || cursor > end {
+            return (Since::Everything, end);
+        }
+        let from = (cursor - g.first) as usize;
+        (
+            Since::Changed(g.entries.range(from..).copied().collect()),
+            end,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(partition: i32) -> TopicIdPartition {
+        TopicIdPartition {
+            topic_id: uuid::Uuid::from_u128(7),
+            partition,
+        }
+    }
+
+    #[test]
+    fn a_reader_sees_each_change_after_its_cursor_once() {
+        let log = ChangeLog::default();
+        let start = log.end();
+        log.push(tp(1));
+        log.push(tp(2));
+        let (since, cursor) = log.since(start);
+        assert_eq!(since, Since::Changed(vec![tp(1), tp(2)]));
+        log.push(tp(3));
+        assert_eq!(log.since(cursor).0, Since::Changed(vec![tp(3)]));
+        assert_eq!(log.since(log.end()).0, Since::Changed(vec![]));
+    }
+
+    #[test]
+    fn a_reader_that_fell_behind_is_told_everything_may_have_changed() {
+        let log = ChangeLog::default();
+        let start = log.end();
+        for i in 0..=CAPACITY as i32 {
+            log.push(tp(i));
+        }
+        let (since, cursor) = log.since(start);
+        assert_eq!(since, Since::Everything);
+        assert_eq!(cursor, log.end());
+        assert_eq!(
+            log.since(start + 1).0,
+            Since::Changed((1..=CAPACITY as i32).map(tp).collect())
+        );
+    }
+}
