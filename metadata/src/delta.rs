@@ -18,6 +18,9 @@ pub struct ImageDelta {
     pub topic_configs: BTreeSet<TopicId>,
     /// Partitions of deleted topics.
     pub removed: BTreeSet<TopicIdPartition>,
+    /// A broker registered, unregistered, or was fenced or unfenced: which brokers may join
+    /// an ISR changed, with no partition touched.
+    pub brokers: bool,
 }
 
 impl ImageDelta {
@@ -35,6 +38,7 @@ impl ImageDelta {
             && self.partitions.is_empty()
             && self.topic_configs.is_empty()
             && self.removed.is_empty()
+            && !self.brokers
     }
 
     /// Notes `record`, about to be replayed onto `before`.
@@ -67,6 +71,9 @@ impl ImageDelta {
                     }
                 }
             }
+            MetadataRecord::RegisterBroker(_)
+            | MetadataRecord::UnregisterBroker(_)
+            | MetadataRecord::BrokerRegistrationChange(_) => self.brokers = true,
             MetadataRecord::Config(r) => match r.resource.resource_type {
                 ConfigResourceType::Topic => {
                     if let Some(id) = before.topic_id(&r.resource.resource_name) {
@@ -82,6 +89,7 @@ impl ImageDelta {
     /// Adds what `later` touched.
     pub fn merge(&mut self, later: ImageDelta) {
         self.all |= later.all;
+        self.brokers |= later.brokers;
         for tp in &later.removed {
             self.partitions.remove(tp);
         }

@@ -471,6 +471,9 @@ async fn host_partitions(state: Arc<BrokerState>) {
         // Work in proportion to what changed: only the partitions the new records touched.
         let (published, delta) = state.take_changes();
         let leaders = state.replicas.apply_delta(&published.image, &delta);
+        if delta.brokers || delta.all {
+            state.replicas.ask_every_isr();
+        }
         fetcher::ensure(&state, leaders);
         if applied.changed().await.is_err() {
             return;

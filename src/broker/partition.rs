@@ -246,8 +246,8 @@ pub struct FollowerFetch {
     pub may_expand: bool,
     /// The partition's [`Partition::version`] the read saw.
     pub version: u64,
-    /// The follower is at the log end and nothing diverged: until the version changes, the
-    /// same fetch gets the same empty answer.
+    /// The follower is at the log end, everything is committed and nothing diverged: until
+    /// the version changes, the same fetch gets the same empty answer.
     pub at_end: bool,
 }
 
@@ -670,7 +670,9 @@ impl Partition {
             hw_changed,
             may_expand,
             version: self.version(),
-            at_end: fetch_offset >= leo,
+            // Everything committed too: while the HW is below the log end, time alone can
+            // move it (a joining follower's lag runs out), so the partition is read on.
+            at_end: fetch_offset >= leo && s.high_watermark >= leo,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The ISR duties of a partition leader (Kafka's `Partition.maybeShrinkIsr`/`maybeExpandIsr`
 //! and `AlterPartitionManager`): every `replica.lag.time.max.ms / 2` ask each led partition
 //! for an ISR change (a shrink is found only this way), and whenever follower fetches say
-//! followers may have caught up, ask just those partitions; send the changes in
+//! followers may have caught up, ask just those partitions (all of them when a broker
+//! registered or its fencing changed: a caught-up follower may have become eligible); send the changes in
 //! AlterPartition requests to the active controller, one after another while more are
 //! waiting. A partition keeps at most one change in flight; the controller's answer (or new
 //! metadata) settles it.
@@ -49,7 +50,7 @@ pub async fn run(state: Arc<BrokerState>) {
     loop {
         if waiting.is_empty() {
             let everything = tokio::select! {
-                _ = replicas.isr_check.notified() => false,
+                _ = replicas.isr_check.notified() => replicas.take_ask_every_isr(),
                 _ = tick.tick() => true,
             };
             if everything {

@@ -87,6 +87,8 @@ pub struct Replicas {
     changes: watch::Sender<u64>,
     /// Woken when a leader may change an ISR (a follower caught up).
     pub isr_check: Notify,
+    /// Set with `isr_check` when every led partition is to be asked (brokers changed).
+    isr_everything: std::sync::atomic::AtomicBool,
     /// Led partitions whose follower may have caught up since the ISR duties last looked, so
     /// they look at just those instead of every hosted partition ([`Replicas::isr_candidates`]).
     candidates: Mutex<HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>>,
@@ -150,6 +152,7 @@ impl Replicas {
             partitions: RwLock::new(HashMap::default()),
             changes: watch::channel(0).0,
             isr_check: Notify::new(),
+            isr_everything: Default::default(),
             candidates: Mutex::new(HashMap::default()),
             generation: Default::default(),
             fetchers: Mutex::new(BTreeSet::new()),
@@ -189,6 +192,20 @@ impl Replicas {
             .unwrap_or_else(|e| e.into_inner())
             .insert(p.tp, p.clone());
         self.isr_check.notify_one();
+    }
+
+    /// Has the ISR duties ask every led partition: a broker became eligible (or not) to join
+    /// ISRs, which changes no partition, so no follower fetch would note it.
+    pub fn ask_every_isr(&self) {
+        self.isr_everything
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.isr_check.notify_one();
+    }
+
+    /// True (once) after [`Replicas::ask_every_isr`].
+    pub fn take_ask_every_isr(&self) -> bool {
+        self.isr_everything
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Takes the partitions noted by [`Replicas::note_isr_candidate`].

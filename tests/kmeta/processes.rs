@@ -545,3 +545,86 @@ async fn a_restarted_broker_answers_no_client_until_it_has_registered() {
         .expect("the waiting request is answered on its connection");
     assert!(c.log_contains(1, "serving clients"));
 }
+
+/// Issue 13: a broker restarted while following more partitions from one leader than one
+/// fetch request can name (15,000 here, with the leaders' `socket.request.max.bytes` at
+/// 500,000) opens its fetch session over several requests, and rejoins every ISR. Its first
+/// fetch used to name every partition at once, a frame over the leader's limit: the leader
+/// closed the connection on every try and the broker never rejoined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_following_more_partitions_than_one_fetch_holds_rejoins_every_isr() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    const TOPICS: usize = 4;
+    const PARTITIONS: i32 = 7_500;
+    let mut c = crate::cluster::ProcessCluster::start(
+        1,
+        2,
+        "socket.request.max.bytes=500000\nbroker.session.timeout.ms=3000\n",
+    );
+    let mut k = live_brokers(&c.broker_addr(1), 2, Duration::from_secs(30)).await;
+    for t in 0..TOPICS {
+        let created = k
+            .send(
+                &CreateTopicsRequest::default()
+                    .with_topics(vec![CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(format!("wide-{t}"))))
+                        .with_num_partitions(PARTITIONS)
+                        .with_replication_factor(2)])
+                    .with_timeout_ms(60_000),
+                7,
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    }
+    let total = TOPICS * PARTITIONS as usize;
+    let addr = c.broker_addr(1);
+    whole_isrs(&addr, total, 2, "after creation").await;
+    // Broker 2 stops; once its session expires the controller takes it out of every ISR.
+    c.kill(2);
+    whole_isrs(&addr, total, 1, "after broker 2's session expired").await;
+    c.spawn(2);
+    let took = whole_isrs(&addr, total, 2, "after broker 2's restart").await;
+    assert!(
+        !c.log_contains(1, "the limit is"),
+        "a fetch request over the frame limit"
+    );
+    eprintln!("broker 2 back in all {total} ISRs after {took:?}");
+}
+
+/// Waits until the broker at `addr` lists `total` partitions of the topics `wide-*`, each with
+/// `isr` replicas in its ISR; how long that took.
+async fn whole_isrs(addr: &str, total: usize, isr: usize, what: &str) -> Duration {
+    use kafka_protocol::messages::MetadataRequest;
+    let start = Instant::now();
+    loop {
+        let mut seen = None;
+        if let Ok(mut k) =
+            kmeta::kafka::client::KafkaClient::connect(addr, "test", Duration::from_secs(5)).await
+        {
+            if let Ok(md) = k
+                .send(&MetadataRequest::default().with_topics(None), 12)
+                .await
+            {
+                let isrs: Vec<usize> = md
+                    .topics
+                    .iter()
+                    .filter(|t| t.name.as_ref().is_some_and(|n| n.0.starts_with("wide-")))
+                    .flat_map(|t| t.partitions.iter().map(|p| p.isr_nodes.len()))
+                    .collect();
+                seen = Some((isrs.len(), isrs.iter().filter(|n| **n == isr).count()));
+            }
+        }
+        if seen == Some((total, total)) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "{what}: after 90 s, (partitions, with {isr} in the ISR) = {seen:?} of {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -66,3 +66,26 @@ fn a_delta_names_exactly_the_partitions_and_topic_configs_its_records_touched() 
     h.commit(result);
     assert!(delta_since(&h, image, from).all);
 }
+
+#[test]
+fn a_broker_registering_or_changing_fencing_is_noted_with_no_partition_touched() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1, 2]);
+    h.create_topic("a", 2, 2);
+    let (start, image) = (h.log.len(), h.image.clone());
+    h.create_topic("b", 1, 2);
+    assert!(
+        !delta_since(&h, image, start).brokers,
+        "topics are not brokers"
+    );
+    // A new broker registers and is unfenced: leaders may now add it to ISRs, though no
+    // partition record says so.
+    let (start, image) = (h.log.len(), h.image.clone());
+    h.active_brokers(&[3]);
+    let delta = delta_since(&h, image, start);
+    assert!(delta.brokers && delta.partitions.is_empty() && !delta.all);
+    assert!(!delta.is_empty());
+    let mut merged = ImageDelta::default();
+    merged.merge(delta);
+    assert!(merged.brokers);
+}
