@@ -554,7 +554,7 @@ async fn a_restarted_broker_answers_no_client_until_it_has_registered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_broker_following_more_partitions_than_one_fetch_holds_rejoins_every_isr() {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
-    use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, TopicName};
+    use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
     const TOPICS: usize = 4;
