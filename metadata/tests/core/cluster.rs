@@ -308,7 +308,9 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
         process_heartbeat(&h.image, &h.config, &mut h.tracker, &req, next, h.now_ms)
     }
     .unwrap();
-    // Exactly: the partition change moving leadership to 1, then the shutdown marker.
+    // Exactly: the partition change moving leadership to 1, then the shutdown marker. (KRaft
+    // writes the marker first; kmeta's image invariants hold after every record, and a
+    // leader in controlled shutdown would break "every leader is active" in between.)
     assert_eq!(result.records.len(), 2);
     match &result.records[0] {
         MetadataRecord::PartitionChange(c) => {
@@ -441,4 +443,37 @@ fn a_preferred_replica_rejoining_the_isr_calls_for_a_balancing_pass_and_nothing_
         .any(|r| enables_preferred_election(&h.image, r)));
     h.commit(balance_partition_leaders(&h.image));
     assert_eq!(h.partition("t", 0).leader, BrokerId(1));
+}
+
+#[test]
+fn removing_a_broker_writes_its_leader_moves_before_its_isr_removals() {
+    // A fence or a controlled shutdown of a broker hosting many partitions is written as
+    // several entries; the partitions it leads, whose clients wait, move in the first ones.
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    let assignment: Vec<&[i32]> = (0..30)
+        .map(|i| -> &[i32] {
+            match i % 3 {
+                0 => &[1, 0, 2],
+                1 => &[0, 1, 2],
+                _ => &[2, 1, 0],
+            }
+        })
+        .collect();
+    h.create_assigned("foo", &assignment);
+    let records = kmeta_metadata::controller::replication::election::remove_broker_from_isrs(
+        &h.image,
+        &h.config,
+        BrokerId(0),
+    );
+    assert_eq!(records.len(), 30, "every partition has broker 0 in its ISR");
+    let moves: Vec<bool> = records
+        .iter()
+        .map(|r| match r {
+            MetadataRecord::PartitionChange(c) => c.leader.is_some(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(h.image.leader_count(BrokerId(0)), 10);
+    assert_eq!(moves, [vec![true; 10], vec![false; 20]].concat());
 }

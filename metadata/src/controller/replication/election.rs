@@ -35,14 +35,16 @@ fn shrink_election(
 
 /// Removes `broker` from the ISR of every partition it hosts and moves its leaderships away.
 /// Used when a broker is fenced, enters controlled shutdown, re-registers with a new
-/// incarnation, or is unregistered. Costs O(partitions the broker hosts).
+/// incarnation, or is unregistered. Costs O(partitions the broker hosts). The records of the
+/// partitions it leads come first (as many as it leads, less any no leader can take).
 pub fn remove_broker_from_isrs(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
     let acceptance = LeaderAcceptance::of(image).excluding(broker);
-    let mut records = Vec::new();
+    let mut moves = Vec::new();
+    let mut shrinks = Vec::new();
     for tp in image.partitions_on_broker(broker) {
         let Some(p) = image.partition(tp) else {
             continue;
@@ -55,9 +57,17 @@ pub fn remove_broker_from_isrs(
             .election(shrink_election(image, config, tp))
             .target_isr(isr)
             .build();
-        records.extend(change.map(MetadataRecord::PartitionChange));
+        let out = if p.leader == broker {
+            &mut moves
+        } else {
+            &mut shrinks
+        };
+        out.extend(change.map(MetadataRecord::PartitionChange));
     }
-    records
+    // Leadership first: a large result is written as several entries, and the partitions
+    // the broker leads are the ones whose clients wait.
+    moves.extend(shrinks);
+    moves
 }
 
 /// Elects leaders for the leaderless partitions that `broker`, being unfenced in the same
