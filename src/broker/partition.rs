@@ -244,8 +244,6 @@ pub struct FollowerFetch {
     pub hw_changed: bool,
     /// The follower may now join the ISR.
     pub may_expand: bool,
-    /// The partition's [`Partition::version`] the read saw.
-    pub version: u64,
     /// The follower is at the log end, everything is committed and nothing diverged: until
     /// the version changes, the same fetch gets the same empty answer.
     pub at_end: bool,
@@ -603,7 +601,6 @@ impl Partition {
     ) -> Result<FollowerFetch, PartitionError> {
         let now = mono_ms();
         let mut s = self.lock();
-        let version = self.version();
         s.check_leader(current_leader_epoch)
             .map_err(|e| (e, None))?;
         if !s.replicas.contains(&replica) || replica == self.me {
@@ -630,7 +627,6 @@ impl Partition {
                 read,
                 hw_changed: false,
                 may_expand: false,
-                version,
                 at_end: false,
             });
         }
@@ -669,7 +665,6 @@ impl Partition {
             read,
             hw_changed,
             may_expand,
-            version: self.version(),
             // Everything committed too: while the HW is below the log end, time alone can
             // move it (a joining follower's lag runs out), so the partition is read on.
             at_end: fetch_offset >= leo && s.high_watermark >= leo,
