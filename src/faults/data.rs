@@ -330,15 +330,13 @@ fn order_violations(
                 .insert(n, (*offset, value));
         }
     }
-    let mut highest: BTreeMap<&str, BTreeMap<u64, (i64, &str)>> = BTreeMap::new();
-    for (who, acks) in by_producer {
+    for acks in by_producer.values_mut() {
         let mut best: Option<(i64, &str)> = None;
-        let prefix = highest.entry(who).or_default();
-        for (n, (offset, value)) in acks {
-            if best.is_none_or(|(b, _)| offset > b) {
-                best = Some((offset, value));
+        for at in acks.values_mut() {
+            if best.is_none_or(|(b, _)| at.0 > b) {
+                best = Some(*at);
             }
-            prefix.insert(n, best.expect("set above"));
+            *at = best.expect("set above");
         }
     }
     let mut v = Vec::new();
@@ -346,7 +344,7 @@ fn order_violations(
         let Some((who, n)) = numbered(value) else {
             continue;
         };
-        let before = highest
+        let before = by_producer
             .get(who)
             .and_then(|p| p.range(..n).next_back())
             .map(|(_, b)| *b);
