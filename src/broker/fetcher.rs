@@ -70,42 +70,83 @@ impl Followed {
     /// Brings the entries in line with the partitions followed from the leader now; new ones
     /// are read.
     fn sync(&mut self, now: Vec<Arc<Partition>>, leader: i32) {
-        let mut fresh: HashMap<TopicIdPartition, Entry, PartitionHash> =
-            HashMap::with_capacity_and_hasher(now.len(), PartitionHash);
+        let mut keep: HashSet<TopicIdPartition, PartitionHash> =
+            HashSet::with_capacity_and_hasher(now.len(), PartitionHash);
         for p in now {
-            let tp = p.tp;
-            match self.entries.remove(&tp) {
-                Some(e) if Arc::ptr_eq(&e.partition, &p) && !e.gone => {
-                    fresh.insert(tp, e);
-                }
-                old => {
-                    let mut e = Entry {
-                        partition: p,
-                        version: 0,
-                        position: None,
-                        sent: None,
-                        gone: false,
-                    };
-                    // Replaced: the leader may still hold the old replica's position.
-                    e.sent = old.and_then(|o| o.sent);
-                    refresh(&mut e, leader);
-                    self.dirty.insert(tp);
-                    fresh.insert(tp, e);
+            keep.insert(p.tp);
+            self.follow(p, leader);
+        }
+        let dropped: Vec<TopicIdPartition> = self
+            .entries
+            .keys()
+            .filter(|tp| !keep.contains(*tp))
+            .copied()
+            .collect();
+        for tp in dropped {
+            self.unfollow(tp);
+        }
+    }
+
+    /// Applies the changes of the followed set since this fetcher last looked.
+    fn apply(&mut self, changes: super::replicas::FollowChanges, leader: i32) {
+        use super::replicas::FollowChanges;
+        match changes {
+            FollowChanges::None => {}
+            FollowChanges::Everything(now) => self.sync(now, leader),
+            FollowChanges::Changed(changed) => {
+                for (tp, now) in changed {
+                    match now {
+                        Some(p) => self.follow(p, leader),
+                        None => self.unfollow(tp),
+                    }
                 }
             }
         }
-        self.live = fresh.len();
-        for (tp, mut e) in self.entries.drain() {
-            if e.sent.is_some() {
-                e.gone = true;
-                e.position = None;
-                self.dirty.insert(tp);
-                fresh.insert(tp, e);
-            } else {
-                self.dirty.remove(&tp);
-            }
+    }
+
+    /// `p` is followed from the leader: a new entry (its position read) unless it is there.
+    fn follow(&mut self, p: Arc<Partition>, leader: i32) {
+        let tp = p.tp;
+        let old = match self.entries.get(&tp) {
+            Some(e) if Arc::ptr_eq(&e.partition, &p) && !e.gone => return,
+            Some(_) => self.entries.remove(&tp),
+            None => None,
+        };
+        if old.as_ref().is_some_and(|o| !o.gone) {
+            self.live -= 1;
         }
-        self.entries = fresh;
+        let mut e = Entry {
+            partition: p,
+            version: 0,
+            position: None,
+            // Replaced: the leader may still hold the old replica's position.
+            sent: old.and_then(|o| o.sent),
+            gone: false,
+        };
+        refresh(&mut e, leader);
+        self.dirty.insert(tp);
+        self.entries.insert(tp, e);
+        self.live += 1;
+    }
+
+    /// `tp` is no longer followed from the leader: kept as gone until the leader is told to
+    /// forget it, if the session holds it.
+    fn unfollow(&mut self, tp: TopicIdPartition) {
+        let Some(e) = self.entries.get_mut(&tp) else {
+            return;
+        };
+        if e.gone {
+            return;
+        }
+        self.live -= 1;
+        if e.sent.is_some() {
+            e.gone = true;
+            e.position = None;
+            self.dirty.insert(tp);
+        } else {
+            self.entries.remove(&tp);
+            self.dirty.remove(&tp);
+        }
     }
 
     /// Reads again the positions of `tps` (all entries when `None`).
@@ -181,11 +222,9 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         // Positions are read again only where a partition changed.
         let (since, next) = replicas.change_log.since(cursor);
         cursor = next;
-        let generation = replicas.following_generation(leader);
-        if known_generation != Some(generation) {
-            known_generation = Some(generation);
-            followed.sync(replicas.following(leader), leader);
-        }
+        let (generation, set_changes) = replicas.following_since(leader, known_generation);
+        known_generation = Some(generation);
+        followed.apply(set_changes, leader);
         followed.refresh(
             match since {
                 Since::Changed(tps) => Some(tps),
@@ -424,5 +463,87 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         if backoff {
             tokio::time::sleep(BACKOFF).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::partition::PartitionConfig;
+    use crate::broker::replicas::{DataConfig, Replicas};
+
+    fn partition(dir: &std::path::Path, i: i32) -> Arc<Partition> {
+        let tp = TopicIdPartition {
+            topic_id: uuid::Uuid::from_u128(9),
+            partition: i,
+        };
+        let config = PartitionConfig {
+            log: Default::default(),
+            min_insync_replicas: 1,
+            replica_lag_ms: 30_000,
+        };
+        Arc::new(Partition::open(tp, "t".into(), 1, dir.join(format!("p{i}")), config).unwrap())
+    }
+
+    fn live(f: &Followed) -> Vec<i32> {
+        let mut v: Vec<i32> = f
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.gone)
+            .map(|(tp, _)| tp.partition)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn followed_from(r: &Replicas, leader: i32) -> Vec<i32> {
+        let mut v: Vec<i32> = r.following(leader).iter().map(|p| p.tp.partition).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_fetcher_catching_up_by_the_journal_of_changes_holds_exactly_the_followed_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replicas::new(1, DataConfig::new(dir.path().into()));
+        let parts: Vec<Arc<Partition>> = (0..40).map(|i| partition(dir.path(), i)).collect();
+        // Fetchers for leader 2 that look after every step, every 7th step, and once at the
+        // end; the set moves between leaders 2 and 3 and nobody, in a fixed pseudo-random walk.
+        let mut fetchers: Vec<(usize, Followed, Option<u64>)> = vec![
+            (1, Followed::default(), None),
+            (7, Followed::default(), None),
+            (1_000_000, Followed::default(), None),
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 1..=3_000usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let p = &parts[(x % 40) as usize];
+            let leader = [Some(2), Some(3), None][((x >> 8) % 3) as usize];
+            r.file_following(p, leader);
+            for (every, f, known) in fetchers.iter_mut() {
+                if step % *every == 0 {
+                    let (generation, changes) = r.following_since(2, *known);
+                    *known = Some(generation);
+                    f.apply(changes, 2);
+                    assert_eq!(live(f), followed_from(&r, 2), "after step {step}");
+                    assert_eq!(f.live, live(f).len());
+                }
+            }
+        }
+        for (_, f, known) in fetchers.iter_mut() {
+            let (generation, changes) = r.following_since(2, *known);
+            *known = Some(generation);
+            f.apply(changes, 2);
+            assert_eq!(live(f), followed_from(&r, 2));
+            assert_eq!(f.live, live(f).len());
+        }
+        // Nothing changed since: nothing to apply.
+        let (_, changes) = r.following_since(2, fetchers[0].2);
+        assert!(matches!(
+            changes,
+            crate::broker::replicas::FollowChanges::None
+        ));
     }
 }

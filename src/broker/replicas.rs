@@ -111,8 +111,44 @@ type PartitionMap = HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>;
 struct Followed {
     /// Each followed partition's leader.
     leader_of: HashMap<TopicIdPartition, i32, PartitionHash>,
-    /// Each leader's followed partitions, and a counter bumped when that set changes.
-    by_leader: HashMap<i32, (u64, PartitionMap)>,
+    /// Each leader's followed partitions, with the journal of changes to that set.
+    by_leader: HashMap<i32, FollowSet>,
+}
+
+/// The partitions followed from one leader, and the keys whose membership changed, in order,
+/// so that a fetcher catches up with the set by what changed rather than by a copy of it.
+#[derive(Default)]
+struct FollowSet {
+    parts: PartitionMap,
+    /// The generation of `journal[0]`; the set's generation is `base + journal.len()`.
+    base: u64,
+    journal: Vec<TopicIdPartition>,
+}
+
+impl FollowSet {
+    fn generation(&self) -> u64 {
+        self.base + self.journal.len() as u64
+    }
+
+    fn changed(&mut self, tp: TopicIdPartition) {
+        // Bounded: a journal longer than the set (and some slack) is dropped, and a fetcher
+        // that was further behind copies the set instead.
+        if self.journal.len() >= 2 * self.parts.len() + 1024 {
+            self.base = self.generation();
+            self.journal.clear();
+        }
+        self.journal.push(tp);
+    }
+}
+
+/// How the set of partitions followed from a leader differs from what a fetcher last saw.
+pub enum FollowChanges {
+    /// Nothing changed.
+    None,
+    /// These keys changed: each with its partition if it is followed from the leader now.
+    Changed(Vec<(TopicIdPartition, Option<Arc<Partition>>)>),
+    /// Too much changed to list: the whole set.
+    Everything(Vec<Arc<Partition>>),
 }
 
 impl Followed {
@@ -126,15 +162,15 @@ impl Followed {
             return;
         }
         if let Some(old) = old {
-            if let Some((generation, parts)) = self.by_leader.get_mut(&old) {
-                parts.remove(&p.tp);
-                *generation += 1;
+            if let Some(set) = self.by_leader.get_mut(&old) {
+                set.parts.remove(&p.tp);
+                set.changed(p.tp);
             }
         }
         if let Some(l) = leader {
-            let (generation, parts) = self.by_leader.entry(l).or_default();
-            parts.insert(p.tp, p.clone());
-            *generation += 1;
+            let set = self.by_leader.entry(l).or_default();
+            set.parts.insert(p.tp, p.clone());
+            set.changed(p.tp);
         }
     }
 }
@@ -232,19 +268,47 @@ impl Replicas {
             .unwrap_or_else(|p| p.into_inner())
             .by_leader
             .get(&leader)
-            .map(|(_, parts)| parts.values().cloned().collect())
+            .map(|set| set.parts.values().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// A counter that changes whenever the set [`Replicas::following`] returns for `leader`
-    /// changes.
-    pub fn following_generation(&self, leader: i32) -> u64 {
+    /// Files `p` as followed from `leader` (`None`: from nobody), as role changes do.
+    #[cfg(test)]
+    pub(super) fn file_following(&self, p: &Arc<Partition>, leader: Option<i32>) {
         self.followed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .by_leader
-            .get(&leader)
-            .map_or(0, |(g, _)| *g)
+            .set(p, leader);
+    }
+
+    /// How the partitions followed from `leader` changed since generation `known` (`None`:
+    /// never seen), and the generation now. Costs what changed, unless the journal no
+    /// longer reaches back to `known`.
+    pub fn following_since(&self, leader: i32, known: Option<u64>) -> (u64, FollowChanges) {
+        let followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(set) = followed.by_leader.get(&leader) else {
+            return match known {
+                Some(0) => (0, FollowChanges::None),
+                _ => (0, FollowChanges::Everything(Vec::new())),
+            };
+        };
+        let now = set.generation();
+        match known {
+            Some(g) if g == now => (now, FollowChanges::None),
+            Some(g) if g >= set.base && g < now => {
+                let mut seen = std::collections::HashSet::with_hasher(PartitionHash);
+                let changed = set.journal[(g - set.base) as usize..]
+                    .iter()
+                    .filter(|tp| seen.insert(**tp))
+                    .map(|tp| (*tp, set.parts.get(tp).cloned()))
+                    .collect();
+                (now, FollowChanges::Changed(changed))
+            }
+            _ => (
+                now,
+                FollowChanges::Everything(set.parts.values().cloned().collect()),
+            ),
+        }
     }
 
     /// A receiver woken on every log end, HW or role change of any partition.
