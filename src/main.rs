@@ -421,6 +421,9 @@ enum BenchCommand {
         /// Keep the data directory and the nodes' logs (node-ID.log) after the run.
         #[arg(long)]
         keep: bool,
+        /// The nodes' log filter (their KMETA_LOG), e.g. "info,kmeta::broker::replica=debug".
+        #[arg(long, default_value = "info,openraft=warn")]
+        node_log: String,
     },
     /// Offset commits/s through brokers, commit-to-every-broker latency, and Metadata
     /// requests/s, against 3 controllers and 3 brokers in this process.
@@ -682,6 +685,7 @@ fn main() -> ExitCode {
                     json,
                     data_dir,
                     keep,
+                    node_log,
                 },
         } => {
             init_logging();
@@ -694,6 +698,7 @@ fn main() -> ExitCode {
                     session_timeout_ms,
                     samples,
                     keep,
+                    node_log: node_log.clone(),
                 };
                 match runtime.block_on(kmeta::bench::scale::scale(&options)) {
                     Ok(report) => {

@@ -40,6 +40,8 @@ pub struct ScaleOptions {
     pub samples: usize,
     /// Keep the data directory (with each node's log) instead of removing it.
     pub keep: bool,
+    /// The nodes' log filter (`KMETA_LOG`).
+    pub node_log: String,
 }
 
 /// One figure: its name and its value (`None`: not reached within its bound).
@@ -88,6 +90,7 @@ struct Nodes {
     session_timeout_ms: u64,
     keep: bool,
     partitions: usize,
+    node_log: String,
 }
 
 impl Drop for Nodes {
@@ -176,6 +179,7 @@ impl Nodes {
             session_timeout_ms: o.session_timeout_ms,
             keep: o.keep,
             partitions: o.partitions,
+            node_log: o.node_log.clone(),
         };
         for id in CONTROLLERS.iter().chain(&BROKERS) {
             nodes.format(*id)?;
@@ -199,7 +203,7 @@ impl Nodes {
             .arg("server")
             .arg("--config")
             .arg(self.config_path(id))
-            .env("KMETA_LOG", "info,openraft=warn")
+            .env("KMETA_LOG", &self.node_log)
             .stdout(Stdio::null())
             .stderr(log);
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; it only asks the kernel to
@@ -251,6 +255,33 @@ impl Nodes {
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    }
+
+    /// Each node's process id and CPU ticks, to print what a phase cost each one.
+    fn cpu_snapshot(&self) -> BTreeMap<u64, (u32, u64)> {
+        self.children
+            .iter()
+            .filter_map(|(id, c)| Some((*id, (c.id(), self.cpu_ticks(*id)?))))
+            .collect()
+    }
+
+    /// Prints the CPU seconds each node used since `before` (a node started since counts
+    /// from its start).
+    fn print_cpu(&self, phase: &str, before: &BTreeMap<u64, (u32, u64)>) {
+        // SAFETY: sysconf only reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let parts: Vec<String> = self
+            .cpu_snapshot()
+            .into_iter()
+            .map(|(id, (pid, ticks))| {
+                let from = before
+                    .get(&id)
+                    .filter(|(p, _)| *p == pid)
+                    .map_or(0, |(_, t)| *t);
+                format!("{id}={:.1}", ticks.saturating_sub(from) as f64 / hz)
+            })
+            .collect();
+        println!("    cpu s during {phase}: {}", parts.join(" "));
     }
 
     fn rss_mib(&self, id: u64) -> Option<f64> {
@@ -371,7 +402,9 @@ async fn survey(addr: &str) -> Option<Survey> {
 }
 
 /// Polls every broker in `on` until `done` holds for each one's survey, at most `within`;
-/// the time it took.
+/// the time it took. Between rounds it waits as long as the round took (at least 50 ms):
+/// an all-topics Metadata at 1,000,000 partitions costs a broker about 200 ms of CPU, and
+/// polling without a pause would take one of the machine's two cores from what is measured.
 async fn until_all(
     nodes: &Nodes,
     on: &[u64],
@@ -380,6 +413,7 @@ async fn until_all(
 ) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
+        let round = Instant::now();
         let mut all = true;
         for id in on {
             if !survey(&nodes.addr(*id)).await.is_some_and(|s| done(&s)) {
@@ -390,7 +424,7 @@ async fn until_all(
         if all {
             return Some(start.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(round.elapsed().max(Duration::from_millis(50))).await;
     }
     None
 }
@@ -548,6 +582,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     until_all(&nodes, &BROKERS, bound, balanced).await;
 
     // Controlled shutdown of broker 2 (it leads about a third).
+    let cpu_before = nodes.cpu_snapshot();
     let exit = nodes.terminate(2, bound).await;
     report.record("controlled_shutdown_exit_ms", ms(exit));
     let re_led = until_all(&nodes, &[1, 3], bound, |s| {
@@ -555,6 +590,8 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     })
     .await;
     report.record("controlled_shutdown_all_re_led_after_exit_ms", ms(re_led));
+    nodes.print_cpu("controlled shutdown", &cpu_before);
+    let cpu_before = nodes.cpu_snapshot();
     nodes.spawn(2)?;
     let start = Instant::now();
     let back = until_all(&nodes, &BROKERS, bound, |s| {
@@ -567,8 +604,10 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
         "restarted_broker_balanced_ms",
         ms(bal.map(|_| start.elapsed())),
     );
+    nodes.print_cpu("restarted broker", &cpu_before);
 
     // kill -9 of broker 3.
+    let cpu_before = nodes.cpu_snapshot();
     nodes.kill(3);
     let re_led = until_all(&nodes, &[1, 2], bound + session, |s| {
         s.leaderless == 0 && !s.led_by.contains_key(&3)
@@ -582,6 +621,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
             .and(nodes.fenced_at_ms(3))
             .map(|fenced| (re_led_at - fenced) as f64),
     );
+    nodes.print_cpu("kill -9", &cpu_before);
     // It comes back wiped: an empty log directory, formatted again.
     let _ = std::fs::remove_dir_all(nodes.data_path(3));
     nodes.format(3)?;
@@ -633,11 +673,13 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     for id in CONTROLLERS.iter().chain(&BROKERS) {
         nodes.spawn(*id)?;
     }
+    let cpu_before = nodes.cpu_snapshot();
     let bal = until_all(&nodes, &BROKERS, bound, balanced).await;
     report.record(
         "full_restart_led_and_balanced_ms",
         ms(bal.map(|_| start.elapsed())),
     );
+    nodes.print_cpu("full restart", &cpu_before);
     Ok(report)
 }
 
