@@ -58,6 +58,7 @@ impl Cluster {
             features: vec![],
             rack: None,
             previous_broker_epoch: None,
+            log_dir_intact: false,
         };
         let r = register_broker(
             &self.image,

@@ -77,6 +77,7 @@ async fn setup(quorum: &LocalQuorum) -> Result<Controller, String> {
         features: vec![],
         rack: None,
         previous_broker_epoch: None,
+        log_dir_intact: false,
     };
     let epoch = c.register_broker(req).await.map_err(|e| e.to_string())?;
     let applied = quorum.nodes[&leader].sm.last_applied_index().unwrap_or(0);

@@ -259,19 +259,59 @@ pub fn lock_log_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     }
 }
 
-/// The epoch this log directory last registered with, if it recorded one.
-fn read_previous_epoch(dir: &std::path::Path) -> Option<i64> {
-    let text = std::fs::read_to_string(dir.join(EPOCH_FILE)).ok()?;
-    text.trim().parse().ok().filter(|e: &i64| *e >= 0)
+/// What this log directory recorded of its last registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PreviousRegistration {
+    epoch: i64,
+    /// The machine's boot id when it registered (`None` in a file written before kmeta
+    /// recorded it, or where the system has none).
+    boot_id: Option<String>,
 }
 
-/// Records `epoch` as this log directory's registration (written aside, then renamed, so a
-/// crash leaves the old epoch or the new one).
-fn write_epoch(dir: &std::path::Path, epoch: i64) -> std::io::Result<()> {
+/// This boot of the machine (Linux's `/proc/sys/kernel/random/boot_id`), if known.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (!id.is_empty()).then(|| id.to_string())
+}
+
+/// The registration this log directory last recorded, if any.
+fn read_previous_registration(dir: &std::path::Path) -> Option<PreviousRegistration> {
+    let text = std::fs::read_to_string(dir.join(EPOCH_FILE)).ok()?;
+    let mut lines = text.lines();
+    let epoch = lines
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|e: &i64| *e >= 0)?;
+    let boot_id = lines
+        .next()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty());
+    Some(PreviousRegistration { epoch, boot_id })
+}
+
+/// True when the files of `dir` hold all that the incarnation of `previous` wrote: it ran in
+/// this boot of the machine, so whatever it appended without an fsync is still in the page
+/// cache and seen by reads (a process killed mid-append leaves at most a torn last batch,
+/// which recovery cuts and which it never reported to a leader). After a machine restart
+/// unflushed appends may be gone, and the replica must leave its ISRs.
+fn log_dir_intact(previous: &PreviousRegistration, boot: Option<&str>) -> bool {
+    previous.boot_id.is_some() && previous.boot_id.as_deref() == boot
+}
+
+/// Records `epoch` (and this boot) as this log directory's registration (written aside, then
+/// renamed, so a crash leaves the old record or the new one).
+fn write_epoch(dir: &std::path::Path, epoch: i64, boot: Option<&str>) -> std::io::Result<()> {
     let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, format!("{epoch}\n").as_bytes())?;
+        let text = match boot {
+            Some(b) => format!("{epoch}\n{b}\n"),
+            None => format!("{epoch}\n"),
+        };
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
@@ -279,21 +319,31 @@ fn write_epoch(dir: &std::path::Path, epoch: i64) -> std::io::Result<()> {
 }
 
 /// Registers, proving a restart with the epoch the previous process of this log directory
-/// registered with, and records the new epoch there once registered.
+/// registered with (and, in the same boot of the machine, that its files are intact), and
+/// records the new epoch there once registered.
 async fn register(state: &BrokerState, incarnation: uuid::Uuid) -> i64 {
     let dir = &state.config.data.log_dir;
-    let previous = read_previous_epoch(dir);
-    let epoch = register_once(state, incarnation, previous).await;
-    if let Err(e) = write_epoch(dir, epoch) {
+    let previous = read_previous_registration(dir);
+    let boot = boot_id();
+    let intact = previous
+        .as_ref()
+        .is_some_and(|p| log_dir_intact(p, boot.as_deref()));
+    let epoch = register_once(state, incarnation, previous.map(|p| p.epoch), intact).await;
+    if let Err(e) = write_epoch(dir, epoch, boot.as_deref()) {
         // Without it the next restart waits for this session to expire; nothing else.
         tracing::warn!(error = %e, dir = %dir.display(), "cannot record the broker epoch");
     }
     epoch
 }
 
-async fn register_once(state: &BrokerState, incarnation: uuid::Uuid, previous: Option<i64>) -> i64 {
+async fn register_once(
+    state: &BrokerState,
+    incarnation: uuid::Uuid,
+    previous: Option<i64>,
+    log_dir_intact: bool,
+) -> i64 {
     let c = &state.config;
-    let request = BrokerRegistrationRequest::default()
+    let mut request = BrokerRegistrationRequest::default()
         .with_previous_broker_epoch(previous.unwrap_or(-1))
         .with_broker_id(BrokerId(c.node_id))
         .with_cluster_id(sb(&c.cluster_id))
@@ -315,6 +365,12 @@ async fn register_once(state: &BrokerState, incarnation: uuid::Uuid, previous: O
             .with_min_supported_version(1)
             .with_max_supported_version(1)])
         .with_rack(c.rack.as_deref().map(sb));
+    if log_dir_intact {
+        request.unknown_tagged_fields.insert(
+            crate::controller::kafka_api::LOG_DIR_INTACT_TAG,
+            bytes::Bytes::from_static(&[1]),
+        );
+    }
     let mut backoff = Duration::from_millis(100);
     loop {
         let outcome: Result<BrokerRegistrationResponse, String> = state
@@ -544,4 +600,32 @@ pub async fn run_with(
     hosting.abort();
     follower.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_directory_counts_as_intact_only_in_the_boot_that_recorded_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_previous_registration(dir.path()), None);
+        write_epoch(dir.path(), 41, Some("boot-a")).unwrap();
+        let previous = read_previous_registration(dir.path()).unwrap();
+        assert_eq!(previous.epoch, 41);
+        assert!(log_dir_intact(&previous, Some("boot-a")));
+        // The machine restarted: unflushed appends may be gone.
+        assert!(!log_dir_intact(&previous, Some("boot-b")));
+        assert!(!log_dir_intact(&previous, None));
+        // A record without a boot id (an older kmeta, or no boot id here) proves nothing.
+        write_epoch(dir.path(), 42, None).unwrap();
+        let previous = read_previous_registration(dir.path()).unwrap();
+        assert_eq!((previous.epoch, previous.boot_id.clone()), (42, None));
+        assert!(!log_dir_intact(&previous, None));
+        std::fs::write(dir.path().join(EPOCH_FILE), "43\n").unwrap();
+        let previous = read_previous_registration(dir.path()).unwrap();
+        assert!(!log_dir_intact(&previous, Some("boot-a")));
+        // This machine has one.
+        assert!(boot_id().is_some());
+    }
 }

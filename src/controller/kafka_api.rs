@@ -58,6 +58,10 @@ pub const ENVELOPE_DEADLINE_TAG: i32 = 10_001;
 /// big-endian. The controller refuses the write with NOT_COORDINATOR unless that broker
 /// coordinates the group in the controller's image (a kmeta extension; `docs/PROTOCOL.md`).
 pub const ENVELOPE_COORDINATOR_TAG: i32 = 10_002;
+/// The tagged field of a BrokerRegistrationRequest (kmeta extension): u8 1 when the broker's
+/// log directory holds everything its previous incarnation wrote (the same machine boot), so
+/// a restart shown by `PreviousBrokerEpoch` keeps its ISR memberships.
+pub const LOG_DIR_INTACT_TAG: i32 = 10_000;
 
 /// The longest a broker's metadata fetch waits for new entries.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
@@ -292,6 +296,10 @@ impl ControllerService {
             rack: r.rack.as_ref().map(|s| s.to_string()),
             previous_broker_epoch: (r.previous_broker_epoch >= 0)
                 .then_some(kmeta_metadata::BrokerEpoch(r.previous_broker_epoch)),
+            log_dir_intact: r
+                .unknown_tagged_fields
+                .get(&LOG_DIR_INTACT_TAG)
+                .is_some_and(|v| v.as_ref() == [1]),
         };
         match self.controller.register_broker(request).await {
             Ok(epoch) => BrokerRegistrationResponse::default().with_broker_epoch(epoch.0),

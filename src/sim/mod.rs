@@ -910,6 +910,7 @@ async fn broker_session(shared: Arc<Shared>, id: BrokerId, session_timeout_ms: u
                         features: Vec::new(),
                         rack: None,
                         previous_broker_epoch: None,
+                        log_dir_intact: false,
                     };
                     let r = tokio::time::timeout(
                         Duration::from_millis(1_000),

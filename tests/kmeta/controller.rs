@@ -33,6 +33,7 @@ fn registration(id: i32) -> BrokerRegistrationRequest {
         features: vec![],
         rack: None,
         previous_broker_epoch: None,
+        log_dir_intact: false,
     }
 }
 

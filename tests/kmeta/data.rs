@@ -550,3 +550,120 @@ async fn a_follower_session_names_only_what_changed_both_ways() {
     let gone = f.send(&fetch(id, 3, &[], 0), 12).await.unwrap();
     assert_eq!(gone.error_code, ErrorCode::FetchSessionIdNotFound.code());
 }
+
+/// Issue 13: a broker `kill -9`ed and restarted in the same boot of the machine (its files
+/// hold all it wrote, unflushed appends included) keeps its place in every ISR: it is never
+/// seen out of one, its leadership moves and comes back, and nothing acknowledged is lost.
+/// On the build before, the re-registration took it out of every ISR and it rejoined them
+/// one AlterPartition at a time.
+#[test]
+fn a_broker_restarted_in_the_same_boot_stays_in_every_isr_and_loses_nothing_acknowledged() {
+    use kafka_protocol::messages::MetadataRequest;
+    let mut c = ProcessCluster::start(1, 3, "broker.session.timeout.ms=30000\n");
+    wait_for_three_brokers(&c);
+    let brokers: Vec<String> = (1..=3).map(|id| c.broker_addr(id)).collect();
+    let dirs: BTreeMap<i32, PathBuf> = (1..=3)
+        .map(|id| (id, c.dir.path().join(format!("data-{id}"))))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(data::create_topic(&brokers)).unwrap();
+    let ledger = Arc::new(Mutex::new(data::DataLedger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|i| {
+            rt.spawn(data::producer(
+                i,
+                i % 2 == 0,
+                brokers.clone(),
+                ledger.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // The ISRs of the topic as broker 1 shows them, once all are whole.
+    let isrs = |rt: &tokio::runtime::Runtime| -> Option<Vec<Vec<i32>>> {
+        rt.block_on(async {
+            let mut k = kmeta::kafka::client::KafkaClient::connect(
+                &brokers[0],
+                "test",
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
+            let md = k
+                .send(&MetadataRequest::default().with_topics(None), 12)
+                .await
+                .ok()?;
+            let t = md
+                .topics
+                .iter()
+                .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == data::TOPIC))?;
+            Some(
+                t.partitions
+                    .iter()
+                    .map(|p| p.isr_nodes.iter().map(|b| b.0).collect())
+                    .collect(),
+            )
+        })
+    };
+    let start = Instant::now();
+    while !isrs(&rt).is_some_and(|all| all.iter().all(|isr| isr.len() == 3)) {
+        assert!(start.elapsed() < Duration::from_secs(30), "never whole");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // A partition leader other than broker 1 (which is asked), so leadership moves too.
+    let victim = (0..data::PARTITIONS)
+        .filter_map(|p| rt.block_on(data::leader_of(&brokers, p)))
+        .find(|l| *l != 1)
+        .unwrap_or(2);
+    c.kill(victim as u64);
+    c.spawn(victim as u64);
+    // For 10 s after the restart it is in every ISR, in every answer.
+    let start = Instant::now();
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Some(all) = isrs(&rt) {
+            answers += 1;
+            for (p, isr) in all.iter().enumerate() {
+                assert!(
+                    isr.contains(&victim),
+                    "broker {victim} out of partition {p}'s ISR {isr:?} {:?} after its restart\n{}",
+                    start.elapsed(),
+                    c.log_tail(victim as u64)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answers > 20, "only {answers} answers");
+    assert!(
+        c.log_contains(victim as u64, "registered"),
+        "the restarted broker never registered"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    for p in producers {
+        let _ = rt.block_on(p);
+    }
+    let l = ledger.lock().unwrap();
+    assert!(
+        l.acknowledged > 50,
+        "only {} messages acknowledged",
+        l.acknowledged
+    );
+    let start = Instant::now();
+    loop {
+        let violations = rt.block_on(data::check(&brokers, &dirs, &l));
+        if violations.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} violations, the first: {:?}",
+            violations.len(),
+            &violations[..violations.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

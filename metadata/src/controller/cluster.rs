@@ -7,7 +7,9 @@
 //! fenced or shutting down, and a broker is unfenced before it is elected.
 
 use super::heartbeat::BrokerHeartbeatTracker;
-use super::replication::election::{elect_for_unfenced_broker, remove_broker_from_isrs};
+use super::replication::election::{
+    elect_for_unfenced_broker, move_leadership_off, remove_broker_from_isrs,
+};
 use super::{ControllerConfig, ControllerResult, NextOffset};
 use crate::error::{ApiError, ErrorCode};
 use crate::image::MetadataImage;
@@ -34,6 +36,11 @@ pub struct BrokerRegistrationRequest {
     /// unknown). The broker holds the directory's lock while it reads it, so a process that
     /// knows it proves the incarnation that got this epoch has stopped.
     pub previous_broker_epoch: Option<BrokerEpoch>,
+    /// The broker vouches that its log directory holds everything the incarnation of
+    /// `previous_broker_epoch` wrote: the machine has not restarted since (the page cache
+    /// survived the process), so even unflushed appends are in its files. kmeta's tagged
+    /// field 10000 of BrokerRegistrationRequest (`docs/PROTOCOL.md`).
+    pub log_dir_intact: bool,
 }
 
 /// Registers a broker. A new incarnation gets epoch `next_offset` (the offset its record will
@@ -90,8 +97,17 @@ pub fn register_broker(
                     ),
                 ));
             }
-            // The old incarnation is gone: take it out of every ISR first (unclean shutdown).
-            records.extend(remove_broker_from_isrs(image, config, old.broker_id));
+            if restarted && request.log_dir_intact {
+                // The old incarnation is gone but its files hold all it wrote, so each replica
+                // is as in sync as it was: it stays in its ISRs and fetches on from where it
+                // stopped. Only its leadership moves (a fenced broker leads nothing); where no
+                // other in-sync replica can take it, the partition waits for it, leaderless.
+                records.extend(move_leadership_off(image, old.broker_id));
+            } else {
+                // It may have lost unflushed data (unclean shutdown, or a machine restart):
+                // take it out of every ISR first.
+                records.extend(remove_broker_from_isrs(image, config, old.broker_id));
+            }
             // The runtime writes a large result as entries of MAX_RECORDS_PER_BATCH records
             // (the ISR removals are safe to land without the rest); the epoch is the offset of
             // the last one, which holds the registration, so a broker is caught up with its

@@ -3,7 +3,9 @@
 
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
-use kmeta_metadata::controller::replication::election::balance_partition_leaders;
+use kmeta_metadata::controller::replication::election::{
+    balance_partition_leaders, enables_preferred_election,
+};
 use kmeta_metadata::controller::replication::topics::create_topics;
 use kmeta_metadata::record::MetadataRecord;
 use kmeta_metadata::*;
@@ -382,6 +384,53 @@ fn a_restart_showing_its_previous_epoch_takes_the_registration_back_while_the_se
     let p = h.partition("t", 0);
     assert_eq!(p.isr, ids(&[0, 2]));
     assert_eq!(p.leader, BrokerId(0));
+}
+
+#[test]
+fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_leadership() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("t", &[&[1, 0, 2], &[0, 1, 2]]);
+    h.create_assigned("solo", &[&[1]]);
+    let old_epoch = h.image.broker(BrokerId(1)).unwrap().broker_epoch;
+    // The claim alone proves nothing: without the old epoch it is another process.
+    let mut req = h.register_request(1, 77, None);
+    req.log_dir_intact = true;
+    let err = h.try_register(&req).unwrap_err();
+    assert_eq!(err.code, ErrorCode::DuplicateBrokerRegistration);
+    let mut req = h.register_request(1, 78, None);
+    req.previous_broker_epoch = Some(old_epoch);
+    req.log_dir_intact = true;
+    let result = h.try_register(&req).expect("taken back at once");
+    h.commit(result);
+    assert!(h.image.broker(BrokerId(1)).unwrap().fenced);
+    // It led t-0: another in-sync replica leads, and 1 stays in the ISR.
+    let p = h.partition("t", 0);
+    assert_eq!(p.leader, BrokerId(0));
+    assert_eq!(p.isr, ids(&[1, 0, 2]));
+    // It followed t-1: nothing changes.
+    let p = h.partition("t", 1);
+    assert_eq!((p.leader, p.isr.clone()), (BrokerId(0), ids(&[0, 1, 2])));
+    // It was solo-0's only replica: leaderless until it is back, its ISR kept.
+    let p = h.partition("solo", 0);
+    assert!(p.leader.is_none());
+    assert_eq!(p.isr, ids(&[1]));
+    assert!(invariants::check(&h.image).is_empty());
+    // Unfenced, it leads solo-0 again, cleanly; no ISR change will announce it, so the
+    // unfencing itself calls for a balancing pass, which gives t-0 back to it.
+    let unfence = h.heartbeat_result(1, false, false).unwrap();
+    let records = unfence.records.clone();
+    h.commit(unfence);
+    assert!(records
+        .iter()
+        .any(|r| enables_preferred_election(&h.image, r)));
+    let p = h.partition("solo", 0);
+    assert_eq!(p.leader, BrokerId(1));
+    assert_eq!(p.leader_recovery_state, LeaderRecoveryState::Recovered);
+    let pass = balance_partition_leaders(&h.image);
+    h.commit(pass);
+    assert_eq!(h.partition("t", 0).leader, BrokerId(1));
+    assert!(invariants::check(&h.image).is_empty());
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl Harness {
             features: vec![],
             rack: rack.map(str::to_string),
             previous_broker_epoch: None,
+            log_dir_intact: false,
         }
     }
 
@@ -135,6 +136,17 @@ impl Harness {
         want_fence: bool,
         want_shut_down: bool,
     ) -> Result<BrokerHeartbeatReply, ApiError> {
+        let result = self.heartbeat_result(id, want_fence, want_shut_down)?;
+        Ok(self.commit(result))
+    }
+
+    /// A heartbeat of broker `id` decided, not yet committed.
+    pub fn heartbeat_result(
+        &mut self,
+        id: i32,
+        want_fence: bool,
+        want_shut_down: bool,
+    ) -> Result<ControllerResult<BrokerHeartbeatReply>, ApiError> {
         let epoch = self
             .image
             .broker(BrokerId(id))
@@ -148,15 +160,14 @@ impl Harness {
             want_shut_down,
         };
         let next = self.next_offset();
-        let result = process_heartbeat(
+        process_heartbeat(
             &self.image,
             &self.config,
             &mut self.tracker,
             &req,
             next,
             self.now_ms,
-        )?;
-        Ok(self.commit(result))
+        )
     }
 
     /// Registers brokers and unfences them all.

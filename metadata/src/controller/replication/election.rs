@@ -70,6 +70,24 @@ pub fn remove_broker_from_isrs(
     moves
 }
 
+/// Moves leadership off `broker` where it leads, keeping it in every ISR: to another in-sync
+/// replica that may lead, else nobody (the partition waits, leaderless, for an ISR member,
+/// and `broker` is elected when it is unfenced). Used when a broker restarts with its log
+/// directory intact. Costs O(partitions the broker hosts).
+pub fn move_leadership_off(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
+    let acceptance = LeaderAcceptance::of(image).excluding(broker);
+    image
+        .partitions_on_broker(broker)
+        .filter_map(|tp| {
+            let p = image.partition(tp).filter(|p| p.leader == broker)?;
+            PartitionChangeBuilder::new(tp, p, acceptance)
+                .election(Election::Online)
+                .build()
+                .map(MetadataRecord::PartitionChange)
+        })
+        .collect()
+}
+
 /// Elects leaders for the leaderless partitions that `broker`, being unfenced in the same
 /// batch, can now lead.
 pub fn elect_for_unfenced_broker(
@@ -221,11 +239,18 @@ pub fn balance_partition_leaders(image: &MetadataImage) -> ControllerResult<bool
 
 /// True when `record`, already replayed onto `image`, leaves a partition that a balancing
 /// pass would move to its preferred leader: the preferred replica is in the ISR, may lead,
-/// and does not. The active controller then runs a pass soon instead of at the next periodic
-/// one, so leadership returns as soon as a restarted broker has caught up. O(1) per record.
+/// and does not; or unfences a broker while some partition is led by another than its
+/// preferred replica (a broker that restarted with its log directory intact stayed in its
+/// ISRs, so no ISR change announces it). The active controller then runs a pass soon instead
+/// of at the next periodic one, so leadership returns as soon as a restarted broker has
+/// caught up. O(1) per record.
 pub fn enables_preferred_election(image: &MetadataImage, record: &MetadataRecord) -> bool {
-    let MetadataRecord::PartitionChange(r) = record else {
-        return false;
+    let r = match record {
+        MetadataRecord::PartitionChange(r) => r,
+        MetadataRecord::BrokerRegistrationChange(r) if r.fenced == Some(false) => {
+            return image.imbalanced_partitions().next().is_some();
+        }
+        _ => return false,
     };
     let Some(p) = image.partition(TopicIdPartition {
         topic_id: r.topic_id,
