@@ -92,6 +92,9 @@ struct Decided {
     records: Vec<MetadataRecord>,
     /// False when the records may be split over several entries (`ControllerResult::atomic`).
     atomic: bool,
+    /// The reply is released with the entry holding this many records of the result
+    /// (`ControllerResult::reply_after`); all of them when `None`.
+    reply_after: Option<usize>,
     finish: Finish,
 }
 
@@ -214,6 +217,7 @@ impl Controller {
                     Decided {
                         records: Vec::new(),
                         atomic: true,
+                        reply_after: None,
                         finish: Box::new(|_| {}),
                     }
                 }
@@ -222,6 +226,7 @@ impl Controller {
                     Decided {
                         records: result.records,
                         atomic: result.atomic,
+                        reply_after: result.reply_after,
                         finish: Box::new(move |outcome| {
                             let _ = tx.send(outcome.map(|offset| (reply, offset)));
                         }),
@@ -517,9 +522,12 @@ impl EventLoop {
             let Decided {
                 records: mut rest,
                 atomic,
+                reply_after,
                 finish,
             } = decided;
             let mut finish = Some(finish);
+            // Records of this result not yet placed in an entry before the reply's entry.
+            let mut before_reply = reply_after.unwrap_or(usize::MAX);
             while !rest.is_empty() {
                 let chunk = if !atomic && rest.len() > MAX_RECORDS_PER_BATCH {
                     let tail = rest.split_off(MAX_RECORDS_PER_BATCH);
@@ -554,8 +562,9 @@ impl EventLoop {
                             self.balance_soon = Some(Instant::now() + BALANCE_SOON);
                         }
                         active.image = next;
+                        before_reply = before_reply.saturating_sub(chunk.len());
                         records.extend(chunk);
-                        if rest.is_empty() {
+                        if rest.is_empty() || before_reply == 0 {
                             finishes.extend(finish.take());
                         }
                     }
@@ -683,6 +692,7 @@ impl EventLoop {
             Decided {
                 records: result.records,
                 atomic: result.atomic,
+                reply_after: None,
                 finish: Box::new(|_| {}),
             }
         });
@@ -691,6 +701,7 @@ impl EventLoop {
             Decided {
                 records: result.records,
                 atomic: result.atomic,
+                reply_after: None,
                 finish: Box::new(|_| {}),
             }
         });
@@ -718,6 +729,7 @@ impl EventLoop {
             Decided {
                 records: result.records,
                 atomic: result.atomic,
+                reply_after: None,
                 finish: Box::new(|_| {}),
             }
         });

@@ -471,3 +471,39 @@ async fn fencing_a_broker_in_21000_isrs_is_written_as_bounded_entries() {
     beats.abort();
     cluster.shutdown().await;
 }
+
+/// A non-atomic result that asks for its reply after a prefix (a controlled shutdown's fence,
+/// before the ISR removals that follow it) gets it with the entry holding that prefix; the
+/// rest is still written after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_asked_after_a_prefix_comes_with_that_entry_and_the_rest_follows() {
+    let cluster = Cluster::start(3).await;
+    let (leader, c) = active(&cluster).await;
+    let before = applied(&cluster, leader).0;
+    // 25,000 records: three entries of at most 10,000; the reply after the first record.
+    let (reply, offset) = c
+        .submit_at(|_| {
+            Ok(kmeta_metadata::controller::ControllerResult::non_atomic(
+                vec![MetadataRecord::NoOp; 25_000],
+                "stop",
+            )
+            .reply_after(1))
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply, "stop");
+    assert_eq!(
+        offset as i64,
+        before + 1,
+        "the reply came with the first entry"
+    );
+    let start = Instant::now();
+    while applied(&cluster, leader).0 < before + 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the rest was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.shutdown().await;
+}

@@ -8,7 +8,8 @@
 
 use super::heartbeat::BrokerHeartbeatTracker;
 use super::replication::election::{
-    elect_for_unfenced_broker, move_leadership_off, remove_broker_from_isrs,
+    elect_for_unfenced_broker, isr_removals, move_leadership_off, remove_broker_as_leader,
+    remove_broker_from_isrs,
 };
 use super::{ControllerConfig, ControllerResult, NextOffset};
 use crate::error::{ApiError, ErrorCode};
@@ -289,16 +290,34 @@ pub fn process_heartbeat(
             records.push(change(Some(false), None));
             records.extend(elect_for_unfenced_broker(image, config, id));
         }
-        (Unfenced, Fenced) | (Unfenced, ShutdownNow) => {
+        (Unfenced, Fenced) => {
             records.extend(remove_broker_from_isrs(image, config, id));
             records.push(change(Some(true), None));
         }
-        (ControlledShutdown, ShutdownNow) => {
-            records.extend(remove_broker_from_isrs(image, config, id));
-            records.push(change(Some(true), Some(false)));
+        (Unfenced, ShutdownNow) | (ControlledShutdown, ShutdownNow) => {
+            // It may stop once it leads nothing (after a controlled shutdown every broker has
+            // seen that already; a broker that asks to be fenced and stop moves its
+            // leadership now) and it is fenced. It leaves the ISRs it follows in after that
+            // (the reply does not wait for them): until each removal lands, that partition's
+            // leader waits for it, as for a slow follower, and if a failover loses the rest,
+            // the leaders take it out after `replica.lag.time.max.ms`.
+            let (moves, shrinks) = isr_removals(image, config, id);
+            records.extend(moves);
+            let shutting_down = (current == ControlledShutdown).then_some(false);
+            records.push(change(Some(true), shutting_down));
+            let reply_after = records.len();
+            records.extend(shrinks);
+            let reply = BrokerHeartbeatReply {
+                is_caught_up: request.current_metadata_offset >= registration_offset,
+                is_fenced: true,
+                should_shut_down: true,
+            };
+            return Ok(ControllerResult::non_atomic(records, reply).reply_after(reply_after));
         }
         (Unfenced, ControlledShutdown) => {
-            records.extend(remove_broker_from_isrs(image, config, id));
+            // Leadership moves first, then the mark; the ISRs it follows in are left when it
+            // stops, so the shutdown waits for its leader moves alone.
+            records.extend(remove_broker_as_leader(image, config, id));
             records.push(change(None, Some(true)));
             // The runtime writes a large result as entries of MAX_RECORDS_PER_BATCH records:
             // the shutdown may complete once every broker has the last of them.
@@ -307,7 +326,7 @@ pub fn process_heartbeat(
         }
         (ControlledShutdown, ControlledShutdown) if leads => {
             // Leadership may have been stuck on this broker (sole ISR member); try again.
-            records.extend(remove_broker_from_isrs(image, config, id));
+            records.extend(remove_broker_as_leader(image, config, id));
         }
         _ => {}
     }

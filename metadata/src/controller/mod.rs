@@ -73,6 +73,10 @@ pub struct ControllerResult<T> {
     /// When true the records must commit in one batch (all or nothing), and there are at most
     /// `MAX_RECORDS_PER_BATCH` of them. When false the runtime may split them.
     pub atomic: bool,
+    /// `Some(n)`: the reply is released once the first `n` records have committed (a
+    /// non-atomic result whose requester needs only that prefix; the rest follows, and its
+    /// records are safe to lose to a failover). `None`: once all have.
+    pub reply_after: Option<usize>,
 }
 
 impl<T> ControllerResult<T> {
@@ -83,6 +87,7 @@ impl<T> ControllerResult<T> {
             records,
             reply,
             atomic: true,
+            reply_after: None,
         }
     }
 
@@ -92,7 +97,15 @@ impl<T> ControllerResult<T> {
             records,
             reply,
             atomic: false,
+            reply_after: None,
         }
+    }
+
+    /// This non-atomic result's reply is released once its first `n` records have committed.
+    pub fn reply_after(mut self, n: usize) -> Self {
+        debug_assert!(!self.atomic && n > 0);
+        self.reply_after = Some(n);
+        self
     }
 
     /// A reply with no records (a read, or a refused request).
@@ -101,6 +114,7 @@ impl<T> ControllerResult<T> {
             records: Vec::new(),
             reply,
             atomic: true,
+            reply_after: None,
         }
     }
 }

@@ -292,6 +292,41 @@ fn a_new_active_controller_counts_unfenced_brokers_as_just_heard_from_but_not_fe
 }
 
 #[test]
+fn a_controlled_shutdown_waits_for_its_leader_moves_and_leaves_its_followed_isrs_after_its_fence() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    // Broker 0 leads t-0 and follows t-1 and t-2.
+    h.create_assigned("t", &[&[0, 1, 2], &[1, 0, 2], &[2, 0, 1]]);
+    let entering = h.heartbeat_result(0, false, true).unwrap();
+    // Entering: only the move of what it leads, then the mark.
+    assert_eq!(entering.records.len(), 2, "{:?}", entering.records);
+    assert_eq!(entering.reply_after, None);
+    h.commit(entering);
+    assert_eq!(h.partition("t", 0).leader, BrokerId(1));
+    assert!(!h.partition("t", 0).isr.contains(&BrokerId(0)));
+    // It still replicates what it follows: still in those ISRs while it shuts down.
+    assert!(h.partition("t", 1).isr.contains(&BrokerId(0)));
+    assert!(h.partition("t", 2).isr.contains(&BrokerId(0)));
+    h.heartbeat(1, false, false).unwrap();
+    h.heartbeat(2, false, false).unwrap();
+    // Stopping: the fence first, and the reply once it has committed; then the removals.
+    let stopping = h.heartbeat_result(0, false, true).unwrap();
+    assert!(stopping.reply.should_shut_down);
+    assert_eq!(stopping.reply_after, Some(1));
+    assert!(matches!(
+        &stopping.records[0],
+        MetadataRecord::BrokerRegistrationChange(c) if c.fenced == Some(true)
+    ));
+    assert_eq!(stopping.records.len(), 3, "{:?}", stopping.records);
+    h.commit(stopping);
+    for p in 0..3 {
+        assert!(!h.partition("t", p).isr.contains(&BrokerId(0)), "t-{p}");
+    }
+    assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
+    assert!(invariants::check(&h.image).is_empty());
+}
+
+#[test]
 fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     let mut h = Harness::default();
     h.active_brokers(&[0, 1, 2]);

@@ -34,14 +34,39 @@ fn shrink_election(
 }
 
 /// Removes `broker` from the ISR of every partition it hosts and moves its leaderships away.
-/// Used when a broker is fenced, enters controlled shutdown, re-registers with a new
-/// incarnation, or is unregistered. Costs O(partitions the broker hosts). The records of the
-/// partitions it leads come first (as many as it leads, less any no leader can take).
+/// Used when a broker is fenced, re-registers with a new incarnation, or is unregistered.
+/// Costs O(partitions the broker hosts). The records of the partitions it leads come first
+/// (as many as it leads, less any no leader can take).
 pub fn remove_broker_from_isrs(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
+    let (mut moves, shrinks) = isr_removals(image, config, broker);
+    // Leadership first: a large result is written as several entries, and the partitions
+    // the broker leads are the ones whose clients wait.
+    moves.extend(shrinks);
+    moves
+}
+
+/// The first half of [`remove_broker_from_isrs`]: the partitions `broker` leads get another
+/// leader and lose it from their ISR. A controlled shutdown writes these before its
+/// broker may stop, and the rest when it stops.
+pub fn remove_broker_as_leader(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+) -> Vec<MetadataRecord> {
+    isr_removals(image, config, broker).0
+}
+
+/// The changes that take `broker` out of every ISR: those of the partitions it leads (they
+/// get another leader), and those of the others.
+pub fn isr_removals(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+) -> (Vec<MetadataRecord>, Vec<MetadataRecord>) {
     let acceptance = LeaderAcceptance::of(image).excluding(broker);
     let mut moves = Vec::new();
     let mut shrinks = Vec::new();
@@ -64,10 +89,7 @@ pub fn remove_broker_from_isrs(
         };
         out.extend(change.map(MetadataRecord::PartitionChange));
     }
-    // Leadership first: a large result is written as several entries, and the partitions
-    // the broker leads are the ones whose clients wait.
-    moves.extend(shrinks);
-    moves
+    (moves, shrinks)
 }
 
 /// Moves leadership off `broker` where it leads, keeping it in every ISR: to another in-sync
