@@ -549,7 +549,11 @@ fn main() -> ExitCode {
             };
             let runtime = server_runtime();
             match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
+                // Everything has stopped and nothing is left unwritten (partition logs and
+                // the Raft log write straight to their files, logging straight to stderr):
+                // the process ends here instead of freeing its state piece by piece, which for
+                // a broker of 1,000,000 partitions took 7 s after its controlled shutdown.
+                Ok(()) => std::process::exit(0),
                 Err(e) => fail(e),
             }
         }

@@ -336,15 +336,27 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             )
         };
         let started = std::time::Instant::now();
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            data: encode_snapshot(&image, chain),
+        // Encoding and writing a snapshot of 1,000,000 partitions takes seconds of CPU: on a
+        // thread of its own, not on one of the runtime's workers, where it held up the Raft
+        // core and its heartbeats until the leader lost its lease (docs/BENCHMARKS.md).
+        let write = {
+            let meta = meta.clone();
+            move || -> Result<(SnapshotFile, usize), io::Error> {
+                let file = SnapshotFile {
+                    meta,
+                    data: encode_snapshot(&image, chain),
+                };
+                let bytes = postcard::to_allocvec(&file).map_err(invalid)?;
+                write_atomic(&path, &bytes)?;
+                Ok((file, bytes.len()))
+            }
         };
-        let bytes = postcard::to_allocvec(&file).map_err(invalid)?;
-        write_atomic(&path, &bytes)?;
+        let (file, len) = tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| io::Error::other(format!("the snapshot writer failed: {e}")))??;
         tracing::info!(
             offset = meta.last_log_id.map_or(0, |l| l.index()),
-            bytes = bytes.len(),
+            bytes = len,
             ms = started.elapsed().as_millis() as u64,
             "snapshot written"
         );
