@@ -105,6 +105,12 @@ impl Drop for Nodes {
     }
 }
 
+/// The unit of `/proc/<pid>/stat`'s CPU times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a constant of the system.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -268,8 +274,7 @@ impl Nodes {
     /// Prints the CPU seconds each node used since `before` (a node started since counts
     /// from its start).
     fn print_cpu(&self, phase: &str, before: &BTreeMap<u64, (u32, u64)>) {
-        // SAFETY: sysconf only reads a constant of the system.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = clock_ticks_per_second();
         let parts: Vec<String> = self
             .cpu_snapshot()
             .into_iter()
@@ -502,8 +507,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     let ticks = |nodes: &Nodes| -> Option<u64> { all.iter().map(|id| nodes.cpu_ticks(*id)).sum() };
     let before = ticks(&nodes);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    // SAFETY: sysconf only reads a constant of the system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = clock_ticks_per_second();
     report.record(
         "idle_cpu_percent_of_a_core",
         before

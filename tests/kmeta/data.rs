@@ -46,58 +46,91 @@ fn every_real_client_produces_with_acks_all_and_reads_back_what_it_wrote_in_orde
 fn killing_partition_leaders_loses_no_acknowledged_message_and_replicas_converge() {
     let mut c = ProcessCluster::start(3, 3, "");
     wait_for_three_brokers(&c);
-    let brokers: Vec<String> = (1..=3).map(|id| c.broker_addr(id)).collect();
-    let dirs: BTreeMap<i32, PathBuf> = (1..=3)
-        .map(|id| (id, c.dir.path().join(format!("data-{id}"))))
-        .collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(data::create_topic(&brokers)).unwrap();
-    let ledger = Arc::new(Mutex::new(data::DataLedger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..4)
-        .map(|i| {
-            rt.spawn(data::producer(
-                i,
-                i % 2 == 0,
-                brokers.clone(),
-                ledger.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let load = DataLoad::start(&c);
+    let (rt, brokers) = (&load.rt, &load.brokers);
     for round in 0..2 {
         std::thread::sleep(Duration::from_secs(3));
         let leader = rt
-            .block_on(data::leader_of(&brokers, round % data::PARTITIONS))
+            .block_on(data::leader_of(brokers, round % data::PARTITIONS))
             .expect("a leader");
         c.kill(leader as u64);
         std::thread::sleep(Duration::from_secs(5));
         c.spawn(leader as u64);
     }
     std::thread::sleep(Duration::from_secs(3));
-    stop.store(true, Ordering::SeqCst);
-    for p in producers {
-        let _ = rt.block_on(p);
-    }
-    let l = ledger.lock().unwrap();
-    assert!(
-        l.acknowledged > 50,
-        "only {} messages acknowledged",
-        l.acknowledged
-    );
-    let start = Instant::now();
-    loop {
-        let violations = rt.block_on(data::check(&brokers, &dirs, &l));
-        if violations.is_empty() {
-            break;
+    load.stop_and_check();
+}
+
+/// The fault suite's data load on a process cluster's brokers 1-3: the topic `data` (RF 3,
+/// min ISR 2) and four acks=all producers, two of them idempotent.
+struct DataLoad {
+    rt: tokio::runtime::Runtime,
+    brokers: Vec<String>,
+    dirs: BTreeMap<i32, PathBuf>,
+    ledger: Arc<Mutex<data::DataLedger>>,
+    stop: Arc<AtomicBool>,
+    producers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DataLoad {
+    fn start(c: &ProcessCluster) -> DataLoad {
+        let brokers: Vec<String> = (1..=3).map(|id| c.broker_addr(id)).collect();
+        let dirs = (1..=3)
+            .map(|id| (id, c.dir.path().join(format!("data-{id}"))))
+            .collect();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(data::create_topic(&brokers)).unwrap();
+        let ledger = Arc::new(Mutex::new(data::DataLedger::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producers = (0..4)
+            .map(|i| {
+                rt.spawn(data::producer(
+                    i,
+                    i % 2 == 0,
+                    brokers.clone(),
+                    ledger.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        DataLoad {
+            rt,
+            brokers,
+            dirs,
+            ledger,
+            stop,
+            producers,
         }
+    }
+
+    /// Stops the producers, then waits (at most 60 s) until every check of the fault suite
+    /// passes: nothing acknowledged lost, no duplicate, order kept, replicas equal below
+    /// the high watermark.
+    fn stop_and_check(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for p in self.producers {
+            let _ = self.rt.block_on(p);
+        }
+        let l = self.ledger.lock().unwrap();
         assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} violations, the first: {:?}",
-            violations.len(),
-            &violations[..violations.len().min(5)]
+            l.acknowledged > 50,
+            "only {} messages acknowledged",
+            l.acknowledged
         );
-        std::thread::sleep(Duration::from_millis(500));
+        let start = Instant::now();
+        loop {
+            let violations = self.rt.block_on(data::check(&self.brokers, &self.dirs, &l));
+            if violations.is_empty() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{} violations, the first: {:?}",
+                violations.len(),
+                &violations[..violations.len().min(5)]
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 
@@ -561,25 +594,8 @@ fn a_broker_restarted_in_the_same_boot_stays_in_every_isr_and_loses_nothing_ackn
     use kafka_protocol::messages::MetadataRequest;
     let mut c = ProcessCluster::start(1, 3, "broker.session.timeout.ms=30000\n");
     wait_for_three_brokers(&c);
-    let brokers: Vec<String> = (1..=3).map(|id| c.broker_addr(id)).collect();
-    let dirs: BTreeMap<i32, PathBuf> = (1..=3)
-        .map(|id| (id, c.dir.path().join(format!("data-{id}"))))
-        .collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(data::create_topic(&brokers)).unwrap();
-    let ledger = Arc::new(Mutex::new(data::DataLedger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..4)
-        .map(|i| {
-            rt.spawn(data::producer(
-                i,
-                i % 2 == 0,
-                brokers.clone(),
-                ledger.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let load = DataLoad::start(&c);
+    let (rt, brokers) = (&load.rt, &load.brokers);
     // The ISRs of the topic as broker 1 shows them, once all are whole.
     let isrs = |rt: &tokio::runtime::Runtime| -> Option<Vec<Vec<i32>>> {
         rt.block_on(async {
@@ -607,14 +623,14 @@ fn a_broker_restarted_in_the_same_boot_stays_in_every_isr_and_loses_nothing_ackn
         })
     };
     let start = Instant::now();
-    while !isrs(&rt).is_some_and(|all| all.iter().all(|isr| isr.len() == 3)) {
+    while !isrs(rt).is_some_and(|all| all.iter().all(|isr| isr.len() == 3)) {
         assert!(start.elapsed() < Duration::from_secs(30), "never whole");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
     // A partition leader other than broker 1 (which is asked), so leadership moves too.
     let victim = (0..data::PARTITIONS)
-        .filter_map(|p| rt.block_on(data::leader_of(&brokers, p)))
+        .filter_map(|p| rt.block_on(data::leader_of(brokers, p)))
         .find(|l| *l != 1)
         .unwrap_or(2);
     c.kill(victim as u64);
@@ -623,7 +639,7 @@ fn a_broker_restarted_in_the_same_boot_stays_in_every_isr_and_loses_nothing_ackn
     let start = Instant::now();
     let mut answers = 0;
     while start.elapsed() < Duration::from_secs(10) {
-        if let Some(all) = isrs(&rt) {
+        if let Some(all) = isrs(rt) {
             answers += 1;
             for (p, isr) in all.iter().enumerate() {
                 assert!(
@@ -642,28 +658,5 @@ fn a_broker_restarted_in_the_same_boot_stays_in_every_isr_and_loses_nothing_ackn
         "the restarted broker never registered"
     );
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::SeqCst);
-    for p in producers {
-        let _ = rt.block_on(p);
-    }
-    let l = ledger.lock().unwrap();
-    assert!(
-        l.acknowledged > 50,
-        "only {} messages acknowledged",
-        l.acknowledged
-    );
-    let start = Instant::now();
-    loop {
-        let violations = rt.block_on(data::check(&brokers, &dirs, &l));
-        if violations.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} violations, the first: {:?}",
-            violations.len(),
-            &violations[..violations.len().min(5)]
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    load.stop_and_check();
 }

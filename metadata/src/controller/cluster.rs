@@ -284,6 +284,8 @@ pub fn process_heartbeat(
         })
     };
     let mut records = Vec::new();
+    // Set where the reply need not wait for all the records.
+    let mut reply_after = None;
     use BrokerControlState::*;
     match (current, next) {
         (Fenced, Unfenced) => {
@@ -305,14 +307,8 @@ pub fn process_heartbeat(
             records.extend(moves);
             let shutting_down = (current == ControlledShutdown).then_some(false);
             records.push(change(Some(true), shutting_down));
-            let reply_after = records.len();
+            reply_after = Some(records.len());
             records.extend(shrinks);
-            let reply = BrokerHeartbeatReply {
-                is_caught_up: request.current_metadata_offset >= registration_offset,
-                is_fenced: true,
-                should_shut_down: true,
-            };
-            return Ok(ControllerResult::non_atomic(records, reply).reply_after(reply_after));
         }
         (Unfenced, ControlledShutdown) => {
             // Leadership moves first, then the mark; the ISRs it follows in are left when it
@@ -335,7 +331,11 @@ pub fn process_heartbeat(
         is_fenced: matches!(next, Fenced | ShutdownNow),
         should_shut_down: next == ShutdownNow,
     };
-    Ok(ControllerResult::non_atomic(records, reply))
+    let result = ControllerResult::non_atomic(records, reply);
+    Ok(match reply_after {
+        Some(n) => result.reply_after(n),
+        None => result,
+    })
 }
 
 /// Fences the stalest broker whose session expired, if any: one broker per call, so the

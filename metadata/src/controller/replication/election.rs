@@ -42,7 +42,7 @@ pub fn remove_broker_from_isrs(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
-    let (mut moves, shrinks) = isr_removals(image, config, broker);
+    let (mut moves, shrinks) = removals(image, config, broker, true);
     // Leadership first: a large result is written as several entries, and the partitions
     // the broker leads are the ones whose clients wait.
     moves.extend(shrinks);
@@ -57,7 +57,7 @@ pub fn remove_broker_as_leader(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
-    isr_removals(image, config, broker).0
+    removals(image, config, broker, false).0
 }
 
 /// The changes that take `broker` out of every ISR: those of the partitions it leads (they
@@ -67,6 +67,17 @@ pub fn isr_removals(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> (Vec<MetadataRecord>, Vec<MetadataRecord>) {
+    removals(image, config, broker, true)
+}
+
+/// [`isr_removals`]; the second half only if `followed` (else it stays empty, and the
+/// partitions `broker` only follows are not looked at beyond their leader).
+fn removals(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+    followed: bool,
+) -> (Vec<MetadataRecord>, Vec<MetadataRecord>) {
     let acceptance = LeaderAcceptance::of(image).excluding(broker);
     let mut moves = Vec::new();
     let mut shrinks = Vec::new();
@@ -74,7 +85,7 @@ pub fn isr_removals(
         let Some(p) = image.partition(tp) else {
             continue;
         };
-        if !p.isr.contains(&broker) && p.leader != broker {
+        if p.leader != broker && (!followed || !p.isr.contains(&broker)) {
             continue;
         }
         let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
