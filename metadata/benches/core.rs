@@ -6,6 +6,9 @@
 //! 100,000 partitions, fencing a broker with 1,000 partitions inside that big cluster versus
 //! alone (fencing must cost O(partitions it hosts)), and replaying 1,000,000 records (decoded,
 //! and decode + replay). Each case runs several times; the table shows the median and the best.
+//! Then the heap an image holds per partition (1,000,000 partitions, RF 3, topics of 1,000, as
+//! `kmeta bench scale` creates them), counted by the allocator: every broker and controller
+//! holds one such image, so it bounds their memory from below.
 
 use kmeta_metadata::controller::cluster::{
     process_heartbeat, register_broker, BrokerHeartbeatRequest, BrokerRegistrationRequest,
@@ -16,7 +19,31 @@ use kmeta_metadata::controller::replication::topics::{create_topics, CreatableTo
 use kmeta_metadata::controller::ControllerConfig;
 use kmeta_metadata::record::*;
 use kmeta_metadata::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// The system allocator, counting the bytes held.
+struct Counting;
+
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 struct Cluster {
     image: MetadataImage,
@@ -252,4 +279,15 @@ fn main() {
         }
         start.elapsed()
     });
+
+    drop((records, encoded, base, big, alone));
+
+    let before = HELD.load(Ordering::Relaxed);
+    let mut c = Cluster::new(3);
+    c.create_partitions("scale", 1_000_000, 1_000, &[]);
+    let held = HELD.load(Ordering::Relaxed) - before;
+    println!(
+        "| image heap per partition (1,000,000 partitions, RF 3, 3 brokers) | {} B | | 1 |",
+        held / 1_000_000
+    );
 }
