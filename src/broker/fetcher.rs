@@ -295,7 +295,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             match e.position {
                 Some(position) if e.sent != Some(position) => {
                     let (epoch, offset, last_epoch, log_start) = position;
-                    topics.entry(e.partition.topic.as_str()).or_default().push(
+                    topics.entry(&*e.partition.topic).or_default().push(
                         FetchPartition::default()
                             .with_partition(tp.partition)
                             .with_current_leader_epoch(epoch)
@@ -308,7 +308,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 }
                 None if e.sent.is_some() => {
                     forgotten
-                        .entry(e.partition.topic.as_str())
+                        .entry(&*e.partition.topic)
                         .or_default()
                         .push(tp.partition);
                     named.push(*tp);

@@ -106,11 +106,11 @@ pub struct Replicas {
 /// Partitions by key.
 type PartitionMap = HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>;
 
-/// The index behind [`Replicas::following`].
+/// The index behind [`Replicas::following`]. Each partition's own leader in this index is
+/// kept on the partition ([`Partition::filed_leader`]) rather than in a map of every hosted
+/// partition.
 #[derive(Default)]
 struct Followed {
-    /// Each followed partition's leader.
-    leader_of: HashMap<TopicIdPartition, i32, PartitionHash>,
     /// Each leader's followed partitions, with the journal of changes to that set.
     by_leader: HashMap<i32, FollowSet>,
 }
@@ -154,10 +154,8 @@ pub enum FollowChanges {
 impl Followed {
     /// Files `p` under `leader` (`None`: followed from nobody, or led here, or gone).
     fn set(&mut self, p: &Arc<Partition>, leader: Option<i32>) {
-        let old = match leader {
-            Some(l) => self.leader_of.insert(p.tp, l),
-            None => self.leader_of.remove(&p.tp),
-        };
+        let old = p.filed_leader();
+        p.file_leader(leader);
         if old == leader {
             return;
         }
@@ -173,6 +171,14 @@ impl Followed {
             set.changed(p.tp);
         }
     }
+}
+
+/// The topic last looked up while applying an image or a delta: partitions of a topic come
+/// together (keys are ordered by topic id), so its settings are derived once and its name and
+/// log settings are shared by all of its partitions instead of copied into each.
+#[derive(Default)]
+struct TopicCache {
+    topic: Option<(uuid::Uuid, Arc<str>, Arc<PartitionConfig>)>,
 }
 
 fn parse<T: std::str::FromStr>(v: Option<&String>) -> Option<T> {
@@ -356,7 +362,7 @@ impl Replicas {
                 .max(1),
         };
         PartitionConfig {
-            log,
+            log: Arc::new(log),
             min_insync_replicas: parse(t.get("min.insync.replicas"))
                 .or_else(|| parse(dynamic("min.insync.replicas")))
                 .unwrap_or(self.config.min_insync_replicas),
@@ -370,8 +376,9 @@ impl Replicas {
         let hosted: BTreeSet<TopicIdPartition> = image.partitions_on_broker(me).collect();
         let mut leaders = BTreeSet::new();
         let mut changed = false;
+        let mut cache = TopicCache::default();
         for tp in &hosted {
-            changed |= self.apply_one(image, *tp, &mut leaders);
+            changed |= self.apply_one(image, *tp, &mut leaders, &mut cache);
         }
         let gone: Vec<TopicIdPartition> = {
             let map = self.partitions.read().unwrap_or_else(|p| p.into_inner());
@@ -406,12 +413,13 @@ impl Replicas {
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         let mut gone: Vec<TopicIdPartition> = delta.removed.iter().copied().collect();
+        let mut cache = TopicCache::default();
         for tp in touched {
             let here = image
                 .partition(tp)
                 .is_some_and(|p| p.replicas.contains(&me));
             if here {
-                changed |= self.apply_one(image, tp, &mut leaders);
+                changed |= self.apply_one(image, tp, &mut leaders, &mut cache);
             } else {
                 gone.push(tp);
             }
@@ -430,11 +438,20 @@ impl Replicas {
         image: &MetadataImage,
         tp: TopicIdPartition,
         leaders: &mut BTreeSet<i32>,
+        cache: &mut TopicCache,
     ) -> bool {
         let (Some(topic), Some(reg)) = (image.topic(&tp.topic_id), image.partition(tp)) else {
             return false;
         };
-        let config = self.partition_config(image, &topic.name);
+        let (_, name, config) = match &cache.topic {
+            Some((id, ..)) if *id == tp.topic_id => cache.topic.as_ref().expect("just matched"),
+            _ => cache.topic.insert((
+                tp.topic_id,
+                Arc::from(topic.name.as_str()),
+                Arc::new(self.partition_config(image, &topic.name)),
+            )),
+        };
+        let config = config.clone();
         let partition = match self.get(&tp) {
             Some(p) => p,
             None => {
@@ -442,7 +459,7 @@ impl Replicas {
                     .config
                     .log_dir
                     .join(format!("{}-{}", topic.name, tp.partition));
-                match Partition::open(tp, topic.name.clone(), self.me, dir, config.clone()) {
+                match Partition::open(tp, name.clone(), self.me, dir, config.clone()) {
                     Ok(p) => {
                         p.announce_to(self.change_log.clone());
                         let p = Arc::new(p);

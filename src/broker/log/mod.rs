@@ -191,9 +191,11 @@ impl std::fmt::Display for AppendError {
 
 /// A partition's log.
 pub struct PartitionLog {
-    dir: PathBuf,
+    /// Boxed (no spare capacity) and the settings shared: a broker keeps one log per hosted
+    /// replica, most of them empty.
+    dir: Box<Path>,
     topic_id: uuid::Uuid,
-    config: LogConfig,
+    config: std::sync::Arc<LogConfig>,
     /// Oldest first; empty until the first append.
     segments: Vec<Segment>,
     log_start: i64,
@@ -207,11 +209,15 @@ impl PartitionLog {
     /// Opens the log in `dir` if it exists (recovering a torn tail), or prepares an empty one
     /// that creates `dir` on its first append. A directory left by another topic of the same
     /// name (another topic id) is deleted.
-    pub fn open(dir: PathBuf, topic_id: uuid::Uuid, config: LogConfig) -> io::Result<Self> {
+    pub fn open(
+        dir: PathBuf,
+        topic_id: uuid::Uuid,
+        config: impl Into<std::sync::Arc<LogConfig>>,
+    ) -> io::Result<Self> {
         let mut log = PartitionLog {
-            dir,
+            dir: dir.into_boxed_path(),
             topic_id,
-            config,
+            config: config.into(),
             segments: Vec::new(),
             log_start: 0,
             log_end: 0,
@@ -363,7 +369,7 @@ impl PartitionLog {
     }
 
     /// Replaces the settings (a topic config changed); they apply from the next append.
-    pub fn set_config(&mut self, config: LogConfig) {
+    pub fn set_config(&mut self, config: std::sync::Arc<LogConfig>) {
         self.config = config;
     }
 

@@ -40,10 +40,11 @@ pub enum Check {
     Duplicate(BatchMeta),
 }
 
-/// The producer table of one partition.
+/// The producer table of one partition. Boxed, and only once an idempotent producer writes:
+/// a broker keeps one per hosted replica, most never written by one.
 #[derive(Clone, Debug, Default)]
 pub struct Producers {
-    entries: BTreeMap<i64, Entry>,
+    entries: Option<Box<BTreeMap<i64, Entry>>>,
 }
 
 fn next_seq(s: i32) -> i32 {
@@ -57,12 +58,12 @@ fn next_seq(s: i32) -> i32 {
 impl Producers {
     /// Producers known.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.as_ref().map_or(0, |e| e.len())
     }
 
     /// True when no producer is known.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Kafka's validation order for a client batch: duplicate, older epoch, new epoch not at
@@ -71,7 +72,7 @@ impl Producers {
         if !h.has_producer_id() {
             return Ok(Check::Append);
         }
-        let Some(e) = self.entries.get(&h.producer_id) else {
+        let Some(e) = self.entries.as_ref().and_then(|e| e.get(&h.producer_id)) else {
             return Ok(Check::Append);
         };
         if h.producer_epoch == e.epoch {
@@ -106,7 +107,11 @@ impl Producers {
         if !h.has_producer_id() || h.is_control() {
             return;
         }
-        let e = self.entries.entry(h.producer_id).or_default();
+        let e = self
+            .entries
+            .get_or_insert_with(Default::default)
+            .entry(h.producer_id)
+            .or_default();
         if h.producer_epoch != e.epoch {
             e.epoch = h.producer_epoch;
             e.batches.clear();
