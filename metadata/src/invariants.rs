@@ -57,7 +57,18 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
         faults.push("topic name index and topic map differ in size".into());
     }
     let derived = image.derived_indexes();
-    if *derived.partitions_by_broker != by_broker {
+    let indexed: OrdMap<BrokerId, OrdSet<TopicIdPartition>> = derived
+        .partitions_by_broker
+        .keys()
+        .map(|b| (*b, image.partitions_on_broker(*b).collect::<OrdSet<_>>()))
+        .collect();
+    let well_formed = derived.partitions_by_broker.values().all(|topics| {
+        !topics.is_empty()
+            && topics
+                .values()
+                .all(|ix| !ix.is_empty() && ix.windows(2).all(|w| w[0] < w[1]))
+    });
+    if indexed != by_broker || !well_formed {
         faults.push("partitions-by-broker index is out of step".into());
     }
     if *derived.reassigning != reassigning {

@@ -415,15 +415,18 @@ impl BrokerService {
         s.fetch_ms = super::partition::mono_ms();
         for f in &r.forgotten_topics_data {
             for p in &f.partitions {
-                s.forget(&(f.topic.0.to_string(), *p));
+                s.forget(&f.topic.0, *p);
             }
         }
         let published = self.state().image();
         for t in &r.topics {
-            let name = t.topic.0.to_string();
-            let topic_id = published.image.topic_id(&name).unwrap_or(uuid::Uuid::nil());
+            let topic_id = published
+                .image
+                .topic_id(&t.topic.0)
+                .unwrap_or(uuid::Uuid::nil());
             for fp in &t.partitions {
-                let c = s.name((name.clone(), fp.partition), &t.topic, topic_id);
+                let key = s.key(&t.topic.0, fp.partition);
+                let c = s.name(key, topic_id);
                 c.fetch_offset = fp.fetch_offset;
                 c.current_leader_epoch = fp.current_leader_epoch;
                 c.last_fetched_epoch = if version >= 12 {
@@ -453,9 +456,9 @@ impl BrokerService {
             let mut total = 0usize;
             let mut urgent = false;
             let mut hw_changed = false;
-            let mut included: Vec<(String, i32, PartitionData)> = Vec::new();
+            let mut included: Vec<(Arc<str>, i32, PartitionData)> = Vec::new();
             // The partitions read that are quiet: at the log end, nothing to send.
-            let mut quiet: Vec<&(String, i32)> = Vec::new();
+            let mut quiet: Vec<&super::fetch_session::Key> = Vec::new();
             for key in s.active.iter() {
                 let Some(c) = s.parts.get(key) else { continue };
                 let (topic, partition) = key;
@@ -507,7 +510,7 @@ impl BrokerService {
             let enough = total >= r.min_bytes.max(0) as usize && total > 0;
             if enough || urgent || max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
                 // What this answer settles leaves the reads until it changes.
-                let quiet: Vec<(String, i32)> = quiet.into_iter().cloned().collect();
+                let quiet: Vec<super::fetch_session::Key> = quiet.into_iter().cloned().collect();
                 for key in &quiet {
                     s.active.remove(key);
                 }
@@ -516,13 +519,10 @@ impl BrokerService {
                     if let Some(c) = s.parts.get_mut(&(topic.clone(), partition)) {
                         c.sent_hw = out.high_watermark;
                         c.sent_log_start = out.log_start_offset;
-                        if responses
-                            .last()
-                            .is_none_or(|t| t.topic.0 != *topic.as_str())
-                        {
+                        if responses.last().is_none_or(|t| *t.topic.0 != *topic) {
                             responses.push(
                                 FetchableTopicResponse::default()
-                                    .with_topic(c.topic.clone())
+                                    .with_topic(TopicName(crate::kafka::wire::sb(&*topic)))
                                     .with_topic_id(c.topic_id),
                             );
                         }

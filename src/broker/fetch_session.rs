@@ -27,7 +27,7 @@ use super::changes::{ChangeLog, Since};
 use super::partition::Partition;
 use super::replicas::PartitionHash;
 use kmeta_metadata::TopicIdPartition;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex};
 pub const MAX_SESSIONS: usize = 1_000;
 
 /// One partition of a session: where the follower fetches it from, and what it was last told.
+/// A leader keeps one per follower of each partition it leads, so it holds no name of its
+/// own: the key's shared one is used.
 pub struct Cached {
-    /// The topic's name, as the follower names it.
-    pub topic: kafka_protocol::messages::TopicName,
     /// The topic's id.
     pub topic_id: uuid::Uuid,
     /// The follower's fetch position.
@@ -57,8 +57,9 @@ pub struct Cached {
     pub sent_log_start: i64,
 }
 
-/// A session partition's key: the topic's name as the follower names it, and the index.
-pub type Key = (String, i32);
+/// A session partition's key: the topic's name as the follower names it (one copy per topic
+/// in the session, [`Session::key`]), and the index.
+pub type Key = (Arc<str>, i32);
 
 /// A follower's session with this leader.
 pub struct Session {
@@ -78,6 +79,8 @@ pub struct Session {
     unresolved: BTreeSet<Key>,
     /// Where this session reads the change log from (`None` until the first read).
     cursor: Option<u64>,
+    /// The topic names of the keys, each kept once.
+    names: HashSet<Arc<str>>,
     /// The hosted set's generation the unresolved were last looked up in.
     resolved_at: Option<u64>,
 }
@@ -94,24 +97,32 @@ impl Session {
             unresolved: BTreeSet::new(),
             cursor: None,
             resolved_at: None,
+            names: HashSet::new(),
         }
+    }
+
+    /// The key of `topic`'s partition `partition`, sharing the session's copy of the name.
+    pub fn key(&mut self, topic: &str, partition: i32) -> Key {
+        let name = match self.names.get(topic) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(topic);
+                self.names.insert(n.clone());
+                n
+            }
+        };
+        (name, partition)
     }
 
     /// The follower named `key` (a new partition, or a new position): returns its entry,
     /// which the next read looks at. `topic_id` is nil if the topic is unknown here.
-    pub fn name(
-        &mut self,
-        key: Key,
-        topic: &kafka_protocol::messages::TopicName,
-        topic_id: uuid::Uuid,
-    ) -> &mut Cached {
+    pub fn name(&mut self, key: Key, topic_id: uuid::Uuid) -> &mut Cached {
         self.active.insert(key.clone());
         if !self.parts.contains_key(&key) {
             self.unresolved.insert(key.clone());
             self.resolved_at = None;
         }
         self.parts.entry(key).or_insert_with(|| Cached {
-            topic: topic.clone(),
             topic_id,
             fetch_offset: 0,
             current_leader_epoch: -1,
@@ -123,19 +134,27 @@ impl Session {
         })
     }
 
-    /// The follower forgot `key`.
-    pub fn forget(&mut self, key: &Key) {
-        if let Some(c) = self.parts.remove(key) {
+    /// The follower forgot `topic`'s partition `partition`.
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        let Some(name) = self.names.get(topic).cloned() else {
+            return;
+        };
+        let key = (name, partition);
+        if let Some(c) = self.parts.remove(&key) {
             let tp = TopicIdPartition {
                 topic_id: c.topic_id,
-                partition: key.1,
+                partition,
             };
-            if self.by_tp.get(&tp) == Some(key) {
+            if self.by_tp.get(&tp) == Some(&key) {
                 self.by_tp.remove(&tp);
             }
         }
-        self.active.remove(key);
-        self.unresolved.remove(key);
+        self.active.remove(&key);
+        self.unresolved.remove(&key);
+        // The table and `key` hold the last two references: no key names the topic now.
+        if Arc::strong_count(&key.0) == 2 {
+            self.names.remove(&key.0);
+        }
     }
 
     /// Before a read: marks active what changed since the last look (all of it if the
@@ -189,7 +208,7 @@ impl Session {
                 let Some(c) = self.parts.get_mut(&key) else {
                     continue;
                 };
-                let Some(id) = topic_id(&c.topic.0) else {
+                let Some(id) = topic_id(&key.0) else {
                     continue;
                 };
                 c.topic_id = id;
@@ -362,10 +381,10 @@ mod tests {
                 (tp, Arc::new(p))
             })
             .collect();
-        let name = kafka_protocol::messages::TopicName(crate::kafka::wire::sb("t"));
         let mut s = Session::new(2);
         for i in 0..3 {
-            s.name(("t".into(), i), &name, topic_id);
+            let key = s.key("t", i);
+            s.name(key, topic_id);
         }
         let refresh =
             |s: &mut Session| s.refresh(&log, 1, |_| Some(topic_id), |tp| hosted.get(tp).cloned());
@@ -389,18 +408,19 @@ mod tests {
         refresh(&mut s);
         assert_eq!(
             s.active.iter().collect::<Vec<_>>(),
-            vec![&("t".to_string(), 1)]
+            vec![&(Arc::from("t"), 1)]
         );
         s.active.clear();
         // Named again by the follower (its position moved): read.
-        s.name(("t".into(), 2), &name, topic_id);
+        let key = s.key("t", 2);
+        s.name(key, topic_id);
         refresh(&mut s);
         assert_eq!(
             s.active.iter().collect::<Vec<_>>(),
-            vec![&("t".to_string(), 2)]
+            vec![&(Arc::from("t"), 2)]
         );
         // Forgotten: never read again.
-        s.forget(&("t".into(), 2));
+        s.forget("t", 2);
         s.active.clear();
         p1.append_as_leader(&batch, 1, 1).unwrap();
         refresh(&mut s);
