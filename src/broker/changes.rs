@@ -41,11 +41,13 @@ impl ChangeLog {
     /// Records that `tp` changed.
     pub fn push(&self, tp: TopicIdPartition) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.entries.push_back(tp);
-        if g.entries.len() > CAPACITY {
+        // Room is made first, so the deque never grows past its bound (its capacity would
+        // double to hold one more).
+        if g.entries.len() >= CAPACITY {
             g.entries.pop_front();
             g.first += 1;
         }
+        g.entries.push_back(tp);
     }
 
     /// The cursor after every entry so far.

@@ -25,7 +25,7 @@
 
 use super::changes::{ChangeLog, Since};
 use super::partition::Partition;
-use super::replicas::PartitionHash;
+use super::partition_table::PartitionHash;
 use kmeta_metadata::TopicIdPartition;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};

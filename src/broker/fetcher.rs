@@ -8,14 +8,14 @@
 
 use super::changes::Since;
 use super::partition::Partition;
-use super::replicas::PartitionHash;
+use super::partition_table::{Keyed, PartitionHash, PartitionTable};
 use super::BrokerState;
 use crate::kafka::client::KafkaClient;
 use crate::kafka::wire::sb;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{BrokerId as WireBrokerId, FetchRequest, TopicName};
 use kmeta_metadata::{BrokerId, ErrorCode, TopicIdPartition};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,12 +54,18 @@ struct Entry {
     gone: bool,
 }
 
+impl Keyed for Entry {
+    fn tp(&self) -> TopicIdPartition {
+        self.partition.tp
+    }
+}
+
 /// The followed partitions, kept across fetches. A position is read again only when the
 /// broker's change log names the partition, and a request names only the partitions whose
 /// position differs from what the session holds, so a fetch costs what changed.
 #[derive(Default)]
 struct Followed {
-    entries: HashMap<TopicIdPartition, Entry, PartitionHash>,
+    entries: PartitionTable<Entry>,
     /// Entries whose position may differ from `sent` (or that are gone but still sent).
     dirty: HashSet<TopicIdPartition, PartitionHash>,
     /// Entries not gone.
@@ -79,8 +85,7 @@ impl Followed {
         let dropped: Vec<TopicIdPartition> = self
             .entries
             .keys()
-            .filter(|tp| !keep.contains(*tp))
-            .copied()
+            .filter(|tp| !keep.contains(tp))
             .collect();
         for tp in dropped {
             self.unfollow(tp);
@@ -125,7 +130,7 @@ impl Followed {
         };
         refresh(&mut e, leader);
         self.dirty.insert(tp);
-        self.entries.insert(tp, e);
+        self.entries.insert(e);
         self.live += 1;
     }
 
@@ -158,8 +163,8 @@ impl Followed {
         };
         match tps {
             None => {
-                for (tp, e) in self.entries.iter_mut() {
-                    one(*tp, e);
+                for e in self.entries.values_mut() {
+                    one(e.partition.tp, e);
                 }
             }
             Some(tps) => {
@@ -270,11 +275,11 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         }
         if session.is_none() {
             // A new session starts from nothing: everything is named, nothing forgotten.
-            followed.entries.retain(|_, e| !e.gone);
+            followed.entries.retain(|e| !e.gone);
             followed.dirty.clear();
-            for (tp, e) in followed.entries.iter_mut() {
+            for e in followed.entries.values_mut() {
                 e.sent = None;
-                followed.dirty.insert(*tp);
+                followed.dirty.insert(e.partition.tp);
             }
         }
         // In a session only what changed is named; without one (or to open one), everything.
@@ -488,9 +493,9 @@ mod tests {
     fn live(f: &Followed) -> Vec<i32> {
         let mut v: Vec<i32> = f
             .entries
-            .iter()
-            .filter(|(_, e)| !e.gone)
-            .map(|(tp, _)| tp.partition)
+            .values()
+            .filter(|e| !e.gone)
+            .map(|e| e.partition.tp.partition)
             .collect();
         v.sort();
         v

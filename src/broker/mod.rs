@@ -20,6 +20,7 @@ pub mod group;
 mod groups;
 pub mod log;
 pub mod partition;
+pub mod partition_table;
 pub mod producer_ids;
 pub mod replica;
 pub mod replicas;

@@ -4,6 +4,8 @@
 
 use super::log::LogConfig;
 use super::partition::{LeaderAndIsr, Partition, PartitionConfig, Role};
+use super::partition_table::PartitionHash;
+use super::partition_table::PartitionTable;
 use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::record::{ConfigResource, ConfigResourceType};
 use kmeta_metadata::{BrokerId, MetadataImage, TopicIdPartition};
@@ -42,48 +44,11 @@ impl DataConfig {
     }
 }
 
-/// Hashes a partition key cheaply: topic ids are random UUIDs, so their low half mixed with
-/// the partition index is already well spread. The default SipHash took a seventh of a
-/// follower-heavy broker's CPU in fetch handling at 100,000 partitions.
-#[derive(Clone, Copy, Default)]
-pub struct PartitionHash;
-
-impl std::hash::BuildHasher for PartitionHash {
-    type Hasher = PartitionHasher;
-    fn build_hasher(&self) -> PartitionHasher {
-        PartitionHasher(0)
-    }
-}
-
-/// The hasher of [`PartitionHash`].
-#[derive(Default)]
-pub struct PartitionHasher(u64);
-
-impl std::hash::Hasher for PartitionHasher {
-    fn finish(&self) -> u64 {
-        // SplitMix64's finalizer.
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-    fn write_i32(&mut self, i: i32) {
-        self.0 = self.0.rotate_left(5) ^ i as u32 as u64;
-    }
-}
-
 /// The hosted partitions.
 pub struct Replicas {
     me: i32,
     config: DataConfig,
-    partitions: RwLock<HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>>,
+    partitions: RwLock<PartitionTable<Arc<Partition>>>,
     changes: watch::Sender<u64>,
     /// Woken when a leader may change an ISR (a follower caught up).
     pub isr_check: Notify,
@@ -91,7 +56,7 @@ pub struct Replicas {
     isr_everything: std::sync::atomic::AtomicBool,
     /// Led partitions whose follower may have caught up since the ISR duties last looked, so
     /// they look at just those instead of every hosted partition ([`Replicas::isr_candidates`]).
-    candidates: Mutex<HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>>,
+    candidates: Mutex<PartitionTable<Arc<Partition>>>,
     /// Bumped whenever a partition is added or removed, so a holder of partition handles
     /// (a fetch session) knows when to look them up again.
     generation: std::sync::atomic::AtomicU64,
@@ -102,9 +67,6 @@ pub struct Replicas {
     /// Every version change of a hosted partition, in order.
     pub change_log: Arc<super::changes::ChangeLog>,
 }
-
-/// Partitions by key.
-type PartitionMap = HashMap<TopicIdPartition, Arc<Partition>, PartitionHash>;
 
 /// The index behind [`Replicas::following`]. Each partition's own leader in this index is
 /// kept on the partition ([`Partition::filed_leader`]) rather than in a map of every hosted
@@ -119,7 +81,7 @@ struct Followed {
 /// so that a fetcher catches up with the set by what changed rather than by a copy of it.
 #[derive(Default)]
 struct FollowSet {
-    parts: PartitionMap,
+    parts: PartitionTable<Arc<Partition>>,
     /// The generation of `journal[0]`; the set's generation is `base + journal.len()`.
     base: u64,
     journal: Vec<TopicIdPartition>,
@@ -167,7 +129,7 @@ impl Followed {
         }
         if let Some(l) = leader {
             let set = self.by_leader.entry(l).or_default();
-            set.parts.insert(p.tp, p.clone());
+            set.parts.insert(p.clone());
             set.changed(p.tp);
         }
     }
@@ -191,11 +153,11 @@ impl Replicas {
         Replicas {
             me,
             config,
-            partitions: RwLock::new(HashMap::default()),
+            partitions: RwLock::new(PartitionTable::default()),
             changes: watch::channel(0).0,
             isr_check: Notify::new(),
             isr_everything: Default::default(),
-            candidates: Mutex::new(HashMap::default()),
+            candidates: Mutex::new(PartitionTable::default()),
             generation: Default::default(),
             fetchers: Mutex::new(BTreeSet::new()),
             followed: Mutex::new(Followed::default()),
@@ -232,7 +194,7 @@ impl Replicas {
         self.candidates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(p.tp, p.clone());
+            .insert(p.clone());
         self.isr_check.notify_one();
     }
 
@@ -252,9 +214,10 @@ impl Replicas {
 
     /// Takes the partitions noted by [`Replicas::note_isr_candidate`].
     pub fn isr_candidates(&self) -> Vec<Arc<Partition>> {
-        std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_values()
-            .collect()
+        self.candidates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_values()
     }
 
     /// Every hosted partition.
@@ -289,18 +252,19 @@ impl Replicas {
 
     /// How the partitions followed from `leader` changed since generation `known` (`None`:
     /// never seen), and the generation now. Costs what changed, unless the journal no
-    /// longer reaches back to `known`.
+    /// longer reaches back to `known`. The journal is dropped up to now: one fetcher reads
+    /// it per leader, and any other reader behind it is given the whole set.
     pub fn following_since(&self, leader: i32, known: Option<u64>) -> (u64, FollowChanges) {
-        let followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(set) = followed.by_leader.get(&leader) else {
+        let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(set) = followed.by_leader.get_mut(&leader) else {
             return match known {
                 Some(0) => (0, FollowChanges::None),
                 _ => (0, FollowChanges::Everything(Vec::new())),
             };
         };
         let now = set.generation();
-        match known {
-            Some(g) if g == now => (now, FollowChanges::None),
+        let changes = match known {
+            Some(g) if g == now => return (now, FollowChanges::None),
             Some(g) if g >= set.base && g < now => {
                 let mut seen = std::collections::HashSet::with_hasher(PartitionHash);
                 let changed = set.journal[(g - set.base) as usize..]
@@ -308,13 +272,17 @@ impl Replicas {
                     .filter(|tp| seen.insert(**tp))
                     .map(|tp| (*tp, set.parts.get(tp).cloned()))
                     .collect();
-                (now, FollowChanges::Changed(changed))
+                FollowChanges::Changed(changed)
             }
-            _ => (
-                now,
-                FollowChanges::Everything(set.parts.values().cloned().collect()),
-            ),
+            _ => FollowChanges::Everything(set.parts.values().cloned().collect()),
+        };
+        set.base = now;
+        if set.journal.capacity() > 4096 {
+            set.journal = Vec::new();
+        } else {
+            set.journal.clear();
         }
+        (now, changes)
     }
 
     /// A receiver woken on every log end, HW or role change of any partition.
@@ -373,7 +341,8 @@ impl Replicas {
     /// Brings the hosted partitions in line with `image`. Returns the leaders now followed.
     pub fn apply_image(&self, image: &MetadataImage) -> BTreeSet<i32> {
         let me = BrokerId(self.me);
-        let hosted: BTreeSet<TopicIdPartition> = image.partitions_on_broker(me).collect();
+        // In key order, as the image indexes them.
+        let hosted: Vec<TopicIdPartition> = image.partitions_on_broker(me).collect();
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         let mut cache = TopicCache::default();
@@ -383,8 +352,7 @@ impl Replicas {
         let gone: Vec<TopicIdPartition> = {
             let map = self.partitions.read().unwrap_or_else(|p| p.into_inner());
             map.keys()
-                .filter(|k| !hosted.contains(k))
-                .copied()
+                .filter(|k| hosted.binary_search(k).is_err())
                 .collect()
         };
         changed |= self.remove(&gone);
@@ -466,7 +434,7 @@ impl Replicas {
                         self.partitions
                             .write()
                             .unwrap_or_else(|p| p.into_inner())
-                            .insert(tp, p.clone());
+                            .insert(p.clone());
                         self.bump_generation();
                         p
                     }
