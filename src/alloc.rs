@@ -98,6 +98,40 @@ unsafe impl GlobalAlloc for GuardedAlloc {
     }
 }
 
+/// How often, at most, an idle runtime thread hands its free pages back ([`on_idle`]).
+const IDLE_COLLECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Called when a runtime worker thread is about to park (nothing to run): at most once per
+/// [`IDLE_COLLECT_EVERY`] on each thread, has mimalloc return that thread's free pages.
+///
+/// Why: mimalloc purges a thread's emptied pages only when that thread allocates or frees
+/// again, after a delay (10 ms). A burst of work (a million partitions created, a broker
+/// fenced) leaves every worker holding the pages it freed, and a thread that then goes idle
+/// keeps them resident. `bench scale` at 300,000 partitions measured brokers at 362-366 MiB
+/// with the default and 330-332 MiB with `MIMALLOC_PURGE_DELAY=0`; a purge delay of zero
+/// costs every free of a page a system call under load, this costs one heap walk per second
+/// per thread that went idle.
+pub fn on_idle() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(t) if now.duration_since(t) < IDLE_COLLECT_EVERY => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        // SAFETY: mi_collect only releases memory mimalloc holds free; it is safe to call
+        // from any thread at any time.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

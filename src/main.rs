@@ -471,6 +471,7 @@ enum StorageCommand {
 fn server_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(kmeta::alloc::on_idle)
         .build()
         .expect("tokio runtime")
 }
