@@ -25,7 +25,6 @@
 
 use super::changes::{ChangeLog, Since};
 use super::partition::Partition;
-use super::partition_table::PartitionHash;
 use kmeta_metadata::TopicIdPartition;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -73,8 +72,9 @@ pub struct Session {
     pub fetch_ms: i64,
     /// The partitions the next read looks at (see the module documentation).
     pub active: BTreeSet<Key>,
-    /// Resolved partitions by id, to find the ones the change log names.
-    by_tp: HashMap<TopicIdPartition, Key, PartitionHash>,
+    /// The name each resolved topic id was named by, to find the keys the change log names
+    /// (one entry per topic: a map per partition took 75 bytes of every session entry).
+    ids: HashMap<uuid::Uuid, Arc<str>>,
     /// Partitions with no hosted replica handle (looked up again when the hosted set changes).
     unresolved: BTreeSet<Key>,
     /// Where this session reads the change log from (`None` until the first read).
@@ -93,7 +93,7 @@ impl Session {
             parts: BTreeMap::new(),
             fetch_ms: -1,
             active: BTreeSet::new(),
-            by_tp: HashMap::with_hasher(PartitionHash),
+            ids: HashMap::new(),
             unresolved: BTreeSet::new(),
             cursor: None,
             resolved_at: None,
@@ -140,21 +140,22 @@ impl Session {
             return;
         };
         let key = (name, partition);
-        if let Some(c) = self.parts.remove(&key) {
-            let tp = TopicIdPartition {
-                topic_id: c.topic_id,
-                partition,
-            };
-            if self.by_tp.get(&tp) == Some(&key) {
-                self.by_tp.remove(&tp);
-            }
-        }
+        self.parts.remove(&key);
         self.active.remove(&key);
         self.unresolved.remove(&key);
-        // The table and `key` hold the last two references: no key names the topic now.
-        if Arc::strong_count(&key.0) == 2 {
-            self.names.remove(&key.0);
+        let name = key.0;
+        let named = (name.clone(), i32::MIN)..=(name.clone(), i32::MAX);
+        if self.parts.range(named).next().is_none() {
+            self.names.remove(&name);
+            self.ids.retain(|_, n| !Arc::ptr_eq(n, &name));
         }
+    }
+
+    /// The key of the resolved entry `tp` names, if the session holds one.
+    fn resolved_key(&self, tp: &TopicIdPartition) -> Option<Key> {
+        let key = (self.ids.get(&tp.topic_id)?.clone(), tp.partition);
+        let c = self.parts.get(&key)?;
+        (c.partition.is_some() && c.topic_id == tp.topic_id).then_some(key)
     }
 
     /// Before a read: marks active what changed since the last look (all of it if the
@@ -182,10 +183,7 @@ impl Session {
         };
         let changed: Vec<Key> = match since {
             Since::Everything => self.parts.keys().cloned().collect(),
-            Since::Changed(tps) => tps
-                .iter()
-                .filter_map(|tp| self.by_tp.get(tp).cloned())
-                .collect(),
+            Since::Changed(tps) => tps.iter().filter_map(|tp| self.resolved_key(tp)).collect(),
         };
         for key in changed {
             let Some(c) = self.parts.get_mut(&key) else {
@@ -194,10 +192,6 @@ impl Session {
             self.active.insert(key.clone());
             if c.partition.as_ref().is_some_and(|p| p.is_removed()) {
                 c.partition = None;
-                self.by_tp.remove(&TopicIdPartition {
-                    topic_id: c.topic_id,
-                    partition: key.1,
-                });
                 self.unresolved.insert(key);
             }
         }
@@ -218,7 +212,7 @@ impl Session {
                 };
                 if let Some(p) = get(&tp) {
                     c.partition = Some(p);
-                    self.by_tp.insert(tp, key.clone());
+                    self.ids.insert(id, key.0.clone());
                     self.unresolved.remove(&key);
                     self.active.insert(key);
                 }
