@@ -136,12 +136,19 @@ impl DataLoad {
 
 /// Produces `batches` batches of 64 x 1 KiB to `topic`-0 on its leader with acks=all; returns
 /// the messages acknowledged.
-async fn fill(brokers: &[String], topic: &str, batches: usize) -> usize {
+/// Produces `batches` batches of 64 records of 1 KiB (acks=all, not idempotent) to partition
+/// 0 of `topic`, each record's value starting with its sequence number in 16 ASCII digits.
+/// Returns the records acknowledged and the batches sent again after NOT_LEADER_OR_FOLLOWER:
+/// such a batch may have been appended and replicated before leadership moved (the error
+/// answers the wait for the HW), so the log may hold it twice, as Kafka's would for a
+/// producer that is not idempotent.
+async fn fill(brokers: &[String], topic: &str, batches: usize) -> (usize, usize) {
     use kafka_protocol::messages::*;
     use kmeta::kafka::client::KafkaClient;
     use kmeta::kafka::wire::sb;
     let body = vec![b'm'; 1024];
     let mut acked = 0;
+    let mut resent = 0;
     let mut conn: Option<KafkaClient> = None;
     let mut sent = 0;
     while sent < batches {
@@ -178,7 +185,7 @@ async fn fill(brokers: &[String], topic: &str, batches: usize) -> usize {
         let mut values: Vec<Vec<u8>> = Vec::new();
         for i in 0..64 {
             let mut v = body.clone();
-            v[..8].copy_from_slice(&((sent * 64 + i) as u64).to_be_bytes());
+            v[..16].copy_from_slice(format!("{:016}", sent * 64 + i).as_bytes());
             values.push(v);
         }
         let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
@@ -193,15 +200,16 @@ async fn fill(brokers: &[String], topic: &str, batches: usize) -> usize {
             .unwrap_or(-1);
         if code == kmeta_metadata::ErrorCode::NotLeaderOrFollower.code() {
             // Leadership moved (the controller moves it back to the preferred replica once
-            // that one is in sync): nothing was appended; find the leader and send again.
+            // that one is in sync): find the leader and send again.
             conn = None;
+            resent += 1;
             continue;
         }
         assert_eq!(code, 0, "produce failed");
         acked += 64;
         sent += 1;
     }
-    acked
+    (acked, resent)
 }
 
 #[test]
@@ -254,7 +262,7 @@ fn a_reassignment_copies_100_mb_to_new_brokers_before_it_completes() {
     ]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // 1,600 batches of 64 KiB: 100 MiB.
-    let acked = rt.block_on(fill(&brokers, "big", 1_600));
+    let (acked, resent) = rt.block_on(fill(&brokers, "big", 1_600));
     assert_eq!(acked, 102_400);
     std::fs::write(
         &plan,
@@ -302,7 +310,7 @@ fn a_reassignment_copies_100_mb_to_new_brokers_before_it_completes() {
             "beginning",
             "-e",
             "-f",
-            "%o\n",
+            "%o %s\n",
         ])
         .output()
         .unwrap();
@@ -311,12 +319,26 @@ fn a_reassignment_copies_100_mb_to_new_brokers_before_it_completes() {
         "kcat: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let offsets: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    assert_eq!(offsets.len(), 102_400);
-    assert_eq!(offsets.last(), Some(&102_399));
+    // Every offset once, in order; every acknowledged record there; nothing more than the
+    // resent batches may have added.
+    let mut offsets: Vec<i64> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (offset, value) = line.split_once(' ').expect("offset and value");
+        offsets.push(offset.parse().unwrap());
+        seen.insert(value[..16].parse::<usize>().unwrap());
+    }
+    assert!(
+        offsets.iter().enumerate().all(|(i, o)| *o == i as i64),
+        "offsets not contiguous from 0"
+    );
+    assert_eq!(seen.len(), 102_400, "every acknowledged record is read");
+    assert_eq!(seen.last(), Some(&102_399));
+    assert!(
+        offsets.len() <= 102_400 + 64 * resent,
+        "{} records for {resent} resent batches",
+        offsets.len()
+    );
 }
 
 #[test]
