@@ -4,8 +4,7 @@
 
 use super::log::LogConfig;
 use super::partition::{LeaderAndIsr, Partition, PartitionConfig, Role};
-use super::partition_table::PartitionHash;
-use super::partition_table::PartitionTable;
+use super::partition_table::{PartitionHash, PartitionTable};
 use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::record::{ConfigResource, ConfigResourceType};
 use kmeta_metadata::{BrokerId, MetadataImage, TopicIdPartition};
@@ -141,6 +140,24 @@ impl Followed {
 #[derive(Default)]
 struct TopicCache {
     topic: Option<(uuid::Uuid, Arc<str>, Arc<PartitionConfig>)>,
+}
+
+impl TopicCache {
+    /// The name and settings of topic `id`, from `derive` unless it was the last one asked.
+    fn get(
+        &mut self,
+        id: uuid::Uuid,
+        derive: impl FnOnce() -> (Arc<str>, Arc<PartitionConfig>),
+    ) -> (Arc<str>, Arc<PartitionConfig>) {
+        match &self.topic {
+            Some((last, name, config)) if *last == id => (name.clone(), config.clone()),
+            _ => {
+                let (name, config) = derive();
+                self.topic = Some((id, name.clone(), config.clone()));
+                (name, config)
+            }
+        }
+    }
 }
 
 fn parse<T: std::str::FromStr>(v: Option<&String>) -> Option<T> {
@@ -411,15 +428,12 @@ impl Replicas {
         let (Some(topic), Some(reg)) = (image.topic(&tp.topic_id), image.partition(tp)) else {
             return false;
         };
-        let (_, name, config) = match &cache.topic {
-            Some((id, ..)) if *id == tp.topic_id => cache.topic.as_ref().expect("just matched"),
-            _ => cache.topic.insert((
-                tp.topic_id,
+        let (name, config) = cache.get(tp.topic_id, || {
+            (
                 Arc::from(topic.name.as_str()),
                 Arc::new(self.partition_config(image, &topic.name)),
-            )),
-        };
-        let config = config.clone();
+            )
+        });
         let partition = match self.get(&tp) {
             Some(p) => p,
             None => {
@@ -427,7 +441,7 @@ impl Replicas {
                     .config
                     .log_dir
                     .join(format!("{}-{}", topic.name, tp.partition));
-                match Partition::open(tp, name.clone(), self.me, dir, config.clone()) {
+                match Partition::open(tp, name, self.me, dir, config.clone()) {
                     Ok(p) => {
                         p.announce_to(self.change_log.clone());
                         let p = Arc::new(p);
