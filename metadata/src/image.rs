@@ -256,6 +256,47 @@ impl MetadataImage {
         Self::default()
     }
 
+    /// True if `other` is this image or a clone of it, untouched since: every map shares its
+    /// root with `other`'s and every scalar is equal. O(1); false says nothing (two images
+    /// built apart may hold the same content). The active controller uses it to hand the
+    /// image it built while deciding an entry to the state machine, which would otherwise
+    /// replay the same records onto the same image again.
+    pub fn is_same_as(&self, other: &MetadataImage) -> bool {
+        // Destructured, so that a new field cannot be forgotten here.
+        let MetadataImage {
+            offset,
+            brokers,
+            topics,
+            topic_ids,
+            configs,
+            features,
+            offsets,
+            next_producer_id,
+            partitions_by_broker,
+            reassigning,
+            imbalanced,
+            leaderless,
+            leader_counts,
+            groups_by_topic,
+            partition_count,
+        } = self;
+        *offset == other.offset
+            && brokers.ptr_eq(&other.brokers)
+            && topics.ptr_eq(&other.topics)
+            && topic_ids.ptr_eq(&other.topic_ids)
+            && configs.ptr_eq(&other.configs)
+            && features.ptr_eq(&other.features)
+            && offsets.ptr_eq(&other.offsets)
+            && *next_producer_id == other.next_producer_id
+            && partitions_by_broker.ptr_eq(&other.partitions_by_broker)
+            && reassigning.ptr_eq(&other.reassigning)
+            && imbalanced.ptr_eq(&other.imbalanced)
+            && leaderless.ptr_eq(&other.leaderless)
+            && leader_counts.ptr_eq(&other.leader_counts)
+            && groups_by_topic.ptr_eq(&other.groups_by_topic)
+            && *partition_count == other.partition_count
+    }
+
     /// The offset of the last record replayed, or `LogOffset::NONE`.
     pub fn offset(&self) -> LogOffset {
         self.offset.unwrap_or(LogOffset::NONE)

@@ -318,6 +318,8 @@ struct Active {
     first_offset: u64,
     /// The speculative image: the committed image plus every proposal of this session.
     image: MetadataImage,
+    /// The speculative image as of the last proposal: what the next one's records start from.
+    proposed: MetadataImage,
     /// The offset the next proposal will be decided for.
     next_offset: u64,
     /// Turned true when the session renounces; every parked reply then fails.
@@ -420,6 +422,7 @@ impl EventLoop {
             );
             self.metrics.renounces.inc();
             active.renounced.send_replace(true);
+            self.sm.forget_expected();
         }
     }
 
@@ -477,6 +480,7 @@ impl EventLoop {
             leader_id,
             session,
             first_offset: next_offset,
+            proposed: image.clone(),
             image,
             next_offset,
             renounced: watch::channel(false).0,
@@ -520,7 +524,7 @@ impl EventLoop {
             // leaves the image consistent; the reply waits for the last. An atomic one is one
             // entry (it was bounded when decided).
             let Decided {
-                records: mut rest,
+                records: result,
                 atomic,
                 reply_after,
                 finish,
@@ -528,13 +532,12 @@ impl EventLoop {
             let mut finish = Some(finish);
             // Records of this result not yet placed in an entry before the reply's entry.
             let mut before_reply = reply_after.unwrap_or(usize::MAX);
-            while !rest.is_empty() {
-                let chunk = if !atomic && rest.len() > MAX_RECORDS_PER_BATCH {
-                    let tail = rest.split_off(MAX_RECORDS_PER_BATCH);
-                    std::mem::replace(&mut rest, tail)
-                } else {
-                    std::mem::take(&mut rest)
-                };
+            // Taken from the front one chunk at a time: splitting the rest off each time
+            // would copy what remains once per chunk (quadratic in a million-record fence).
+            let chunk_len = if atomic { result.len() } else { MAX_RECORDS_PER_BATCH };
+            let mut rest = result.into_iter().peekable();
+            while rest.peek().is_some() {
+                let chunk: Vec<MetadataRecord> = rest.by_ref().take(chunk_len).collect();
                 if records.len() + chunk.len() > MAX_RECORDS_PER_BATCH && !records.is_empty() {
                     // This entry is full: propose it; these records start the next one.
                     // They were decided on the same speculative image, which the next entry
@@ -564,7 +567,7 @@ impl EventLoop {
                         active.image = next;
                         before_reply = before_reply.saturating_sub(chunk.len());
                         records.extend(chunk);
-                        if rest.is_empty() || before_reply == 0 {
+                        if rest.peek().is_none() || before_reply == 0 {
                             finishes.extend(finish.take());
                         }
                     }
@@ -610,6 +613,9 @@ impl EventLoop {
             offset: predicted,
         };
         let mut renounced = active.renounced.subscribe();
+        // The state machine takes the image these records made instead of replaying them.
+        let base = std::mem::replace(&mut active.proposed, active.image.clone());
+        self.sm.expect(stamp, base, active.image.clone());
         let (responder, committed, applied) = ProgressResponder::new();
         let proposed_at = Instant::now();
         let commit_latency = self.metrics.commit_latency_ms.clone();

@@ -10,7 +10,9 @@
 //! fsync, rename); the newest one is loaded at start, and the log replays on top of it.
 
 use super::state_file::{read_checked, write_atomic};
-use super::types::{BatchApplied, LogId, MetadataBatch, Proposal, ProposalChain, TypeConfig};
+use super::types::{
+    BatchApplied, LogId, MetadataBatch, Proposal, ProposalChain, Stamp, TypeConfig,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmeta_metadata::{LogOffset, MetadataImage, MetadataRecord};
@@ -54,6 +56,35 @@ struct Inner {
     snapshot_path: PathBuf,
     tail: Tail,
     broker_snapshot: Option<(u64, Bytes)>,
+    /// Entries this node proposed as the active controller, oldest first, each with the image
+    /// its records were decided on and the image they made (see [`StateMachine::expect`]).
+    expected: VecDeque<Expected>,
+}
+
+/// An entry the active controller proposed: the speculative images before and after it.
+struct Expected {
+    stamp: Stamp,
+    base: MetadataImage,
+    after: MetadataImage,
+}
+
+/// At most this many proposals wait in [`Inner::expected`] (the controller keeps a few in
+/// flight; older ones have been applied or will never be).
+const MAX_EXPECTED: usize = 64;
+
+impl Inner {
+    /// The image entry `index` makes if it is the proposal this node expects there and the
+    /// image now is the one that proposal was decided on; `None` otherwise (replay it).
+    /// Forgets every expectation up to `index`.
+    fn adopt(&mut self, index: u64, stamp: Option<&Stamp>) -> Option<MetadataImage> {
+        while self.expected.front().is_some_and(|e| e.stamp.offset < index) {
+            self.expected.pop_front();
+        }
+        let e = self.expected.front().filter(|e| e.stamp.offset == index)?;
+        let usable = Some(&e.stamp) == stamp && e.base.is_same_as(&self.image);
+        let e = self.expected.pop_front().expect("just looked at");
+        usable.then_some(e.after)
+    }
 }
 
 /// The recently applied entries, encoded as [`encode_batch`] does. It covers every index
@@ -222,6 +253,7 @@ impl StateMachine {
                 snapshot_path,
                 tail,
                 broker_snapshot: None,
+                expected: VecDeque::new(),
             })),
             published,
         })
@@ -242,6 +274,36 @@ impl StateMachine {
     pub fn image_and_chain(&self) -> (MetadataImage, ProposalChain) {
         let inner = self.lock();
         (inner.image.clone(), inner.chain)
+    }
+
+    /// Announces an entry this node is proposing as the active controller, stamped `stamp`:
+    /// its records were replayed onto `base` (the committed image, or the one the previous
+    /// expected entry makes) and made `after`. When that entry is applied at the offset it
+    /// was stamped for, onto an image that is still `base` (shared, not merely equal), the
+    /// state machine takes `after` instead of replaying the records a second time on this
+    /// node. Anything else (another proposal at that index, a refused stamp, a snapshot
+    /// installed meanwhile) replays as usual.
+    pub fn expect(&self, stamp: Stamp, base: MetadataImage, after: MetadataImage) {
+        let mut inner = self.lock();
+        // Kept in offset order: a new session proposes from the committed end again, and
+        // what an earlier one expected at those offsets can no longer be its entries.
+        while inner
+            .expected
+            .back()
+            .is_some_and(|e| e.stamp.offset >= stamp.offset)
+        {
+            inner.expected.pop_back();
+        }
+        if inner.expected.len() == MAX_EXPECTED {
+            inner.expected.pop_front();
+        }
+        inner.expected.push_back(Expected { stamp, base, after });
+    }
+
+    /// Drops every expectation (see [`StateMachine::expect`]): the session that made them
+    /// ended, and the images they hold should not outlive it.
+    pub fn forget_expected(&self) {
+        self.lock().expected.clear();
     }
 
     /// The index of the last entry applied to the image, if any.
@@ -396,11 +458,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &entry.payload {
                     EntryPayload::Blank => inner.chain.skip(),
                     EntryPayload::Normal(proposal) => {
-                        admitted = apply_proposal(&mut inner.image, &mut inner.chain, index, proposal)
-                            .map_err(|e| {
-                                tracing::error!(%e, index, "a committed record does not replay: stopping");
-                                invalid(e)
-                            })?;
+                        admitted = match inner.adopt(index, proposal.stamp.as_ref()) {
+                            // This node decided it on this very image: what it built then is
+                            // what replaying the records would build now.
+                            Some(after) => {
+                                let admit = inner.chain.admit(index, proposal.stamp.as_ref());
+                                if admit {
+                                    debug_assert!(
+                                        inner.image.partition_count() > 10_000 || {
+                                            let mut replayed = inner.image.clone();
+                                            proposal.batch.0.iter().all(|r| {
+                                                replayed.replay(LogOffset(index as i64), r).is_ok()
+                                            }) && replayed == after
+                                        },
+                                        "an adopted image differs from the replay of its entry"
+                                    );
+                                    inner.image = after;
+                                }
+                                admit
+                            }
+                            None => apply_proposal(&mut inner.image, &mut inner.chain, index, proposal)
+                                .map_err(|e| {
+                                    tracing::error!(%e, index, "a committed record does not replay: stopping");
+                                    invalid(e)
+                                })?,
+                        };
                         if admitted {
                             inner.tail.push(index, encode_batch(&proposal.batch));
                         } else {
@@ -447,6 +529,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         write_atomic(&path, &postcard::to_allocvec(&file).map_err(invalid)?)?;
         let mut inner = self.lock();
         inner.image = image;
+        inner.expected.clear();
         inner.chain = chain;
         inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
@@ -463,5 +546,109 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta.clone(),
             snapshot: s.data.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{Entry, SessionId};
+    use kmeta_metadata::record::FeatureLevelRecord;
+
+    const SESSION: SessionId = SessionId {
+        term: 2,
+        node: 101,
+        nonce: 1,
+    };
+
+    fn feature(name: &str, level: u16) -> MetadataRecord {
+        MetadataRecord::FeatureLevel(FeatureLevelRecord {
+            name: name.to_string(),
+            level,
+        })
+    }
+
+    fn stamp(session: SessionId, offset: u64) -> Stamp {
+        Stamp {
+            session,
+            first_offset: 1,
+            offset,
+        }
+    }
+
+    /// Applies one normal entry at `index` through openraft's `apply`.
+    async fn apply(sm: &mut StateMachine, index: u64, stamp: Stamp, records: Vec<MetadataRecord>) {
+        let entry = Entry {
+            log_id: LogId::new(openraft::vote::leader_id_adv::LeaderId { term: 2, node_id: 101 }, index),
+            payload: EntryPayload::Normal(Proposal {
+                stamp: Some(stamp),
+                batch: MetadataBatch(records),
+            }),
+        };
+        let entries = futures_util::stream::iter(vec![Ok((entry, None))]);
+        sm.apply(entries).await.expect("applies");
+    }
+
+    fn replayed(base: &MetadataImage, index: u64, records: &[MetadataRecord]) -> MetadataImage {
+        let mut image = base.clone();
+        for r in records {
+            image.replay(LogOffset(index as i64), r).expect("replays");
+        }
+        image
+    }
+
+    #[tokio::test]
+    async fn the_active_controllers_own_entry_is_applied_as_the_image_it_built_without_a_second_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let records = vec![feature("metadata.version", 1)];
+        let base = sm.image();
+        let after = replayed(&base, 1, &records);
+        sm.expect(stamp(SESSION, 1), base, after.clone());
+        apply(&mut sm, 1, stamp(SESSION, 1), records.clone()).await;
+        // The very image the controller built (shared), not a copy replayed again.
+        assert!(sm.image().is_same_as(&after));
+        // And the next one chains on it.
+        let next = vec![feature("kraft.version", 1)];
+        let after2 = replayed(&after, 2, &next);
+        sm.expect(stamp(SESSION, 2), after.clone(), after2.clone());
+        apply(&mut sm, 2, stamp(SESSION, 2), next).await;
+        assert!(sm.image().is_same_as(&after2));
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_is_not_the_expected_one_on_the_expected_image_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::open(dir.path()).unwrap();
+        let records = vec![feature("metadata.version", 1)];
+        // A wrong "after" to tell adoption from replay.
+        let wrong = replayed(&sm.image(), 1, &[feature("metadata.version", 9)]);
+
+        // Another session's proposal at the expected offset.
+        let other = SessionId { nonce: 2, ..SESSION };
+        sm.expect(stamp(other, 1), sm.image(), wrong.clone());
+        let base = sm.image();
+        apply(&mut sm, 1, stamp(SESSION, 1), records.clone()).await;
+        assert_eq!(sm.image(), replayed(&base, 1, &records));
+        assert_ne!(sm.image(), wrong);
+
+        // The expected stamp, but decided on an image that is equal, not the one applied to.
+        let next = vec![feature("kraft.version", 1)];
+        let equal_copy = replayed(&MetadataImage::new(), 1, &records);
+        assert_eq!(equal_copy, sm.image());
+        let wrong = replayed(&equal_copy, 2, &[feature("kraft.version", 9)]);
+        sm.expect(stamp(SESSION, 2), equal_copy, wrong.clone());
+        let base = sm.image();
+        apply(&mut sm, 2, stamp(SESSION, 2), next.clone()).await;
+        assert_eq!(sm.image(), replayed(&base, 2, &next));
+        assert_ne!(sm.image(), wrong);
+
+        // Forgotten when the session ends.
+        let last = vec![feature("group.version", 1)];
+        let base = sm.image();
+        sm.expect(stamp(SESSION, 3), base.clone(), wrong.clone());
+        sm.forget_expected();
+        apply(&mut sm, 3, stamp(SESSION, 3), last.clone()).await;
+        assert_eq!(sm.image(), replayed(&base, 3, &last));
     }
 }
