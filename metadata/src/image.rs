@@ -387,6 +387,28 @@ impl MetadataImage {
         self.imbalanced.iter().copied()
     }
 
+    /// [`Self::imbalanced_partitions`] after `after` (excluded), then from the first up to
+    /// `after` (included): a sweep that starts where an earlier one stopped.
+    pub fn imbalanced_partitions_after(
+        &self,
+        after: TopicIdPartition,
+    ) -> impl Iterator<Item = TopicIdPartition> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.imbalanced
+            .range((Excluded(after), Unbounded))
+            .chain(self.imbalanced.range(..=after))
+            .copied()
+    }
+
+    /// [`Self::leaderless_partitions`] after `after` (excluded).
+    pub fn leaderless_partitions_after(
+        &self,
+        after: TopicIdPartition,
+    ) -> impl Iterator<Item = TopicIdPartition> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.leaderless.range((Excluded(after), Unbounded)).copied()
+    }
+
     /// Partitions with no leader.
     pub fn leaderless_partitions(&self) -> impl Iterator<Item = TopicIdPartition> + '_ {
         self.leaderless.iter().copied()

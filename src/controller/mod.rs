@@ -37,7 +37,7 @@ use kmeta_metadata::controller::cluster::{
 };
 use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
 use kmeta_metadata::controller::replication::election::{
-    balance_partition_leaders, elect_unclean_leaders, enables_preferred_election,
+    balance_partition_leaders_after, elect_unclean_leaders, enables_preferred_election,
 };
 use kmeta_metadata::controller::{ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH};
 use kmeta_metadata::{ApiError, BrokerEpoch, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
@@ -155,7 +155,7 @@ impl Controller {
             failures: failures_tx,
             next_nonce: uuid::Uuid::new_v4().as_u64_pair().0,
             balance_soon: None,
-            balance_more: Arc::default(),
+            balance_from: Arc::default(),
         };
         let task = tokio::spawn(event_loop.run(rx, failures_rx));
         (
@@ -343,8 +343,9 @@ struct EventLoop {
     next_nonce: u64,
     /// When the next leader-balancing pass runs ahead of the periodic one.
     balance_soon: Option<Instant>,
-    /// Set by a balancing pass that stopped at its bound of elections.
-    balance_more: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the last balancing pass stopped at its bound of elections (the next one starts
+    /// there), `None` when it looked at every imbalanced partition.
+    balance_from: Arc<Mutex<Option<kmeta_metadata::TopicIdPartition>>>,
 }
 
 impl EventLoop {
@@ -685,10 +686,11 @@ impl EventLoop {
             return;
         }
         // Two jobs: the second is decided against the image that includes the first's records.
-        let more = self.balance_more.clone();
+        let from = self.balance_from.clone();
         let balance: Job = Box::new(move |ctx| {
-            let result = balance_partition_leaders(ctx.image);
-            more.store(result.reply, std::sync::atomic::Ordering::Relaxed);
+            let mut from = from.lock().unwrap_or_else(|p| p.into_inner());
+            let result = balance_partition_leaders_after(ctx.image, *from);
+            *from = result.reply;
             if !result.records.is_empty() {
                 tracing::info!(
                     elections = result.records.len(),
@@ -712,10 +714,12 @@ impl EventLoop {
             }
         });
         self.run_jobs(vec![balance, unclean]).await;
-        if self
-            .balance_more
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
+        let stopped_at_bound = self
+            .balance_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if stopped_at_bound {
             // More partitions wait: the next pass at once (it is decided on the image that
             // includes this one; the bound on entries in flight paces the passes).
             self.balance_soon = Some(Instant::now());

@@ -8,7 +8,7 @@ use kmeta_metadata::controller::replication::election::*;
 use kmeta_metadata::controller::replication::reassignment::*;
 use kmeta_metadata::controller::replication::topics::*;
 use kmeta_metadata::controller::replication::TopicRef;
-use kmeta_metadata::controller::LeaderAcceptance;
+use kmeta_metadata::controller::{LeaderAcceptance, MAX_ELECTIONS_PER_PASS};
 use kmeta_metadata::record::*;
 use kmeta_metadata::*;
 
@@ -769,4 +769,137 @@ fn replaying_a_second_topic_with_the_same_name_or_id_is_refused() {
         image.replay(LogOffset(-5), &MetadataRecord::NoOp).is_err(),
         "offset backwards"
     );
+}
+
+/// Replays `records` onto the harness image without the per-record invariant checks (the
+/// image is large; the checks are quadratic over it).
+fn replay_unchecked(h: &mut Harness, records: &[MetadataRecord]) {
+    for r in records {
+        let offset = h.next_offset();
+        h.image.replay(offset, r).expect("replays");
+        h.log.push((offset, r.clone()));
+    }
+}
+
+fn lead_elsewhere(h: &mut Harness, prefix: &str, topics: usize, partitions: i32, isr: Option<&[i32]>) {
+    let mut records = Vec::new();
+    for t in 0..topics {
+        let topic_id = h.image.topic_id(&format!("{prefix}{t}")).unwrap();
+        for partition in 0..partitions {
+            records.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
+                topic_id,
+                partition,
+                leader: Some(BrokerId(1)),
+                isr: isr.map(ids),
+                ..Default::default()
+            }));
+        }
+    }
+    replay_unchecked(h, &records);
+}
+
+#[test]
+fn balancing_passes_resume_where_the_last_stopped_and_wrap_around_electing_each_partition_once() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1]);
+    // Created first, so they sort first: 2,000 partitions whose preferred replica (0) is out
+    // of the ISR, which every pass that starts from the beginning would step over.
+    h.create_many_unchecked("out", 2, 1_000, &[0, 1]);
+    lead_elsewhere(&mut h, "out", 2, 1_000, Some(&[1]));
+    // 2,500 partitions whose preferred replica may lead again.
+    h.create_many_unchecked("back", 5, 500, &[0, 1]);
+    lead_elsewhere(&mut h, "back", 5, 500, None);
+    assert_eq!(h.image.imbalanced_partitions().count(), 4_500);
+
+    let mut elected = std::collections::BTreeSet::new();
+    let mut pass = |h: &mut Harness, from| {
+        let result = balance_partition_leaders_after(&h.image, from);
+        for r in &result.records {
+            let MetadataRecord::PartitionChange(c) = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(c.leader, Some(BrokerId(0)));
+            assert!(elected.insert((c.topic_id, c.partition)), "elected twice: {c:?}");
+        }
+        let n = result.records.len();
+        let reply = result.reply;
+        replay_unchecked(h, &result.records);
+        (n, reply)
+    };
+    let (n, first) = pass(&mut h, None);
+    assert_eq!(n, MAX_ELECTIONS_PER_PASS);
+    let first = first.expect("stopped at its bound");
+    let (n, second) = pass(&mut h, Some(first));
+    assert_eq!(n, MAX_ELECTIONS_PER_PASS);
+    let second = second.expect("stopped at its bound");
+    assert!(second > first);
+    // One partition before where the passes stopped becomes eligible: the next pass wraps
+    // around to it.
+    let early = TopicIdPartition {
+        topic_id: h.image.topic_id("out0").unwrap(),
+        partition: 7,
+    };
+    assert!(early < first);
+    replay_unchecked(
+        &mut h,
+        &[MetadataRecord::PartitionChange(PartitionChangeRecord {
+            topic_id: early.topic_id,
+            partition: early.partition,
+            isr: Some(ids(&[1, 0])),
+            ..Default::default()
+        })],
+    );
+    let (n, third) = pass(&mut h, Some(second));
+    assert_eq!((n, third), (501, None), "the rest, and the one before, in one sweep");
+    assert_eq!(h.image.imbalanced_partitions().count(), 1_999);
+    assert_eq!(pass(&mut h, None), (0, None));
+    assert!(invariants::check(&h.image).is_empty());
+}
+
+#[test]
+fn an_unclean_pass_steps_over_topics_that_do_not_allow_it_and_elects_in_those_that_do() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1]);
+    h.create_many_unchecked("strict", 3, 200, &[0, 1]);
+    h.create_many_unchecked("loose", 2, 600, &[0, 1]);
+    h.create_many_unchecked("strict-too", 1, 200, &[0, 1]);
+    // Every partition leaderless with only 0 in its ISR, and 0 fenced: 1 is out of sync.
+    let mut records = Vec::new();
+    for name in ["strict0", "strict1", "strict2", "loose0", "loose1", "strict-too0"] {
+        let topic_id = h.image.topic_id(name).unwrap();
+        let n = h.image.topic(&topic_id).unwrap().partitions.len() as i32;
+        for partition in 0..n {
+            records.push(MetadataRecord::PartitionChange(PartitionChangeRecord {
+                topic_id,
+                partition,
+                leader: Some(BrokerId::NONE),
+                isr: Some(ids(&[0])),
+                ..Default::default()
+            }));
+        }
+    }
+    replay_unchecked(&mut h, &records);
+    h.heartbeat(0, true, false).unwrap();
+    assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
+    assert_eq!(h.image.leaderless_partitions().count(), 2_000);
+    assert!(elect_unclean_leaders(&h.image, &h.config).records.is_empty());
+    for name in ["loose0", "loose1"] {
+        h.set_topic_config(name, "unclean.leader.election.enable", "true");
+    }
+    let loose: std::collections::BTreeSet<TopicId> =
+        [h.image.topic_id("loose0").unwrap(), h.image.topic_id("loose1").unwrap()].into();
+    let first = elect_unclean_leaders(&h.image, &h.config);
+    assert_eq!((first.records.len(), first.reply), (MAX_ELECTIONS_PER_PASS, true));
+    h.commit(first);
+    let second = elect_unclean_leaders(&h.image, &h.config);
+    assert_eq!((second.records.len(), second.reply), (200, false));
+    for r in &second.records {
+        let MetadataRecord::PartitionChange(c) = r else {
+            panic!("{r:?}")
+        };
+        assert!(loose.contains(&c.topic_id));
+        assert_eq!(c.leader, Some(BrokerId(1)));
+    }
+    h.commit(second);
+    assert_eq!(h.image.leaderless_partitions().count(), 800);
 }

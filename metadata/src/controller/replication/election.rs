@@ -247,10 +247,29 @@ fn elect_one(
 /// it is in the ISR and active, at most `MAX_ELECTIONS_PER_PASS` partitions. The reply is true
 /// when more imbalanced partitions may remain (schedule another pass soon).
 pub fn balance_partition_leaders(image: &MetadataImage) -> ControllerResult<bool> {
+    let pass = balance_partition_leaders_after(image, None);
+    ControllerResult::non_atomic(pass.records, pass.reply.is_some())
+}
+
+/// [`balance_partition_leaders`], looking first at the partitions after `after` and then
+/// wrapping around: the reply is where the pass stopped at its bound (the next pass starts
+/// there), `None` when it looked at every imbalanced partition. Passes that resume this way
+/// look at each imbalanced partition once per sweep between them, where passes that each
+/// start from the first would step over the same ineligible partitions (a preferred
+/// replica not yet back in the ISR, or fenced) every time: at a million partitions after a
+/// full restart, hundreds of passes over hundreds of thousands of them.
+pub fn balance_partition_leaders_after(
+    image: &MetadataImage,
+    after: Option<TopicIdPartition>,
+) -> ControllerResult<Option<TopicIdPartition>> {
     let acceptance = LeaderAcceptance::of(image);
     let mut records = Vec::new();
-    let mut more = false;
-    for tp in image.imbalanced_partitions() {
+    let order: Box<dyn Iterator<Item = TopicIdPartition> + '_> = match after {
+        Some(a) => Box::new(image.imbalanced_partitions_after(a)),
+        None => Box::new(image.imbalanced_partitions()),
+    };
+    let mut last = None;
+    for tp in order {
         let Some(p) = image.partition(tp) else {
             continue;
         };
@@ -259,15 +278,15 @@ pub fn balance_partition_leaders(image: &MetadataImage) -> ControllerResult<bool
             continue;
         }
         if records.len() == MAX_ELECTIONS_PER_PASS {
-            more = true;
-            break;
+            return ControllerResult::non_atomic(records, last);
         }
         let change = PartitionChangeBuilder::new(tp, p, acceptance)
             .election(Election::Preferred)
             .build();
         records.extend(change.map(MetadataRecord::PartitionChange));
+        last = Some(tp);
     }
-    ControllerResult::non_atomic(records, more)
+    ControllerResult::non_atomic(records, None)
 }
 
 /// True when `record`, already replayed onto `image`, leaves a partition that a balancing
@@ -305,25 +324,39 @@ pub fn elect_unclean_leaders(
 ) -> ControllerResult<bool> {
     let acceptance = LeaderAcceptance::of(image);
     let mut records = Vec::new();
-    let mut more = false;
-    for tp in image.leaderless_partitions() {
-        if !unclean_election_enabled(image, config, topic_name(image, tp)) {
+    // The topic's setting is read once per topic, and a topic that does not allow unclean
+    // election is stepped over whole: after a full restart most partitions may be
+    // leaderless for a while, and this pass runs beside every balancing pass.
+    let mut next = image.leaderless_partitions().next();
+    while let Some(first) = next {
+        let past_topic = TopicIdPartition {
+            topic_id: first.topic_id,
+            partition: i32::MAX,
+        };
+        if !unclean_election_enabled(image, config, topic_name(image, first)) {
+            next = image.leaderless_partitions_after(past_topic).next();
             continue;
         }
-        let Some(p) = image.partition(tp) else {
-            continue;
-        };
-        let Some(change) = PartitionChangeBuilder::new(tp, p, acceptance)
-            .election(Election::Unclean)
-            .build()
-        else {
-            continue;
-        };
-        if records.len() == MAX_ELECTIONS_PER_PASS {
-            more = true;
-            break;
+        next = None;
+        for tp in std::iter::once(first).chain(image.leaderless_partitions_after(first)) {
+            if tp.topic_id != first.topic_id {
+                next = Some(tp);
+                break;
+            }
+            let Some(p) = image.partition(tp) else {
+                continue;
+            };
+            let Some(change) = PartitionChangeBuilder::new(tp, p, acceptance)
+                .election(Election::Unclean)
+                .build()
+            else {
+                continue;
+            };
+            if records.len() == MAX_ELECTIONS_PER_PASS {
+                return ControllerResult::non_atomic(records, true);
+            }
+            records.push(MetadataRecord::PartitionChange(change));
         }
-        records.push(MetadataRecord::PartitionChange(change));
     }
-    ControllerResult::non_atomic(records, more)
+    ControllerResult::non_atomic(records, false)
 }
