@@ -535,7 +535,11 @@ impl EventLoop {
             let mut before_reply = reply_after.unwrap_or(usize::MAX);
             // Taken from the front one chunk at a time: splitting the rest off each time
             // would copy what remains once per chunk (quadratic in a million-record fence).
-            let chunk_len = if atomic { result.len() } else { MAX_RECORDS_PER_BATCH };
+            let chunk_len = if atomic {
+                result.len()
+            } else {
+                MAX_RECORDS_PER_BATCH
+            };
             let mut rest = result.into_iter().peekable();
             while rest.peek().is_some() {
                 let chunk: Vec<MetadataRecord> = rest.by_ref().take(chunk_len).collect();

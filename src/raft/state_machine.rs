@@ -77,7 +77,11 @@ impl Inner {
     /// image now is the one that proposal was decided on; `None` otherwise (replay it).
     /// Forgets every expectation up to `index`.
     fn adopt(&mut self, index: u64, stamp: Option<&Stamp>) -> Option<MetadataImage> {
-        while self.expected.front().is_some_and(|e| e.stamp.offset < index) {
+        while self
+            .expected
+            .front()
+            .is_some_and(|e| e.stamp.offset < index)
+        {
             self.expected.pop_front();
         }
         let e = self.expected.front().filter(|e| e.stamp.offset == index)?;
@@ -579,7 +583,13 @@ mod tests {
     /// Applies one normal entry at `index` through openraft's `apply`.
     async fn apply(sm: &mut StateMachine, index: u64, stamp: Stamp, records: Vec<MetadataRecord>) {
         let entry = Entry {
-            log_id: LogId::new(openraft::vote::leader_id_adv::LeaderId { term: 2, node_id: 101 }, index),
+            log_id: LogId::new(
+                openraft::vote::leader_id_adv::LeaderId {
+                    term: 2,
+                    node_id: 101,
+                },
+                index,
+            ),
             payload: EntryPayload::Normal(Proposal {
                 stamp: Some(stamp),
                 batch: MetadataBatch(records),
@@ -598,7 +608,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_active_controllers_own_entry_is_applied_as_the_image_it_built_without_a_second_replay() {
+    async fn the_active_controllers_own_entry_is_applied_as_the_image_it_built_without_a_second_replay(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut sm = StateMachine::open(dir.path()).unwrap();
         let records = vec![feature("metadata.version", 1)];
@@ -625,7 +636,10 @@ mod tests {
         let wrong = replayed(&sm.image(), 1, &[feature("metadata.version", 9)]);
 
         // Another session's proposal at the expected offset.
-        let other = SessionId { nonce: 2, ..SESSION };
+        let other = SessionId {
+            nonce: 2,
+            ..SESSION
+        };
         sm.expect(stamp(other, 1), sm.image(), wrong.clone());
         let base = sm.image();
         apply(&mut sm, 1, stamp(SESSION, 1), records.clone()).await;

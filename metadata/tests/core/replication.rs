@@ -781,7 +781,13 @@ fn replay_unchecked(h: &mut Harness, records: &[MetadataRecord]) {
     }
 }
 
-fn lead_elsewhere(h: &mut Harness, prefix: &str, topics: usize, partitions: i32, isr: Option<&[i32]>) {
+fn lead_elsewhere(
+    h: &mut Harness,
+    prefix: &str,
+    topics: usize,
+    partitions: i32,
+    isr: Option<&[i32]>,
+) {
     let mut records = Vec::new();
     for t in 0..topics {
         let topic_id = h.image.topic_id(&format!("{prefix}{t}")).unwrap();
@@ -819,7 +825,10 @@ fn balancing_passes_resume_where_the_last_stopped_and_wrap_around_electing_each_
                 panic!("{r:?}")
             };
             assert_eq!(c.leader, Some(BrokerId(0)));
-            assert!(elected.insert((c.topic_id, c.partition)), "elected twice: {c:?}");
+            assert!(
+                elected.insert((c.topic_id, c.partition)),
+                "elected twice: {c:?}"
+            );
         }
         let n = result.records.len();
         let reply = result.reply;
@@ -850,7 +859,11 @@ fn balancing_passes_resume_where_the_last_stopped_and_wrap_around_electing_each_
         })],
     );
     let (n, third) = pass(&mut h, Some(second));
-    assert_eq!((n, third), (501, None), "the rest, and the one before, in one sweep");
+    assert_eq!(
+        (n, third),
+        (501, None),
+        "the rest, and the one before, in one sweep"
+    );
     assert_eq!(h.image.imbalanced_partitions().count(), 1_999);
     assert_eq!(pass(&mut h, None), (0, None));
     assert!(invariants::check(&h.image).is_empty());
@@ -865,7 +878,14 @@ fn an_unclean_pass_steps_over_topics_that_do_not_allow_it_and_elects_in_those_th
     h.create_many_unchecked("strict-too", 1, 200, &[0, 1]);
     // Every partition leaderless with only 0 in its ISR, and 0 fenced: 1 is out of sync.
     let mut records = Vec::new();
-    for name in ["strict0", "strict1", "strict2", "loose0", "loose1", "strict-too0"] {
+    for name in [
+        "strict0",
+        "strict1",
+        "strict2",
+        "loose0",
+        "loose1",
+        "strict-too0",
+    ] {
         let topic_id = h.image.topic_id(name).unwrap();
         let n = h.image.topic(&topic_id).unwrap().partitions.len() as i32;
         for partition in 0..n {
@@ -882,14 +902,22 @@ fn an_unclean_pass_steps_over_topics_that_do_not_allow_it_and_elects_in_those_th
     h.heartbeat(0, true, false).unwrap();
     assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
     assert_eq!(h.image.leaderless_partitions().count(), 2_000);
-    assert!(elect_unclean_leaders(&h.image, &h.config).records.is_empty());
+    assert!(elect_unclean_leaders(&h.image, &h.config)
+        .records
+        .is_empty());
     for name in ["loose0", "loose1"] {
         h.set_topic_config(name, "unclean.leader.election.enable", "true");
     }
-    let loose: std::collections::BTreeSet<TopicId> =
-        [h.image.topic_id("loose0").unwrap(), h.image.topic_id("loose1").unwrap()].into();
+    let loose: std::collections::BTreeSet<TopicId> = [
+        h.image.topic_id("loose0").unwrap(),
+        h.image.topic_id("loose1").unwrap(),
+    ]
+    .into();
     let first = elect_unclean_leaders(&h.image, &h.config);
-    assert_eq!((first.records.len(), first.reply), (MAX_ELECTIONS_PER_PASS, true));
+    assert_eq!(
+        (first.records.len(), first.reply),
+        (MAX_ELECTIONS_PER_PASS, true)
+    );
     h.commit(first);
     let second = elect_unclean_leaders(&h.image, &h.config);
     assert_eq!((second.records.len(), second.reply), (200, false));
