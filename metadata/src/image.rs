@@ -226,6 +226,15 @@ pub struct ReplayError {
     pub reason: String,
 }
 
+/// The partitions of `set` after `after` (excluded), in order.
+fn partitions_after(
+    set: &OrdSet<TopicIdPartition>,
+    after: TopicIdPartition,
+) -> impl Iterator<Item = TopicIdPartition> + '_ {
+    use std::ops::Bound::{Excluded, Unbounded};
+    set.range((Excluded(after), Unbounded)).copied()
+}
+
 /// The whole metadata state at one log offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataImage {
@@ -393,11 +402,7 @@ impl MetadataImage {
         &self,
         after: TopicIdPartition,
     ) -> impl Iterator<Item = TopicIdPartition> + '_ {
-        use std::ops::Bound::{Excluded, Unbounded};
-        self.imbalanced
-            .range((Excluded(after), Unbounded))
-            .chain(self.imbalanced.range(..=after))
-            .copied()
+        partitions_after(&self.imbalanced, after).chain(self.imbalanced.range(..=after).copied())
     }
 
     /// [`Self::leaderless_partitions`] after `after` (excluded).
@@ -405,8 +410,7 @@ impl MetadataImage {
         &self,
         after: TopicIdPartition,
     ) -> impl Iterator<Item = TopicIdPartition> + '_ {
-        use std::ops::Bound::{Excluded, Unbounded};
-        self.leaderless.range((Excluded(after), Unbounded)).copied()
+        partitions_after(&self.leaderless, after)
     }
 
     /// Partitions with no leader.

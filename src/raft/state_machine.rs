@@ -84,10 +84,11 @@ impl Inner {
         {
             self.expected.pop_front();
         }
-        let e = self.expected.front().filter(|e| e.stamp.offset == index)?;
-        let usable = Some(&e.stamp) == stamp && e.base.is_same_as(&self.image);
-        let e = self.expected.pop_front().expect("just looked at");
-        usable.then_some(e.after)
+        if self.expected.front()?.stamp.offset != index {
+            return None;
+        }
+        let e = self.expected.pop_front()?;
+        (Some(&e.stamp) == stamp && e.base.is_same_as(&self.image)).then_some(e.after)
     }
 }
 
@@ -209,13 +210,22 @@ pub fn apply_proposal(
     if !chain.admit(index, proposal.stamp.as_ref()) {
         return Ok(false);
     }
+    *image = replayed(image, index, &proposal.batch.0)?;
+    Ok(true)
+}
+
+/// `image` with `records` replayed onto it at offset `index` (`image` itself unchanged).
+fn replayed(
+    image: &MetadataImage,
+    index: u64,
+    records: &[MetadataRecord],
+) -> Result<MetadataImage, kmeta_metadata::image::ReplayError> {
     let offset = LogOffset(index as i64);
     let mut next = image.clone();
-    for record in &proposal.batch.0 {
+    for record in records {
         next.replay(offset, record)?;
     }
-    *image = next;
-    Ok(true)
+    Ok(next)
 }
 
 fn offset_of(log_id: &Option<LogId>) -> LogOffset {
@@ -469,12 +479,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 let admit = inner.chain.admit(index, proposal.stamp.as_ref());
                                 if admit {
                                     debug_assert!(
-                                        inner.image.partition_count() > 10_000 || {
-                                            let mut replayed = inner.image.clone();
-                                            proposal.batch.0.iter().all(|r| {
-                                                replayed.replay(LogOffset(index as i64), r).is_ok()
-                                            }) && replayed == after
-                                        },
+                                        inner.image.partition_count() > 10_000
+                                            || replayed(&inner.image, index, &proposal.batch.0)
+                                                .is_ok_and(|r| r == after),
                                         "an adopted image differs from the replay of its entry"
                                     );
                                     inner.image = after;
@@ -599,14 +606,6 @@ mod tests {
         sm.apply(entries).await.expect("applies");
     }
 
-    fn replayed(base: &MetadataImage, index: u64, records: &[MetadataRecord]) -> MetadataImage {
-        let mut image = base.clone();
-        for r in records {
-            image.replay(LogOffset(index as i64), r).expect("replays");
-        }
-        image
-    }
-
     #[tokio::test]
     async fn the_active_controllers_own_entry_is_applied_as_the_image_it_built_without_a_second_replay(
     ) {
@@ -614,14 +613,14 @@ mod tests {
         let mut sm = StateMachine::open(dir.path()).unwrap();
         let records = vec![feature("metadata.version", 1)];
         let base = sm.image();
-        let after = replayed(&base, 1, &records);
+        let after = replayed(&base, 1, &records).unwrap();
         sm.expect(stamp(SESSION, 1), base, after.clone());
         apply(&mut sm, 1, stamp(SESSION, 1), records.clone()).await;
         // The very image the controller built (shared), not a copy replayed again.
         assert!(sm.image().is_same_as(&after));
         // And the next one chains on it.
         let next = vec![feature("kraft.version", 1)];
-        let after2 = replayed(&after, 2, &next);
+        let after2 = replayed(&after, 2, &next).unwrap();
         sm.expect(stamp(SESSION, 2), after.clone(), after2.clone());
         apply(&mut sm, 2, stamp(SESSION, 2), next).await;
         assert!(sm.image().is_same_as(&after2));
@@ -633,7 +632,7 @@ mod tests {
         let mut sm = StateMachine::open(dir.path()).unwrap();
         let records = vec![feature("metadata.version", 1)];
         // A wrong "after" to tell adoption from replay.
-        let wrong = replayed(&sm.image(), 1, &[feature("metadata.version", 9)]);
+        let wrong = replayed(&sm.image(), 1, &[feature("metadata.version", 9)]).unwrap();
 
         // Another session's proposal at the expected offset.
         let other = SessionId {
@@ -643,18 +642,18 @@ mod tests {
         sm.expect(stamp(other, 1), sm.image(), wrong.clone());
         let base = sm.image();
         apply(&mut sm, 1, stamp(SESSION, 1), records.clone()).await;
-        assert_eq!(sm.image(), replayed(&base, 1, &records));
+        assert_eq!(sm.image(), replayed(&base, 1, &records).unwrap());
         assert_ne!(sm.image(), wrong);
 
         // The expected stamp, but decided on an image that is equal, not the one applied to.
         let next = vec![feature("kraft.version", 1)];
-        let equal_copy = replayed(&MetadataImage::new(), 1, &records);
+        let equal_copy = replayed(&MetadataImage::new(), 1, &records).unwrap();
         assert_eq!(equal_copy, sm.image());
-        let wrong = replayed(&equal_copy, 2, &[feature("kraft.version", 9)]);
+        let wrong = replayed(&equal_copy, 2, &[feature("kraft.version", 9)]).unwrap();
         sm.expect(stamp(SESSION, 2), equal_copy, wrong.clone());
         let base = sm.image();
         apply(&mut sm, 2, stamp(SESSION, 2), next.clone()).await;
-        assert_eq!(sm.image(), replayed(&base, 2, &next));
+        assert_eq!(sm.image(), replayed(&base, 2, &next).unwrap());
         assert_ne!(sm.image(), wrong);
 
         // Forgotten when the session ends.
@@ -663,6 +662,6 @@ mod tests {
         sm.expect(stamp(SESSION, 3), base.clone(), wrong.clone());
         sm.forget_expected();
         apply(&mut sm, 3, stamp(SESSION, 3), last.clone()).await;
-        assert_eq!(sm.image(), replayed(&base, 3, &last));
+        assert_eq!(sm.image(), replayed(&base, 3, &last).unwrap());
     }
 }
