@@ -60,6 +60,7 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("broker.heartbeat.interval.ms", Some("2000")),
     ("broker.session.timeout.ms", Some("9000")),
     ("controller.quorum.election.timeout.ms", Some("1000")),
+    ("controller.quorum.request.timeout.ms", Some("2000")),
     ("num.partitions", Some("1")),
     ("default.replication.factor", Some("1")),
     ("unclean.leader.election.enable", Some("false")),
@@ -117,6 +118,9 @@ pub struct NodeConfig {
     pub session_timeout_ms: u64,
     /// `controller.quorum.election.timeout.ms`.
     pub election_timeout_ms: u64,
+    /// `controller.quorum.request.timeout.ms`: the least time one Raft RPC between
+    /// controllers is given (`raft::network::rpc_deadline`).
+    pub request_timeout_ms: u64,
     /// `num.partitions`.
     pub num_partitions: i32,
     /// `default.replication.factor`.
@@ -416,6 +420,7 @@ impl NodeConfig {
             heartbeat_interval_ms,
             session_timeout_ms,
             election_timeout_ms: number(props, "controller.quorum.election.timeout.ms", 50)?,
+            request_timeout_ms: number(props, "controller.quorum.request.timeout.ms", 1)?,
             num_partitions: number(props, "num.partitions", 1)?,
             default_replication_factor: number(props, "default.replication.factor", 1)?,
             unclean_leader_election_enable: unclean,
@@ -501,6 +506,7 @@ some.future.key=1
         assert_eq!(c.session_timeout_ms, 9000);
         assert_eq!(c.heartbeat_interval_ms, 2000);
         assert_eq!(c.election_timeout_ms, 1000);
+        assert_eq!(c.request_timeout_ms, 2000);
         assert_eq!(c.listener("CONTROLLER").unwrap().addr(), "127.0.0.1:9093");
         assert_eq!(c.unknown_keys, vec!["some.future.key".to_string()]);
     }

@@ -5,7 +5,7 @@ use crate::controller::kafka_api::ControllerService;
 use crate::controller::Controller;
 use crate::kafka::listener::Limits;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{serve, LinkFaults, NetworkFactory, Raft};
+use crate::raft::network::{serve, LinkFaults, NetworkFactory, Raft, DEFAULT_REQUEST_TIMEOUT};
 use crate::raft::state_machine::StateMachine;
 use kmeta_metadata::controller::ControllerConfig;
 use openraft::async_runtime::WatchReceiver;
@@ -47,7 +47,7 @@ impl LocalNode {
         let raft = Raft::new(
             id,
             raft_config,
-            NetworkFactory::with_faults(id, faults),
+            NetworkFactory::with_faults(id, DEFAULT_REQUEST_TIMEOUT, faults),
             log.clone(),
             sm.clone(),
         )

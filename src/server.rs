@@ -339,7 +339,10 @@ async fn start_controller(
     let raft = Raft::new(
         config.node_id,
         raft_config(config)?,
-        NetworkFactory::new(config.node_id),
+        NetworkFactory::new(
+            config.node_id,
+            std::time::Duration::from_millis(config.request_timeout_ms),
+        ),
         log.clone(),
         sm.clone(),
     )

@@ -2,7 +2,8 @@
 //!
 //! Each frame is `[length: u32 big-endian][postcard payload]`, at most `MAX_RAFT_FRAME_BYTES`.
 //! A client keeps one connection per peer and sends one request at a time on it; every call
-//! (connect, write, read) is bounded by the RPC's soft TTL. Any failure drops the connection
+//! (connect, write, read) is bounded by [`rpc_deadline`]: Kafka's
+//! `controller.quorum.request.timeout.ms`, longer for a large frame. Any failure drops the connection
 //! and reports the peer `Unreachable`, so openraft backs off instead of spinning, and a dead
 //! peer never wedges the leader. The server caps connections and closes a connection whose
 //! frame is oversized or malformed, logging why.
@@ -27,6 +28,25 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The largest Raft frame accepted (a full snapshot travels in one frame).
 pub const MAX_RAFT_FRAME_BYTES: usize = 256 * 1024 * 1024;
+/// Kafka's default `controller.quorum.request.timeout.ms`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(2_000);
+
+/// The time given to one Raft RPC whose request frame is `bytes` long: the request timeout,
+/// plus a second for every 8 MiB the peer must receive, decode, append (or install) and fsync.
+///
+/// openraft offers every AppendEntries the heartbeat interval as its TTL (a fifth of the
+/// election timeout: 200 ms at defaults, three quarters of it as the soft TTL) and every
+/// snapshot 200 ms, whatever they carry. A fence at 1,000,000 partitions sends entries of
+/// 10,000 records; on a loaded machine their round trip passed 150 ms, every attempt was
+/// cut off and resent from the start, the followers never acknowledged, and the active
+/// controller lost its lease (`docs/RAFT.md`). Kafka's quorum gives each request 2 s; a peer
+/// that is gone is still noticed at once (a refused connection), and one that went silent
+/// costs its own replication stream this long, never the quorum's.
+pub fn rpc_deadline(request_timeout: Duration, bytes: usize) -> Duration {
+    const BYTES_PER_SECOND: u64 = 8 * 1024 * 1024;
+    request_timeout + Duration::from_millis(bytes as u64 * 1_000 / BYTES_PER_SECOND)
+}
+
 /// The first frame a Raft peer sends on a new connection. The `CONTROLLER` listener serves
 /// both Raft and the Kafka protocol; a Kafka request can never start with it (its first two
 /// bytes would be a negative API key).
@@ -116,13 +136,21 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some(buf))
 }
 
-/// Links that tests have cut: `(from, to)` pairs whose RPCs fail as unreachable. Empty in
-/// production; a test shares one between the nodes of an in-process quorum.
+/// Links that tests have cut or slowed: RPCs over a cut `(from, to)` link fail as unreachable,
+/// RPCs over a slowed one take that much longer (a slow network, or a peer too loaded to
+/// answer sooner). Empty in production; a test shares one between the nodes of an
+/// in-process quorum.
 #[derive(Clone, Debug, Default)]
-pub struct LinkFaults(Arc<std::sync::Mutex<std::collections::BTreeSet<(u64, u64)>>>);
+pub struct LinkFaults(Arc<std::sync::Mutex<Links>>);
+
+#[derive(Debug, Default)]
+struct Links {
+    cut: std::collections::BTreeSet<(u64, u64)>,
+    delay: std::collections::BTreeMap<(u64, u64), Duration>,
+}
 
 impl LinkFaults {
-    fn links(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(u64, u64)>> {
+    fn links(&self) -> std::sync::MutexGuard<'_, Links> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -130,40 +158,58 @@ impl LinkFaults {
     pub fn isolate(&self, node: u64, others: impl IntoIterator<Item = u64>) {
         let mut links = self.links();
         for other in others {
-            links.insert((node, other));
-            links.insert((other, node));
+            links.cut.insert((node, other));
+            links.cut.insert((other, node));
+        }
+    }
+
+    /// Makes every RPC between `node` and each of `others`, both ways, take `delay` longer.
+    pub fn slow_down(&self, node: u64, others: impl IntoIterator<Item = u64>, delay: Duration) {
+        let mut links = self.links();
+        for other in others {
+            links.delay.insert((node, other), delay);
+            links.delay.insert((other, node), delay);
         }
     }
 
     /// Restores every link.
     pub fn heal(&self) {
-        self.links().clear();
+        let mut links = self.links();
+        links.cut.clear();
+        links.delay.clear();
     }
 
     fn blocked(&self, from: u64, to: u64) -> bool {
-        self.links().contains(&(from, to))
+        self.links().cut.contains(&(from, to))
+    }
+
+    fn delay(&self, from: u64, to: u64) -> Duration {
+        let links = self.links();
+        links.delay.get(&(from, to)).copied().unwrap_or_default()
     }
 }
 
 /// Creates clients to peer controllers; nodes carry the peer's `host:port` as `addr`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct NetworkFactory {
     node_id: u64,
+    request_timeout: Duration,
     faults: LinkFaults,
 }
 
 impl NetworkFactory {
-    /// The network of node `node_id`.
-    pub fn new(node_id: u64) -> Self {
-        NetworkFactory {
-            node_id,
-            faults: LinkFaults::default(),
-        }
+    /// The network of node `node_id`; each RPC is given [`rpc_deadline`] of `request_timeout`.
+    pub fn new(node_id: u64, request_timeout: Duration) -> Self {
+        Self::with_faults(node_id, request_timeout, LinkFaults::default())
     }
 
     /// The network of node `node_id`, subject to injected link faults.
-    pub fn with_faults(node_id: u64, faults: LinkFaults) -> Self {
-        NetworkFactory { node_id, faults }
+    pub fn with_faults(node_id: u64, request_timeout: Duration, faults: LinkFaults) -> Self {
+        NetworkFactory {
+            node_id,
+            request_timeout,
+            faults,
+        }
     }
 }
 
@@ -174,6 +220,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         PeerClient {
             addr: node.addr.clone(),
             conn: None,
+            request_timeout: self.request_timeout,
             link: Some((self.node_id, target, self.faults.clone())),
         }
     }
@@ -183,6 +230,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     addr: String,
     conn: Option<TcpStream>,
+    /// See [`rpc_deadline`].
+    request_timeout: Duration,
     link: Option<(u64, u64, LinkFaults)>,
 }
 
@@ -198,7 +247,9 @@ impl PeerClient {
         RPCError::Unreachable(Unreachable::new(&NetError(format!("remote: {msg}"))))
     }
 
-    async fn call(&mut self, request: &Request, ttl: Duration) -> Result<Response, NetError> {
+    /// One request and its response within [`rpc_deadline`] of its encoded size.
+    async fn call(&mut self, request: &Request) -> Result<Response, NetError> {
+        let mut delay = Duration::ZERO;
         if let Some((from, to, faults)) = &self.link {
             if faults.blocked(*from, *to) {
                 self.conn = None;
@@ -206,9 +257,15 @@ impl PeerClient {
                     "link {from}->{to} is cut (injected fault)"
                 )));
             }
+            delay = faults.delay(*from, *to);
         }
         let payload = postcard::to_allocvec(request).map_err(|e| NetError(e.to_string()))?;
-        let result = tokio::time::timeout(ttl, self.exchange(&payload)).await;
+        let ttl = rpc_deadline(self.request_timeout, payload.len());
+        let exchange = async {
+            tokio::time::sleep(delay).await;
+            self.exchange(&payload).await
+        };
+        let result = tokio::time::timeout(ttl, exchange).await;
         match result {
             Ok(Ok(bytes)) => postcard::from_bytes(&bytes).map_err(|e| {
                 self.conn = None;
@@ -246,16 +303,18 @@ fn unreachable(e: NetError) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(&e))
 }
 
+/// Every RPC is bounded by [`rpc_deadline`], not by openraft's `RPCOption` (the heartbeat
+/// interval, whatever the payload).
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self
-            .call(&Request::AppendEntries(rpc), option.soft_ttl())
+            .call(&Request::AppendEntries(rpc))
             .await
             .map_err(unreachable)?
         {
@@ -267,13 +326,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(&Request::Vote(rpc), option.soft_ttl())
-            .await
-            .map_err(unreachable)?
-        {
+        match self.call(&Request::Vote(rpc)).await.map_err(unreachable)? {
             Response::Vote(r) => r.map_err(|m| self.remote_error(m)),
             _ => Err(self.remote_error("mismatched response".into())),
         }
@@ -282,10 +337,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     async fn pre_vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         match self
-            .call(&Request::PreVote(rpc), option.soft_ttl())
+            .call(&Request::PreVote(rpc))
             .await
             .map_err(unreachable)?
         {
@@ -299,15 +354,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         vote: Vote,
         snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let request = Request::FullSnapshot {
             vote,
             meta: snapshot.meta,
             data: snapshot.snapshot,
         };
-        // Snapshots can be large: allow the hard TTL rather than the soft one.
-        let call = self.call(&request, option.hard_ttl());
+        let call = self.call(&request);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             result = call => match result {
@@ -405,9 +459,10 @@ pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatu
     let mut client = PeerClient {
         addr: addr.to_string(),
         conn: None,
+        request_timeout: timeout,
         link: None,
     };
-    match client.call(&Request::Status, timeout).await {
+    match client.call(&Request::Status).await {
         Ok(Response::Status(s)) => Ok(s),
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::InvalidData,

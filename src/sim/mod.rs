@@ -411,6 +411,7 @@ impl World {
             SimNetFactory {
                 from: id,
                 net: self.net.clone(),
+                request_timeout: crate::raft::network::DEFAULT_REQUEST_TIMEOUT,
             },
             log,
             sm.clone(),

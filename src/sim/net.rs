@@ -184,6 +184,9 @@ pub struct SimNetFactory {
     pub from: u64,
     /// The simulation's network.
     pub net: SimNet,
+    /// Each RPC's deadline, as the real network gives it (`network::rpc_deadline`; the
+    /// simulation's messages are small).
+    pub request_timeout: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for SimNetFactory {
@@ -194,6 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for SimNetFactory {
             from: self.from,
             to: target,
             net: self.net.clone(),
+            ttl: self.request_timeout,
         }
     }
 }
@@ -203,6 +207,7 @@ pub struct SimPeer {
     from: u64,
     to: u64,
     net: SimNet,
+    ttl: Duration,
 }
 
 fn unreachable(e: impl std::error::Error + 'static) -> RPCError<TypeConfig> {
@@ -226,15 +231,15 @@ impl SimPeer {
 }
 
 impl SimPeer {
-    /// One RPC within its soft TTL; a lost message or an error answer is `Unreachable`.
-    async fn rpc<T, E, F, Fut>(&self, option: RPCOption, f: F) -> Result<T, RPCError<TypeConfig>>
+    /// One RPC within its deadline; a lost message or an error answer is `Unreachable`.
+    async fn rpc<T, E, F, Fut>(&self, f: F) -> Result<T, RPCError<TypeConfig>>
     where
         E: std::fmt::Display,
         F: FnOnce(Raft) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let call = self.net.call(self.from, self.to, option.soft_ttl(), f);
-        match self.bounded(option.soft_ttl(), call).await {
+        let call = self.net.call(self.from, self.to, self.ttl, f);
+        match self.bounded(self.ttl, call).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(unreachable(SimNetError(e.to_string()))),
             Err(e) => Err(unreachable(e)),
@@ -248,27 +253,26 @@ impl RaftNetworkV2<TypeConfig> for SimPeer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(option, |r| async move { r.append_entries(rpc).await })
+        self.rpc(|r| async move { r.append_entries(rpc).await })
             .await
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(option, |r| async move { r.vote(rpc).await }).await
+        self.rpc(|r| async move { r.vote(rpc).await }).await
     }
 
     async fn pre_vote(
         &mut self,
         rpc: VoteRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.rpc(option, |r| async move { r.pre_vote(rpc).await })
-            .await
+        self.rpc(|r| async move { r.pre_vote(rpc).await }).await
     }
 
     async fn full_snapshot(
@@ -276,14 +280,12 @@ impl RaftNetworkV2<TypeConfig> for SimPeer {
         vote: Vote,
         snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let call = self
-            .net
-            .call(self.from, self.to, option.hard_ttl(), |r| async move {
-                r.install_full_snapshot(vote, snapshot).await
-            });
-        let call = self.bounded(option.hard_ttl(), call);
+        let call = self.net.call(self.from, self.to, self.ttl, |r| async move {
+            r.install_full_snapshot(vote, snapshot).await
+        });
+        let call = self.bounded(self.ttl, call);
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = call => match r {

@@ -248,19 +248,14 @@ async fn a_partitioned_minority_commits_nothing_and_converges_after_healing() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_controller_catches_up_by_snapshot() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("openraft=warn,kmeta=debug")
-        .with_test_writer()
-        .try_init();
-    let mut cluster = Cluster::start(3).await;
+/// Writes 30 batches, then has every node snapshot and drop its log behind the snapshot, so
+/// that a node that lost its files can only catch up by snapshot. Returns the last index.
+async fn snapshot_and_purge_everywhere(cluster: &Cluster) -> u64 {
     let mut last = 0;
     for n in 0..30 {
         last = cluster.write(n).await;
     }
     cluster.wait_applied(last).await;
-    // Every node snapshots and drops its log behind the snapshot.
     for node in cluster.nodes.values() {
         node.raft.trigger().snapshot().await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -272,26 +267,79 @@ async fn a_wiped_controller_catches_up_by_snapshot() {
     for node in cluster.nodes.values() {
         node.raft.trigger().purge_log(last).await.unwrap();
     }
+    last
+}
+
+/// Stops a follower (its files stay). Returns its id.
+async fn stop_a_follower(cluster: &mut Cluster) -> u64 {
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let victim = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     cluster.stop_node(victim).await;
-    std::fs::remove_dir_all(&cluster.dirs[&victim]).unwrap();
-    cluster.restart_node(victim).await.unwrap();
-    // The log it needs is gone everywhere: only a snapshot can bring it up to date.
+    victim
+}
+
+/// Writes once more and checks that every node, `behind` included (which must have
+/// installed a snapshot to get there), holds the same image.
+async fn check_caught_up_by_snapshot(cluster: &Cluster, behind: u64) {
     let index = cluster.write(100).await;
     cluster.wait_applied(index).await;
     let hashes = cluster.hashes();
     assert!(
         hashes.windows(2).all(|w| w[0] == w[1]),
-        "the wiped node holds the same image"
+        "the node that was behind holds the same image"
     );
-    let m = cluster.nodes[&victim]
+    let m = cluster.nodes[&behind]
         .raft
         .metrics()
         .borrow_watched()
         .clone();
-    assert!(m.snapshot.is_some(), "the wiped node installed a snapshot");
-    assert_eq!(cluster.nodes[&victim].sm.image().features().len(), 31);
+    assert!(
+        m.snapshot.is_some(),
+        "the node that was behind installed a snapshot"
+    );
+    assert_eq!(cluster.nodes[&behind].sm.image().features().len(), 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_controller_catches_up_by_snapshot() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("openraft=warn,kmeta=debug")
+        .with_test_writer()
+        .try_init();
+    let mut cluster = Cluster::start(3).await;
+    snapshot_and_purge_everywhere(&cluster).await;
+    let victim = stop_a_follower(&mut cluster).await;
+    std::fs::remove_dir_all(&cluster.dirs[&victim]).unwrap();
+    cluster.restart_node(victim).await.unwrap();
+    // The log it needs is gone everywhere: only a snapshot can bring it up to date.
+    check_caught_up_by_snapshot(&cluster, victim).await;
+    cluster.shutdown().await;
+}
+
+/// Every Raft RPC is given `controller.quorum.request.timeout.ms` (2 s), not openraft's
+/// heartbeat-interval TTL: a follower whose answers take longer than that (a slow network,
+/// a slow disk, a machine saturated by a fence of a million partitions) still receives
+/// entries and snapshots. Before, every attempt to such a follower was cut off after 60 ms
+/// here (150 ms at default settings; 200 ms for a snapshot) and resent from the start, and
+/// it never caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_whose_answers_are_slower_than_the_heartbeat_interval_still_catches_up() {
+    let mut cluster = Cluster::start(3).await;
+    let victim = stop_a_follower(&mut cluster).await;
+    // The others go on without it and drop the log it would need.
+    snapshot_and_purge_everywhere(&cluster).await;
+    let others: Vec<u64> = cluster.nodes.keys().copied().collect();
+    cluster
+        .faults
+        .slow_down(victim, others, Duration::from_millis(250));
+    cluster.restart_node(victim).await.unwrap();
+    check_caught_up_by_snapshot(&cluster, victim).await;
+    // And by the log, entry by entry, over the same slow link.
+    let mut last = 0;
+    for n in 200..210 {
+        last = cluster.write(n).await;
+    }
+    cluster.wait_applied(last).await;
     cluster.shutdown().await;
 }
 
