@@ -282,20 +282,29 @@ impl PeerClient {
         }
     }
 
+    /// Writes a request and reads its response. The connection is taken out of the client
+    /// while the request is on it and put back only once the response is read: a call
+    /// abandoned midway (openraft drops a heartbeat that outlives its own timeout) closes the
+    /// connection with it, so a later call never reads the abandoned call's response as its
+    /// own.
     async fn exchange(&mut self, payload: &[u8]) -> io::Result<Vec<u8>> {
-        if self.conn.is_none() {
-            let mut stream = TcpStream::connect(&self.addr).await?;
-            stream.set_nodelay(true)?;
-            write_frame(&mut stream, RAFT_HELLO).await?;
-            self.conn = Some(stream);
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        write_frame(conn, payload).await?;
-        read_frame(conn, MAX_RAFT_FRAME_BYTES)
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let mut stream = TcpStream::connect(&self.addr).await?;
+                stream.set_nodelay(true)?;
+                write_frame(&mut stream, RAFT_HELLO).await?;
+                stream
+            }
+        };
+        write_frame(&mut conn, payload).await?;
+        let response = read_frame(&mut conn, MAX_RAFT_FRAME_BYTES)
             .await?
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection")
-            })
+            })?;
+        self.conn = Some(conn);
+        Ok(response)
     }
 }
 
@@ -507,4 +516,77 @@ async fn serve_connection(mut stream: TcpStream, raft: Raft, sm: StateMachine) -
         write_frame(&mut stream, &bytes).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::raft::VoteResponse;
+
+    fn vote_request(term: u64) -> Request {
+        Request::Vote(VoteRequest::new(Vote::new(term, 1), None))
+    }
+
+    fn answered_term(response: Response) -> u64 {
+        match response {
+            Response::Vote(Ok(r)) => r.vote.leader_id().term,
+            _ => panic!("not a vote response"),
+        }
+    }
+
+    /// A peer that answers each vote request with its term, taking 300 ms over the first.
+    async fn slow_first_peer() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let _hello = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await;
+                while let Ok(Some(frame)) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await {
+                    let Ok(Request::Vote(rpc)) = postcard::from_bytes(&frame) else {
+                        return;
+                    };
+                    if std::mem::take(&mut first) {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let answer = Response::Vote(Ok(VoteResponse::new(rpc.vote, None, true)));
+                    let bytes = postcard::to_allocvec(&answer).unwrap();
+                    if write_frame(&mut stream, &bytes).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_midway_never_hands_its_response_to_the_next_call() {
+        let mut client = PeerClient {
+            addr: slow_first_peer().await,
+            conn: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            link: None,
+        };
+        // openraft gives up on a heartbeat after its own timeout by dropping the call.
+        let abandoned =
+            tokio::time::timeout(Duration::from_millis(50), client.call(&vote_request(1))).await;
+        assert!(
+            abandoned.is_err(),
+            "the first call outlives its caller's timeout"
+        );
+        let response = client.call(&vote_request(2)).await.unwrap();
+        assert_eq!(
+            answered_term(response),
+            2,
+            "the second call reads its own answer"
+        );
+    }
+
+    #[test]
+    fn a_large_frame_is_given_more_time_than_an_empty_one() {
+        let base = DEFAULT_REQUEST_TIMEOUT;
+        assert_eq!(rpc_deadline(base, 0), base);
+        assert_eq!(rpc_deadline(base, 80 << 20), base + Duration::from_secs(10));
+    }
 }
