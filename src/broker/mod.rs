@@ -475,6 +475,46 @@ async fn keep_session(state: Arc<BrokerState>, stop: watch::Receiver<bool>) {
     }
 }
 
+/// Runs [`keep_session`] on a thread of its own with a runtime of its own, as a Kafka broker's
+/// lifecycle manager has its own event thread, and returns what resolves when it ends.
+///
+/// A broker's runtime workers can be busy for seconds at a time: at 1,000,000 partitions,
+/// hosting what a newly unfenced broker leads and follows took both of them for about ten
+/// seconds, no heartbeat left, and the controller fenced a live broker (twice in one run of
+/// `kmeta bench scale`), moving every leadership it had just taken. Its own thread and
+/// reactor (its connections to the controllers are made there) keep the session whatever
+/// the rest of the broker is doing. Dropping `cancel`'s sender ends the thread.
+fn spawn_session_thread(
+    state: Arc<BrokerState>,
+    stop: watch::Receiver<bool>,
+) -> Result<
+    (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+    String,
+> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("the broker's session runtime: {e}"))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("kmeta-session-{}", state.node_id))
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = keep_session(state, stop) => {}
+                    _ = cancel_rx => {}
+                }
+            });
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| format!("the broker's session thread: {e}"))?;
+    Ok((done_rx, cancel_tx))
+}
+
 /// Runs a broker on `listener` until `shutdown` resolves, then shuts down in a controlled way.
 pub async fn run(
     config: BrokerConfig,
@@ -565,7 +605,7 @@ pub async fn run_with(
     let follower = tokio::spawn(follower::run(state.clone()));
     let gate = tokio::spawn(serve_when_caught_up(state.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let session = tokio::spawn(keep_session(state.clone(), stop_rx));
+    let (session, _cancel_session) = spawn_session_thread(state.clone(), stop_rx)?;
     let hosting = tokio::spawn(host_partitions(state.clone()));
     let isr = tokio::spawn(replica::run(state.clone()));
     let retention = tokio::spawn(state.replicas.clone().retention_loop());

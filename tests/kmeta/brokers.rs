@@ -134,3 +134,79 @@ async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
     broker.shutdown().await.unwrap();
     quorum.stop().await;
 }
+
+/// A broker's heartbeats do not depend on its runtime: with every worker of the runtime the
+/// broker runs on busy for three session timeouts (as hosting a million partitions kept
+/// them for about ten seconds), the controllers never fence it and it keeps its epoch.
+/// Before the heartbeats had a thread of their own, it was fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_runtime_is_busy_for_seconds_keeps_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let session_timeout_ms = 1_000;
+    let config = ControllerConfig {
+        cluster_id: "busy".into(),
+        session_timeout_ms,
+        ..ControllerConfig::default()
+    };
+    let quorum = LocalQuorum::start(3, dir.path(), config).await.unwrap();
+    // The broker on a runtime of its own, with one worker the test can stall.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let port = std_listener.local_addr().unwrap().port();
+    let broker = {
+        let _in_runtime = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        BrokerHandle::spawn(
+            BrokerConfig {
+                node_id: 1,
+                cluster_id: "busy".into(),
+                voters: quorum.addrs.clone(),
+                listener_name: "PLAINTEXT".into(),
+                advertised_host: "127.0.0.1".into(),
+                advertised_port: port,
+                rack: None,
+                heartbeat_interval: Duration::from_millis(200),
+                session_timeout: Duration::from_millis(session_timeout_ms),
+                limits: Limits::default(),
+                extra_listeners: Vec::new(),
+                data: kmeta::broker::replicas::DataConfig::new(dir.path().join("broker-1")),
+                groups: kmeta::broker::group::GroupConfig::default(),
+            },
+            listener,
+        )
+    };
+    let state = broker.state.clone();
+    let start = Instant::now();
+    while state.is_fenced() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the broker never unfenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let epoch = state.broker_epoch();
+    // Every worker of the broker's runtime busy for three session timeouts.
+    let stall = Duration::from_millis(3 * session_timeout_ms);
+    runtime.spawn(async move { std::thread::sleep(stall) });
+    let watched = Instant::now();
+    while watched.elapsed() < stall + Duration::from_millis(session_timeout_ms) {
+        let leader = quorum.leader(Duration::from_secs(5)).await.unwrap();
+        let image = quorum.nodes[&leader].sm.image();
+        let me = image.broker(kmeta_metadata::BrokerId(1)).unwrap();
+        assert!(
+            !me.fenced,
+            "the controllers fenced the broker {:?} into the stall",
+            watched.elapsed()
+        );
+        assert_eq!(me.broker_epoch.0, epoch, "the broker had to register again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.shutdown().await.unwrap();
+    runtime.shutdown_background();
+    quorum.stop().await;
+}
