@@ -23,7 +23,8 @@
 //! starts from the real log end), and it then counts every unfenced broker as just heard from.
 //!
 //! Heartbeats refresh the session tracker directly, before queueing, so a busy loop never
-//! delays the contact time of a live broker (`Controller::heartbeat`). A timer fences one
+//! delays the contact time of a live broker, and a heartbeat waiting for its answer keeps
+//! the session live (`Controller::heartbeat`). A timer fences one
 //! expired broker per tick.
 
 pub mod kafka_api;
@@ -279,15 +280,25 @@ impl Controller {
 
     /// A broker heartbeat: the session is refreshed at once, off the write path; the state
     /// machine step (fence, unfence, shutdown) goes through the loop.
+    ///
+    /// Until it is answered, the broker's session stays live (`heartbeat_received`): the
+    /// broker sends its next heartbeat only after this answer, which can wait behind a loop
+    /// that is busy, or for records to commit. The answer, or this call being dropped, counts
+    /// as a contact then.
     pub async fn heartbeat(
         &self,
         request: BrokerHeartbeatRequest,
     ) -> Result<BrokerHeartbeatReply, ApiError> {
         let now = self.now_ms();
+        let broker = request.broker_id;
         self.tracker
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .touch(request.broker_id, now, request.current_metadata_offset);
+            .heartbeat_received(broker, now, request.current_metadata_offset);
+        let _answered = Answered {
+            controller: self,
+            broker,
+        };
         self.submit(move |ctx| {
             process_heartbeat(
                 ctx.image,
@@ -299,6 +310,23 @@ impl Controller {
             )
         })
         .await
+    }
+}
+
+/// Notes, when dropped, that a heartbeat of `broker` has its answer (or is given up on).
+struct Answered<'a> {
+    controller: &'a Controller,
+    broker: kmeta_metadata::BrokerId,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        let now = self.controller.now_ms();
+        self.controller
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat_answered(self.broker, now);
     }
 }
 

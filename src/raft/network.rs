@@ -147,6 +147,8 @@ pub struct LinkFaults(Arc<std::sync::Mutex<Links>>);
 struct Links {
     cut: std::collections::BTreeSet<(u64, u64)>,
     delay: std::collections::BTreeMap<(u64, u64), Duration>,
+    /// Delays of RPCs that carry entries or a snapshot only (a slow disk).
+    write_delay: std::collections::BTreeMap<(u64, u64), Duration>,
 }
 
 impl LinkFaults {
@@ -172,20 +174,36 @@ impl LinkFaults {
         }
     }
 
+    /// Makes every RPC that carries entries or a snapshot between `node` and each of
+    /// `others`, both ways, take `delay` longer; heartbeats and votes are not slowed (a slow
+    /// disk rather than a slow network).
+    pub fn slow_writes(&self, node: u64, others: impl IntoIterator<Item = u64>, delay: Duration) {
+        let mut links = self.links();
+        for other in others {
+            links.write_delay.insert((node, other), delay);
+            links.write_delay.insert((other, node), delay);
+        }
+    }
+
     /// Restores every link.
     pub fn heal(&self) {
         let mut links = self.links();
         links.cut.clear();
         links.delay.clear();
+        links.write_delay.clear();
     }
 
     fn blocked(&self, from: u64, to: u64) -> bool {
         self.links().cut.contains(&(from, to))
     }
 
-    fn delay(&self, from: u64, to: u64) -> Duration {
+    fn delay(&self, from: u64, to: u64, writes: bool) -> Duration {
         let links = self.links();
-        links.delay.get(&(from, to)).copied().unwrap_or_default()
+        let write_delay = match writes {
+            true => links.write_delay.get(&(from, to)).copied(),
+            false => None,
+        };
+        links.delay.get(&(from, to)).copied().unwrap_or_default() + write_delay.unwrap_or_default()
     }
 }
 
@@ -257,7 +275,12 @@ impl PeerClient {
                     "link {from}->{to} is cut (injected fault)"
                 )));
             }
-            delay = faults.delay(*from, *to);
+            let writes = match request {
+                Request::AppendEntries(rpc) => !rpc.entries.is_empty(),
+                Request::FullSnapshot { .. } => true,
+                _ => false,
+            };
+            delay = faults.delay(*from, *to, writes);
         }
         let payload = postcard::to_allocvec(request).map_err(|e| NetError(e.to_string()))?;
         let ttl = rpc_deadline(self.request_timeout, payload.len());

@@ -323,6 +323,59 @@ async fn a_flood_of_writes_never_fences_a_heartbeating_broker() {
     cluster.shutdown().await;
 }
 
+/// A heartbeat waiting for its answer keeps the broker's session live. A broker sends its
+/// next heartbeat only once the last is answered. A large non-atomic result (a fence or a
+/// controlled shutdown at 1,000,000 partitions is 100 entries) keeps the loop proposing its
+/// entries, one per free place in the pipeline, for as long as their commits take, while
+/// the heartbeat waits in the queue; when the loop came free, the session check that ran
+/// before the heartbeat used to fence the live broker. Commits here are slowed (a slow disk)
+/// so that eight entries take about three session timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_whose_heartbeat_waits_for_a_busy_controller_keeps_its_session() {
+    let cluster = Cluster::start(3).await;
+    let (leader, c) = active(&cluster).await;
+    let epochs = register_and_unfence(&c, &cluster, leader, &[1]).await;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|n| *n != leader)
+        .collect();
+    let slow = Duration::from_millis(SESSION_TIMEOUT_MS * 3 / 2);
+    cluster.faults.slow_writes(leader, followers, slow);
+    for round in 0..4 {
+        let large = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let records = kmeta_metadata::controller::MAX_RECORDS_PER_BATCH * 8;
+                c.submit(move |_| {
+                    Ok(kmeta_metadata::controller::ControllerResult::non_atomic(
+                        vec![MetadataRecord::NoOp; records],
+                        (),
+                    ))
+                })
+                .await
+            })
+        };
+        // Heartbeats as a broker sends them: the next one 50 ms after the answer to the last.
+        while !large.is_finished() {
+            let reply = heartbeat(&c, &cluster, leader, 1, epochs[0]).await.unwrap();
+            assert!(!reply.is_fenced, "fenced in round {round}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        large.await.unwrap().unwrap();
+        let reply = heartbeat(&c, &cluster, leader, 1, epochs[0]).await.unwrap();
+        assert!(!reply.is_fenced, "fenced in round {round}");
+        let image = cluster.nodes[&leader].sm.image();
+        assert!(
+            !image.broker(BrokerId(1)).unwrap().fenced,
+            "fenced in round {round}"
+        );
+    }
+    cluster.faults.heal();
+    cluster.shutdown().await;
+}
+
 /// A forwarded write whose deadline has passed is refused, never decided: a client that gave
 /// up on it must not see it land after its next write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

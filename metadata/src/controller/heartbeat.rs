@@ -6,6 +6,13 @@
 //! found in O(log n). It is rebuilt empty on every new active controller, which then seeds it
 //! with "now" for every unfenced broker (KAFKA-18138 / KAFKA-19130).
 //!
+//! A heartbeat is counted on arrival, and a broker whose heartbeat is still waiting for its
+//! answer (the controller's loop busy, or the answer parked until records commit) has a live
+//! session: a broker sends its next heartbeat only after the answer to the last, so a slow
+//! answer would otherwise fence a broker that did nothing wrong. KRaft gets the same by
+//! handling heartbeats and the session check in one event queue, in order. On the answer, the
+//! contact time becomes the answer's time.
+//!
 //! Times are milliseconds on a monotonic clock the runtime reads; this module never reads one.
 
 use crate::image::MetadataImage;
@@ -21,6 +28,8 @@ pub struct BrokerContact {
     pub metadata_offset: LogOffset,
     /// The offset at which the broker entered controlled shutdown, if it did.
     pub controlled_shutdown_offset: Option<LogOffset>,
+    /// Heartbeats received and not answered yet.
+    pub awaiting_answer: u32,
 }
 
 /// Last-contact times and reported offsets of brokers.
@@ -43,11 +52,37 @@ impl BrokerHeartbeatTracker {
             last_contact_ms: now_ms,
             metadata_offset,
             controlled_shutdown_offset: None,
+            awaiting_answer: 0,
         });
         self.by_contact.remove(&(entry.last_contact_ms, broker));
         entry.last_contact_ms = entry.last_contact_ms.max(now_ms);
         entry.metadata_offset = entry.metadata_offset.max(metadata_offset);
         self.by_contact.insert((entry.last_contact_ms, broker));
+    }
+
+    /// A heartbeat from `broker` arrived at `now_ms` and waits for its answer: a contact, and
+    /// a live session until [`Self::heartbeat_answered`].
+    pub fn heartbeat_received(
+        &mut self,
+        broker: BrokerId,
+        now_ms: u64,
+        metadata_offset: LogOffset,
+    ) {
+        self.touch(broker, now_ms, metadata_offset);
+        if let Some(c) = self.contacts.get_mut(&broker) {
+            c.awaiting_answer += 1;
+        }
+    }
+
+    /// A heartbeat from `broker` was answered (or given up on) at `now_ms`: a contact then. A
+    /// broker forgotten meanwhile (fenced, or registered anew) stays forgotten.
+    pub fn heartbeat_answered(&mut self, broker: BrokerId, now_ms: u64) {
+        let Some(c) = self.contacts.get_mut(&broker) else {
+            return;
+        };
+        c.awaiting_answer = c.awaiting_answer.saturating_sub(1);
+        let offset = c.metadata_offset;
+        self.touch(broker, now_ms, offset);
     }
 
     /// Raises the metadata offset `broker` has applied, learned from its metadata fetches
@@ -93,7 +128,8 @@ impl BrokerHeartbeatTracker {
         }
     }
 
-    /// True when `broker` is unfenced and was heard from within the session timeout.
+    /// True when `broker` is unfenced and was heard from within the session timeout, or has a
+    /// heartbeat waiting for its answer.
     pub fn has_valid_session(
         &self,
         image: &MetadataImage,
@@ -103,14 +139,14 @@ impl BrokerHeartbeatTracker {
     ) -> bool {
         let unfenced = image.broker(broker).is_some_and(|b| !b.fenced);
         unfenced
-            && self
-                .contacts
-                .get(&broker)
-                .is_some_and(|c| c.last_contact_ms + session_timeout_ms >= now_ms)
+            && self.contacts.get(&broker).is_some_and(|c| {
+                c.awaiting_answer > 0 || c.last_contact_ms + session_timeout_ms >= now_ms
+            })
     }
 
     /// The unfenced broker heard from longest ago whose session expired, if any. Fenced or
-    /// unregistered brokers in the tracker are skipped (they have nothing left to expire).
+    /// unregistered brokers in the tracker are skipped (they have nothing left to expire), and
+    /// so are brokers with a heartbeat waiting for its answer.
     pub fn find_stale_broker(
         &self,
         image: &MetadataImage,
@@ -121,7 +157,11 @@ impl BrokerHeartbeatTracker {
             if contact_ms + session_timeout_ms >= now_ms {
                 return None;
             }
-            if image.broker(broker).is_some_and(|b| !b.fenced) {
+            let awaiting = self
+                .contacts
+                .get(&broker)
+                .is_some_and(|c| c.awaiting_answer > 0);
+            if !awaiting && image.broker(broker).is_some_and(|b| !b.fenced) {
                 return Some(broker);
             }
         }

@@ -278,6 +278,45 @@ fn a_broker_heard_from_within_the_timeout_keeps_its_session() {
 }
 
 #[test]
+fn a_broker_whose_heartbeat_awaits_its_answer_keeps_its_session_until_a_timeout_after_the_answer() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1]);
+    let t = h.config.session_timeout_ms;
+    let start = h.now_ms;
+    h.tracker
+        .heartbeat_received(BrokerId(0), start, LogOffset::NONE);
+    // Long past the timeout, its answer still pending: live. Broker 1, silent, is not.
+    h.now_ms = start + 3 * t;
+    assert!(h
+        .tracker
+        .has_valid_session(&h.image, BrokerId(0), h.now_ms, t));
+    let result = fence_stale_broker(&h.image, &h.config, &h.tracker, h.now_ms);
+    assert_eq!(h.commit(result), Some(BrokerId(1)));
+    assert_eq!(
+        fence_stale_broker(&h.image, &h.config, &h.tracker, h.now_ms).reply,
+        None
+    );
+    // Answered: a contact then, and a full timeout from there.
+    let answered = h.now_ms;
+    h.tracker.heartbeat_answered(BrokerId(0), answered);
+    h.now_ms = answered + t;
+    assert_eq!(
+        fence_stale_broker(&h.image, &h.config, &h.tracker, h.now_ms).reply,
+        None
+    );
+    h.now_ms += 1;
+    let result = fence_stale_broker(&h.image, &h.config, &h.tracker, h.now_ms);
+    assert_eq!(h.commit(result), Some(BrokerId(0)));
+    // A broker forgotten while its heartbeat waited (the loop forgets a broker it fences)
+    // stays forgotten.
+    h.tracker
+        .heartbeat_received(BrokerId(0), h.now_ms, LogOffset::NONE);
+    h.tracker.remove(BrokerId(0));
+    h.tracker.heartbeat_answered(BrokerId(0), h.now_ms);
+    assert!(h.tracker.contact(BrokerId(0)).is_none());
+}
+
+#[test]
 fn a_new_active_controller_counts_unfenced_brokers_as_just_heard_from_but_not_fenced_ones() {
     let mut h = Harness::default();
     h.active_brokers(&[0]);
