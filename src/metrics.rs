@@ -58,6 +58,11 @@ pub struct Gauges {
     pub offline_partitions_count: Gauge,
     /// PreferredReplicaImbalanceCount.
     pub preferred_replica_imbalance_count: Gauge,
+    /// Partitions whose ISR is smaller than their replica set, in this node's image (every
+    /// partition, not only those led here; counted at scrape time).
+    pub global_under_replicated_partition_count: Gauge,
+    /// Partitions each registered broker leads, in this node's image.
+    pub partition_leader_count: Family<Vec<(String, String)>, Gauge>,
     /// LastAppliedRecordOffset.
     pub last_applied_record_offset: Gauge,
     /// LastCommittedRecordOffset.
@@ -119,6 +124,16 @@ impl NodeMetrics {
             "PreferredReplicaImbalanceCount",
             "Partitions not led by their preferred replica",
             g.preferred_replica_imbalance_count.clone(),
+        );
+        registry.register(
+            "GlobalUnderReplicatedPartitionCount",
+            "Partitions whose ISR is smaller than their replica set",
+            g.global_under_replicated_partition_count.clone(),
+        );
+        registry.register(
+            "PartitionLeaderCount",
+            "Partitions each registered broker leads",
+            g.partition_leader_count.clone(),
         );
         registry.register(
             "LastAppliedRecordOffset",

@@ -213,6 +213,18 @@ fn metrics_render(
             .set(image.leaderless_count() as i64);
         g.preferred_replica_imbalance_count
             .set(image.imbalanced_partitions().count() as i64);
+        g.global_under_replicated_partition_count.set(
+            image
+                .topics_by_name()
+                .flat_map(|t| t.partitions.values())
+                .filter(|p| p.isr.len() < p.replicas.len())
+                .count() as i64,
+        );
+        for b in image.brokers() {
+            g.partition_leader_count
+                .get_or_create(&vec![("broker".to_string(), b.broker_id.0.to_string())])
+                .set(image.leader_count(b.broker_id) as i64);
+        }
         g.last_applied_record_offset.set(applied);
         g.last_committed_record_offset.set(committed);
         if let Some(state) = &broker {
