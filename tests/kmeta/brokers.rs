@@ -15,6 +15,45 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Broker 1 of `quorum`'s cluster `cluster_id` on `port`, heartbeating every
+/// `heartbeat_ms` with a session of `session_ms`, its data under `dir`.
+fn broker_one(
+    cluster_id: &str,
+    quorum: &LocalQuorum,
+    port: u16,
+    heartbeat_ms: u64,
+    session_ms: u64,
+    dir: &std::path::Path,
+) -> BrokerConfig {
+    BrokerConfig {
+        node_id: 1,
+        cluster_id: cluster_id.into(),
+        voters: quorum.addrs.clone(),
+        listener_name: "PLAINTEXT".into(),
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: port,
+        rack: None,
+        heartbeat_interval: Duration::from_millis(heartbeat_ms),
+        session_timeout: Duration::from_millis(session_ms),
+        limits: Limits::default(),
+        extra_listeners: Vec::new(),
+        data: kmeta::broker::replicas::DataConfig::new(dir.join("broker-1")),
+        groups: kmeta::broker::group::GroupConfig::default(),
+    }
+}
+
+/// Waits until the broker is unfenced (at most 20 s).
+async fn until_unfenced(state: &kmeta::broker::BrokerState) {
+    let start = Instant::now();
+    while state.is_fenced() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the broker never unfenced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,33 +66,11 @@ async fn a_flood_of_forwarded_commits_never_fences_the_broker_carrying_it() {
     let quorum = LocalQuorum::start(3, dir.path(), config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let broker = BrokerHandle::spawn(
-        BrokerConfig {
-            node_id: 1,
-            cluster_id: "flood".into(),
-            voters: quorum.addrs.clone(),
-            listener_name: "PLAINTEXT".into(),
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: listener.local_addr().unwrap().port(),
-            rack: None,
-            heartbeat_interval: Duration::from_millis(300),
-            session_timeout: Duration::from_millis(1_500),
-            limits: Limits::default(),
-            extra_listeners: Vec::new(),
-            data: kmeta::broker::replicas::DataConfig::new(dir.path().join("broker-1")),
-            groups: kmeta::broker::group::GroupConfig::default(),
-        },
-        listener,
-    );
+    let port = listener.local_addr().unwrap().port();
+    let config = broker_one("flood", &quorum, port, 300, 1_500, dir.path());
+    let broker = BrokerHandle::spawn(config, listener);
     let state = broker.state.clone();
-    let start = Instant::now();
-    while state.is_fenced() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the broker never unfenced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_unfenced(&state).await;
     let mut admin = KafkaClient::connect(&addr, "t", Duration::from_secs(10))
         .await
         .unwrap();
@@ -161,34 +178,11 @@ async fn a_broker_whose_runtime_is_busy_for_seconds_keeps_its_session() {
     let broker = {
         let _in_runtime = runtime.enter();
         let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-        BrokerHandle::spawn(
-            BrokerConfig {
-                node_id: 1,
-                cluster_id: "busy".into(),
-                voters: quorum.addrs.clone(),
-                listener_name: "PLAINTEXT".into(),
-                advertised_host: "127.0.0.1".into(),
-                advertised_port: port,
-                rack: None,
-                heartbeat_interval: Duration::from_millis(200),
-                session_timeout: Duration::from_millis(session_timeout_ms),
-                limits: Limits::default(),
-                extra_listeners: Vec::new(),
-                data: kmeta::broker::replicas::DataConfig::new(dir.path().join("broker-1")),
-                groups: kmeta::broker::group::GroupConfig::default(),
-            },
-            listener,
-        )
+        let config = broker_one("busy", &quorum, port, 200, session_timeout_ms, dir.path());
+        BrokerHandle::spawn(config, listener)
     };
     let state = broker.state.clone();
-    let start = Instant::now();
-    while state.is_fenced() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the broker never unfenced"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_unfenced(&state).await;
     let epoch = state.broker_epoch();
     // Every worker of the broker's runtime busy for three session timeouts.
     let stall = Duration::from_millis(3 * session_timeout_ms);
