@@ -480,8 +480,8 @@ async fn keep_session(state: Arc<BrokerState>, stop: watch::Receiver<bool>) {
 ///
 /// A broker's runtime workers can be busy for seconds at a time: at 1,000,000 partitions,
 /// hosting what a newly unfenced broker leads and follows took both of them for about ten
-/// seconds, no heartbeat left, and the controller fenced a live broker (twice in one run of
-/// `kmeta bench scale`), moving every leadership it had just taken. Its own thread and
+/// seconds, no heartbeat left, and the controller fenced live brokers (five times in one run
+/// of `kmeta bench scale`), moving every leadership it had just taken. Its own thread and
 /// reactor (its connections to the controllers are made there) keep the session whatever
 /// the rest of the broker is doing. Dropping `cancel`'s sender ends the thread.
 fn spawn_session_thread(

@@ -159,19 +159,15 @@ impl LinkFaults {
     /// Cuts every link between `node` and each of `others`, both ways.
     pub fn isolate(&self, node: u64, others: impl IntoIterator<Item = u64>) {
         let mut links = self.links();
-        for other in others {
-            links.cut.insert((node, other));
-            links.cut.insert((other, node));
-        }
+        links.cut.extend(both_ways(node, others));
     }
 
     /// Makes every RPC between `node` and each of `others`, both ways, take `delay` longer.
     pub fn slow_down(&self, node: u64, others: impl IntoIterator<Item = u64>, delay: Duration) {
         let mut links = self.links();
-        for other in others {
-            links.delay.insert((node, other), delay);
-            links.delay.insert((other, node), delay);
-        }
+        links
+            .delay
+            .extend(both_ways(node, others).map(|l| (l, delay)));
     }
 
     /// Makes every RPC that carries entries or a snapshot between `node` and each of
@@ -179,10 +175,9 @@ impl LinkFaults {
     /// disk rather than a slow network).
     pub fn slow_writes(&self, node: u64, others: impl IntoIterator<Item = u64>, delay: Duration) {
         let mut links = self.links();
-        for other in others {
-            links.write_delay.insert((node, other), delay);
-            links.write_delay.insert((other, node), delay);
-        }
+        links
+            .write_delay
+            .extend(both_ways(node, others).map(|l| (l, delay)));
     }
 
     /// Restores every link.
@@ -199,12 +194,25 @@ impl LinkFaults {
 
     fn delay(&self, from: u64, to: u64, writes: bool) -> Duration {
         let links = self.links();
-        let write_delay = match writes {
-            true => links.write_delay.get(&(from, to)).copied(),
-            false => None,
-        };
-        links.delay.get(&(from, to)).copied().unwrap_or_default() + write_delay.unwrap_or_default()
+        let delay = links.delay.get(&(from, to)).copied().unwrap_or_default();
+        let write_delay = links
+            .write_delay
+            .get(&(from, to))
+            .copied()
+            .unwrap_or_default();
+        if writes {
+            delay + write_delay
+        } else {
+            delay
+        }
     }
+}
+
+/// The links `(node, other)` and `(other, node)` for each of `others`.
+fn both_ways(node: u64, others: impl IntoIterator<Item = u64>) -> impl Iterator<Item = (u64, u64)> {
+    others
+        .into_iter()
+        .flat_map(move |other| [(node, other), (other, node)])
 }
 
 /// Creates clients to peer controllers; nodes carry the peer's `host:port` as `addr`.
@@ -294,14 +302,9 @@ impl PeerClient {
                 self.conn = None;
                 NetError(format!("bad response from {}: {e}", self.addr))
             }),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(NetError(format!("{}: {e}", self.addr)))
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(NetError(format!("{}: no answer within {ttl:?}", self.addr)))
-            }
+            // A failed or abandoned exchange took its connection with it.
+            Ok(Err(e)) => Err(NetError(format!("{}: {e}", self.addr))),
+            Err(_) => Err(NetError(format!("{}: no answer within {ttl:?}", self.addr))),
         }
     }
 
