@@ -212,14 +212,9 @@ fn metrics_render(
         g.offline_partitions_count
             .set(image.leaderless_count() as i64);
         g.preferred_replica_imbalance_count
-            .set(image.imbalanced_partitions().count() as i64);
-        g.global_under_replicated_partition_count.set(
-            image
-                .topics_by_name()
-                .flat_map(|t| t.partitions.values())
-                .filter(|p| p.isr.len() < p.replicas.len())
-                .count() as i64,
-        );
+            .set(image.imbalanced_count() as i64);
+        g.global_under_replicated_partition_count
+            .set(image.under_replicated_count() as i64);
         for b in image.brokers() {
             g.partition_leader_count
                 .get_or_create(&vec![("broker".to_string(), b.broker_id.0.to_string())])
@@ -228,22 +223,13 @@ fn metrics_render(
         g.last_applied_record_offset.set(applied);
         g.last_committed_record_offset.set(committed);
         if let Some(state) = &broker {
-            let (mut hosted, mut leading, mut under, mut under_min, mut bytes) = (0, 0, 0, 0, 0);
-            for p in state.replicas.all() {
-                let (leads, isr, replicas, min_isr, size) = p.health();
-                hosted += 1;
-                bytes += size as i64;
-                if leads {
-                    leading += 1;
-                    under += (isr < replicas) as i64;
-                    under_min += (isr < min_isr) as i64;
-                }
-            }
-            g.partition_count.set(hosted);
-            g.leader_count.set(leading);
-            g.under_replicated_partitions.set(under);
-            g.under_min_isr_partition_count.set(under_min);
-            g.log_size_bytes.set(bytes);
+            // Kept in step by each partition as it changes: no scan of what is hosted.
+            let t = state.replicas.change_log.totals.now();
+            g.partition_count.set(t.hosted);
+            g.leader_count.set(t.leading);
+            g.under_replicated_partitions.set(t.under_replicated);
+            g.under_min_isr_partition_count.set(t.under_min_isr);
+            g.log_size_bytes.set(t.log_bytes);
         }
         m.encode()
     })

@@ -66,7 +66,12 @@ impl PartitionRegistration {
         self.replicas.first().copied().unwrap_or(BrokerId::NONE)
     }
 
-    /// True while a reassignment is in flight.
+    /// True when the ISR is smaller than the replica set.
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+
+    /// True while a reassignment is in flight (adding or removing replicas).
     pub fn is_reassigning(&self) -> bool {
         !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
     }
@@ -257,6 +262,9 @@ pub struct MetadataImage {
     leader_counts: OrdMap<BrokerId, usize>,
     groups_by_topic: OrdMap<TopicId, OrdSet<String>>,
     partition_count: usize,
+    /// Partitions whose ISR is smaller than their replica set, so that the gauge of them is
+    /// read without a scan.
+    under_replicated_count: usize,
 }
 
 impl MetadataImage {
@@ -288,6 +296,7 @@ impl MetadataImage {
             leader_counts,
             groups_by_topic,
             partition_count,
+            under_replicated_count,
         } = self;
         *offset == other.offset
             && brokers.ptr_eq(&other.brokers)
@@ -304,6 +313,7 @@ impl MetadataImage {
             && leader_counts.ptr_eq(&other.leader_counts)
             && groups_by_topic.ptr_eq(&other.groups_by_topic)
             && *partition_count == other.partition_count
+            && *under_replicated_count == other.under_replicated_count
     }
 
     /// The offset of the last record replayed, or `LogOffset::NONE`.
@@ -359,6 +369,18 @@ impl MetadataImage {
     /// Number of partitions across all topics.
     pub fn partition_count(&self) -> usize {
         self.partition_count
+    }
+
+    /// Number of partitions whose ISR is smaller than their replica set (the cluster-wide
+    /// under-replicated count).
+    pub fn under_replicated_count(&self) -> usize {
+        self.under_replicated_count
+    }
+
+    /// Number of partitions whose leader is not the preferred replica (Kafka's
+    /// PreferredReplicaImbalanceCount).
+    pub fn imbalanced_count(&self) -> usize {
+        self.imbalanced.len()
     }
 
     /// One partition.
@@ -654,6 +676,12 @@ impl MetadataImage {
         set_membership(&mut self.reassigning, tp, new.is_reassigning());
         set_membership(&mut self.imbalanced, tp, new.has_imbalanced_leader());
         set_membership(&mut self.leaderless, tp, new.leader.is_none());
+        let was_under = old.is_some_and(|p| p.is_under_replicated());
+        match (was_under, new.is_under_replicated()) {
+            (false, true) => self.under_replicated_count += 1,
+            (true, false) => self.under_replicated_count -= 1,
+            _ => {}
+        }
         let old_leader = old.map_or(BrokerId::NONE, |p| p.leader);
         if old_leader != new.leader {
             self.count_leader(old_leader, -1);
@@ -723,6 +751,7 @@ impl MetadataImage {
             self.imbalanced.remove(&tp);
             self.leaderless.remove(&tp);
             self.count_leader(p.leader, -1);
+            self.under_replicated_count -= usize::from(p.is_under_replicated());
         }
         self.partition_count -= topic.partitions.len();
         self.configs.remove(&ConfigResource::topic(&topic.name));
@@ -941,6 +970,7 @@ impl MetadataImage {
             leader_counts: &self.leader_counts,
             groups_by_topic: &self.groups_by_topic,
             partition_count: self.partition_count,
+            under_replicated_count: self.under_replicated_count,
         }
     }
 }
@@ -954,6 +984,7 @@ pub(crate) struct DerivedIndexes<'a> {
     pub leader_counts: &'a OrdMap<BrokerId, usize>,
     pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<String>>,
     pub partition_count: usize,
+    pub under_replicated_count: usize,
 }
 
 fn set_membership(set: &mut OrdSet<TopicIdPartition>, tp: TopicIdPartition, member: bool) {

@@ -18,12 +18,14 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
     let mut leaderless = OrdSet::new();
     let mut leader_counts: std::collections::BTreeMap<BrokerId, usize> = Default::default();
     let mut partitions = 0usize;
+    let mut under_replicated = 0usize;
     for topic in image.topics_by_name() {
         if image.topic_id(&topic.name) != Some(topic.id) {
             faults.push(format!("topic {} is not indexed by name", topic.name));
         }
         for (&index, p) in topic.partitions.iter() {
             partitions += 1;
+            under_replicated += usize::from(p.is_under_replicated());
             let tp = TopicIdPartition {
                 topic_id: topic.id,
                 partition: index,
@@ -92,6 +94,12 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
         faults.push(format!(
             "partition count {} but {partitions} partitions",
             derived.partition_count
+        ));
+    }
+    if derived.under_replicated_count != under_replicated {
+        faults.push(format!(
+            "under-replicated count {} but {under_replicated} partitions under-replicated",
+            derived.under_replicated_count
         ));
     }
     for group in image.groups() {

@@ -1,6 +1,7 @@
 //! The partitions that changed, in order: a bounded log each fetch session and replica
 //! fetcher reads from its own cursor, so that what it looks at per fetch grows with what
-//! changed on the broker, not with how many partitions it holds.
+//! changed on the broker, not with how many partitions it holds. Beside it, the broker's
+//! [`Totals`] (what its metrics report), moved by each change rather than counted by a scan.
 //!
 //! A partition is pushed whenever its version moves ([`super::partition::Partition::version`]),
 //! with its state lock held, so a reader that sees the entry and then takes that lock sees the
@@ -9,6 +10,7 @@
 
 use kmeta_metadata::TopicIdPartition;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 /// Entries kept (a repeated partition takes one each time; readers skip what they hold no
@@ -19,6 +21,110 @@ pub const CAPACITY: usize = 1 << 18;
 #[derive(Default)]
 pub struct ChangeLog {
     inner: Mutex<Inner>,
+    /// What the partitions announced here add up to.
+    pub totals: Totals,
+}
+
+/// What one hosted replica adds to its broker's [`Totals`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// It leads.
+    pub leads: bool,
+    /// It leads with an ISR smaller than its replica set.
+    pub under_replicated: bool,
+    /// It leads with an ISR smaller than its effective `min.insync.replicas`.
+    pub under_min_isr: bool,
+    /// Its log's size on disk.
+    pub log_bytes: u64,
+}
+
+/// The sums of [`Health`] over a broker's hosted replicas, kept in step by each replica as
+/// it changes (under its own lock), so that reading them costs nothing per partition.
+#[derive(Debug, Default)]
+pub struct Totals {
+    hosted: AtomicI64,
+    leading: AtomicI64,
+    under_replicated: AtomicI64,
+    under_min_isr: AtomicI64,
+    log_bytes: AtomicI64,
+}
+
+/// A reading of [`Totals`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TotalsNow {
+    /// Replicas hosted.
+    pub hosted: i64,
+    /// Replicas led.
+    pub leading: i64,
+    /// Led replicas under-replicated.
+    pub under_replicated: i64,
+    /// Led replicas under their min ISR.
+    pub under_min_isr: i64,
+    /// Bytes in all hosted logs.
+    pub log_bytes: i64,
+}
+
+impl TotalsNow {
+    /// Adds one replica's health.
+    pub fn add(&mut self, h: Health) {
+        self.hosted += 1;
+        self.leading += i64::from(h.leads);
+        self.under_replicated += i64::from(h.under_replicated);
+        self.under_min_isr += i64::from(h.under_min_isr);
+        self.log_bytes += h.log_bytes as i64;
+    }
+}
+
+impl Totals {
+    /// A replica starts being counted with `h`.
+    pub fn join(&self, h: Health) {
+        self.hosted.fetch_add(1, Ordering::Relaxed);
+        self.shift(Health::default(), h);
+    }
+
+    /// A replica last counted with `h` stops being counted.
+    pub fn leave(&self, h: Health) {
+        self.hosted.fetch_sub(1, Ordering::Relaxed);
+        self.shift(h, Health::default());
+    }
+
+    /// A counted replica's health went from `before` to `after`.
+    pub fn shift(&self, before: Health, after: Health) {
+        let flag = |counter: &AtomicI64, was: bool, is: bool| {
+            if was != is {
+                counter.fetch_add(if is { 1 } else { -1 }, Ordering::Relaxed);
+            }
+        };
+        flag(&self.leading, before.leads, after.leads);
+        flag(
+            &self.under_replicated,
+            before.under_replicated,
+            after.under_replicated,
+        );
+        flag(
+            &self.under_min_isr,
+            before.under_min_isr,
+            after.under_min_isr,
+        );
+        if before.log_bytes != after.log_bytes {
+            self.log_bytes.fetch_add(
+                after.log_bytes as i64 - before.log_bytes as i64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The sums now (each exact; read one after another, so a change in between may show in
+    /// some and not yet in others).
+    pub fn now(&self) -> TotalsNow {
+        TotalsNow {
+            hosted: self.hosted.load(Ordering::Relaxed),
+            leading: self.leading.load(Ordering::Relaxed),
+            under_replicated: self.under_replicated.load(Ordering::Relaxed),
+            under_min_isr: self.under_min_isr.load(Ordering::Relaxed),
+            log_bytes: self.log_bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -7,12 +7,13 @@
 //! write to the page cache). Waiting (acks=all, long polls) happens outside, on
 //! [`super::replicas::Replicas::changes`].
 
+use super::changes::Health;
 use super::log::batch::{self, BatchHeader};
 use super::log::producers::Check;
 use super::log::{LogConfig, PartitionLog};
 use bytes::Bytes;
 use kmeta_metadata::{ErrorCode, TopicIdPartition};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Milliseconds on a monotonic clock (follower lag and ISR timing).
 pub fn mono_ms() -> i64 {
@@ -160,6 +161,17 @@ impl State {
         self.pending.as_ref().map_or(&self.isr, |p| &p.maximal)
     }
 
+    /// What this replica adds to its broker's totals.
+    fn health(&self) -> Health {
+        let leads = self.role == Role::Leader;
+        Health {
+            leads,
+            under_replicated: leads && self.isr.len() < self.replicas.len(),
+            under_min_isr: leads && self.isr.len() < self.effective_min_isr(),
+            log_bytes: self.log.size_bytes(),
+        }
+    }
+
     fn effective_min_isr(&self) -> usize {
         self.config
             .min_insync_replicas
@@ -301,6 +313,38 @@ pub struct Partition {
     filed: std::sync::atomic::AtomicI32,
 }
 
+/// A partition's state locked by a step that may change its [`Health`]: when the step lets
+/// go, the broker's totals take in how the health moved.
+struct Changing<'a> {
+    partition: &'a Partition,
+    state: MutexGuard<'a, State>,
+    before: Health,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let after = self.state.health();
+        if after != self.before {
+            if let Some(changes) = self.partition.counted_in() {
+                changes.totals.shift(self.before, after);
+            }
+        }
+    }
+}
+
 /// An error on a partition, with the marks to report alongside where known.
 pub type PartitionError = (ErrorCode, Option<Marks>);
 
@@ -351,15 +395,33 @@ impl Partition {
             .store(leader.unwrap_or(-1), std::sync::atomic::Ordering::Release);
     }
 
-    /// Announces each later version change in `changes`.
+    /// Announces each later version change in `changes`, and counts this replica in its
+    /// totals from now until [`Self::mark_removed`].
     pub fn announce_to(&self, changes: Arc<super::changes::ChangeLog>) {
-        let _ = self.changes.set(changes);
+        // Under the lock, so that no step is halfway between its health before and after.
+        let s = self.lock();
+        if !self.is_removed() && self.changes.get().is_none() {
+            changes.totals.join(s.health());
+            let _ = self.changes.set(changes);
+        }
     }
 
-    /// Marks this replica as no longer hosted.
+    /// Marks this replica as no longer hosted (and no longer counted in the totals).
     pub fn mark_removed(&self) {
+        let s = self.lock();
+        if let Some(changes) = self.counted_in() {
+            changes.totals.leave(s.health());
+        }
         self.removed
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Where this replica is counted, if it is.
+    fn counted_in(&self) -> Option<&super::changes::ChangeLog> {
+        self.changes
+            .get()
+            .filter(|_| !self.is_removed())
+            .map(|c| c.as_ref())
     }
 
     /// True once this replica is no longer hosted here.
@@ -367,8 +429,20 @@ impl Partition {
         self.removed.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks for a step that may change the role, the ISR, the replicas, the config or the
+    /// log's size (see [`Changing`]).
+    fn lock_to_change(&self) -> Changing<'_> {
+        let state = self.lock();
+        let before = state.health();
+        Changing {
+            partition: self,
+            state,
+            before,
+        }
     }
 
     /// The version (see the field): unchanged means no fetch would see anything new.
@@ -417,7 +491,7 @@ impl Partition {
     ) -> std::io::Result<bool> {
         let config = config.into();
         let now = mono_ms();
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         self.bump(&s);
         if s.config != config {
             s.log.set_config(config.log.clone());
@@ -487,7 +561,7 @@ impl Partition {
         wall_ms: i64,
     ) -> Result<Produced, PartitionError> {
         let now = mono_ms();
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         s.check_leader(-1).map_err(|e| (e, None))?;
         if acks == -1 && s.isr.len() < s.effective_min_isr() {
             return Err((ErrorCode::NotEnoughReplicas, None));
@@ -733,7 +807,7 @@ impl Partition {
         leader_hw: i64,
         leader_log_start: i64,
     ) -> Result<bool, String> {
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         self.bump(&s);
         if s.role == Role::Leader || s.leader_epoch != leader_epoch {
             return Ok(false);
@@ -763,7 +837,7 @@ impl Partition {
         epoch: i32,
         end_offset: i64,
     ) -> std::io::Result<Option<i64>> {
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         self.bump(&s);
         if s.role == Role::Leader || s.leader_epoch != leader_epoch {
             return Ok(None);
@@ -793,7 +867,7 @@ impl Partition {
         leader_log_start: i64,
         leader_hw: i64,
     ) -> std::io::Result<()> {
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         self.bump(&s);
         if s.role == Role::Leader || s.leader_epoch != leader_epoch {
             return Ok(());
@@ -954,7 +1028,7 @@ impl Partition {
     /// error. Kafka's `handleAlterPartitionUpdate`/`handleAlterPartitionError` rules.
     pub fn isr_result(&self, result: Result<LeaderAndIsr, ErrorCode>) -> bool {
         let now = mono_ms();
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         self.bump(&s);
         if s.pending.is_none() || s.role != Role::Leader {
             return false;
@@ -980,7 +1054,7 @@ impl Partition {
 
     /// Retention (leader and followers alike, never at or above the HW).
     pub fn enforce_retention(&self, wall_ms: i64) -> std::io::Result<usize> {
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         let hw = s.high_watermark;
         let deleted = s.log.enforce_retention(hw, wall_ms)?;
         if deleted > 0 {
@@ -998,7 +1072,7 @@ impl Partition {
     /// then refuses every request: its role is "follower of nobody" in an epoch no request
     /// can name.
     pub fn delete(&self) -> std::io::Result<()> {
-        let mut s = self.lock();
+        let mut s = self.lock_to_change();
         self.bump(&s);
         s.role = Role::Follower { leader: -1 };
         s.leader_epoch = i32::MAX;
@@ -1006,16 +1080,9 @@ impl Partition {
         s.log.delete()
     }
 
-    /// For metrics: `(leads, ISR size, replicas, effective min ISR, log bytes)`.
-    pub fn health(&self) -> (bool, usize, usize, usize, u64) {
-        let s = self.lock();
-        (
-            s.role == Role::Leader,
-            s.isr.len(),
-            s.replicas.len(),
-            s.effective_min_isr(),
-            s.log.size_bytes(),
-        )
+    /// What this replica adds to its broker's totals now.
+    pub fn health(&self) -> Health {
+        self.lock().health()
     }
 
     /// The pending proposal's ISR, for diagnostics.
@@ -1372,6 +1439,78 @@ mod tests {
         assert!(leader.isr_proposal(|_| false).is_none());
         let expand = leader.isr_proposal(|_| true).expect("an expansion");
         assert_eq!(expand.isr, vec![1, 2]);
+    }
+
+    #[test]
+    fn the_broker_totals_move_with_every_change_as_a_count_of_each_replica_would() {
+        use crate::broker::changes::{ChangeLog, TotalsNow};
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(ChangeLog::default());
+        // Followers fall out of the ISR after 50 ms without a fetch.
+        let config = |min_isr| PartitionConfig {
+            replica_lag_ms: 50,
+            ..config(min_isr)
+        };
+        let open = |me: i32| {
+            Partition::open(
+                tp(),
+                "t".into(),
+                me,
+                dir.path().join(format!("b{me}")),
+                config(2),
+            )
+            .unwrap()
+        };
+        let (b1, b2) = (open(1), open(2));
+        let counted = |ps: &[&Partition]| {
+            let mut t = TotalsNow::default();
+            for p in ps.iter().filter(|p| p.counted_in().is_some()) {
+                t.add(p.health());
+            }
+            t
+        };
+        let check = |step: &str| {
+            assert_eq!(log.totals.now(), counted(&[&b1, &b2]), "after {step}");
+        };
+        check("nothing announced");
+        b1.announce_to(log.clone());
+        b2.announce_to(log.clone());
+        check("two empty replicas announced");
+        b1.apply(&state(1, 1, &[1, 2]), config(2)).unwrap();
+        b2.apply(&state(1, 1, &[1, 2]), config(2)).unwrap();
+        check("1 leads, under-replicated (3 replicas, ISR 2)");
+        assert_eq!(log.totals.now().under_replicated, 1);
+        produce(&b1, "a").unwrap();
+        produce(&b1, "b").unwrap();
+        while fetch_round(&b1, &b2, 2) {}
+        check("appends on the leader and the follower");
+        assert!(log.totals.now().log_bytes > 0);
+        // 2 falls behind.
+        produce(&b1, "c").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert_eq!(b1.isr_proposal(|_| true).expect("a shrink").isr, vec![1]);
+        b1.isr_result(Ok(LeaderAndIsr {
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 2,
+            replicas: vec![],
+            isr: vec![1],
+        }));
+        check("the leader's own ISR change, answered");
+        assert_eq!(log.totals.now().under_min_isr, 1);
+        b1.apply(&state(2, 2, &[2]), config(3)).unwrap();
+        b2.apply(&state(2, 2, &[2]), config(3)).unwrap();
+        check("leadership moved, a new min ISR");
+        assert_eq!(log.totals.now().leading, 1);
+        b2.append_as_leader(&build(&[b"d"], 1, None), 1, 1).unwrap();
+        fetch_round(&b2, &b1, 1);
+        check("the new leader's history fetched");
+        b2.mark_removed();
+        check("one replica removed");
+        b2.mark_removed();
+        b2.announce_to(log.clone());
+        check("removed twice, announced again");
+        assert_eq!(log.totals.now().hosted, 1);
     }
 
     #[test]
