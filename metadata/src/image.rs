@@ -408,6 +408,13 @@ impl MetadataImage {
             })
     }
 
+    /// How many partitions list `broker` as a replica: O(topics it hosts).
+    pub fn partition_count_on_broker(&self, broker: BrokerId) -> usize {
+        self.partitions_by_broker
+            .get(&broker)
+            .map_or(0, |topics| topics.values().map(|ix| ix.len()).sum())
+    }
+
     /// Partitions with a reassignment in flight.
     pub fn reassigning_partitions(&self) -> impl Iterator<Item = TopicIdPartition> + '_ {
         self.reassigning.iter().copied()

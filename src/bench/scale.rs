@@ -98,6 +98,9 @@ struct Nodes {
     keep: bool,
     partitions: usize,
     node_log: String,
+    /// The highest resident memory (`VmHWM`) each node reached, over all its processes so
+    /// far: read before each kill and at the end.
+    peak_rss_mib: BTreeMap<u64, f64>,
 }
 
 impl Drop for Nodes {
@@ -202,6 +205,7 @@ impl Nodes {
             keep: o.keep,
             partitions: o.partitions,
             node_log: o.node_log.clone(),
+            peak_rss_mib: BTreeMap::new(),
         };
         for id in CONTROLLERS.iter().chain(&BROKERS) {
             nodes.format(*id)?;
@@ -243,7 +247,26 @@ impl Nodes {
         Ok(())
     }
 
+    /// Notes node `id`'s peak resident memory so far (its process's `VmHWM`).
+    fn note_peak(&mut self, id: u64) {
+        if let Some(mib) = self.status_mib(id, "VmHWM:") {
+            let peak = self.peak_rss_mib.entry(id).or_insert(0.0);
+            *peak = peak.max(mib);
+        }
+    }
+
+    /// The highest peak of any of `ids` (after noting each one's current process).
+    fn peak_of(&mut self, ids: &[u64]) -> Option<f64> {
+        for id in ids {
+            self.note_peak(*id);
+        }
+        ids.iter()
+            .filter_map(|id| self.peak_rss_mib.get(id).copied())
+            .reduce(f64::max)
+    }
+
     fn kill(&mut self, id: u64) {
+        self.note_peak(id);
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.kill();
             let _ = c.wait();
@@ -252,6 +275,7 @@ impl Nodes {
 
     /// SIGTERM to `id`; the time until it exited, if it did within `within`.
     async fn terminate(&mut self, id: u64, within: Duration) -> Option<Duration> {
+        self.note_peak(id);
         let mut child = self.children.remove(&id)?;
         let start = Instant::now();
         // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
@@ -306,11 +330,16 @@ impl Nodes {
     }
 
     fn rss_mib(&self, id: u64) -> Option<f64> {
+        self.status_mib(id, "VmRSS:")
+    }
+
+    /// A memory figure of node `id`'s `/proc/<pid>/status`, in MiB.
+    fn status_mib(&self, id: u64, field: &str) -> Option<f64> {
         let pid = self.children.get(&id)?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kb: f64 = status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
+            .find(|l| l.starts_with(field))?
             .split_whitespace()
             .nth(1)?
             .parse()
@@ -540,17 +569,40 @@ async fn create(addr: &str, topics: Vec<CreatableTopic>) -> Result<(), String> {
     let mut k = connect(addr)
         .await
         .ok_or_else(|| format!("cannot connect to {addr}"))?;
-    let r = k
-        .send(&CreateTopicsRequest::default().with_topics(topics), 7)
-        .await
-        .map_err(|e| format!("CreateTopics: {e}"))?;
-    for t in &r.topics {
-        if t.error_code != 0 {
-            return Err(format!(
-                "CreateTopics of {}: error {} {:?}",
-                t.name.0, t.error_code, t.error_message
-            ));
+    // NOT_CONTROLLER (a controller election under way) is retried, as admin clients do;
+    // a topic created by an attempt that was answered late is not an error on the next.
+    let mut topics = topics;
+    for attempt in 0.. {
+        let r = k
+            .send(
+                &CreateTopicsRequest::default().with_topics(topics.clone()),
+                7,
+            )
+            .await
+            .map_err(|e| format!("CreateTopics: {e}"))?;
+        let mut retry = Vec::new();
+        for t in &r.topics {
+            match t.error_code {
+                0 => {}
+                36 if attempt > 0 => {} // TOPIC_ALREADY_EXISTS: an earlier attempt's.
+                41 if attempt < 250 => {
+                    if let Some(c) = topics.iter().find(|c| c.name == t.name) {
+                        retry.push(c.clone());
+                    }
+                }
+                code => {
+                    return Err(format!(
+                        "CreateTopics of {}: error {code} {:?}",
+                        t.name.0, t.error_message
+                    ))
+                }
+            }
         }
+        if retry.is_empty() {
+            break;
+        }
+        topics = retry;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }
@@ -774,6 +826,9 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
         ms(bal.map(|_| start.elapsed())),
     );
     nodes.print_cpu("full restart", &cpu_before);
+    // The most any process held at any point of the run (restarts and catch-up included).
+    report.record("controller_rss_peak_mib", nodes.peak_of(&CONTROLLERS));
+    report.record("broker_rss_peak_mib", nodes.peak_of(&BROKERS));
     Ok(report)
 }
 

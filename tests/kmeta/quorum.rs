@@ -390,6 +390,7 @@ async fn a_snapshot_is_taken_once_enough_log_bytes_accumulate() {
     let policy = tokio::spawn(kmeta::server::snapshot_policy(
         node.raft.clone(),
         node.log.clone(),
+        node.sm.clone(),
         256,
         0,
     ));
@@ -409,6 +410,66 @@ async fn a_snapshot_is_taken_once_enough_log_bytes_accumulate() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(node.log.appended_bytes() >= 256);
+    policy.abort();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_snapshot_waits_for_as_many_log_bytes_as_the_last_snapshot_holds() {
+    let cluster = Cluster::start(3).await;
+    let node = &cluster.nodes[&1];
+    // A first snapshot of an image larger than the byte trigger.
+    let mut last = 0;
+    for n in 0..200 {
+        last = cluster.write(n).await;
+    }
+    cluster.wait_applied(last).await;
+    node.raft.trigger().snapshot().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.sm.snapshot_index().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no first snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = node.sm.snapshot_index();
+    let size = node.sm.snapshot_bytes().unwrap() as u64;
+    let trigger = 256;
+    assert!(
+        size > 4 * trigger,
+        "the image ({size} bytes) outgrew the trigger"
+    );
+    let policy = tokio::spawn(kmeta::server::snapshot_policy(
+        node.raft.clone(),
+        node.log.clone(),
+        node.sm.clone(),
+        trigger,
+        0,
+    ));
+    // More than the trigger, less than the snapshot: no new snapshot.
+    let start = node.log.appended_bytes();
+    let mut n = 1000;
+    while node.log.appended_bytes() - start < size / 2 {
+        last = cluster.write(n).await;
+        n += 1;
+    }
+    cluster.wait_applied(last).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        node.sm.snapshot_index(),
+        first,
+        "a snapshot after {} log bytes, with the last one {size} bytes",
+        node.log.appended_bytes() - start
+    );
+    // Past the snapshot's size: the next one comes.
+    while node.log.appended_bytes() - start < size + trigger {
+        last = cluster.write(n).await;
+        n += 1;
+    }
+    cluster.wait_applied(last).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.sm.snapshot_index() == first {
+        assert!(tokio::time::Instant::now() < deadline, "no second snapshot");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     policy.abort();
     cluster.shutdown().await;
 }
