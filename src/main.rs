@@ -467,8 +467,10 @@ enum StorageCommand {
     },
 }
 
-/// The runtime of the long-running commands (server, dev, benchmarks).
+/// The runtime of the long-running commands (server, dev, benchmarks), with the process's
+/// memory settings (`kmeta::alloc::tune`).
 fn server_runtime() -> tokio::runtime::Runtime {
+    kmeta::alloc::tune();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(kmeta::alloc::on_idle)

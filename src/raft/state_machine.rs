@@ -34,11 +34,14 @@ pub const MAX_TAIL_BYTES: usize = 64 * 1024 * 1024;
 pub type SnapshotData = Vec<u8>;
 
 /// What a Raft snapshot holds: the proposal chain and the encoded records that rebuild the
-/// image (brokers' snapshots hold the records only).
-#[derive(Serialize, Deserialize)]
-struct SnapshotContent {
+/// image (brokers' snapshots hold the records only). Written by [`encode_snapshot`] without
+/// this struct (the same bytes), and read borrowing each record from the snapshot's bytes, so
+/// that neither side holds a million small allocations at once.
+#[derive(Deserialize)]
+struct SnapshotContent<'a> {
     chain: ProposalChain,
-    records: Vec<Vec<u8>>,
+    #[serde(borrow)]
+    records: Vec<&'a [u8]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -159,29 +162,58 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-fn record_encodings(image: &MetadataImage) -> Vec<Vec<u8>> {
-    let mut records = Vec::new();
-    image.for_each_record(|r| records.push(r.encode()));
-    records
+/// Appends `n` as postcard writes a length (LEB128).
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Appends the image's records as postcard writes a list of byte strings (`Vec<Vec<u8>>`):
+/// the count, then each record's length and encoding. The encodings go into one buffer
+/// first, since the count comes before them.
+fn put_records(out: &mut Vec<u8>, image: &MetadataImage) {
+    let mut body = Vec::new();
+    let mut lengths: Vec<u32> = Vec::new();
+    image.for_each_record(|r| {
+        let at = body.len();
+        r.encode_into(&mut body);
+        lengths.push((body.len() - at) as u32);
+    });
+    out.reserve(body.len() + 3 * lengths.len() + 10);
+    put_varint(out, lengths.len() as u64);
+    let mut at = 0;
+    for len in lengths {
+        let len = len as usize;
+        put_varint(out, len as u64);
+        out.extend_from_slice(&body[at..at + len]);
+        at += len;
+    }
 }
 
 /// A broker snapshot: the postcard list of the image's record encodings.
 fn encode_records(image: &MetadataImage) -> Vec<u8> {
-    postcard::to_allocvec(&record_encodings(image)).expect("postcard into a Vec is infallible")
+    let mut out = Vec::new();
+    put_records(&mut out, image);
+    out
 }
 
+/// A Raft snapshot: the postcard of a [`SnapshotContent`].
 fn encode_snapshot(image: &MetadataImage, chain: ProposalChain) -> SnapshotData {
-    let content = SnapshotContent {
-        chain,
-        records: record_encodings(image),
-    };
-    postcard::to_allocvec(&content).expect("postcard into a Vec is infallible")
+    let mut out = postcard::to_allocvec(&chain).expect("postcard into a Vec is infallible");
+    put_records(&mut out, image);
+    out
 }
 
-fn image_of(records: Vec<Vec<u8>>, offset: LogOffset) -> io::Result<MetadataImage> {
+fn image_of<'a>(
+    records: impl IntoIterator<Item = &'a [u8]>,
+    offset: LogOffset,
+) -> io::Result<MetadataImage> {
     let mut image = MetadataImage::new();
     for bytes in records {
-        let record = MetadataRecord::decode(&bytes).map_err(invalid)?;
+        let record = MetadataRecord::decode(bytes).map_err(invalid)?;
         image.replay(offset, &record).map_err(invalid)?;
     }
     Ok(image)
@@ -189,7 +221,8 @@ fn image_of(records: Vec<Vec<u8>>, offset: LogOffset) -> io::Result<MetadataImag
 
 /// Rebuilds an image from a broker snapshot taken at `offset`.
 pub fn decode_image(data: &[u8], offset: LogOffset) -> io::Result<MetadataImage> {
-    image_of(postcard::from_bytes(data).map_err(invalid)?, offset)
+    let records: Vec<&[u8]> = postcard::from_bytes(data).map_err(invalid)?;
+    image_of(records, offset)
 }
 
 /// Rebuilds the image and chain from a Raft snapshot taken at `offset`.
@@ -633,6 +666,40 @@ mod tests {
         };
         let entries = futures_util::stream::iter(vec![Ok((entry, None))]);
         sm.apply(entries).await.expect("applies");
+    }
+
+    #[test]
+    fn snapshots_are_written_as_postcard_writes_the_list_of_record_encodings() {
+        #[derive(Serialize)]
+        struct Owned {
+            chain: ProposalChain,
+            records: Vec<Vec<u8>>,
+        }
+        let mut image = MetadataImage::new();
+        // Enough records that counts and lengths take more than one varint byte.
+        for i in 0..300u16 {
+            let name = "f".repeat(usize::from(i));
+            image.replay(LogOffset(1), &feature(&name, i + 1)).unwrap();
+        }
+        let mut records = Vec::new();
+        image.for_each_record(|r| records.push(r.encode()));
+        let chain = ProposalChain::default();
+        let owned = Owned {
+            chain,
+            records: records.clone(),
+        };
+        assert_eq!(
+            encode_snapshot(&image, chain),
+            postcard::to_allocvec(&owned).unwrap()
+        );
+        assert_eq!(
+            encode_records(&image),
+            postcard::to_allocvec(&records).unwrap()
+        );
+        let (decoded, _) = decode_snapshot(&encode_snapshot(&image, chain), LogOffset(1)).unwrap();
+        assert_eq!(decoded.canonical_hash(), image.canonical_hash());
+        let decoded = decode_image(&encode_records(&image), LogOffset(1)).unwrap();
+        assert_eq!(decoded.canonical_hash(), image.canonical_hash());
     }
 
     #[tokio::test]
