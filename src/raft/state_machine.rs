@@ -261,31 +261,6 @@ fn replayed(
     Ok(next)
 }
 
-/// Runs `work` on a thread of its own at a lower CPU priority (nice 10): work that may take
-/// seconds of CPU and can wait, so that on a saturated machine it never starves the Raft core
-/// (and with it the heartbeats that keep the leader's lease) of its own process or of another
-/// controller's on the same host. A new thread each time: the priority is never raised again,
-/// so a pooled thread would keep it for whatever ran on it next.
-async fn in_the_background<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("kmeta-snapshot".into())
-        .spawn(move || {
-            // SAFETY: setpriority on this thread's own id changes only its scheduling; on
-            // failure it keeps the priority it has.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-            }
-            let _ = done.send(work());
-        })?;
-    result
-        .await
-        .map_err(|_| io::Error::other("the snapshot writer failed"))
-}
-
 fn offset_of(log_id: &Option<LogId>) -> LogOffset {
     log_id
         .as_ref()
@@ -477,8 +452,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let started = std::time::Instant::now();
         // Encoding and writing a snapshot of 1,000,000 partitions takes seconds of CPU: on a
         // thread of its own, not on one of the runtime's workers, where it held up the Raft
-        // core and its heartbeats until the leader lost its lease (docs/BENCHMARKS.md); and at
-        // a lower priority, so that on a busy machine the Raft work wins the CPU.
+        // core and its heartbeats until the leader lost its lease (docs/BENCHMARKS.md). Not at
+        // a lower priority: tried twice, it did not keep the lease, and a snapshot stretched
+        // over 8-20 s overlapped whatever came next (docs/BENCHMARKS.md).
         let write = {
             let meta = meta.clone();
             move || -> Result<(SnapshotFile, usize), io::Error> {
@@ -491,7 +467,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 Ok((file, bytes.len()))
             }
         };
-        let (file, len) = in_the_background(write).await??;
+        let (file, len) = tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| io::Error::other(format!("the snapshot writer failed: {e}")))??;
         tracing::info!(
             offset = meta.last_log_id.map_or(0, |l| l.index()),
             bytes = len,
@@ -700,21 +678,6 @@ mod tests {
         assert_eq!(decoded.canonical_hash(), image.canonical_hash());
         let decoded = decode_image(&encode_records(&image), LogOffset(1)).unwrap();
         assert_eq!(decoded.canonical_hash(), image.canonical_hash());
-    }
-
-    #[tokio::test]
-    async fn snapshot_work_runs_at_a_lower_priority_than_the_raft_core() {
-        let own = || {
-            // SAFETY: getpriority only reads this thread's scheduling priority.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::getpriority(libc::PRIO_PROCESS, tid)
-            }
-        };
-        let here = own();
-        let there = in_the_background(own).await.unwrap();
-        assert_eq!(there, (here + 10).min(19));
-        assert_eq!(own(), here, "the caller's thread keeps its priority");
     }
 
     #[tokio::test]
