@@ -1132,6 +1132,17 @@ mod tests {
         }
     }
 
+    /// The controller's answer to broker 1's shrink of its ISR to itself (epoch 1).
+    fn shrunk_to_1() -> LeaderAndIsr {
+        LeaderAndIsr {
+            leader: 1,
+            leader_epoch: 1,
+            partition_epoch: 2,
+            replicas: vec![],
+            isr: vec![1],
+        }
+    }
+
     fn produce(p: &Partition, value: &str) -> Result<Produced, ErrorCode> {
         p.append_as_leader(&build(&[value.as_bytes()], 1, None), -1, 1)
             .map_err(|e| e.0)
@@ -1416,13 +1427,7 @@ mod tests {
             leader.isr_proposal(|_| true).is_none(),
             "one change in flight"
         );
-        leader.isr_result(Ok(LeaderAndIsr {
-            leader: 1,
-            leader_epoch: 1,
-            partition_epoch: 2,
-            replicas: vec![],
-            isr: vec![1],
-        }));
+        leader.isr_result(Ok(shrunk_to_1()));
         assert_eq!(leader.marks().high_watermark, 1);
         // The follower catches up; an ineligible broker is not added, an eligible one is.
         f2.apply(
@@ -1489,13 +1494,7 @@ mod tests {
         produce(&b1, "c").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(120));
         assert_eq!(b1.isr_proposal(|_| true).expect("a shrink").isr, vec![1]);
-        b1.isr_result(Ok(LeaderAndIsr {
-            leader: 1,
-            leader_epoch: 1,
-            partition_epoch: 2,
-            replicas: vec![],
-            isr: vec![1],
-        }));
+        b1.isr_result(Ok(shrunk_to_1()));
         check("the leader's own ISR change, answered");
         assert_eq!(log.totals.now().under_min_isr, 1);
         b1.apply(&state(2, 2, &[2]), config(3)).unwrap();
