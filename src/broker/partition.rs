@@ -1080,11 +1080,6 @@ impl Partition {
         s.log.delete()
     }
 
-    /// What this replica adds to its broker's totals now.
-    pub fn health(&self) -> Health {
-        self.lock().health()
-    }
-
     /// The pending proposal's ISR, for diagnostics.
     pub fn pending_isr(&self) -> Option<Vec<i32>> {
         self.lock().pending.as_ref().map(|p| p.proposed.clone())
@@ -1470,7 +1465,7 @@ mod tests {
         let counted = |ps: &[&Partition]| {
             let mut t = TotalsNow::default();
             for p in ps.iter().filter(|p| p.counted_in().is_some()) {
-                t.add(p.health());
+                t.add(p.lock().health());
             }
             t
         };
