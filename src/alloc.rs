@@ -113,10 +113,10 @@ pub const PURGE_DELAY_MS: i64 = 1_000;
 /// Why: replaying a million-partition snapshot allocates and frees persistent-map nodes at a
 /// high rate. With mimalloc's defaults each freed page went back to the system after 10 ms and
 /// came back as a fresh huge page, zeroed by the kernel, 2 MiB at a time: a controller loading
-/// a 37 MB snapshot took 9,538 page faults and 1.9 s of system time, zeroing about 18 GiB, to
-/// peak at 811 MB. With both settings the load took 3.6 s instead of 6.7 s, 0.7 s of system
-/// time and a 708 MB peak (`docs/BENCHMARKS.md`). Idle threads still return their free pages
-/// every second ([`on_idle`]).
+/// a 37 MB snapshot took 8,500-9,500 page faults and 1.9-2.5 s of system time, zeroing about
+/// 18 GiB, and peaked at 792 MiB. With both settings the load took 4.0-4.8 s instead of 6.7 s,
+/// 0.6-0.7 s of system time and a 673-688 MiB peak (`docs/BENCHMARKS.md`). Idle threads still
+/// return their free pages every second ([`on_idle`]).
 pub fn tune() {
     // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's memory map; failing
     // (an old kernel) leaves huge pages as they were. mi_option_set writes one of mimalloc's
