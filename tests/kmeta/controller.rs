@@ -59,40 +59,53 @@ async fn heartbeat(
     .await
 }
 
+/// Finds the active controller, registers `ids` and heartbeats each until it is unfenced.
+/// Under a loaded test machine the leader can lose its lease and renounce between finding it
+/// and using it; then the whole step starts again on whoever is active (a registration with the
+/// same incarnation id takes its own registration back), as a broker would.
 async fn register_and_unfence(
-    c: &Controller,
     cluster: &Cluster,
-    node: u64,
     ids: &[i32],
-) -> Vec<BrokerEpoch> {
-    let mut epochs = vec![];
-    for &id in ids {
-        let req = registration(id);
-        let epoch = c.register_broker(req).await.expect("registration commits");
-        epochs.push(epoch);
-    }
-    for (&id, &epoch) in ids.iter().zip(&epochs) {
-        let start = Instant::now();
-        while heartbeat(c, cluster, node, id, epoch)
-            .await
-            .unwrap()
-            .is_fenced
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "broker {id} never unfenced"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+) -> (u64, Controller, Vec<BrokerEpoch>) {
+    let start = Instant::now();
+    'again: loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "brokers {ids:?} never registered and unfenced"
+        );
+        let (node, c) = active(cluster).await;
+        let mut epochs = vec![];
+        for &id in ids {
+            match c.register_broker(registration(id)).await {
+                Ok(epoch) => epochs.push(epoch),
+                Err(e) if e.code == ErrorCode::NotController => continue 'again,
+                Err(e) => panic!("registration of broker {id} refused: {e:?}"),
+            }
         }
+        for (&id, &epoch) in ids.iter().zip(&epochs) {
+            let unfencing = Instant::now();
+            loop {
+                match heartbeat(&c, cluster, node, id, epoch).await {
+                    Ok(reply) if !reply.is_fenced => break,
+                    Ok(_) => {}
+                    Err(e) if e.code == ErrorCode::NotController => continue 'again,
+                    Err(e) => panic!("heartbeat of broker {id} refused: {e:?}"),
+                }
+                assert!(
+                    unfencing.elapsed() < Duration::from_secs(5),
+                    "broker {id} never unfenced"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        return (node, c, epochs);
     }
-    epochs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_commits_decisions_and_fences_a_silent_broker() {
     let cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    let epochs = register_and_unfence(&c, &cluster, leader, &[1, 2, 3]).await;
+    let (leader, c, epochs) = register_and_unfence(&cluster, &[1, 2, 3]).await;
 
     let topic = CreatableTopic {
         name: "orders".into(),
@@ -164,8 +177,7 @@ async fn controller_commits_decisions_and_fences_a_silent_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offset_commits_from_many_callers_share_log_entries() {
     let cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    register_and_unfence(&c, &cluster, leader, &[1]).await;
+    let (leader, c, _) = register_and_unfence(&cluster, &[1]).await;
     let topic = CreatableTopic {
         name: "t".into(),
         topic_id: uuid::Uuid::from_u128(78),
@@ -227,8 +239,7 @@ async fn offset_commits_from_many_callers_share_log_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_active_controller_takes_over_without_fencing_live_brokers() {
     let mut cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    register_and_unfence(&c, &cluster, leader, &[1, 2]).await;
+    let (leader, _, _) = register_and_unfence(&cluster, &[1, 2]).await;
     cluster.stop_node(leader).await;
     let (new_leader, c2) = active(&cluster).await;
     assert_ne!(new_leader, leader);
@@ -256,8 +267,7 @@ async fn a_new_active_controller_takes_over_without_fencing_live_brokers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_writes_never_fences_a_heartbeating_broker() {
     let cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    let epochs = register_and_unfence(&c, &cluster, leader, &[1, 2]).await;
+    let (leader, c, epochs) = register_and_unfence(&cluster, &[1, 2]).await;
     let topic = CreatableTopic {
         name: "flood".into(),
         topic_id: uuid::Uuid::from_u128(80),
@@ -333,8 +343,7 @@ async fn a_flood_of_writes_never_fences_a_heartbeating_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_whose_heartbeat_waits_for_a_busy_controller_keeps_its_session() {
     let cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    let epochs = register_and_unfence(&c, &cluster, leader, &[1]).await;
+    let (leader, c, epochs) = register_and_unfence(&cluster, &[1]).await;
     let followers: Vec<u64> = cluster
         .nodes
         .keys()
@@ -381,8 +390,7 @@ async fn a_broker_whose_heartbeat_waits_for_a_busy_controller_keeps_its_session(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_past_its_deadline_is_refused_and_never_committed() {
     let cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    register_and_unfence(&c, &cluster, leader, &[1]).await;
+    let (leader, c, _) = register_and_unfence(&cluster, &[1]).await;
     let topic = CreatableTopic {
         name: "late".into(),
         topic_id: uuid::Uuid::from_u128(77),
@@ -439,8 +447,7 @@ async fn a_write_past_its_deadline_is_refused_and_never_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_a_broker_in_21000_isrs_is_written_as_bounded_entries() {
     let cluster = Cluster::start(3).await;
-    let (leader, c) = active(&cluster).await;
-    let epochs = register_and_unfence(&c, &cluster, leader, &[1, 2]).await;
+    let (leader, c, epochs) = register_and_unfence(&cluster, &[1, 2]).await;
     // Both brokers heartbeat until broker 1 goes silent.
     let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let beats = {
