@@ -58,6 +58,14 @@ impl ImageDelta {
                     partition: r.partition,
                 });
             }
+            MetadataRecord::ReplicaRemoval(r) => {
+                // The partitions in its scope: those it may change.
+                for tp in before.partitions_on_broker(r.broker_id) {
+                    if before.partition(tp).is_some_and(|p| r.covers(p.leader, &p.isr)) {
+                        self.partitions.insert(tp);
+                    }
+                }
+            }
             MetadataRecord::RemoveTopic(r) => {
                 self.topic_configs.remove(&r.topic_id);
                 if let Some(t) = before.topic(&r.topic_id) {

@@ -516,6 +516,7 @@ impl MetadataImage {
             MetadataRecord::Topic(r) => self.replay_topic(r),
             MetadataRecord::Partition(r) => self.replay_partition(r),
             MetadataRecord::PartitionChange(r) => self.replay_partition_change(r),
+            MetadataRecord::ReplicaRemoval(r) => self.replay_replica_removal(r),
             MetadataRecord::RemoveTopic(r) => self.replay_remove_topic(r),
             MetadataRecord::Config(r) => self.replay_config(r),
             MetadataRecord::FeatureLevel(r) => {
@@ -654,16 +655,41 @@ impl MetadataImage {
             topic_id: r.topic_id,
             partition: r.partition,
         };
+        // The old state shared, not copied: `merge` makes the one copy.
         let old = self
-            .partition(tp)
-            .ok_or_else(|| format!("change to unknown partition {tp}"))?
-            .clone();
+            .topic(&tp.topic_id)
+            .and_then(|t| t.partitions.get(&tp.partition))
+            .cloned()
+            .ok_or_else(|| format!("change to unknown partition {tp}"))?;
         let new = old.merge(r);
         if let Some(fault) = new.shape_error() {
             return Err(format!("partition {tp}: {fault}"));
         }
         self.put_partition(tp, Some(&old), new);
         Ok(())
+    }
+
+    /// Applies to every partition on the broker the change `removal_change` decides for it on
+    /// the image before this record. Each partition's change depends only on its own state,
+    /// the brokers and the configs, none of which an earlier change in the same record
+    /// touches, so deciding each just before applying it is deciding all on the image before.
+    fn replay_replica_removal(&mut self, r: &ReplicaRemovalRecord) -> Result<(), String> {
+        use crate::controller::{replication::election::removal_change, LeaderAcceptance};
+        if self.broker(r.broker_id).is_none() {
+            return Err(format!("removal of unregistered broker {}", r.broker_id));
+        }
+        let before = self.clone();
+        let result = {
+            let acceptance = LeaderAcceptance::of(&before).excluding(r.broker_id);
+            before
+                .partitions_on_broker(r.broker_id)
+                .filter_map(|tp| removal_change(&before, acceptance, r, tp))
+                .try_for_each(|change| self.replay_partition_change(&change))
+        };
+        if result.is_err() {
+            *self = before;
+        }
+        result
     }
 
     /// Stores a partition and keeps every derived index in step.

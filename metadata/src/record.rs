@@ -272,6 +272,49 @@ pub struct ProducerIdsRecord {
     pub next_producer_id: i64,
 }
 
+/// Which of a broker's partitions a [`ReplicaRemovalRecord`] changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemovalScope {
+    /// The partitions it leads get another in-sync leader (ONLINE election); it stays in
+    /// their ISRs. A broker back with its log directory intact.
+    Leadership,
+    /// The partitions it leads get another leader and lose it from their ISR (the
+    /// topic's unclean rule applies). The first half of a fence or a controlled shutdown.
+    Led,
+    /// The partitions it does not lead but whose ISR holds it lose it from the ISR. The
+    /// second half of a fence.
+    Followed,
+}
+
+/// A broker leaves the leaderships and ISRs of the partitions it hosts, in one record:
+/// replay applies, to each partition in `scope`, the change `PartitionChangeBuilder` makes
+/// with `broker_id` unacceptable as a leader, decided on the image as it stands before this
+/// record (`controller::replication::election::removal_change`). kmeta type 1002 (KRaft
+/// writes one `PartitionChangeRecord` per partition instead: at a million partitions a fence
+/// was a million records to replicate, store and decode on every node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaRemovalRecord {
+    /// The broker removed (registered when the record is written).
+    pub broker_id: BrokerId,
+    /// Which of its partitions change.
+    pub scope: RemovalScope,
+    /// The controller's `unclean.leader.election.enable` when it wrote the record, for
+    /// topics and clusters that do not set it (it is a node setting, not in the image).
+    pub unclean_default: bool,
+}
+
+impl ReplicaRemovalRecord {
+    /// True when a partition in this state is in the record's scope: it may change (it does
+    /// unless no change is possible, e.g. no other replica may lead).
+    pub fn covers(&self, leader: BrokerId, isr: &[BrokerId]) -> bool {
+        let leads = leader == self.broker_id;
+        match self.scope {
+            RemovalScope::Leadership | RemovalScope::Led => leads,
+            RemovalScope::Followed => !leads && isr.contains(&self.broker_id),
+        }
+    }
+}
+
 /// Every record that can appear in the metadata log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataRecord {
@@ -301,6 +344,8 @@ pub enum MetadataRecord {
     ProducerIds(ProducerIdsRecord),
     /// See [`OffsetDeleteRecord`].
     OffsetDelete(OffsetDeleteRecord),
+    /// See [`ReplicaRemovalRecord`].
+    ReplicaRemoval(ReplicaRemovalRecord),
 }
 
 /// Why bytes could not be decoded into a record.
@@ -357,6 +402,8 @@ pub mod record_type {
     pub const OFFSET_COMMIT: u16 = 1000;
     /// OffsetDeleteRecord (kmeta's own).
     pub const OFFSET_DELETE: u16 = 1001;
+    /// ReplicaRemovalRecord (kmeta's own).
+    pub const REPLICA_REMOVAL: u16 = 1002;
 }
 
 /// The version every record type is written at by this binary.
@@ -380,6 +427,7 @@ impl MetadataRecord {
             MetadataRecord::OffsetCommit(_) => OFFSET_COMMIT,
             MetadataRecord::ProducerIds(_) => PRODUCER_IDS,
             MetadataRecord::OffsetDelete(_) => OFFSET_DELETE,
+            MetadataRecord::ReplicaRemoval(_) => REPLICA_REMOVAL,
         }
     }
 
@@ -403,6 +451,7 @@ impl MetadataRecord {
             MetadataRecord::OffsetCommit(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::ProducerIds(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::OffsetDelete(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::ReplicaRemoval(r) => postcard::to_extend(r, std::mem::take(out)),
         };
         // Serializing plain structs into a Vec cannot fail: postcard only errors on
         // unsupported serde features (none used here) or a full fixed buffer (not a Vec).
@@ -472,6 +521,7 @@ impl MetadataRecord {
             OFFSET_COMMIT => MetadataRecord::OffsetCommit(parse(payload, t, v)?),
             PRODUCER_IDS => MetadataRecord::ProducerIds(parse(payload, t, v)?),
             OFFSET_DELETE => MetadataRecord::OffsetDelete(parse(payload, t, v)?),
+            REPLICA_REMOVAL => MetadataRecord::ReplicaRemoval(parse(payload, t, v)?),
             _ => {
                 return Err(DecodeError::UnknownType {
                     record_type,
@@ -543,6 +593,11 @@ mod tests {
                 group_id: "g".into(),
                 partitions: None,
             }),
+            MetadataRecord::ReplicaRemoval(ReplicaRemovalRecord {
+                broker_id: BrokerId(3),
+                scope: RemovalScope::Followed,
+                unclean_default: true,
+            }),
         ]
     }
 
@@ -571,6 +626,13 @@ mod tests {
             hex,
             "050000100123456789abcdef0123456789abcdef0601020204010100000000"
         );
+        let record = MetadataRecord::ReplicaRemoval(ReplicaRemovalRecord {
+            broker_id: BrokerId(3),
+            scope: RemovalScope::Followed,
+            unclean_default: true,
+        });
+        let hex: String = record.encode().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "ea0300060201");
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub fn register_broker(
                 // is as in sync as it was: it stays in its ISRs and fetches on from where it
                 // stopped. Only its leadership moves (a fenced broker leads nothing); where no
                 // other in-sync replica can take it, the partition waits for it, leaderless.
-                records.extend(move_leadership_off(image, old.broker_id));
+                records.extend(move_leadership_off(image, config, old.broker_id));
             } else {
                 // It may have lost unflushed data (unclean shutdown, or a machine restart):
                 // take it out of every ISR first.

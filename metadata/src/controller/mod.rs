@@ -126,12 +126,17 @@ pub fn unclean_election_enabled(
     config: &ControllerConfig,
     topic: &str,
 ) -> bool {
+    unclean_election_enabled_or(image, topic, config.unclean_leader_election_enable)
+}
+
+/// [`unclean_election_enabled`] with the node's default given as a value (a record carries
+/// the default of the controller that wrote it).
+pub fn unclean_election_enabled_or(image: &MetadataImage, topic: &str, default: bool) -> bool {
     const KEY: &str = "unclean.leader.election.enable";
     image
         .config(&ConfigResource::topic(topic), KEY)
         .or_else(|| image.config(&ConfigResource::cluster_default(), KEY))
-        .map(|v| v.eq_ignore_ascii_case("true"))
-        .unwrap_or(config.unclean_leader_election_enable)
+        .map_or(default, |v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Which brokers may lead, taking into account a broker whose state the same decision is

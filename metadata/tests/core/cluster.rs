@@ -4,10 +4,11 @@
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
 use kmeta_metadata::controller::replication::election::{
-    balance_partition_leaders, enables_preferred_election,
+    balance_partition_leaders, enables_preferred_election, remove_broker_from_isrs,
+    removal_changes,
 };
 use kmeta_metadata::controller::replication::topics::create_topics;
-use kmeta_metadata::record::MetadataRecord;
+use kmeta_metadata::record::{MetadataRecord, PartitionChangeRecord, RemovalScope};
 use kmeta_metadata::*;
 
 #[test]
@@ -348,7 +349,8 @@ fn a_controlled_shutdown_waits_for_its_leader_moves_and_leaves_its_followed_isrs
     assert!(h.partition("t", 2).isr.contains(&BrokerId(0)));
     h.heartbeat(1, false, false).unwrap();
     h.heartbeat(2, false, false).unwrap();
-    // Stopping: the fence first, and the reply once it has committed; then the removals.
+    // Stopping: the fence first, and the reply once it has committed; then the removals
+    // from the ISRs it follows in, as one record.
     let stopping = h.heartbeat_result(0, false, true).unwrap();
     assert!(stopping.reply.should_shut_down);
     assert_eq!(stopping.reply_after, Some(1));
@@ -356,7 +358,10 @@ fn a_controlled_shutdown_waits_for_its_leader_moves_and_leaves_its_followed_isrs
         &stopping.records[0],
         MetadataRecord::BrokerRegistrationChange(c) if c.fenced == Some(true)
     ));
-    assert_eq!(stopping.records.len(), 3, "{:?}", stopping.records);
+    assert!(matches!(
+        &stopping.records[1..],
+        [MetadataRecord::ReplicaRemoval(r)] if r.scope == RemovalScope::Followed
+    ), "{:?}", stopping.records);
     h.commit(stopping);
     for p in 0..3 {
         assert!(!h.partition("t", p).isr.contains(&BrokerId(0)), "t-{p}");
@@ -384,22 +389,19 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
         process_heartbeat(&h.image, &h.config, &mut h.tracker, &req, next, h.now_ms)
     }
     .unwrap();
-    // Exactly: the partition change moving leadership to 1, then the shutdown marker. (KRaft
-    // writes the marker first; kmeta's image invariants hold after every record, and a
-    // leader in controlled shutdown would break "every leader is active" in between.)
+    // Exactly: the removal moving leadership to 1, then the shutdown marker. (KRaft writes
+    // the marker first; kmeta's image invariants hold after every record, and a leader in
+    // controlled shutdown would break "every leader is active" in between.)
     assert_eq!(result.records.len(), 2);
     match &result.records[0] {
-        MetadataRecord::PartitionChange(c) => {
+        MetadataRecord::ReplicaRemoval(r) => {
+            assert_eq!((r.broker_id, r.scope), (BrokerId(0), RemovalScope::Led));
+            let changes = removal_changes(&h.image, r);
+            assert_eq!(changes.len(), 1);
+            let c = &changes[0];
             assert_eq!((c.topic_id, c.partition), (tp.topic_id, 0));
             assert_eq!(c.isr, Some(ids(&[1, 2])));
             assert_eq!(c.leader, Some(BrokerId(1)));
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-    match &result.records[1] {
-        MetadataRecord::BrokerRegistrationChange(c) => {
-            assert_eq!(c.in_controlled_shutdown, Some(true));
-            assert_eq!(c.fenced, None);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -508,7 +510,7 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
 }
 
 #[test]
-fn a_re_registration_out_of_many_isrs_is_written_as_bounded_entries_with_the_record_last() {
+fn a_re_registration_out_of_many_isrs_is_one_small_entry_with_the_registration_last() {
     let mut h = Harness::default();
     h.active_brokers(&[0, 1, 2]);
     h.create_many_unchecked("t", 25, 1_000, &[1, 0, 2]);
@@ -517,14 +519,24 @@ fn a_re_registration_out_of_many_isrs_is_written_as_bounded_entries_with_the_rec
     req.previous_broker_epoch = Some(old_epoch);
     let next = h.next_offset();
     let result = h.try_register(&req).expect("accepted");
-    assert!(!result.atomic, "25,000 ISR removals are not one entry");
-    assert_eq!(result.records.len(), 25_001);
-    assert!(matches!(
-        result.records.last(),
-        Some(MetadataRecord::RegisterBroker(_))
-    ));
-    // Entries of 10,000 records: the registration lands in the third, and that is the epoch.
-    assert_eq!(result.reply, BrokerEpoch(next.0 + 2));
+    // 25,000 ISR removals (it leads them all) are one record, before the registration, in
+    // one entry: the registration's offset is that entry's, and that is the epoch.
+    assert!(
+        matches!(
+            &result.records[..],
+            [MetadataRecord::ReplicaRemoval(r), MetadataRecord::RegisterBroker(_)]
+                if r.scope == RemovalScope::Led
+        ),
+        "{:?}",
+        result.records
+    );
+    assert_eq!(result.reply, BrokerEpoch(next.0));
+    h.commit(result);
+    for partition in [0, 999] {
+        let p = h.partition("t0", partition);
+        assert_eq!((p.leader, p.isr.clone()), (BrokerId(0), ids(&[0, 2])));
+    }
+    assert_eq!(h.image.leader_count(BrokerId(1)), 0);
     assert!(invariants::check(&h.image).is_empty());
 }
 
@@ -584,19 +596,18 @@ fn removing_a_broker_writes_its_leader_moves_before_its_isr_removals() {
         })
         .collect();
     h.create_assigned("foo", &assignment);
-    let records = kmeta_metadata::controller::replication::election::remove_broker_from_isrs(
-        &h.image,
-        &h.config,
-        BrokerId(0),
-    );
-    assert_eq!(records.len(), 30, "every partition has broker 0 in its ISR");
-    let moves: Vec<bool> = records
+    let records = remove_broker_from_isrs(&h.image, &h.config, BrokerId(0));
+    let changes: Vec<Vec<PartitionChangeRecord>> = records
         .iter()
         .map(|r| match r {
-            MetadataRecord::PartitionChange(c) => c.leader.is_some(),
+            MetadataRecord::ReplicaRemoval(r) => removal_changes(&h.image, r),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
     assert_eq!(h.image.leader_count(BrokerId(0)), 10);
-    assert_eq!(moves, [vec![true; 10], vec![false; 20]].concat());
+    assert_eq!(changes.len(), 2, "{records:?}");
+    assert!(changes[0].iter().all(|c| c.leader.is_some()));
+    assert_eq!(changes[0].len(), 10, "the moves first");
+    assert!(changes[1].iter().all(|c| c.leader.is_none()));
+    assert_eq!(changes[1].len(), 20, "every other partition has broker 0 in its ISR");
 }

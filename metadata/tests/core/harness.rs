@@ -57,6 +57,9 @@ impl Harness {
             assert!(faults.is_empty(), "after {r:?}: {faults:?}");
             let faults = invariants::check_transition(&before, &self.image);
             assert!(faults.is_empty(), "after {r:?}: {faults:?}");
+            if let MetadataRecord::ReplicaRemoval(removal) = r {
+                removal_is_its_changes_decided_before(&before, offset, removal, &self.image);
+            }
             self.log.push((offset, r.clone()));
         }
     }
@@ -305,4 +308,32 @@ impl Harness {
 /// Broker id list from integers.
 pub fn ids(list: &[i32]) -> Vec<BrokerId> {
     list.iter().map(|b| BrokerId(*b)).collect()
+}
+
+/// A `ReplicaRemovalRecord` replays to exactly the image its changes, each decided on the image
+/// before the record, replay to; and the delta noted for it names every partition it changed.
+fn removal_is_its_changes_decided_before(
+    before: &MetadataImage,
+    offset: LogOffset,
+    removal: &ReplicaRemovalRecord,
+    after: &MetadataImage,
+) {
+    use kmeta_metadata::controller::replication::election::removal_changes;
+    let changes = removal_changes(before, removal);
+    let mut expected = before.clone();
+    for c in &changes {
+        expected
+            .replay(offset, &MetadataRecord::PartitionChange(c.clone()))
+            .unwrap_or_else(|e| panic!("change {c:?} of {removal:?} failed: {e}"));
+    }
+    assert_eq!(&expected, after, "{removal:?} is not its {} changes", changes.len());
+    let mut delta = kmeta_metadata::delta::ImageDelta::default();
+    delta.note(before, &MetadataRecord::ReplicaRemoval(removal.clone()));
+    for c in &changes {
+        let tp = TopicIdPartition {
+            topic_id: c.topic_id,
+            partition: c.partition,
+        };
+        assert!(delta.partitions.contains(&tp), "{removal:?}: {tp} changed, not in the delta");
+    }
 }

@@ -4,12 +4,14 @@
 use super::find_partition;
 use crate::controller::partition_change::{Election, PartitionChangeBuilder};
 use crate::controller::{
-    unclean_election_enabled, ControllerConfig, ControllerResult, LeaderAcceptance,
-    MAX_ELECTIONS_PER_PASS,
+    unclean_election_enabled, unclean_election_enabled_or, ControllerConfig, ControllerResult,
+    LeaderAcceptance, MAX_ELECTIONS_PER_PASS,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::image::MetadataImage;
-use crate::record::MetadataRecord;
+use crate::record::{
+    MetadataRecord, PartitionChangeRecord, RemovalScope, ReplicaRemovalRecord,
+};
 use crate::types::{BrokerId, TopicIdPartition};
 use std::collections::BTreeMap;
 
@@ -20,114 +22,121 @@ fn topic_name(image: &MetadataImage, tp: TopicIdPartition) -> &str {
         .unwrap_or_default()
 }
 
-/// The election rule for an ISR shrink on `tp`: UNCLEAN when the topic allows it.
-fn shrink_election(
-    image: &MetadataImage,
-    config: &ControllerConfig,
-    tp: TopicIdPartition,
-) -> Election {
-    if unclean_election_enabled(image, config, topic_name(image, tp)) {
+/// The election rule for an ISR shrink on `tp`: UNCLEAN when the topic allows it
+/// (`unclean_default` for topics and clusters that do not say).
+fn shrink_election(image: &MetadataImage, unclean_default: bool, tp: TopicIdPartition) -> Election {
+    if unclean_election_enabled_or(image, topic_name(image, tp), unclean_default) {
         Election::Unclean
     } else {
         Election::Online
     }
 }
 
+/// The change a [`ReplicaRemovalRecord`] makes to partition `tp` of `image` (the image as it
+/// stands before the record), or `None` when it makes none. Replay applies exactly this to
+/// every partition on the broker, so it is part of the log's format: a different rule needs
+/// a new record version. `acceptance` is `LeaderAcceptance::of(image).excluding(broker)`.
+pub fn removal_change(
+    image: &MetadataImage,
+    acceptance: LeaderAcceptance<'_>,
+    removal: &ReplicaRemovalRecord,
+    tp: TopicIdPartition,
+) -> Option<PartitionChangeRecord> {
+    let broker = removal.broker_id;
+    let p = image.partition(tp).filter(|p| removal.covers(p.leader, &p.isr))?;
+    let builder = PartitionChangeBuilder::new(tp, p, acceptance);
+    if removal.scope == RemovalScope::Leadership {
+        return builder.election(Election::Online).build();
+    }
+    let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
+    builder
+        .election(shrink_election(image, removal.unclean_default, tp))
+        .target_isr(isr)
+        .build()
+}
+
+/// Every change `removal` makes to `image`, in the order replay applies them (the broker's
+/// partitions by topic id, then index). For tools and tests: replay does not materialize
+/// them.
+pub fn removal_changes(
+    image: &MetadataImage,
+    removal: &ReplicaRemovalRecord,
+) -> Vec<PartitionChangeRecord> {
+    let acceptance = LeaderAcceptance::of(image).excluding(removal.broker_id);
+    image
+        .partitions_on_broker(removal.broker_id)
+        .filter_map(|tp| removal_change(image, acceptance, removal, tp))
+        .collect()
+}
+
+/// A [`ReplicaRemovalRecord`] of `broker` over `scope`, or `None` when it would change no
+/// partition. Costs O(partitions the broker hosts) at most; it stops at the first change.
+pub fn replica_removal(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+    scope: RemovalScope,
+) -> Option<MetadataRecord> {
+    let removal = ReplicaRemovalRecord {
+        broker_id: broker,
+        scope,
+        unclean_default: config.unclean_leader_election_enable,
+    };
+    let acceptance = LeaderAcceptance::of(image).excluding(broker);
+    image
+        .partitions_on_broker(broker)
+        .any(|tp| removal_change(image, acceptance, &removal, tp).is_some())
+        .then_some(MetadataRecord::ReplicaRemoval(removal))
+}
+
 /// Removes `broker` from the ISR of every partition it hosts and moves its leaderships away.
 /// Used when a broker is fenced, re-registers with a new incarnation, or is unregistered.
-/// Costs O(partitions the broker hosts). The records of the partitions it leads come first
-/// (as many as it leads, less any no leader can take).
+/// At most two records: the partitions it leads first (their clients wait), then the ISRs
+/// it only follows in.
 pub fn remove_broker_from_isrs(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
-    let (mut moves, shrinks) = removals(image, config, broker, true);
-    // Leadership first: a large result is written as several entries, and the partitions
-    // the broker leads are the ones whose clients wait.
-    moves.extend(shrinks);
-    moves
+    let (moves, shrinks) = isr_removals(image, config, broker);
+    moves.into_iter().chain(shrinks).collect()
 }
 
 /// The first half of [`remove_broker_from_isrs`]: the partitions `broker` leads get another
-/// leader and lose it from their ISR. A controlled shutdown writes these before its
-/// broker may stop, and the rest when it stops.
+/// leader and lose it from their ISR. A controlled shutdown writes this before its broker
+/// may stop, and the rest when it stops.
 pub fn remove_broker_as_leader(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
-) -> Vec<MetadataRecord> {
-    removals(image, config, broker, false).0
+) -> Option<MetadataRecord> {
+    replica_removal(image, config, broker, RemovalScope::Led)
 }
 
 /// The changes that take `broker` out of every ISR: those of the partitions it leads (they
-/// get another leader), and those of the others.
+/// get another leader), and those of the others. The second is decided on `image` too: the
+/// first changes no partition the second looks at, nor which brokers may lead.
 pub fn isr_removals(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
-) -> (Vec<MetadataRecord>, Vec<MetadataRecord>) {
-    removals(image, config, broker, true)
-}
-
-/// [`isr_removals`]; the second half only if `followed` (else it stays empty, and the
-/// partitions `broker` only follows are not looked at beyond their leader).
-fn removals(
-    image: &MetadataImage,
-    config: &ControllerConfig,
-    broker: BrokerId,
-    followed: bool,
-) -> (Vec<MetadataRecord>, Vec<MetadataRecord>) {
-    let acceptance = LeaderAcceptance::of(image).excluding(broker);
-    // Sized up front: at a million partitions these are hundreds of MB, and growing them by
-    // doubling copied and faulted in that much again (a third of a fence's decision time).
-    // `moves` has room for `shrinks` and one more record after it.
-    let led = image.leader_count(broker);
-    let others = if followed {
-        image.partition_count_on_broker(broker).saturating_sub(led)
-    } else {
-        0
-    };
-    let mut moves = Vec::with_capacity(led + others + 1);
-    let mut shrinks = Vec::with_capacity(others);
-    for tp in image.partitions_on_broker(broker) {
-        let Some(p) = image.partition(tp) else {
-            continue;
-        };
-        if p.leader != broker && (!followed || !p.isr.contains(&broker)) {
-            continue;
-        }
-        let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
-        let change = PartitionChangeBuilder::new(tp, p, acceptance)
-            .election(shrink_election(image, config, tp))
-            .target_isr(isr)
-            .build();
-        let out = if p.leader == broker {
-            &mut moves
-        } else {
-            &mut shrinks
-        };
-        out.extend(change.map(MetadataRecord::PartitionChange));
-    }
-    (moves, shrinks)
+) -> (Option<MetadataRecord>, Option<MetadataRecord>) {
+    (
+        replica_removal(image, config, broker, RemovalScope::Led),
+        replica_removal(image, config, broker, RemovalScope::Followed),
+    )
 }
 
 /// Moves leadership off `broker` where it leads, keeping it in every ISR: to another in-sync
 /// replica that may lead, else nobody (the partition waits, leaderless, for an ISR member,
 /// and `broker` is elected when it is unfenced). Used when a broker restarts with its log
 /// directory intact. Costs O(partitions the broker hosts).
-pub fn move_leadership_off(image: &MetadataImage, broker: BrokerId) -> Vec<MetadataRecord> {
-    let acceptance = LeaderAcceptance::of(image).excluding(broker);
-    image
-        .partitions_on_broker(broker)
-        .filter_map(|tp| {
-            let p = image.partition(tp).filter(|p| p.leader == broker)?;
-            PartitionChangeBuilder::new(tp, p, acceptance)
-                .election(Election::Online)
-                .build()
-                .map(MetadataRecord::PartitionChange)
-        })
-        .collect()
+pub fn move_leadership_off(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    broker: BrokerId,
+) -> Option<MetadataRecord> {
+    replica_removal(image, config, broker, RemovalScope::Leadership)
 }
 
 /// Elects leaders for the leaderless partitions that `broker`, being unfenced in the same
@@ -147,7 +156,11 @@ pub fn elect_for_unfenced_broker(
             continue;
         }
         let change = PartitionChangeBuilder::new(tp, p, acceptance)
-            .election(shrink_election(image, config, tp))
+            .election(shrink_election(
+                image,
+                config.unclean_leader_election_enable,
+                tp,
+            ))
             .build();
         records.extend(change.map(MetadataRecord::PartitionChange));
     }
@@ -311,6 +324,9 @@ pub fn enables_preferred_election(image: &MetadataImage, record: &MetadataRecord
         MetadataRecord::BrokerRegistrationChange(r) if r.fenced == Some(false) => {
             return image.imbalanced_partitions().next().is_some();
         }
+        // Each of its changes elects the first valid replica, which is the preferred one
+        // whenever the preferred one could lead: it never leaves one to balance.
+        MetadataRecord::ReplicaRemoval(_) => return false,
         _ => return false,
     };
     let Some(p) = image.partition(TopicIdPartition {
