@@ -40,7 +40,9 @@ use kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker;
 use kmeta_metadata::controller::replication::election::{
     balance_partition_leaders_after, elect_unclean_leaders, enables_preferred_election,
 };
-use kmeta_metadata::controller::{ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH};
+use kmeta_metadata::controller::{
+    ends_entry, ControllerConfig, ControllerResult, MAX_RECORDS_PER_BATCH,
+};
 use kmeta_metadata::{ApiError, BrokerEpoch, ErrorCode, LogOffset, MetadataImage, MetadataRecord};
 use openraft::async_runtime::WatchReceiver;
 use openraft::impls::ProgressResponder;
@@ -570,7 +572,19 @@ impl EventLoop {
             };
             let mut rest = result.into_iter().peekable();
             while rest.peek().is_some() {
-                let chunk: Vec<MetadataRecord> = rest.by_ref().take(chunk_len).collect();
+                // A non-atomic chunk also ends after a record that ends its entry (a broker's
+                // removal from its partitions): that entry is proposed before the rest is
+                // decided onto the speculative image.
+                let mut chunk: Vec<MetadataRecord> = Vec::new();
+                while chunk.len() < chunk_len {
+                    let Some(r) = rest.next() else { break };
+                    let ends = !atomic && ends_entry(&r);
+                    chunk.push(r);
+                    if ends {
+                        break;
+                    }
+                }
+                let ends = chunk.last().is_some_and(|r| !atomic && ends_entry(r));
                 if records.len() + chunk.len() > MAX_RECORDS_PER_BATCH && !records.is_empty() {
                     // This entry is full: propose it; these records start the next one.
                     // They were decided on the same speculative image, which the next entry
@@ -602,6 +616,10 @@ impl EventLoop {
                         records.extend(chunk);
                         if rest.peek().is_none() || before_reply == 0 {
                             finishes.extend(finish.take());
+                        }
+                        if ends && rest.peek().is_some() {
+                            self.propose(std::mem::take(&mut records), std::mem::take(&mut finishes))
+                                .await;
                         }
                     }
                     Err(e) => {

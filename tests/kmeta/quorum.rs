@@ -83,7 +83,7 @@ impl Cluster {
         }
     }
 
-    fn hashes(&self) -> Vec<[u8; 32]> {
+    pub fn hashes(&self) -> Vec<[u8; 32]> {
         self.nodes
             .values()
             .map(|n| n.sm.image().canonical_hash())

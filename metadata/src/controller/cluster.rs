@@ -109,11 +109,11 @@ pub fn register_broker(
                 // take it out of every ISR first.
                 records.extend(remove_broker_from_isrs(image, config, old.broker_id));
             }
-            // The runtime writes a large result as entries of MAX_RECORDS_PER_BATCH records
-            // (the ISR removals are safe to land without the rest); the epoch is the offset of
-            // the last one, which holds the registration, so a broker is caught up with its
-            // own registration once its image reaches its epoch.
-            let entries = records.len() / super::MAX_RECORDS_PER_BATCH;
+            // The runtime writes a removal in an entry of its own (the ISR removals are safe
+            // to land without the rest); the epoch is the offset of the entry that holds the
+            // registration, so a broker is caught up with its own registration once its
+            // image reaches its epoch.
+            let entries = super::entries_before_next(&records);
             (BrokerEpoch(next_offset.0 + entries as i64), true, false)
         }
         None => (BrokerEpoch(next_offset.0), true, false),
@@ -315,9 +315,9 @@ pub fn process_heartbeat(
             // stops, so the shutdown waits for its leader moves alone.
             records.extend(remove_broker_as_leader(image, config, id));
             records.push(change(None, Some(true)));
-            // The runtime writes a large result as entries of MAX_RECORDS_PER_BATCH records:
-            // the shutdown may complete once every broker has the last of them.
-            let entries = (records.len() - 1) / super::MAX_RECORDS_PER_BATCH;
+            // The runtime writes the removal in an entry of its own: the shutdown may
+            // complete once every broker has the entry with the mark.
+            let entries = super::entries_before_next(&records[..records.len() - 1]);
             tracker.set_controlled_shutdown_offset(id, LogOffset(next_offset.0 + entries as i64));
         }
         (ControlledShutdown, ControlledShutdown) if leads => {

@@ -28,6 +28,35 @@ use crate::types::{BrokerId, LogOffset};
 /// At most this many records in one atomic result (Kafka's `MAX_RECORDS_PER_USER_OP`).
 pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
 
+/// True for a record after which the runtime ends the entry, in a non-atomic result with more
+/// records after it: one whose replay does work in proportion to a broker's partitions
+/// (`ReplicaRemoval`). What follows is then decided and replicated while it is applied, and
+/// brokers apply and show a fence's leader moves before its ISR removals.
+pub fn ends_entry(record: &MetadataRecord) -> bool {
+    matches!(record, MetadataRecord::ReplicaRemoval(_))
+}
+
+/// How many entries come before the one that holds a record written after `records`, when the
+/// runtime writes them and it as one non-atomic result from a fresh entry: entries of at most
+/// `MAX_RECORDS_PER_BATCH` records, each also ended after an [`ends_entry`] record. What an
+/// offset the result carries (a broker epoch) adds to the next offset.
+pub fn entries_before_next(records: &[MetadataRecord]) -> usize {
+    let mut entries = 0;
+    let mut in_entry = 0;
+    for r in records {
+        if in_entry == MAX_RECORDS_PER_BATCH {
+            entries += 1;
+            in_entry = 0;
+        }
+        in_entry += 1;
+        if ends_entry(r) {
+            entries += 1;
+            in_entry = 0;
+        }
+    }
+    entries + usize::from(in_entry == MAX_RECORDS_PER_BATCH)
+}
+
 /// At most this many leader elections per balancing or unclean-election pass.
 pub const MAX_ELECTIONS_PER_PASS: usize = 1_000;
 

@@ -510,7 +510,7 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
 }
 
 #[test]
-fn a_re_registration_out_of_many_isrs_is_one_small_entry_with_the_registration_last() {
+fn a_re_registration_out_of_many_isrs_is_two_small_entries_with_the_registration_last() {
     let mut h = Harness::default();
     h.active_brokers(&[0, 1, 2]);
     h.create_many_unchecked("t", 25, 1_000, &[1, 0, 2]);
@@ -519,8 +519,8 @@ fn a_re_registration_out_of_many_isrs_is_one_small_entry_with_the_registration_l
     req.previous_broker_epoch = Some(old_epoch);
     let next = h.next_offset();
     let result = h.try_register(&req).expect("accepted");
-    // 25,000 ISR removals (it leads them all) are one record, before the registration, in
-    // one entry: the registration's offset is that entry's, and that is the epoch.
+    // 25,000 ISR removals (it leads them all) are one record, which ends its entry; the
+    // registration is in the next, and that entry's offset is the epoch.
     assert!(
         matches!(
             &result.records[..],
@@ -530,7 +530,7 @@ fn a_re_registration_out_of_many_isrs_is_one_small_entry_with_the_registration_l
         "{:?}",
         result.records
     );
-    assert_eq!(result.reply, BrokerEpoch(next.0));
+    assert_eq!(result.reply, BrokerEpoch(next.0 + 1));
     h.commit(result);
     for partition in [0, 999] {
         let p = h.partition("t0", partition);
