@@ -61,7 +61,10 @@ impl ImageDelta {
             MetadataRecord::ReplicaRemoval(r) => {
                 // The partitions in its scope: those it may change.
                 for tp in before.partitions_on_broker(r.broker_id) {
-                    if before.partition(tp).is_some_and(|p| r.covers(p.leader, &p.isr)) {
+                    if before
+                        .partition(tp)
+                        .is_some_and(|p| r.covers(p.leader, &p.isr))
+                    {
                         self.partitions.insert(tp);
                     }
                 }

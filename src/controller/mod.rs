@@ -618,8 +618,11 @@ impl EventLoop {
                             finishes.extend(finish.take());
                         }
                         if ends && rest.peek().is_some() {
-                            self.propose(std::mem::take(&mut records), std::mem::take(&mut finishes))
-                                .await;
+                            self.propose(
+                                std::mem::take(&mut records),
+                                std::mem::take(&mut finishes),
+                            )
+                            .await;
                         }
                     }
                     Err(e) => {

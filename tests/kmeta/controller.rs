@@ -531,7 +531,10 @@ async fn fencing_a_broker_in_21000_isrs_is_one_small_entry_every_node_replays_al
     cluster.wait_applied(index.0 as u64).await;
     let start = Instant::now();
     while !cluster.hashes().windows(2).all(|w| w[0] == w[1]) {
-        assert!(start.elapsed() < Duration::from_secs(5), "the images differ");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the images differ"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     beats.abort();

@@ -4,8 +4,7 @@
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
 use kmeta_metadata::controller::replication::election::{
-    balance_partition_leaders, enables_preferred_election, remove_broker_from_isrs,
-    removal_changes,
+    balance_partition_leaders, enables_preferred_election, removal_changes, remove_broker_from_isrs,
 };
 use kmeta_metadata::controller::replication::topics::create_topics;
 use kmeta_metadata::record::{MetadataRecord, PartitionChangeRecord, RemovalScope};
@@ -358,10 +357,14 @@ fn a_controlled_shutdown_waits_for_its_leader_moves_and_leaves_its_followed_isrs
         &stopping.records[0],
         MetadataRecord::BrokerRegistrationChange(c) if c.fenced == Some(true)
     ));
-    assert!(matches!(
-        &stopping.records[1..],
-        [MetadataRecord::ReplicaRemoval(r)] if r.scope == RemovalScope::Followed
-    ), "{:?}", stopping.records);
+    assert!(
+        matches!(
+            &stopping.records[1..],
+            [MetadataRecord::ReplicaRemoval(r)] if r.scope == RemovalScope::Followed
+        ),
+        "{:?}",
+        stopping.records
+    );
     h.commit(stopping);
     for p in 0..3 {
         assert!(!h.partition("t", p).isr.contains(&BrokerId(0)), "t-{p}");
@@ -609,5 +612,9 @@ fn removing_a_broker_writes_its_leader_moves_before_its_isr_removals() {
     assert!(changes[0].iter().all(|c| c.leader.is_some()));
     assert_eq!(changes[0].len(), 10, "the moves first");
     assert!(changes[1].iter().all(|c| c.leader.is_none()));
-    assert_eq!(changes[1].len(), 20, "every other partition has broker 0 in its ISR");
+    assert_eq!(
+        changes[1].len(),
+        20,
+        "every other partition has broker 0 in its ISR"
+    );
 }

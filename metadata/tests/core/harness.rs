@@ -326,7 +326,12 @@ fn removal_is_its_changes_decided_before(
             .replay(offset, &MetadataRecord::PartitionChange(c.clone()))
             .unwrap_or_else(|e| panic!("change {c:?} of {removal:?} failed: {e}"));
     }
-    assert_eq!(&expected, after, "{removal:?} is not its {} changes", changes.len());
+    assert_eq!(
+        &expected,
+        after,
+        "{removal:?} is not its {} changes",
+        changes.len()
+    );
     let mut delta = kmeta_metadata::delta::ImageDelta::default();
     delta.note(before, &MetadataRecord::ReplicaRemoval(removal.clone()));
     for c in &changes {
@@ -334,6 +339,9 @@ fn removal_is_its_changes_decided_before(
             topic_id: c.topic_id,
             partition: c.partition,
         };
-        assert!(delta.partitions.contains(&tp), "{removal:?}: {tp} changed, not in the delta");
+        assert!(
+            delta.partitions.contains(&tp),
+            "{removal:?}: {tp} changed, not in the delta"
+        );
     }
 }

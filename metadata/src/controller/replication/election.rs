@@ -9,9 +9,7 @@ use crate::controller::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::image::MetadataImage;
-use crate::record::{
-    MetadataRecord, PartitionChangeRecord, RemovalScope, ReplicaRemovalRecord,
-};
+use crate::record::{MetadataRecord, PartitionChangeRecord, RemovalScope, ReplicaRemovalRecord};
 use crate::types::{BrokerId, TopicIdPartition};
 use std::collections::BTreeMap;
 
@@ -43,7 +41,9 @@ pub fn removal_change(
     tp: TopicIdPartition,
 ) -> Option<PartitionChangeRecord> {
     let broker = removal.broker_id;
-    let p = image.partition(tp).filter(|p| removal.covers(p.leader, &p.isr))?;
+    let p = image
+        .partition(tp)
+        .filter(|p| removal.covers(p.leader, &p.isr))?;
     let builder = PartitionChangeBuilder::new(tp, p, acceptance);
     if removal.scope == RemovalScope::Leadership {
         return builder.election(Election::Online).build();
