@@ -423,13 +423,23 @@ def produce_stream(args):
 def verify_read(args):
     """Read partition 0 of --topic from the start; every value acknowledged in --out must be
     there; with --idempotent none twice; each value after the previous one."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
     with open(args.out) as f:
         delivered = json.load(f)["delivered"]
     c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"{args.topic}-verify",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.assign([TopicPartition(args.topic, 0, 0)])
-    lo, hi = c.get_watermark_offsets(TopicPartition(args.topic, 0), timeout=10)
+    # A leader elected moments ago answers OFFSET_NOT_AVAILABLE (retriable, KIP-207) until its
+    # high watermark is established; ask again, as Kafka's own tools do.
+    deadline = time.time() + 20
+    while True:
+        try:
+            lo, hi = c.get_watermark_offsets(TopicPartition(args.topic, 0), timeout=10)
+            break
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.OFFSET_NOT_AVAILABLE or time.time() > deadline:
+                raise
+            time.sleep(0.2)
     got = []
     deadline = time.time() + 60
     while time.time() < deadline:
