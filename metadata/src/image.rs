@@ -674,18 +674,13 @@ impl MetadataImage {
     /// the brokers and the configs, none of which an earlier change in the same record
     /// touches, so deciding each just before applying it is deciding all on the image before.
     fn replay_replica_removal(&mut self, r: &ReplicaRemovalRecord) -> Result<(), String> {
-        use crate::controller::{replication::election::removal_change, LeaderAcceptance};
+        use crate::controller::replication::election::removal_changes;
         if self.broker(r.broker_id).is_none() {
             return Err(format!("removal of unregistered broker {}", r.broker_id));
         }
         let before = self.clone();
-        let result = {
-            let acceptance = LeaderAcceptance::of(&before).excluding(r.broker_id);
-            before
-                .partitions_on_broker(r.broker_id)
-                .filter_map(|tp| removal_change(&before, acceptance, r, tp))
-                .try_for_each(|change| self.replay_partition_change(&change))
-        };
+        let result = removal_changes(&before, r)
+            .try_for_each(|change| self.replay_partition_change(&change));
         if result.is_err() {
             *self = before;
         }

@@ -576,15 +576,12 @@ impl EventLoop {
                 // removal from its partitions): that entry is proposed before the rest is
                 // decided onto the speculative image.
                 let mut chunk: Vec<MetadataRecord> = Vec::new();
-                while chunk.len() < chunk_len {
+                let mut ends = false;
+                while !ends && chunk.len() < chunk_len {
                     let Some(r) = rest.next() else { break };
-                    let ends = !atomic && ends_entry(&r);
+                    ends = !atomic && ends_entry(&r);
                     chunk.push(r);
-                    if ends {
-                        break;
-                    }
                 }
-                let ends = chunk.last().is_some_and(|r| !atomic && ends_entry(r));
                 if records.len() + chunk.len() > MAX_RECORDS_PER_BATCH && !records.is_empty() {
                     // This entry is full: propose it; these records start the next one.
                     // They were decided on the same speculative image, which the next entry

@@ -399,7 +399,7 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     match &result.records[0] {
         MetadataRecord::ReplicaRemoval(r) => {
             assert_eq!((r.broker_id, r.scope), (BrokerId(0), RemovalScope::Led));
-            let changes = removal_changes(&h.image, r);
+            let changes = removal_changes(&h.image, r).collect::<Vec<_>>();
             assert_eq!(changes.len(), 1);
             let c = &changes[0];
             assert_eq!((c.topic_id, c.partition), (tp.topic_id, 0));
@@ -603,7 +603,7 @@ fn removing_a_broker_writes_its_leader_moves_before_its_isr_removals() {
     let changes: Vec<Vec<PartitionChangeRecord>> = records
         .iter()
         .map(|r| match r {
-            MetadataRecord::ReplicaRemoval(r) => removal_changes(&h.image, r),
+            MetadataRecord::ReplicaRemoval(r) => removal_changes(&h.image, r).collect(),
             other => panic!("unexpected {other:?}"),
         })
         .collect();

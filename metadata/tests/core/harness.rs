@@ -319,7 +319,7 @@ fn removal_is_its_changes_decided_before(
     after: &MetadataImage,
 ) {
     use kmeta_metadata::controller::replication::election::removal_changes;
-    let changes = removal_changes(before, removal);
+    let changes = removal_changes(before, removal).collect::<Vec<_>>();
     let mut expected = before.clone();
     for c in &changes {
         expected

@@ -56,17 +56,16 @@ pub fn removal_change(
 }
 
 /// Every change `removal` makes to `image`, in the order replay applies them (the broker's
-/// partitions by topic id, then index). For tools and tests: replay does not materialize
-/// them.
-pub fn removal_changes(
-    image: &MetadataImage,
-    removal: &ReplicaRemovalRecord,
-) -> Vec<PartitionChangeRecord> {
+/// partitions by topic id, then index), each decided as it is reached: replay, the
+/// controller's check that a removal changes anything, and tools all walk this.
+pub fn removal_changes<'a>(
+    image: &'a MetadataImage,
+    removal: &'a ReplicaRemovalRecord,
+) -> impl Iterator<Item = PartitionChangeRecord> + 'a {
     let acceptance = LeaderAcceptance::of(image).excluding(removal.broker_id);
     image
         .partitions_on_broker(removal.broker_id)
-        .filter_map(|tp| removal_change(image, acceptance, removal, tp))
-        .collect()
+        .filter_map(move |tp| removal_change(image, acceptance, removal, tp))
 }
 
 /// A [`ReplicaRemovalRecord`] of `broker` over `scope`, or `None` when it would change no
@@ -82,11 +81,8 @@ pub fn replica_removal(
         scope,
         unclean_default: config.unclean_leader_election_enable,
     };
-    let acceptance = LeaderAcceptance::of(image).excluding(broker);
-    image
-        .partitions_on_broker(broker)
-        .any(|tp| removal_change(image, acceptance, &removal, tp).is_some())
-        .then_some(MetadataRecord::ReplicaRemoval(removal))
+    let changes_any = removal_changes(image, &removal).next().is_some();
+    changes_any.then_some(MetadataRecord::ReplicaRemoval(removal))
 }
 
 /// Removes `broker` from the ISR of every partition it hosts and moves its leaderships away.
