@@ -327,6 +327,18 @@ impl Nodes {
             })
             .collect();
         println!("    cpu s during {phase}: {}", parts.join(" "));
+        self.print_peaks(phase);
+    }
+
+    /// Prints each process's peak resident memory so far (VmHWM, since its start), so a run
+    /// shows which phase raised a node's peak.
+    fn print_peaks(&self, phase: &str) {
+        let peaks: Vec<String> = self
+            .children
+            .keys()
+            .filter_map(|id| Some(format!("{id}={:.0}", self.status_mib(*id, "VmHWM:")?)))
+            .collect();
+        println!("    peak MiB after {phase}: {}", peaks.join(" "));
     }
 
     fn rss_mib(&self, id: u64) -> Option<f64> {
@@ -665,6 +677,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     };
     report.record("controller_rss_max_mib", rss(&nodes, &CONTROLLERS));
     report.record("broker_rss_max_mib", rss(&nodes, &BROKERS));
+    nodes.print_peaks("create");
     let snapshot = nodes.last_snapshot();
     report.record("snapshot_bytes", snapshot.map(|s| s.0));
     report.record("snapshot_write_ms", snapshot.map(|s| s.1));
@@ -783,6 +796,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
         "wiped_broker_balanced_ms",
         ms(bal.map(|_| start_wiped.elapsed())),
     );
+    nodes.print_peaks("wiped broker");
 
     // Controller restart: kill -9 of all three, started again; until a write is acknowledged.
     for id in CONTROLLERS {
@@ -810,6 +824,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     let total = total + usize::from(served.is_some());
     let balanced = |s: &Survey| s.partitions >= total && s.balanced();
     until_all(&nodes, &BROKERS, bound, balanced).await;
+    nodes.print_peaks("controller restart");
 
     // Full restart: kill -9 of all six, all started again.
     for id in CONTROLLERS.iter().chain(&BROKERS) {
