@@ -19,6 +19,7 @@ use kmeta_metadata::controller::replication::election::{
 };
 use kmeta_metadata::controller::replication::topics::{create_topics, CreatableTopic};
 use kmeta_metadata::controller::ControllerConfig;
+use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::record::*;
 use kmeta_metadata::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -181,6 +182,23 @@ fn fence_cost(cluster: &Cluster, broker: i32) -> Duration {
     elapsed
 }
 
+/// What a broker does with a fence it reads from the log: note the records in its delta
+/// and replay them (the controller decided them).
+fn fence_on_broker(cluster: &Cluster, broker: i32) -> Duration {
+    let records = remove_broker_from_isrs(&cluster.image, &cluster.config, BrokerId(broker));
+    let mut image = cluster.image.clone();
+    let mut delta = ImageDelta::default();
+    let start = Instant::now();
+    for r in &records {
+        delta.note(&image, r);
+        image.replay(LogOffset(cluster.offset), r).unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(delta.partitions.len() >= 100_000);
+    std::hint::black_box((image, delta));
+    elapsed
+}
+
 fn main() {
     println!("| case | median | best | runs |");
     println!("|---|---|---|---|");
@@ -205,6 +223,11 @@ fn main() {
         "fence broker leading 100,000 partitions: decide + replay",
         5,
         || fence_cost(&big, 0),
+    );
+    measure(
+        "fence broker leading 100,000 partitions, on a broker: note + replay",
+        5,
+        || fence_on_broker(&big, 0),
     );
     measure(
         "fence broker with 1,000 partitions, cluster of 101,000",

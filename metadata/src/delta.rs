@@ -59,14 +59,25 @@ impl ImageDelta {
                 });
             }
             MetadataRecord::ReplicaRemoval(r) => {
-                // The partitions in its scope: those it may change.
-                for tp in before.partitions_on_broker(r.broker_id) {
-                    if before
-                        .partition(tp)
-                        .is_some_and(|p| r.covers(p.leader, &p.isr))
-                    {
-                        self.partitions.insert(tp);
-                    }
+                // The partitions in its scope: those it may change. They come sorted, so the
+                // set is built in bulk and merged in (`append`), not grown an insert at a time,
+                // unless it is small beside what is noted already.
+                let mut covered: BTreeSet<TopicIdPartition> = before
+                    .topics_on_broker(r.broker_id)
+                    .flat_map(|(topic, indexes)| {
+                        indexes.iter().filter_map(move |&partition| {
+                            let p = topic.partitions.get(&partition)?;
+                            r.covers(p.leader, &p.isr).then_some(TopicIdPartition {
+                                topic_id: topic.id,
+                                partition,
+                            })
+                        })
+                    })
+                    .collect();
+                if covered.len() < self.partitions.len() / 8 {
+                    self.partitions.extend(covered);
+                } else {
+                    self.partitions.append(&mut covered);
                 }
             }
             MetadataRecord::RemoveTopic(r) => {

@@ -408,6 +408,23 @@ impl MetadataImage {
             })
     }
 
+    /// The partitions that list `broker` as a replica with their registrations, a topic at a
+    /// time (topic-id order, indexes ascending, as [`Self::partitions_on_broker`]): each
+    /// topic is looked up once, not once per partition.
+    pub fn topics_on_broker(
+        &self,
+        broker: BrokerId,
+    ) -> impl Iterator<Item = (&TopicImage, &[i32])> + '_ {
+        self.partitions_by_broker
+            .get(&broker)
+            .into_iter()
+            .flat_map(move |topics| {
+                topics.iter().filter_map(move |(topic_id, indexes)| {
+                    Some((self.topic(topic_id)?, indexes.as_slice()))
+                })
+            })
+    }
+
     /// How many partitions list `broker` as a replica: O(topics it hosts).
     pub fn partition_count_on_broker(&self, broker: BrokerId) -> usize {
         self.partitions_by_broker
@@ -661,11 +678,21 @@ impl MetadataImage {
             .and_then(|t| t.partitions.get(&tp.partition))
             .cloned()
             .ok_or_else(|| format!("change to unknown partition {tp}"))?;
+        self.apply_partition_change(tp, &old, r)
+    }
+
+    /// Replays change `r` onto partition `tp`, whose registration is `old`.
+    fn apply_partition_change(
+        &mut self,
+        tp: TopicIdPartition,
+        old: &PartitionRegistration,
+        r: &PartitionChangeRecord,
+    ) -> Result<(), String> {
         let new = old.merge(r);
         if let Some(fault) = new.shape_error() {
             return Err(format!("partition {tp}: {fault}"));
         }
-        self.put_partition(tp, Some(&old), new);
+        self.put_partition(tp, Some(old), new);
         Ok(())
     }
 
@@ -674,13 +701,18 @@ impl MetadataImage {
     /// the brokers and the configs, none of which an earlier change in the same record
     /// touches, so deciding each just before applying it is deciding all on the image before.
     fn replay_replica_removal(&mut self, r: &ReplicaRemovalRecord) -> Result<(), String> {
-        use crate::controller::replication::election::removal_changes;
+        use crate::controller::replication::election::removal_changes_of;
         if self.broker(r.broker_id).is_none() {
             return Err(format!("removal of unregistered broker {}", r.broker_id));
         }
         let before = self.clone();
-        let result = removal_changes(&before, r)
-            .try_for_each(|change| self.replay_partition_change(&change));
+        let result = removal_changes_of(&before, r).try_for_each(|(old, change)| {
+            let tp = TopicIdPartition {
+                topic_id: change.topic_id,
+                partition: change.partition,
+            };
+            self.apply_partition_change(tp, old, &change)
+        });
         if result.is_err() {
             *self = before;
         }

@@ -8,10 +8,11 @@ use crate::controller::{
     LeaderAcceptance, MAX_ELECTIONS_PER_PASS,
 };
 use crate::error::{ApiError, ErrorCode};
-use crate::image::MetadataImage;
+use crate::image::{MetadataImage, PartitionRegistration};
 use crate::record::{MetadataRecord, PartitionChangeRecord, RemovalScope, ReplicaRemovalRecord};
 use crate::types::{BrokerId, TopicIdPartition};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 fn topic_name(image: &MetadataImage, tp: TopicIdPartition) -> &str {
     image
@@ -23,49 +24,72 @@ fn topic_name(image: &MetadataImage, tp: TopicIdPartition) -> &str {
 /// The election rule for an ISR shrink on `tp`: UNCLEAN when the topic allows it
 /// (`unclean_default` for topics and clusters that do not say).
 fn shrink_election(image: &MetadataImage, unclean_default: bool, tp: TopicIdPartition) -> Election {
-    if unclean_election_enabled_or(image, topic_name(image, tp), unclean_default) {
+    shrink_election_of(image, unclean_default, topic_name(image, tp))
+}
+
+fn shrink_election_of(image: &MetadataImage, unclean_default: bool, topic: &str) -> Election {
+    if unclean_election_enabled_or(image, topic, unclean_default) {
         Election::Unclean
     } else {
         Election::Online
     }
 }
 
-/// The change a [`ReplicaRemovalRecord`] makes to partition `tp` of `image` (the image as it
-/// stands before the record), or `None` when it makes none. Replay applies exactly this to
-/// every partition on the broker, so it is part of the log's format: a different rule needs
-/// a new record version. `acceptance` is `LeaderAcceptance::of(image).excluding(broker)`.
-pub fn removal_change(
-    image: &MetadataImage,
+/// The change a [`ReplicaRemovalRecord`] makes to partition `tp`, registered as `p` in the
+/// image as it stands before the record, or `None` when it makes none. Replay applies
+/// exactly this to every partition on the broker, so it is part of the log's format: a
+/// different rule needs a new record version. `acceptance` is
+/// `LeaderAcceptance::of(image).excluding(broker)`; `shrink` is the topic's election rule
+/// for an ISR shrink ([`shrink_election`]).
+fn removal_change(
+    p: &PartitionRegistration,
+    tp: TopicIdPartition,
     acceptance: LeaderAcceptance<'_>,
     removal: &ReplicaRemovalRecord,
-    tp: TopicIdPartition,
+    shrink: Election,
 ) -> Option<PartitionChangeRecord> {
-    let broker = removal.broker_id;
-    let p = image
-        .partition(tp)
-        .filter(|p| removal.covers(p.leader, &p.isr))?;
+    if !removal.covers(p.leader, &p.isr) {
+        return None;
+    }
     let builder = PartitionChangeBuilder::new(tp, p, acceptance);
     if removal.scope == RemovalScope::Leadership {
         return builder.election(Election::Online).build();
     }
+    let broker = removal.broker_id;
     let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
-    builder
-        .election(shrink_election(image, removal.unclean_default, tp))
-        .target_isr(isr)
-        .build()
+    builder.election(shrink).target_isr(isr).build()
 }
 
 /// Every change `removal` makes to `image`, in the order replay applies them (the broker's
-/// partitions by topic id, then index), each decided as it is reached: replay, the
-/// controller's check that a removal changes anything, and tools all walk this.
+/// partitions by topic id, then index), each decided as it is reached, with the partition's
+/// registration before it: replay, the controller's check that a removal changes anything,
+/// and tools all walk this. Each topic is looked up, and its election rule read, once.
+pub fn removal_changes_of<'a>(
+    image: &'a MetadataImage,
+    removal: &'a ReplicaRemovalRecord,
+) -> impl Iterator<Item = (&'a Arc<PartitionRegistration>, PartitionChangeRecord)> + 'a {
+    let acceptance = LeaderAcceptance::of(image).excluding(removal.broker_id);
+    image
+        .topics_on_broker(removal.broker_id)
+        .flat_map(move |(topic, indexes)| {
+            let shrink = shrink_election_of(image, removal.unclean_default, &topic.name);
+            indexes.iter().filter_map(move |&partition| {
+                let p = topic.partitions.get(&partition)?;
+                let tp = TopicIdPartition {
+                    topic_id: topic.id,
+                    partition,
+                };
+                Some((p, removal_change(p, tp, acceptance, removal, shrink)?))
+            })
+        })
+}
+
+/// The changes of [`removal_changes_of`] alone.
 pub fn removal_changes<'a>(
     image: &'a MetadataImage,
     removal: &'a ReplicaRemovalRecord,
 ) -> impl Iterator<Item = PartitionChangeRecord> + 'a {
-    let acceptance = LeaderAcceptance::of(image).excluding(removal.broker_id);
-    image
-        .partitions_on_broker(removal.broker_id)
-        .filter_map(move |tp| removal_change(image, acceptance, removal, tp))
+    removal_changes_of(image, removal).map(|(_, change)| change)
 }
 
 /// A [`ReplicaRemovalRecord`] of `broker` over `scope`, or `None` when it would change no
