@@ -3,7 +3,7 @@
 
 use crate::image::MetadataImage;
 use crate::record::{ConfigResourceType, MetadataRecord};
-use crate::types::{TopicId, TopicIdPartition};
+use crate::types::{BrokerId, TopicId, TopicIdPartition};
 use std::collections::BTreeSet;
 
 /// The partitions and topic configs a run of records touched.
@@ -18,9 +18,9 @@ pub struct ImageDelta {
     pub topic_configs: BTreeSet<TopicId>,
     /// Partitions of deleted topics.
     pub removed: BTreeSet<TopicIdPartition>,
-    /// A broker registered, unregistered, or was fenced or unfenced: which brokers may join
-    /// an ISR changed, with no partition touched.
-    pub brokers: bool,
+    /// Brokers that registered, unregistered, or were fenced or unfenced: which brokers may
+    /// join an ISR changed, with no partition touched.
+    pub brokers: BTreeSet<BrokerId>,
 }
 
 impl ImageDelta {
@@ -38,7 +38,7 @@ impl ImageDelta {
             && self.partitions.is_empty()
             && self.topic_configs.is_empty()
             && self.removed.is_empty()
-            && !self.brokers
+            && self.brokers.is_empty()
     }
 
     /// Notes `record`, about to be replayed onto `before`.
@@ -60,9 +60,8 @@ impl ImageDelta {
             }
             MetadataRecord::ReplicaRemoval(r) => {
                 // The partitions in its scope: those it may change. They come sorted, so the
-                // set is built in bulk and merged in (`append`), not grown an insert at a time,
-                // unless it is small beside what is noted already.
-                let mut covered: BTreeSet<TopicIdPartition> = before
+                // set is built in bulk and merged in, not grown an insert at a time.
+                let covered: BTreeSet<TopicIdPartition> = before
                     .topics_on_broker(r.broker_id)
                     .flat_map(|(topic, indexes)| {
                         indexes.iter().filter_map(move |&partition| {
@@ -74,11 +73,7 @@ impl ImageDelta {
                         })
                     })
                     .collect();
-                if covered.len() < self.partitions.len() / 8 {
-                    self.partitions.extend(covered);
-                } else {
-                    self.partitions.append(&mut covered);
-                }
+                union_into(&mut self.partitions, covered);
             }
             MetadataRecord::RemoveTopic(r) => {
                 self.topic_configs.remove(&r.topic_id);
@@ -93,9 +88,15 @@ impl ImageDelta {
                     }
                 }
             }
-            MetadataRecord::RegisterBroker(_)
-            | MetadataRecord::UnregisterBroker(_)
-            | MetadataRecord::BrokerRegistrationChange(_) => self.brokers = true,
+            MetadataRecord::RegisterBroker(r) => {
+                self.brokers.insert(r.broker_id);
+            }
+            MetadataRecord::UnregisterBroker(r) => {
+                self.brokers.insert(r.broker_id);
+            }
+            MetadataRecord::BrokerRegistrationChange(r) => {
+                self.brokers.insert(r.broker_id);
+            }
             MetadataRecord::Config(r) => match r.resource.resource_type {
                 ConfigResourceType::Topic => {
                     if let Some(id) = before.topic_id(&r.resource.resource_name) {
@@ -111,15 +112,34 @@ impl ImageDelta {
     /// Adds what `later` touched.
     pub fn merge(&mut self, later: ImageDelta) {
         self.all |= later.all;
-        self.brokers |= later.brokers;
-        for tp in &later.removed {
-            self.partitions.remove(tp);
+        self.brokers.extend(later.brokers);
+        if !self.partitions.is_empty() {
+            for tp in &later.removed {
+                self.partitions.remove(tp);
+            }
         }
-        for tp in &later.partitions {
-            self.removed.remove(tp);
+        if !self.removed.is_empty() {
+            for tp in &later.partitions {
+                self.removed.remove(tp);
+            }
         }
-        self.partitions.extend(later.partitions);
-        self.topic_configs.extend(later.topic_configs);
-        self.removed.extend(later.removed);
+        union_into(&mut self.partitions, later.partitions);
+        union_into(&mut self.topic_configs, later.topic_configs);
+        union_into(&mut self.removed, later.removed);
+    }
+}
+
+/// Adds `b` to `a`: the smaller into the larger one insert at a time, or, when they are of a
+/// size, both merged into a new tree in one linear pass (`append`), so that a delta of a
+/// million partitions moves into an empty one for nothing and merges into a large one in
+/// O(n + m), never O(m log n) with a tree rebalanced all the way.
+fn union_into<T: Ord>(a: &mut BTreeSet<T>, mut b: BTreeSet<T>) {
+    if a.len() < b.len() {
+        std::mem::swap(a, &mut b);
+    }
+    if b.len() < a.len() / 8 {
+        a.extend(b);
+    } else {
+        a.append(&mut b);
     }
 }

@@ -14,7 +14,7 @@ use kafka_protocol::messages::fetch_snapshot_request::{
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchSnapshotRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kmeta_metadata::delta::ImageDelta;
-use kmeta_metadata::{ErrorCode, LogOffset, MetadataImage};
+use kmeta_metadata::{ErrorCode, LogOffset, MetadataImage, MetadataRecord};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +121,8 @@ async fn fetch_once(
             continue;
         }
         let batch = decode_batch(&bytes).map_err(|e| e.to_string())?;
+        let mut removal = false;
+        let replay_start = std::time::Instant::now();
         for record in &batch.0 {
             delta.note(image, record);
             if let Err(e) = image.replay(LogOffset(offset as i64), record) {
@@ -130,9 +132,24 @@ async fn fetch_once(
                 *next = 0;
                 return Err(e.to_string());
             }
+            removal |= matches!(record, MetadataRecord::ReplicaRemoval(_));
         }
         *next = offset + 1;
         changed = true;
+        if removal {
+            // A removal ends its entry so that its leader moves are shown before the ISR
+            // removals that follow are even replayed (the controller proposes them apart):
+            // publish here, not after the whole fetch, and let the partitions move while the
+            // next entry replays.
+            tracing::info!(
+                offset,
+                partitions = delta.partitions.len(),
+                replay_ms = replay_start.elapsed().as_millis() as u64,
+                "replayed a broker's removal from its partitions"
+            );
+            state.publish(image.clone(), offset, std::mem::take(&mut delta));
+            changed = false;
+        }
     }
     let reached = p.last_stable_offset;
     if reached >= 0 && reached as u64 + 1 > *next {

@@ -567,9 +567,26 @@ async fn host_partitions(state: Arc<BrokerState>) {
     loop {
         // Work in proportion to what changed: only the partitions the new records touched.
         let (published, delta) = state.take_changes();
+        let start = std::time::Instant::now();
         let leaders = state.replicas.apply_delta(&published.image, &delta);
-        if delta.brokers || delta.all {
+        if delta.partitions.len() >= 10_000 {
+            tracing::info!(
+                offset = published.offset,
+                partitions = delta.partitions.len(),
+                apply_ms = start.elapsed().as_millis() as u64,
+                "applied a large change to the hosted partitions"
+            );
+        }
+        if delta.all {
             state.replicas.ask_every_isr();
+        } else {
+            // A broker that became eligible may join the ISRs of partitions led here, though
+            // no partition record says so and no follower fetch would note it.
+            for b in &delta.brokers {
+                if published.image.is_active_broker(*b) {
+                    state.replicas.ask_isrs_hosting(&published.image, *b);
+                }
+            }
         }
         fetcher::ensure(&state, leaders);
         if applied.changed().await.is_err() {

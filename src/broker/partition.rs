@@ -516,8 +516,13 @@ impl Partition {
         let epoch_changed = new.leader_epoch != s.leader_epoch || role != s.role;
         s.leader_epoch = new.leader_epoch;
         s.partition_epoch = new.partition_epoch;
-        s.replicas = new.replicas.as_slice().into();
-        s.isr = new.isr.as_slice().into();
+        // Most changes (an ISR shrink, a leader move) keep one of the two as it was.
+        if *s.replicas != new.replicas[..] {
+            s.replicas = new.replicas.as_slice().into();
+        }
+        if *s.isr != new.isr[..] {
+            s.isr = new.isr.as_slice().into();
+        }
         s.pending = None;
         if epoch_changed {
             match role {

@@ -6,6 +6,7 @@ use super::log::LogConfig;
 use super::partition::{LeaderAndIsr, Partition, PartitionConfig, Role};
 use super::partition_table::{PartitionHash, PartitionTable};
 use kmeta_metadata::delta::ImageDelta;
+use kmeta_metadata::image::{PartitionRegistration, TopicImage};
 use kmeta_metadata::record::{ConfigResource, ConfigResourceType};
 use kmeta_metadata::{BrokerId, MetadataImage, TopicIdPartition};
 use std::collections::{BTreeSet, HashMap};
@@ -215,11 +216,40 @@ impl Replicas {
         self.isr_check.notify_one();
     }
 
-    /// Has the ISR duties ask every led partition: a broker became eligible (or not) to join
-    /// ISRs, which changes no partition, so no follower fetch would note it.
+    /// Has the ISR duties ask every led partition (the whole image changed: a snapshot).
     pub fn ask_every_isr(&self) {
         self.isr_everything
             .store(true, std::sync::atomic::Ordering::Release);
+        self.isr_check.notify_one();
+    }
+
+    /// Has the ISR duties ask the partitions this broker leads where `broker` is a replica:
+    /// it became eligible to join their ISRs (registered or unfenced), which changes no
+    /// partition. A broker fenced or gone needs nothing here (the controller removes it from
+    /// ISRs itself), so a fence costs the ISR duties nothing.
+    pub fn ask_isrs_hosting(&self, image: &MetadataImage, broker: BrokerId) {
+        let me = BrokerId(self.me);
+        let led: Vec<Arc<Partition>> = image
+            .topics_on_broker(broker)
+            .flat_map(|(topic, indexes)| {
+                indexes.iter().filter_map(move |&partition| {
+                    let led = topic.partitions.get(&partition)?.leader == me;
+                    led.then_some(TopicIdPartition {
+                        topic_id: topic.id,
+                        partition,
+                    })
+                })
+            })
+            .filter_map(|tp| self.get(&tp))
+            .collect();
+        if led.is_empty() {
+            return;
+        }
+        let mut candidates = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
+        for p in led {
+            candidates.insert(p);
+        }
+        drop(candidates);
         self.isr_check.notify_one();
     }
 
@@ -363,8 +393,16 @@ impl Replicas {
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         let mut cache = TopicCache::default();
-        for tp in &hosted {
-            changed |= self.apply_one(image, *tp, &mut leaders, &mut cache);
+        for (topic, indexes) in image.topics_on_broker(me) {
+            for &partition in indexes {
+                let tp = TopicIdPartition {
+                    topic_id: topic.id,
+                    partition,
+                };
+                if let Some(reg) = topic.partitions.get(&partition) {
+                    changed |= self.apply_one(image, topic, tp, reg, &mut leaders, &mut cache);
+                }
+            }
         }
         let gone: Vec<TopicIdPartition> = {
             let map = self.partitions.read().unwrap_or_else(|p| p.into_inner());
@@ -386,27 +424,39 @@ impl Replicas {
             return self.apply_image(image);
         }
         let me = BrokerId(self.me);
-        let mut touched: BTreeSet<TopicIdPartition> = delta.partitions.clone();
+        // The partitions of topics whose configs changed, beyond those the delta names.
+        let mut reconfigured = Vec::new();
         for id in &delta.topic_configs {
             if let Some(t) = image.topic(id) {
-                touched.extend(t.partitions.keys().map(|&partition| TopicIdPartition {
-                    topic_id: *id,
-                    partition,
-                }));
+                reconfigured.extend(
+                    t.partitions
+                        .keys()
+                        .map(|&partition| TopicIdPartition {
+                            topic_id: *id,
+                            partition,
+                        })
+                        .filter(|tp| !delta.partitions.contains(tp)),
+                );
             }
         }
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         let mut gone: Vec<TopicIdPartition> = delta.removed.iter().copied().collect();
         let mut cache = TopicCache::default();
-        for tp in touched {
-            let here = image
-                .partition(tp)
-                .is_some_and(|p| p.replicas.contains(&me));
-            if here {
-                changed |= self.apply_one(image, tp, &mut leaders, &mut cache);
-            } else {
-                gone.push(tp);
+        // Touched partitions come a topic at a time: each topic is looked up once.
+        let mut topic: Option<&TopicImage> = None;
+        for tp in delta.partitions.iter().chain(&reconfigured).copied() {
+            if topic.is_none_or(|t| t.id != tp.topic_id) {
+                topic = image.topic(&tp.topic_id);
+            }
+            let reg = topic
+                .and_then(|t| t.partitions.get(&tp.partition))
+                .filter(|p| p.replicas.contains(&me));
+            match (topic, reg) {
+                (Some(t), Some(reg)) => {
+                    changed |= self.apply_one(image, t, tp, reg, &mut leaders, &mut cache);
+                }
+                _ => gone.push(tp),
             }
         }
         changed |= self.remove(&gone);
@@ -416,18 +466,17 @@ impl Replicas {
         leaders
     }
 
-    /// Applies one hosted partition's state from `image`, opening its log the first time;
-    /// adds the leader it follows to `leaders`. True if its state changed.
+    /// Applies one hosted partition's state, `reg` of `topic` in `image`, opening its log the
+    /// first time; adds the leader it follows to `leaders`. True if its state changed.
     fn apply_one(
         &self,
         image: &MetadataImage,
+        topic: &TopicImage,
         tp: TopicIdPartition,
+        reg: &PartitionRegistration,
         leaders: &mut BTreeSet<i32>,
         cache: &mut TopicCache,
     ) -> bool {
-        let (Some(topic), Some(reg)) = (image.topic(&tp.topic_id), image.partition(tp)) else {
-            return false;
-        };
         let (name, config) = cache.get(tp.topic_id, || {
             (
                 Arc::from(topic.name.as_str()),
