@@ -267,6 +267,24 @@ async fn snapshot_and_purge_everywhere(cluster: &Cluster) -> u64 {
     for node in cluster.nodes.values() {
         node.raft.trigger().purge_log(last).await.unwrap();
     }
+    // The trigger only asks: wait until every node has dropped the log, or a node that is
+    // behind may still be sent the entries instead of the snapshot.
+    for node in cluster.nodes.values() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while node
+            .raft
+            .metrics()
+            .borrow_watched()
+            .purged
+            .is_none_or(|p| p.index() < last)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the log was not purged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     last
 }
 
