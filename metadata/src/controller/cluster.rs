@@ -260,6 +260,14 @@ pub fn process_heartbeat(
     };
     let registration_offset = LogOffset(broker.broker_epoch.0);
     let leads = leads_any(image, id);
+    if current == BrokerControlState::ControlledShutdown {
+        // A controller that became active after the broker entered controlled shutdown has
+        // no offset for it (the tracker lives in the active controller's memory), and KRaft
+        // sets one on the next heartbeat: the image this is decided on holds the mark and
+        // every move written so far, so the shutdown waits for every broker to reach its
+        // last entry. A kept offset is not moved.
+        tracker.set_controlled_shutdown_offset(id, LogOffset(next_offset.0 - 1));
+    }
     let shutdown_offset_reached = tracker
         .contact(id)
         .and_then(|c| c.controlled_shutdown_offset)

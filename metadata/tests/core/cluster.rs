@@ -374,6 +374,28 @@ fn a_controlled_shutdown_waits_for_its_leader_moves_and_leaves_its_followed_isrs
 }
 
 #[test]
+fn a_controlled_shutdown_completes_under_a_controller_that_became_active_after_it_began() {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("t", &[&[0, 1, 2], &[1, 0, 2]]);
+    let entering = h.heartbeat_result(0, false, true).unwrap();
+    h.commit(entering);
+    assert_eq!(h.partition("t", 0).leader, BrokerId(1));
+    // Another controller becomes active: its heartbeat tracker starts from the image, with
+    // no controlled-shutdown offset for broker 0 (it lived in the old one's memory).
+    let mut tracker = kmeta_metadata::controller::heartbeat::BrokerHeartbeatTracker::new();
+    tracker.seed_on_activation(&h.image, h.now_ms);
+    h.tracker = tracker;
+    h.heartbeat(1, false, false).unwrap();
+    h.heartbeat(2, false, false).unwrap();
+    // Every broker has the image with the mark and the moves: the shutdown is granted, not
+    // left to wait out the session timeout.
+    let reply = h.heartbeat(0, false, true).unwrap();
+    assert!(reply.should_shut_down);
+    assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
+}
+
+#[test]
 fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     let mut h = Harness::default();
     h.active_brokers(&[0, 1, 2]);
