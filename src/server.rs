@@ -147,6 +147,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
     };
+    // The broker's state is never freed: the process ends once this returns, and freeing a
+    // million partitions' state piece by piece (on whichever task dropped it last) held up
+    // the exit of a broker by seconds after its controlled shutdown was granted.
+    let never_freed = broker.as_ref().map(|(state, _)| state.clone());
     match broker {
         Some((state, (listener, extra))) => {
             crate::broker::run_with(state, listener, extra, stop).await?;
@@ -156,10 +160,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(c) = controller {
         c.stop().await?;
     }
-    if let Some((tx, task)) = metrics {
+    if let Some((tx, _task)) = metrics {
+        // Not awaited: the process ends once this returns (the listener with it), and the
+        // task may wait for a runtime worker still busy replaying a large change.
         let _ = tx.send(());
-        let _ = task.await;
     }
+    tracing::info!("node stopped");
+    std::mem::forget(never_freed);
     let why = fatal.lock().unwrap_or_else(|p| p.into_inner()).take();
     match why {
         Some(why) => Err(format!("the metadata log stopped on a fatal error: {why}")),

@@ -6,6 +6,7 @@ use super::BrokerState;
 use crate::kafka::client::KafkaClient;
 use crate::kafka::metadata_log::{decode_entries, METADATA_TOPIC};
 use crate::raft::state_machine::{decode_batch, decode_image};
+use crate::raft::types::MetadataBatch;
 use bytes::BytesMut;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_snapshot_request::{
@@ -113,14 +114,47 @@ async fn fetch_once(
         state.publish(image.clone(), offset, ImageDelta::everything());
         return Ok(());
     }
-    let entries = decode_entries(p.records.clone().unwrap_or_default())?;
-    let mut changed = false;
-    let mut delta = ImageDelta::default();
-    for (offset, bytes) in entries {
-        if offset < *next {
-            continue;
+    let mut batches = Vec::new();
+    for (offset, bytes) in decode_entries(p.records.clone().unwrap_or_default())? {
+        if offset >= *next {
+            batches.push((offset, decode_batch(&bytes).map_err(|e| e.to_string())?));
         }
-        let batch = decode_batch(&bytes).map_err(|e| e.to_string())?;
+    }
+    let mut delta = ImageDelta::default();
+    // Replay may take seconds (a removal at a million partitions): then the worker's other
+    // tasks (client requests, follower fetches) move to another thread meanwhile.
+    let heavy = batches.iter().map(|(_, b)| b.0.len()).sum::<usize>() >= 1_000
+        || batches.iter().any(|(_, b)| {
+            b.0.iter()
+                .any(|r| matches!(r, MetadataRecord::ReplicaRemoval(_)))
+        });
+    let mut changed = if heavy {
+        super::cpu_bound(|| replay_entries(state, batches, image, next, &mut delta))?
+    } else {
+        replay_entries(state, batches, image, next, &mut delta)?
+    };
+    let reached = p.last_stable_offset;
+    if reached >= 0 && reached as u64 + 1 > *next {
+        *next = reached as u64 + 1;
+        changed = true;
+    }
+    if changed {
+        state.publish(image.clone(), next.saturating_sub(1), delta);
+    }
+    Ok(())
+}
+
+/// Replays fetched `batches` (from `*next` on) onto `image`, noting them in `delta`; an entry
+/// holding a removal is published on its own. True if anything is left to publish.
+fn replay_entries(
+    state: &BrokerState,
+    batches: Vec<(u64, MetadataBatch)>,
+    image: &mut MetadataImage,
+    next: &mut u64,
+    delta: &mut ImageDelta,
+) -> Result<bool, String> {
+    let mut changed = false;
+    for (offset, batch) in batches {
         let mut removal = false;
         let replay_start = std::time::Instant::now();
         for record in &batch.0 {
@@ -147,19 +181,11 @@ async fn fetch_once(
                 replay_ms = replay_start.elapsed().as_millis() as u64,
                 "replayed a broker's removal from its partitions"
             );
-            state.publish(image.clone(), offset, std::mem::take(&mut delta));
+            state.publish(image.clone(), offset, std::mem::take(delta));
             changed = false;
         }
     }
-    let reached = p.last_stable_offset;
-    if reached >= 0 && reached as u64 + 1 > *next {
-        *next = reached as u64 + 1;
-        changed = true;
-    }
-    if changed {
-        state.publish(image.clone(), next.saturating_sub(1), delta);
-    }
-    Ok(())
+    Ok(changed)
 }
 
 async fn fetch_snapshot(

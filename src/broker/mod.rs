@@ -558,6 +558,18 @@ impl BrokerHandle {
 /// states in which it may lead partitions in long-gone epochs. Acting on those would accept
 /// writes in a dead epoch and rewrite the epoch cache (KRaft's metadata loader also publishes
 /// nothing before it reaches the high watermark).
+/// Runs `f`, a stretch of synchronous work that may take long (a large change replayed or
+/// applied), letting a multi-thread runtime hand this worker's other tasks to another thread
+/// meanwhile, so that client requests and follower fetches are still served; elsewhere (a
+/// current-thread runtime in tests) it just runs `f`.
+pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 async fn host_partitions(state: Arc<BrokerState>) {
     let mut applied = state.subscribe_applied();
     while state.is_fenced() {
@@ -568,7 +580,11 @@ async fn host_partitions(state: Arc<BrokerState>) {
         // Work in proportion to what changed: only the partitions the new records touched.
         let (published, delta) = state.take_changes();
         let start = std::time::Instant::now();
-        let leaders = state.replicas.apply_delta(&published.image, &delta);
+        let leaders = if delta.all || delta.partitions.len() >= 10_000 {
+            cpu_bound(|| state.replicas.apply_delta(&published.image, &delta))
+        } else {
+            state.replicas.apply_delta(&published.image, &delta)
+        };
         if delta.partitions.len() >= 10_000 {
             tracing::info!(
                 offset = published.offset,
@@ -647,10 +663,15 @@ pub async fn run_with(
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = session.await;
+    let stopping = std::time::Instant::now();
     let _ = server_stop_tx.send(true);
     for server in servers {
         let _ = server.await;
     }
+    tracing::info!(
+        listeners_ms = stopping.elapsed().as_millis() as u64,
+        "broker stopped serving"
+    );
     gate.abort();
     isr.abort();
     retention.abort();
