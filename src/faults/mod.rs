@@ -412,6 +412,17 @@ fn landable(x: i64, acked: i64, attempted: i64, abandoned: &BTreeSet<i64>) -> bo
     (acked..=attempted).contains(&x) || abandoned.contains(&x)
 }
 
+/// Notes that the write of `value` to `key` got no answer (its connection failed).
+fn abandoned<K: Ord>(
+    ledger: &Mutex<Ledger>,
+    writes: impl FnOnce(&mut Ledger) -> &mut BTreeMap<K, BTreeSet<i64>>,
+    key: K,
+    value: i64,
+) {
+    let mut l = ledger.lock().unwrap_or_else(|p| p.into_inner());
+    writes(&mut l).entry(key).or_default().insert(value);
+}
+
 /// Whether an error code is indeterminate for a write: the write may or may not commit.
 fn indeterminate(code: i16) -> bool {
     // NOT_CONTROLLER, REQUEST_TIMED_OUT, UNKNOWN_SERVER_ERROR, COORDINATOR_NOT_AVAILABLE,
@@ -580,13 +591,12 @@ async fn load(
                         Some(coord) => {
                             let sent = coord.send(&r, 8).await.ok();
                             if sent.is_none() {
-                                ledger
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .abandoned_offsets
-                                    .entry(key.clone())
-                                    .or_default()
-                                    .insert(offset);
+                                abandoned(
+                                    &ledger,
+                                    |l| &mut l.abandoned_offsets,
+                                    key.clone(),
+                                    offset,
+                                );
                             }
                             sent
                         }
@@ -650,13 +660,12 @@ async fn load(
                             Ok(())
                         }
                         Err(_) => {
-                            ledger
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .abandoned_configs
-                                .entry(name.clone())
-                                .or_default()
-                                .insert(retention);
+                            abandoned(
+                                &ledger,
+                                |l| &mut l.abandoned_configs,
+                                name.clone(),
+                                retention,
+                            );
                             Err(())
                         }
                     }
