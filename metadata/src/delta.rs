@@ -63,15 +63,9 @@ impl ImageDelta {
                 // set is built in bulk and merged in, not grown an insert at a time.
                 let covered: BTreeSet<TopicIdPartition> = before
                     .topics_on_broker(r.broker_id)
-                    .flat_map(|(topic, indexes)| {
-                        indexes.iter().filter_map(move |&partition| {
-                            let p = topic.partitions.get(&partition)?;
-                            r.covers(p.leader, &p.isr).then_some(TopicIdPartition {
-                                topic_id: topic.id,
-                                partition,
-                            })
-                        })
-                    })
+                    .flat_map(|(topic, indexes)| topic.partitions_at(indexes))
+                    .filter(|(_, p)| r.covers(p.leader, &p.isr))
+                    .map(|(tp, _)| tp)
                     .collect();
                 union_into(&mut self.partitions, covered);
             }

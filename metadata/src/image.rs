@@ -208,6 +208,24 @@ pub struct TopicImage {
     pub partitions: OrdMap<i32, Arc<PartitionRegistration>>,
 }
 
+impl TopicImage {
+    /// The partitions of this topic at `indexes` that exist, with their registrations: what
+    /// [`MetadataImage::topics_on_broker`] gives per topic, walked.
+    pub fn partitions_at<'a>(
+        &'a self,
+        indexes: &'a [i32],
+    ) -> impl Iterator<Item = (TopicIdPartition, &'a Arc<PartitionRegistration>)> + 'a {
+        indexes.iter().filter_map(move |&partition| {
+            let p = self.partitions.get(&partition)?;
+            let tp = TopicIdPartition {
+                topic_id: self.id,
+                partition,
+            };
+            Some((tp, p))
+        })
+    }
+}
+
 /// A committed consumer-group offset as the image stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetValue {

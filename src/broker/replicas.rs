@@ -231,16 +231,9 @@ impl Replicas {
         let me = BrokerId(self.me);
         let led: Vec<Arc<Partition>> = image
             .topics_on_broker(broker)
-            .flat_map(|(topic, indexes)| {
-                indexes.iter().filter_map(move |&partition| {
-                    let led = topic.partitions.get(&partition)?.leader == me;
-                    led.then_some(TopicIdPartition {
-                        topic_id: topic.id,
-                        partition,
-                    })
-                })
-            })
-            .filter_map(|tp| self.get(&tp))
+            .flat_map(|(topic, indexes)| topic.partitions_at(indexes))
+            .filter(|(_, p)| p.leader == me)
+            .filter_map(|(tp, _)| self.get(&tp))
             .collect();
         if led.is_empty() {
             return;
@@ -389,19 +382,14 @@ impl Replicas {
     pub fn apply_image(&self, image: &MetadataImage) -> BTreeSet<i32> {
         let me = BrokerId(self.me);
         // In key order, as the image indexes them.
-        let hosted: Vec<TopicIdPartition> = image.partitions_on_broker(me).collect();
+        let mut hosted: Vec<TopicIdPartition> = Vec::new();
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         let mut cache = TopicCache::default();
         for (topic, indexes) in image.topics_on_broker(me) {
-            for &partition in indexes {
-                let tp = TopicIdPartition {
-                    topic_id: topic.id,
-                    partition,
-                };
-                if let Some(reg) = topic.partitions.get(&partition) {
-                    changed |= self.apply_one(image, topic, tp, reg, &mut leaders, &mut cache);
-                }
+            for (tp, reg) in topic.partitions_at(indexes) {
+                hosted.push(tp);
+                changed |= self.apply_one(image, topic, tp, reg, &mut leaders, &mut cache);
             }
         }
         let gone: Vec<TopicIdPartition> = {

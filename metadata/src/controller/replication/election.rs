@@ -73,12 +73,7 @@ pub fn removal_changes_of<'a>(
         .topics_on_broker(removal.broker_id)
         .flat_map(move |(topic, indexes)| {
             let shrink = shrink_election_of(image, removal.unclean_default, &topic.name);
-            indexes.iter().filter_map(move |&partition| {
-                let p = topic.partitions.get(&partition)?;
-                let tp = TopicIdPartition {
-                    topic_id: topic.id,
-                    partition,
-                };
+            topic.partitions_at(indexes).filter_map(move |(tp, p)| {
                 Some((p, removal_change(p, tp, acceptance, removal, shrink)?))
             })
         })
