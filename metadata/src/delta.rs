@@ -58,13 +58,13 @@ impl ImageDelta {
                     partition: r.partition,
                 });
             }
-            MetadataRecord::ReplicaRemoval(r) => {
+            MetadataRecord::BrokerPartitions(r) => {
                 // The partitions in its scope: those it may change. They come sorted, so the
                 // set is built in bulk and merged in, not grown an insert at a time.
                 let covered: BTreeSet<TopicIdPartition> = before
                     .topics_on_broker(r.broker_id)
                     .flat_map(|(topic, indexes)| topic.partitions_at(indexes))
-                    .filter(|(_, p)| r.covers(p.leader, &p.isr))
+                    .filter(|(_, p)| r.covers(p.leader, &p.isr, p.preferred_leader()))
                     .map(|(tp, _)| tp)
                     .collect();
                 union_into(&mut self.partitions, covered);

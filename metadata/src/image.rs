@@ -551,7 +551,7 @@ impl MetadataImage {
             MetadataRecord::Topic(r) => self.replay_topic(r),
             MetadataRecord::Partition(r) => self.replay_partition(r),
             MetadataRecord::PartitionChange(r) => self.replay_partition_change(r),
-            MetadataRecord::ReplicaRemoval(r) => self.replay_replica_removal(r),
+            MetadataRecord::BrokerPartitions(r) => self.replay_broker_partitions(r),
             MetadataRecord::RemoveTopic(r) => self.replay_remove_topic(r),
             MetadataRecord::Config(r) => self.replay_config(r),
             MetadataRecord::FeatureLevel(r) => {
@@ -714,17 +714,17 @@ impl MetadataImage {
         Ok(())
     }
 
-    /// Applies to every partition on the broker the change `removal_change` decides for it on
+    /// Applies to every partition on the broker the change `broker_change` decides for it on
     /// the image before this record. Each partition's change depends only on its own state,
     /// the brokers and the configs, none of which an earlier change in the same record
     /// touches, so deciding each just before applying it is deciding all on the image before.
-    fn replay_replica_removal(&mut self, r: &ReplicaRemovalRecord) -> Result<(), String> {
-        use crate::controller::replication::election::removal_changes_of;
+    fn replay_broker_partitions(&mut self, r: &BrokerPartitionsRecord) -> Result<(), String> {
+        use crate::controller::replication::election::broker_changes_of;
         if self.broker(r.broker_id).is_none() {
             return Err(format!("removal of unregistered broker {}", r.broker_id));
         }
         let before = self.clone();
-        let result = removal_changes_of(&before, r).try_for_each(|(old, change)| {
+        let result = broker_changes_of(&before, r).try_for_each(|(old, change)| {
             let tp = TopicIdPartition {
                 topic_id: change.topic_id,
                 partition: change.partition,

@@ -272,9 +272,11 @@ pub struct ProducerIdsRecord {
     pub next_producer_id: i64,
 }
 
-/// Which of a broker's partitions a [`ReplicaRemovalRecord`] changes.
+/// Which of a broker's partitions a [`BrokerPartitionsRecord`] changes, and how. The first
+/// three take the broker out of leaderships or ISRs (it is never an acceptable leader for
+/// them); the last two hand it leaderships (it is acceptable as the image says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RemovalScope {
+pub enum BrokerScope {
     /// The partitions it leads get another in-sync leader (ONLINE election); it stays in
     /// their ISRs. A broker back with its log directory intact.
     Leadership,
@@ -284,33 +286,58 @@ pub enum RemovalScope {
     /// The partitions it does not lead but whose ISR holds it lose it from the ISR. The
     /// second half of a fence.
     Followed,
+    /// The leaderless partitions it is a replica of get a leader (ONLINE election, or
+    /// UNCLEAN where the topic's rule allows it). Follows its unfencing, as KRaft elects
+    /// leaders for the leaderless partitions when a broker is unfenced.
+    Leaderless,
+    /// The partitions led by another broker where it is the preferred replica and in the
+    /// ISR get it back as leader (PREFERRED election). Follows its unfencing when automatic
+    /// leader balancing is on, so leadership returns at once rather than by balancing passes.
+    Preferred,
 }
 
-/// A broker leaves the leaderships and ISRs of the partitions it hosts, in one record:
-/// replay applies, to each partition in `scope`, the change `PartitionChangeBuilder` makes
-/// with `broker_id` unacceptable as a leader, decided on the image as it stands before this
-/// record (`controller::replication::election::removal_change`). kmeta type 1002 (KRaft
-/// writes one `PartitionChangeRecord` per partition instead: at a million partitions a fence
-/// was a million records to replicate, store and decode on every node).
+impl BrokerScope {
+    /// True for the scopes that take the broker out (it may not lead what they change).
+    pub fn removes(self) -> bool {
+        matches!(
+            self,
+            BrokerScope::Leadership | BrokerScope::Led | BrokerScope::Followed
+        )
+    }
+}
+
+/// One rule applied to every partition a broker hosts, in one record: replay applies, to each
+/// partition in `scope`, the change `PartitionChangeBuilder` makes (with `broker_id`
+/// unacceptable as a leader where the scope removes it), decided on the image as it stands
+/// before this record (`controller::replication::election::broker_change`). kmeta type 1002
+/// (KRaft writes one `PartitionChangeRecord` per partition instead: at a million partitions a
+/// fence was a million records to replicate, store and decode on every node). Scopes are
+/// added at the end of [`BrokerScope`], so older entries decode unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicaRemovalRecord {
-    /// The broker removed (registered when the record is written).
+pub struct BrokerPartitionsRecord {
+    /// The broker (registered when the record is written).
     pub broker_id: BrokerId,
     /// Which of its partitions change.
-    pub scope: RemovalScope,
+    pub scope: BrokerScope,
     /// The controller's `unclean.leader.election.enable` when it wrote the record, for
     /// topics and clusters that do not set it (it is a node setting, not in the image).
     pub unclean_default: bool,
 }
 
-impl ReplicaRemovalRecord {
-    /// True when a partition in this state is in the record's scope: it may change (it does
-    /// unless no change is possible, e.g. no other replica may lead).
-    pub fn covers(&self, leader: BrokerId, isr: &[BrokerId]) -> bool {
-        let leads = leader == self.broker_id;
+impl BrokerPartitionsRecord {
+    /// True when a partition with this leader, ISR and preferred replica is in the record's
+    /// scope: it may change (it does unless no change is possible, e.g. no other replica may
+    /// lead).
+    pub fn covers(&self, leader: BrokerId, isr: &[BrokerId], preferred: BrokerId) -> bool {
+        let broker = self.broker_id;
+        let leads = leader == broker;
         match self.scope {
-            RemovalScope::Leadership | RemovalScope::Led => leads,
-            RemovalScope::Followed => !leads && isr.contains(&self.broker_id),
+            BrokerScope::Leadership | BrokerScope::Led => leads,
+            BrokerScope::Followed => !leads && isr.contains(&broker),
+            BrokerScope::Leaderless => leader.is_none(),
+            BrokerScope::Preferred => {
+                !leads && !leader.is_none() && preferred == broker && isr.contains(&broker)
+            }
         }
     }
 }
@@ -344,8 +371,8 @@ pub enum MetadataRecord {
     ProducerIds(ProducerIdsRecord),
     /// See [`OffsetDeleteRecord`].
     OffsetDelete(OffsetDeleteRecord),
-    /// See [`ReplicaRemovalRecord`].
-    ReplicaRemoval(ReplicaRemovalRecord),
+    /// See [`BrokerPartitionsRecord`].
+    BrokerPartitions(BrokerPartitionsRecord),
 }
 
 /// Why bytes could not be decoded into a record.
@@ -402,8 +429,8 @@ pub mod record_type {
     pub const OFFSET_COMMIT: u16 = 1000;
     /// OffsetDeleteRecord (kmeta's own).
     pub const OFFSET_DELETE: u16 = 1001;
-    /// ReplicaRemovalRecord (kmeta's own).
-    pub const REPLICA_REMOVAL: u16 = 1002;
+    /// BrokerPartitionsRecord (kmeta's own).
+    pub const BROKER_PARTITIONS: u16 = 1002;
 }
 
 /// The version every record type is written at by this binary.
@@ -427,7 +454,7 @@ impl MetadataRecord {
             MetadataRecord::OffsetCommit(_) => OFFSET_COMMIT,
             MetadataRecord::ProducerIds(_) => PRODUCER_IDS,
             MetadataRecord::OffsetDelete(_) => OFFSET_DELETE,
-            MetadataRecord::ReplicaRemoval(_) => REPLICA_REMOVAL,
+            MetadataRecord::BrokerPartitions(_) => BROKER_PARTITIONS,
         }
     }
 
@@ -451,7 +478,7 @@ impl MetadataRecord {
             MetadataRecord::OffsetCommit(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::ProducerIds(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::OffsetDelete(r) => postcard::to_extend(r, std::mem::take(out)),
-            MetadataRecord::ReplicaRemoval(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::BrokerPartitions(r) => postcard::to_extend(r, std::mem::take(out)),
         };
         // Serializing plain structs into a Vec cannot fail: postcard only errors on
         // unsupported serde features (none used here) or a full fixed buffer (not a Vec).
@@ -521,7 +548,7 @@ impl MetadataRecord {
             OFFSET_COMMIT => MetadataRecord::OffsetCommit(parse(payload, t, v)?),
             PRODUCER_IDS => MetadataRecord::ProducerIds(parse(payload, t, v)?),
             OFFSET_DELETE => MetadataRecord::OffsetDelete(parse(payload, t, v)?),
-            REPLICA_REMOVAL => MetadataRecord::ReplicaRemoval(parse(payload, t, v)?),
+            BROKER_PARTITIONS => MetadataRecord::BrokerPartitions(parse(payload, t, v)?),
             _ => {
                 return Err(DecodeError::UnknownType {
                     record_type,
@@ -593,9 +620,9 @@ mod tests {
                 group_id: "g".into(),
                 partitions: None,
             }),
-            MetadataRecord::ReplicaRemoval(ReplicaRemovalRecord {
+            MetadataRecord::BrokerPartitions(BrokerPartitionsRecord {
                 broker_id: BrokerId(3),
-                scope: RemovalScope::Followed,
+                scope: BrokerScope::Followed,
                 unclean_default: true,
             }),
         ]
@@ -626,9 +653,9 @@ mod tests {
             hex,
             "050000100123456789abcdef0123456789abcdef0601020204010100000000"
         );
-        let record = MetadataRecord::ReplicaRemoval(ReplicaRemovalRecord {
+        let record = MetadataRecord::BrokerPartitions(BrokerPartitionsRecord {
             broker_id: BrokerId(3),
-            scope: RemovalScope::Followed,
+            scope: BrokerScope::Followed,
             unclean_default: true,
         });
         let hex: String = record.encode().iter().map(|b| format!("{b:02x}")).collect();

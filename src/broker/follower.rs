@@ -121,12 +121,12 @@ async fn fetch_once(
         }
     }
     let mut delta = ImageDelta::default();
-    // Replay may take seconds (a removal at a million partitions): then the worker's other
+    // Replay may take seconds (a broker-wide record at a million partitions): then the worker's other
     // tasks (client requests, follower fetches) move to another thread meanwhile.
     let heavy = batches.iter().map(|(_, b)| b.0.len()).sum::<usize>() >= 1_000
         || batches.iter().any(|(_, b)| {
             b.0.iter()
-                .any(|r| matches!(r, MetadataRecord::ReplicaRemoval(_)))
+                .any(|r| matches!(r, MetadataRecord::BrokerPartitions(_)))
         });
     let mut changed = if heavy {
         super::cpu_bound(|| replay_entries(state, batches, image, next, &mut delta))?
@@ -145,7 +145,8 @@ async fn fetch_once(
 }
 
 /// Replays fetched `batches` (from `*next` on) onto `image`, noting them in `delta`; an entry
-/// holding a removal is published on its own. True if anything is left to publish.
+/// holding a broker-wide record (a removal or an unfencing's elections) is published on its
+/// own. True if anything is left to publish.
 fn replay_entries(
     state: &BrokerState,
     batches: Vec<(u64, MetadataBatch)>,
@@ -155,7 +156,7 @@ fn replay_entries(
 ) -> Result<bool, String> {
     let mut changed = false;
     for (offset, batch) in batches {
-        let mut removal = false;
+        let mut broker_wide = None;
         let replay_start = std::time::Instant::now();
         for record in &batch.0 {
             delta.note(image, record);
@@ -166,20 +167,24 @@ fn replay_entries(
                 *next = 0;
                 return Err(e.to_string());
             }
-            removal |= matches!(record, MetadataRecord::ReplicaRemoval(_));
+            if let MetadataRecord::BrokerPartitions(r) = record {
+                broker_wide = Some(r.clone());
+            }
         }
         *next = offset + 1;
         changed = true;
-        if removal {
-            // A removal ends its entry so that its leader moves are shown before the ISR
-            // removals that follow are even replayed (the controller proposes them apart):
-            // publish here, not after the whole fetch, and let the partitions move while the
-            // next entry replays.
+        if let Some(r) = broker_wide {
+            // Such a record ends its entry so that its leader moves are shown before what
+            // follows is even replayed (the controller proposes them apart; a fence's ISR
+            // removals): publish here, not after the whole fetch, and let the partitions
+            // move while the next entry replays.
             tracing::info!(
                 offset,
+                broker = %r.broker_id,
+                scope = ?r.scope,
                 partitions = delta.partitions.len(),
                 replay_ms = replay_start.elapsed().as_millis() as u64,
-                "replayed a broker's removal from its partitions"
+                "replayed a record over a broker's partitions"
             );
             state.publish(image.clone(), offset, std::mem::take(delta));
             changed = false;

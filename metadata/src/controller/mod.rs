@@ -30,10 +30,10 @@ pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
 
 /// True for a record after which the runtime ends the entry, in a non-atomic result with more
 /// records after it: one whose replay does work in proportion to a broker's partitions
-/// (`ReplicaRemoval`). What follows is then decided and replicated while it is applied, and
+/// (`BrokerPartitions`). What follows is then decided and replicated while it is applied, and
 /// brokers apply and show a fence's leader moves before its ISR removals.
 pub fn ends_entry(record: &MetadataRecord) -> bool {
-    matches!(record, MetadataRecord::ReplicaRemoval(_))
+    matches!(record, MetadataRecord::BrokerPartitions(_))
 }
 
 /// How many entries come before the one that holds a record written after `records`, when the

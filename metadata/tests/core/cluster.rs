@@ -4,10 +4,10 @@
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
 use kmeta_metadata::controller::replication::election::{
-    balance_partition_leaders, enables_preferred_election, removal_changes, remove_broker_from_isrs,
+    balance_partition_leaders, enables_preferred_election, broker_changes, remove_broker_from_isrs,
 };
 use kmeta_metadata::controller::replication::topics::create_topics;
-use kmeta_metadata::record::{MetadataRecord, PartitionChangeRecord, RemovalScope};
+use kmeta_metadata::record::{MetadataRecord, PartitionChangeRecord, BrokerScope};
 use kmeta_metadata::*;
 
 #[test]
@@ -360,7 +360,7 @@ fn a_controlled_shutdown_waits_for_its_leader_moves_and_leaves_its_followed_isrs
     assert!(
         matches!(
             &stopping.records[1..],
-            [MetadataRecord::ReplicaRemoval(r)] if r.scope == RemovalScope::Followed
+            [MetadataRecord::BrokerPartitions(r)] if r.scope == BrokerScope::Followed
         ),
         "{:?}",
         stopping.records
@@ -419,9 +419,9 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     // controlled shutdown would break "every leader is active" in between.)
     assert_eq!(result.records.len(), 2);
     match &result.records[0] {
-        MetadataRecord::ReplicaRemoval(r) => {
-            assert_eq!((r.broker_id, r.scope), (BrokerId(0), RemovalScope::Led));
-            let changes = removal_changes(&h.image, r).collect::<Vec<_>>();
+        MetadataRecord::BrokerPartitions(r) => {
+            assert_eq!((r.broker_id, r.scope), (BrokerId(0), BrokerScope::Led));
+            let changes = broker_changes(&h.image, r).collect::<Vec<_>>();
             assert_eq!(changes.len(), 1);
             let c = &changes[0];
             assert_eq!((c.topic_id, c.partition), (tp.topic_id, 0));
@@ -517,21 +517,91 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
     assert!(p.leader.is_none());
     assert_eq!(p.isr, ids(&[1]));
     assert!(invariants::check(&h.image).is_empty());
-    // Unfenced, it leads solo-0 again, cleanly; no ISR change will announce it, so the
-    // unfencing itself calls for a balancing pass, which gives t-0 back to it.
+    // Unfenced, it leads solo-0 again, cleanly, and t-0, where it is the preferred replica
+    // and never left the ISR, comes back to it in the same heartbeat: one record for each,
+    // with no balancing pass to wait for.
     let unfence = h.heartbeat_result(1, false, false).unwrap();
     let records = unfence.records.clone();
     h.commit(unfence);
-    assert!(records
+    let scopes: Vec<BrokerScope> = records
+        .iter()
+        .filter_map(|r| match r {
+            MetadataRecord::BrokerPartitions(r) => Some(r.scope),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(scopes, [BrokerScope::Leaderless, BrokerScope::Preferred]);
+    assert!(!records
         .iter()
         .any(|r| enables_preferred_election(&h.image, r)));
     let p = h.partition("solo", 0);
     assert_eq!(p.leader, BrokerId(1));
     assert_eq!(p.leader_recovery_state, LeaderRecoveryState::Recovered);
-    let pass = balance_partition_leaders(&h.image);
-    h.commit(pass);
-    assert_eq!(h.partition("t", 0).leader, BrokerId(1));
+    let p = h.partition("t", 0);
+    assert_eq!((p.leader, p.isr.clone()), (BrokerId(1), ids(&[1, 0, 2])));
+    assert_eq!(h.partition("t", 1).leader, BrokerId(0), "1 is not t-1's preferred");
+    assert!(h.image.imbalanced_partitions().next().is_none());
     assert!(invariants::check(&h.image).is_empty());
+}
+
+/// Every broker restarts with its log directory intact (a full restart): each one's
+/// registration moves its leadership to the others, and the last finds nobody to take it.
+/// Once all are unfenced, each partition is led by its preferred replica again, written as at
+/// most two records per unfencing, with no balancing pass; with automatic balancing off, the
+/// leaders stay where the unfencing elected them.
+fn restart_every_broker(h: &mut Harness) -> Vec<MetadataRecord> {
+    for id in 0..3 {
+        let old_epoch = h.image.broker(BrokerId(id)).unwrap().broker_epoch;
+        let mut req = h.register_request(id, 500 + id as u128, None);
+        req.previous_broker_epoch = Some(old_epoch);
+        req.log_dir_intact = true;
+        let result = h.try_register(&req).expect("taken back at once");
+        h.commit(result);
+    }
+    assert_eq!(h.image.leaderless_partitions().count(), 300);
+    let mut written = Vec::new();
+    for id in 0..3 {
+        let unfence = h.heartbeat_result(id, false, false).unwrap();
+        written.extend(unfence.records.iter().cloned());
+        h.commit(unfence);
+        assert!(!h.image.broker(BrokerId(id)).unwrap().fenced);
+    }
+    written
+}
+
+#[test]
+fn after_every_broker_restarts_the_unfencings_alone_give_each_partition_back_to_its_preferred_replica(
+) {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    for (i, order) in [[0, 1, 2], [1, 2, 0], [2, 0, 1]].iter().enumerate() {
+        h.create_many_unchecked(&format!("t{i}-"), 1, 100, order);
+    }
+    let written = restart_every_broker(&mut h);
+    assert!(written.len() <= 3 * 3, "{written:?}");
+    assert!(h.image.leaderless_partitions().next().is_none());
+    assert!(
+        h.image.imbalanced_partitions().next().is_none(),
+        "every partition is led by its preferred replica"
+    );
+    for id in 0..3 {
+        assert_eq!(h.image.leader_count(BrokerId(id)), 100);
+    }
+    assert!(invariants::check(&h.image).is_empty());
+
+    let mut h = Harness::default();
+    h.config.leader_balance_interval_ms = 0;
+    h.active_brokers(&[0, 1, 2]);
+    for (i, order) in [[0, 1, 2], [1, 2, 0], [2, 0, 1]].iter().enumerate() {
+        h.create_many_unchecked(&format!("t{i}-"), 1, 100, order);
+    }
+    let written = restart_every_broker(&mut h);
+    assert!(!written.iter().any(|r| matches!(
+        r,
+        MetadataRecord::BrokerPartitions(r) if r.scope == BrokerScope::Preferred
+    )));
+    assert!(h.image.leaderless_partitions().next().is_none());
+    assert_eq!(h.image.leader_count(BrokerId(0)), 300, "the first unfenced leads all");
 }
 
 #[test]
@@ -549,8 +619,8 @@ fn a_re_registration_out_of_many_isrs_is_two_small_entries_with_the_registration
     assert!(
         matches!(
             &result.records[..],
-            [MetadataRecord::ReplicaRemoval(r), MetadataRecord::RegisterBroker(_)]
-                if r.scope == RemovalScope::Led
+            [MetadataRecord::BrokerPartitions(r), MetadataRecord::RegisterBroker(_)]
+                if r.scope == BrokerScope::Led
         ),
         "{:?}",
         result.records
@@ -625,7 +695,7 @@ fn removing_a_broker_writes_its_leader_moves_before_its_isr_removals() {
     let changes: Vec<Vec<PartitionChangeRecord>> = records
         .iter()
         .map(|r| match r {
-            MetadataRecord::ReplicaRemoval(r) => removal_changes(&h.image, r).collect(),
+            MetadataRecord::BrokerPartitions(r) => broker_changes(&h.image, r).collect(),
             other => panic!("unexpected {other:?}"),
         })
         .collect();

@@ -57,8 +57,8 @@ impl Harness {
             assert!(faults.is_empty(), "after {r:?}: {faults:?}");
             let faults = invariants::check_transition(&before, &self.image);
             assert!(faults.is_empty(), "after {r:?}: {faults:?}");
-            if let MetadataRecord::ReplicaRemoval(removal) = r {
-                removal_is_its_changes_decided_before(&before, offset, removal, &self.image);
+            if let MetadataRecord::BrokerPartitions(removal) = r {
+                broker_record_is_its_changes_decided_before(&before, offset, removal, &self.image);
             }
             self.log.push((offset, r.clone()));
         }
@@ -310,16 +310,16 @@ pub fn ids(list: &[i32]) -> Vec<BrokerId> {
     list.iter().map(|b| BrokerId(*b)).collect()
 }
 
-/// A `ReplicaRemovalRecord` replays to exactly the image its changes, each decided on the image
+/// A `BrokerPartitionsRecord` replays to exactly the image its changes, each decided on the image
 /// before the record, replay to; and the delta noted for it names every partition it changed.
-fn removal_is_its_changes_decided_before(
+fn broker_record_is_its_changes_decided_before(
     before: &MetadataImage,
     offset: LogOffset,
-    removal: &ReplicaRemovalRecord,
+    removal: &BrokerPartitionsRecord,
     after: &MetadataImage,
 ) {
-    use kmeta_metadata::controller::replication::election::removal_changes;
-    let changes = removal_changes(before, removal).collect::<Vec<_>>();
+    use kmeta_metadata::controller::replication::election::broker_changes;
+    let changes = broker_changes(before, removal).collect::<Vec<_>>();
     let mut expected = before.clone();
     for c in &changes {
         expected
@@ -333,7 +333,7 @@ fn removal_is_its_changes_decided_before(
         changes.len()
     );
     let mut delta = kmeta_metadata::delta::ImageDelta::default();
-    delta.note(before, &MetadataRecord::ReplicaRemoval(removal.clone()));
+    delta.note(before, &MetadataRecord::BrokerPartitions(removal.clone()));
     for c in &changes {
         let tp = TopicIdPartition {
             topic_id: c.topic_id,

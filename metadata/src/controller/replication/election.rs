@@ -9,7 +9,7 @@ use crate::controller::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::image::{MetadataImage, PartitionRegistration};
-use crate::record::{MetadataRecord, PartitionChangeRecord, RemovalScope, ReplicaRemovalRecord};
+use crate::record::{MetadataRecord, PartitionChangeRecord, BrokerScope, BrokerPartitionsRecord};
 use crate::types::{BrokerId, TopicIdPartition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,12 +21,8 @@ fn topic_name(image: &MetadataImage, tp: TopicIdPartition) -> &str {
         .unwrap_or_default()
 }
 
-/// The election rule for an ISR shrink on `tp`: UNCLEAN when the topic allows it
-/// (`unclean_default` for topics and clusters that do not say).
-fn shrink_election(image: &MetadataImage, unclean_default: bool, tp: TopicIdPartition) -> Election {
-    shrink_election_of(image, unclean_default, topic_name(image, tp))
-}
-
+/// The election rule for an ISR shrink or a leaderless partition of `topic`: UNCLEAN when
+/// the topic allows it (`unclean_default` for topics and clusters that do not say).
 fn shrink_election_of(image: &MetadataImage, unclean_default: bool, topic: &str) -> Election {
     if unclean_election_enabled_or(image, topic, unclean_default) {
         Election::Unclean
@@ -35,73 +31,99 @@ fn shrink_election_of(image: &MetadataImage, unclean_default: bool, topic: &str)
     }
 }
 
-/// The change a [`ReplicaRemovalRecord`] makes to partition `tp`, registered as `p` in the
+/// The change a [`BrokerPartitionsRecord`] makes to partition `tp`, registered as `p` in the
 /// image as it stands before the record, or `None` when it makes none. Replay applies
 /// exactly this to every partition on the broker, so it is part of the log's format: a
-/// different rule needs a new record version. `acceptance` is
-/// `LeaderAcceptance::of(image).excluding(broker)`; `shrink` is the topic's election rule
-/// for an ISR shrink ([`shrink_election`]).
-fn removal_change(
+/// different rule needs a new record version. `acceptance` is [`record_acceptance`]; `shrink`
+/// is the topic's election rule for an ISR shrink or a leaderless partition
+/// ([`shrink_election_of`]).
+fn broker_change(
     p: &PartitionRegistration,
     tp: TopicIdPartition,
     acceptance: LeaderAcceptance<'_>,
-    removal: &ReplicaRemovalRecord,
+    record: &BrokerPartitionsRecord,
     shrink: Election,
 ) -> Option<PartitionChangeRecord> {
-    if !removal.covers(p.leader, &p.isr) {
+    if !record.covers(p.leader, &p.isr, p.preferred_leader()) {
         return None;
     }
     let builder = PartitionChangeBuilder::new(tp, p, acceptance);
-    if removal.scope == RemovalScope::Leadership {
-        return builder.election(Election::Online).build();
+    let broker = record.broker_id;
+    match record.scope {
+        BrokerScope::Leadership => builder.election(Election::Online).build(),
+        BrokerScope::Led | BrokerScope::Followed => {
+            let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
+            builder.election(shrink).target_isr(isr).build()
+        }
+        BrokerScope::Leaderless => builder.election(shrink).build(),
+        BrokerScope::Preferred => builder.election(Election::Preferred).build(),
     }
-    let broker = removal.broker_id;
-    let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
-    builder.election(shrink).target_isr(isr).build()
 }
 
-/// Every change `removal` makes to `image`, in the order replay applies them (the broker's
-/// partitions by topic id, then index), each decided as it is reached, with the partition's
-/// registration before it: replay, the controller's check that a removal changes anything,
-/// and tools all walk this. Each topic is looked up, and its election rule read, once.
-pub fn removal_changes_of<'a>(
+/// Which brokers may lead when `record` replays onto `image`: as the image says, except that
+/// a broker the record removes never may.
+fn record_acceptance<'a>(
     image: &'a MetadataImage,
-    removal: &'a ReplicaRemovalRecord,
+    record: &BrokerPartitionsRecord,
+) -> LeaderAcceptance<'a> {
+    let acceptance = LeaderAcceptance::of(image);
+    if record.scope.removes() {
+        acceptance.excluding(record.broker_id)
+    } else {
+        acceptance
+    }
+}
+
+/// Every change `record` makes to `image`, in the order replay applies them (the broker's
+/// partitions by topic id, then index), each decided as it is reached, with the partition's
+/// registration before it: replay, the controller's check that a record changes anything,
+/// and tools all walk this. Each topic is looked up, and its election rule read, once.
+pub fn broker_changes_of<'a>(
+    image: &'a MetadataImage,
+    record: &'a BrokerPartitionsRecord,
 ) -> impl Iterator<Item = (&'a Arc<PartitionRegistration>, PartitionChangeRecord)> + 'a {
-    let acceptance = LeaderAcceptance::of(image).excluding(removal.broker_id);
+    changes_under(image, record, record_acceptance(image, record))
+}
+
+fn changes_under<'a>(
+    image: &'a MetadataImage,
+    record: &'a BrokerPartitionsRecord,
+    acceptance: LeaderAcceptance<'a>,
+) -> impl Iterator<Item = (&'a Arc<PartitionRegistration>, PartitionChangeRecord)> + 'a {
     image
-        .topics_on_broker(removal.broker_id)
+        .topics_on_broker(record.broker_id)
         .flat_map(move |(topic, indexes)| {
-            let shrink = shrink_election_of(image, removal.unclean_default, &topic.name);
+            let shrink = shrink_election_of(image, record.unclean_default, &topic.name);
             topic.partitions_at(indexes).filter_map(move |(tp, p)| {
-                Some((p, removal_change(p, tp, acceptance, removal, shrink)?))
+                Some((p, broker_change(p, tp, acceptance, record, shrink)?))
             })
         })
 }
 
-/// The changes of [`removal_changes_of`] alone.
-pub fn removal_changes<'a>(
+/// The changes of [`broker_changes_of`] alone.
+pub fn broker_changes<'a>(
     image: &'a MetadataImage,
-    removal: &'a ReplicaRemovalRecord,
+    record: &'a BrokerPartitionsRecord,
 ) -> impl Iterator<Item = PartitionChangeRecord> + 'a {
-    removal_changes_of(image, removal).map(|(_, change)| change)
+    broker_changes_of(image, record).map(|(_, change)| change)
 }
 
-/// A [`ReplicaRemovalRecord`] of `broker` over `scope`, or `None` when it would change no
-/// partition. Costs O(partitions the broker hosts) at most; it stops at the first change.
+/// A [`BrokerPartitionsRecord`] of `broker` over a scope that removes it, or `None` when it
+/// would change no partition. Costs O(partitions the broker hosts) at most; it stops at the
+/// first change.
 pub fn replica_removal(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
-    scope: RemovalScope,
+    scope: BrokerScope,
 ) -> Option<MetadataRecord> {
-    let removal = ReplicaRemovalRecord {
+    let record = BrokerPartitionsRecord {
         broker_id: broker,
         scope,
         unclean_default: config.unclean_leader_election_enable,
     };
-    let changes_any = removal_changes(image, &removal).next().is_some();
-    changes_any.then_some(MetadataRecord::ReplicaRemoval(removal))
+    let changes_any = broker_changes(image, &record).next().is_some();
+    changes_any.then_some(MetadataRecord::BrokerPartitions(record))
 }
 
 /// Removes `broker` from the ISR of every partition it hosts and moves its leaderships away.
@@ -125,7 +147,7 @@ pub fn remove_broker_as_leader(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Option<MetadataRecord> {
-    replica_removal(image, config, broker, RemovalScope::Led)
+    replica_removal(image, config, broker, BrokerScope::Led)
 }
 
 /// The changes that take `broker` out of every ISR: those of the partitions it leads (they
@@ -137,8 +159,8 @@ pub fn isr_removals(
     broker: BrokerId,
 ) -> (Option<MetadataRecord>, Option<MetadataRecord>) {
     (
-        replica_removal(image, config, broker, RemovalScope::Led),
-        replica_removal(image, config, broker, RemovalScope::Followed),
+        replica_removal(image, config, broker, BrokerScope::Led),
+        replica_removal(image, config, broker, BrokerScope::Followed),
     )
 }
 
@@ -151,35 +173,37 @@ pub fn move_leadership_off(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Option<MetadataRecord> {
-    replica_removal(image, config, broker, RemovalScope::Leadership)
+    replica_removal(image, config, broker, BrokerScope::Leadership)
 }
 
-/// Elects leaders for the leaderless partitions that `broker`, being unfenced in the same
-/// batch, can now lead.
+/// The elections that follow `broker`'s unfencing, decided on `image` as it stands before the
+/// unfencing record (which the caller writes first): the leaderless partitions it is a
+/// replica of get a leader, and, when `config` has automatic leader balancing on, the
+/// partitions where it is the preferred replica and in the ISR get it back as leader. At
+/// most two records ([`BrokerScope::Leaderless`], [`BrokerScope::Preferred`]), however many
+/// partitions change: a restart of every broker hands a million leaderships back in three
+/// records where balancing passes wrote a thousand elections per entry. The two scopes cover
+/// disjoint partitions (leaderless, led), so both are decided on the same image.
 pub fn elect_for_unfenced_broker(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
     let acceptance = LeaderAcceptance::of(image).including(broker);
-    let mut records = Vec::new();
-    for tp in image.partitions_on_broker(broker) {
-        let Some(p) = image.partition(tp) else {
-            continue;
-        };
-        if !p.leader.is_none() {
-            continue;
-        }
-        let change = PartitionChangeBuilder::new(tp, p, acceptance)
-            .election(shrink_election(
-                image,
-                config.unclean_leader_election_enable,
-                tp,
-            ))
-            .build();
-        records.extend(change.map(MetadataRecord::PartitionChange));
-    }
-    records
+    let balancing = config.leader_balance_interval_ms > 0;
+    [BrokerScope::Leaderless, BrokerScope::Preferred]
+        .into_iter()
+        .filter(|scope| balancing || *scope != BrokerScope::Preferred)
+        .filter_map(|scope| {
+            let record = BrokerPartitionsRecord {
+                broker_id: broker,
+                scope,
+                unclean_default: config.unclean_leader_election_enable,
+            };
+            let changes_any = changes_under(image, &record, acceptance).next().is_some();
+            changes_any.then_some(MetadataRecord::BrokerPartitions(record))
+        })
+        .collect()
 }
 
 /// ElectLeaders' election type.
@@ -328,21 +352,14 @@ pub fn balance_partition_leaders_after(
 
 /// True when `record`, already replayed onto `image`, leaves a partition that a balancing
 /// pass would move to its preferred leader: the preferred replica is in the ISR, may lead,
-/// and does not; or unfences a broker while some partition is led by another than its
-/// preferred replica (a broker that restarted with its log directory intact stayed in its
-/// ISRs, so no ISR change announces it). The active controller then runs a pass soon instead
-/// of at the next periodic one, so leadership returns as soon as a restarted broker has
-/// caught up. O(1) per record.
+/// and does not. The active controller then runs a pass soon instead of at the next periodic
+/// one. An unfencing needs none: the records after it hand the broker back its preferred
+/// leaderships ([`elect_for_unfenced_broker`]). O(1) per record.
 pub fn enables_preferred_election(image: &MetadataImage, record: &MetadataRecord) -> bool {
-    let r = match record {
-        MetadataRecord::PartitionChange(r) => r,
-        MetadataRecord::BrokerRegistrationChange(r) if r.fenced == Some(false) => {
-            return image.imbalanced_partitions().next().is_some();
-        }
-        // Each of its changes elects the first valid replica, which is the preferred one
-        // whenever the preferred one could lead: it never leaves one to balance.
-        MetadataRecord::ReplicaRemoval(_) => return false,
-        _ => return false,
+    let MetadataRecord::PartitionChange(r) = record else {
+        // A broker-wide record elects the first valid replica (the preferred one whenever it
+        // could lead) or the preferred one itself: it never leaves one to balance.
+        return false;
     };
     let Some(p) = image.partition(TopicIdPartition {
         topic_id: r.topic_id,
