@@ -275,7 +275,7 @@ pub struct ProducerIdsRecord {
 /// Which of a broker's partitions a [`BrokerPartitionsRecord`] changes, and how. The first
 /// three take the broker out of leaderships or ISRs (it is never an acceptable leader for
 /// them); the last two hand it leaderships (it is acceptable as the image says).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerScope {
     /// The partitions it leads get another in-sync leader (ONLINE election); it stays in
     /// their ISRs. A broker back with its log directory intact.
@@ -294,15 +294,32 @@ pub enum BrokerScope {
     /// ISR get it back as leader (PREFERRED election). Follows its unfencing when automatic
     /// leader balancing is on, so leadership returns at once rather than by balancing passes.
     Preferred,
+    /// As `Leadership`, and the brokers listed may not take it either: those the active
+    /// controller had not heard from since it became active when the broker came back. After
+    /// a restart of every broker they are restarting too, and leadership handed to them would
+    /// only move again when they register (the partition waits, leaderless, for the broker or
+    /// another ISR member to be unfenced).
+    LeadershipExcept(Vec<BrokerId>),
 }
 
 impl BrokerScope {
     /// True for the scopes that take the broker out (it may not lead what they change).
-    pub fn removes(self) -> bool {
+    pub fn removes(&self) -> bool {
         matches!(
             self,
-            BrokerScope::Leadership | BrokerScope::Led | BrokerScope::Followed
+            BrokerScope::Leadership
+                | BrokerScope::Led
+                | BrokerScope::Followed
+                | BrokerScope::LeadershipExcept(_)
         )
+    }
+
+    /// Brokers the scope names as not to be handed leadership, besides the broker itself.
+    pub fn also_excluded(&self) -> &[BrokerId] {
+        match self {
+            BrokerScope::LeadershipExcept(brokers) => brokers,
+            _ => &[],
+        }
     }
 }
 
@@ -332,7 +349,9 @@ impl BrokerPartitionsRecord {
         let broker = self.broker_id;
         let leads = leader == broker;
         match self.scope {
-            BrokerScope::Leadership | BrokerScope::Led => leads,
+            BrokerScope::Leadership | BrokerScope::Led | BrokerScope::LeadershipExcept(_) => {
+                leads
+            }
             BrokerScope::Followed => !leads && isr.contains(&broker),
             BrokerScope::Leaderless => leader.is_none(),
             BrokerScope::Preferred => {
@@ -625,6 +644,11 @@ mod tests {
                 scope: BrokerScope::Followed,
                 unclean_default: true,
             }),
+            MetadataRecord::BrokerPartitions(BrokerPartitionsRecord {
+                broker_id: BrokerId(3),
+                scope: BrokerScope::LeadershipExcept(vec![BrokerId(1), BrokerId(2)]),
+                unclean_default: false,
+            }),
         ]
     }
 
@@ -660,6 +684,13 @@ mod tests {
         });
         let hex: String = record.encode().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "ea0300060201");
+        let record = MetadataRecord::BrokerPartitions(BrokerPartitionsRecord {
+            broker_id: BrokerId(3),
+            scope: BrokerScope::LeadershipExcept(vec![BrokerId(1), BrokerId(2)]),
+            unclean_default: false,
+        });
+        let hex: String = record.encode().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "ea0300060502020400");
     }
 
     #[test]

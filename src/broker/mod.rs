@@ -468,9 +468,13 @@ async fn keep_session(state: Arc<BrokerState>, stop: watch::Receiver<bool>) {
         } else {
             state.config.heartbeat_interval
         };
+        // Caught up with its registration, a fenced broker asks to be unfenced at once, not
+        // at the next tick.
+        let caught_up = state.wait_for_offset(epoch.max(0) as u64, interval);
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => {}
+            true = caught_up, if applied < epoch => {}
         }
     }
 }

@@ -103,7 +103,17 @@ pub fn register_broker(
                 // is as in sync as it was: it stays in its ISRs and fetches on from where it
                 // stopped. Only its leadership moves (a fenced broker leads nothing); where no
                 // other in-sync replica can take it, the partition waits for it, leaderless.
-                records.extend(move_leadership_off(image, config, old.broker_id));
+                // Not to a broker this controller has not heard from since it became active:
+                // when every broker restarts at once, each registration would hand its
+                // leadership to brokers about to register too, and the last would take all
+                // of it away again (a million partitions moved three times).
+                let unheard: Vec<BrokerId> = image
+                    .brokers()
+                    .filter(|b| b.broker_id != old.broker_id && !b.fenced)
+                    .map(|b| b.broker_id)
+                    .filter(|b| !tracker.heard(*b))
+                    .collect();
+                records.extend(move_leadership_off(image, config, old.broker_id, unheard));
             } else {
                 // It may have lost unflushed data (unclean shutdown, or a machine restart):
                 // take it out of every ISR first.
@@ -250,6 +260,7 @@ pub fn process_heartbeat(
         }
     };
     tracker.touch(request.broker_id, now_ms, request.current_metadata_offset);
+    tracker.mark_heard(request.broker_id);
     let id = broker.broker_id;
     let current = if broker.fenced {
         BrokerControlState::Fenced

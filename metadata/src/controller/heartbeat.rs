@@ -30,6 +30,9 @@ pub struct BrokerContact {
     pub controlled_shutdown_offset: Option<LogOffset>,
     /// Heartbeats received and not answered yet.
     pub awaiting_answer: u32,
+    /// A heartbeat with the broker's current epoch was decided since this controller became
+    /// active: the registered incarnation is alive. (Seeding at activation only assumes it.)
+    pub heard: bool,
 }
 
 /// Last-contact times and reported offsets of brokers.
@@ -53,6 +56,7 @@ impl BrokerHeartbeatTracker {
             metadata_offset,
             controlled_shutdown_offset: None,
             awaiting_answer: 0,
+            heard: false,
         });
         self.by_contact.remove(&(entry.last_contact_ms, broker));
         entry.last_contact_ms = entry.last_contact_ms.max(now_ms);
@@ -92,6 +96,19 @@ impl BrokerHeartbeatTracker {
         if let Some(c) = self.contacts.get_mut(&broker) {
             c.metadata_offset = c.metadata_offset.max(metadata_offset);
         }
+    }
+
+    /// Notes that a heartbeat from `broker` with its current epoch was decided.
+    pub fn mark_heard(&mut self, broker: BrokerId) {
+        if let Some(c) = self.contacts.get_mut(&broker) {
+            c.heard = true;
+        }
+    }
+
+    /// True when a heartbeat from `broker`'s registered incarnation was decided since this
+    /// controller became active.
+    pub fn heard(&self, broker: BrokerId) -> bool {
+        self.contacts.get(&broker).is_some_and(|c| c.heard)
     }
 
     /// Notes the offset at which `broker` entered controlled shutdown.

@@ -177,6 +177,9 @@ pub struct LeaderAcceptance<'a> {
     pub excluded: Option<BrokerId>,
     /// A broker being unfenced: acceptable although its record is not replayed yet.
     pub included: Option<BrokerId>,
+    /// Brokers a record names as not to be handed leadership
+    /// ([`crate::record::BrokerScope::LeadershipExcept`]).
+    pub also_excluded: &'a [BrokerId],
 }
 
 impl<'a> LeaderAcceptance<'a> {
@@ -186,6 +189,7 @@ impl<'a> LeaderAcceptance<'a> {
             image,
             excluded: None,
             included: None,
+            also_excluded: &[],
         }
     }
 
@@ -205,9 +209,17 @@ impl<'a> LeaderAcceptance<'a> {
         }
     }
 
+    /// The same acceptance, with `brokers` never acceptable either.
+    pub fn excluding_also(self, brokers: &'a [BrokerId]) -> Self {
+        LeaderAcceptance {
+            also_excluded: brokers,
+            ..self
+        }
+    }
+
     /// True if `broker` may lead (or join an ISR).
     pub fn accepts(&self, broker: BrokerId) -> bool {
-        if Some(broker) == self.excluded {
+        if Some(broker) == self.excluded || self.also_excluded.contains(&broker) {
             return false;
         }
         if Some(broker) == self.included {

@@ -420,7 +420,7 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     assert_eq!(result.records.len(), 2);
     match &result.records[0] {
         MetadataRecord::BrokerPartitions(r) => {
-            assert_eq!((r.broker_id, r.scope), (BrokerId(0), BrokerScope::Led));
+            assert_eq!((r.broker_id, r.scope.clone()), (BrokerId(0), BrokerScope::Led));
             let changes = broker_changes(&h.image, r).collect::<Vec<_>>();
             assert_eq!(changes.len(), 1);
             let c = &changes[0];
@@ -526,7 +526,7 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
     let scopes: Vec<BrokerScope> = records
         .iter()
         .filter_map(|r| match r {
-            MetadataRecord::BrokerPartitions(r) => Some(r.scope),
+            MetadataRecord::BrokerPartitions(r) => Some(r.scope.clone()),
             _ => None,
         })
         .collect();
@@ -544,18 +544,26 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
     assert!(invariants::check(&h.image).is_empty());
 }
 
-/// Every broker restarts with its log directory intact (a full restart): each one's
-/// registration moves its leadership to the others, and the last finds nobody to take it.
-/// Once all are unfenced, each partition is led by its preferred replica again, written as at
-/// most two records per unfencing, with no balancing pass; with automatic balancing off, the
-/// leaders stay where the unfencing elected them.
+/// Every broker restarts with its log directory intact, and so do the controllers (a full
+/// restart): the new active controller has heard from no broker. Each registration leaves its
+/// broker's partitions leaderless rather than hand them to brokers about to register too, so
+/// each moves only that broker's own. Once all are unfenced, each partition is led by its
+/// preferred replica again, written as at most two records per unfencing, with no balancing
+/// pass; with automatic balancing off, the leaders stay where the unfencing elected them.
 fn restart_every_broker(h: &mut Harness) -> Vec<MetadataRecord> {
+    h.tracker.seed_on_activation(&h.image, h.now_ms);
     for id in 0..3 {
         let old_epoch = h.image.broker(BrokerId(id)).unwrap().broker_epoch;
         let mut req = h.register_request(id, 500 + id as u128, None);
         req.previous_broker_epoch = Some(old_epoch);
         req.log_dir_intact = true;
         let result = h.try_register(&req).expect("taken back at once");
+        for r in &result.records {
+            if let MetadataRecord::BrokerPartitions(r) = r {
+                let moved = broker_changes(&h.image, r).count();
+                assert_eq!(moved, 100, "broker {id}'s registration moves its own 100");
+            }
+        }
         h.commit(result);
     }
     assert_eq!(h.image.leaderless_partitions().count(), 300);
@@ -602,6 +610,33 @@ fn after_every_broker_restarts_the_unfencings_alone_give_each_partition_back_to_
     )));
     assert!(h.image.leaderless_partitions().next().is_none());
     assert_eq!(h.image.leader_count(BrokerId(0)), 300, "the first unfenced leads all");
+}
+
+#[test]
+fn a_broker_back_right_after_a_controller_failover_hands_its_leadership_only_to_brokers_heard_from_since(
+) {
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    h.create_assigned("t", &[&[1, 0, 2], &[1, 2, 0]]);
+    h.tracker.seed_on_activation(&h.image, h.now_ms);
+    // 2 has heartbeated to the new active controller; 0 not yet.
+    h.heartbeat(2, false, false).unwrap();
+    let old_epoch = h.image.broker(BrokerId(1)).unwrap().broker_epoch;
+    let mut req = h.register_request(1, 78, None);
+    req.previous_broker_epoch = Some(old_epoch);
+    req.log_dir_intact = true;
+    let result = h.try_register(&req).expect("taken back at once");
+    assert!(result.records.iter().any(|r| matches!(
+        r,
+        MetadataRecord::BrokerPartitions(r)
+            if r.scope == BrokerScope::LeadershipExcept(vec![BrokerId(0)])
+    )));
+    h.commit(result);
+    // t-0's next in-sync replica is 0, unheard: 2 takes it. t-1's is 2.
+    assert_eq!(h.partition("t", 0).leader, BrokerId(2));
+    assert_eq!(h.partition("t", 1).leader, BrokerId(2));
+    assert_eq!(h.partition("t", 0).isr, ids(&[1, 0, 2]));
+    assert!(invariants::check(&h.image).is_empty());
 }
 
 #[test]

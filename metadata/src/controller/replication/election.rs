@@ -50,7 +50,9 @@ fn broker_change(
     let builder = PartitionChangeBuilder::new(tp, p, acceptance);
     let broker = record.broker_id;
     match record.scope {
-        BrokerScope::Leadership => builder.election(Election::Online).build(),
+        BrokerScope::Leadership | BrokerScope::LeadershipExcept(_) => {
+            builder.election(Election::Online).build()
+        }
         BrokerScope::Led | BrokerScope::Followed => {
             let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
             builder.election(shrink).target_isr(isr).build()
@@ -61,12 +63,12 @@ fn broker_change(
 }
 
 /// Which brokers may lead when `record` replays onto `image`: as the image says, except that
-/// a broker the record removes never may.
+/// a broker the record removes never may, nor those its scope names.
 fn record_acceptance<'a>(
     image: &'a MetadataImage,
-    record: &BrokerPartitionsRecord,
+    record: &'a BrokerPartitionsRecord,
 ) -> LeaderAcceptance<'a> {
-    let acceptance = LeaderAcceptance::of(image);
+    let acceptance = LeaderAcceptance::of(image).excluding_also(record.scope.also_excluded());
     if record.scope.removes() {
         acceptance.excluding(record.broker_id)
     } else {
@@ -165,15 +167,21 @@ pub fn isr_removals(
 }
 
 /// Moves leadership off `broker` where it leads, keeping it in every ISR: to another in-sync
-/// replica that may lead, else nobody (the partition waits, leaderless, for an ISR member,
-/// and `broker` is elected when it is unfenced). Used when a broker restarts with its log
-/// directory intact. Costs O(partitions the broker hosts).
+/// replica that may lead and is not in `unheard`, else nobody (the partition waits,
+/// leaderless, for an ISR member, and `broker` is elected when it is unfenced). Used when a
+/// broker restarts with its log directory intact. Costs O(partitions the broker hosts).
 pub fn move_leadership_off(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
+    unheard: Vec<BrokerId>,
 ) -> Option<MetadataRecord> {
-    replica_removal(image, config, broker, BrokerScope::Leadership)
+    let scope = if unheard.is_empty() {
+        BrokerScope::Leadership
+    } else {
+        BrokerScope::LeadershipExcept(unheard)
+    };
+    replica_removal(image, config, broker, scope)
 }
 
 /// The elections that follow `broker`'s unfencing, decided on `image` as it stands before the
