@@ -24,6 +24,32 @@ pub mod server;
 pub mod sim;
 pub mod storage;
 
+/// Runs `f`, a stretch of synchronous work that may take long (a large change replayed or
+/// applied), letting a multi-thread runtime hand this worker's other tasks to another thread
+/// meanwhile: a broker keeps serving clients and followers, and a controller keeps answering
+/// Raft (a follower whose answers stall for seconds makes the leader's lease lapse, and its
+/// writes are refused). Elsewhere (a current-thread runtime: tests, the simulation) it just
+/// runs `f`.
+pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// True for records whose replay may take long enough to call for [`cpu_bound`]: many of
+/// them, or one over a broker's partitions.
+pub(crate) fn heavy_to_replay(records: &[kmeta_metadata::record::MetadataRecord]) -> bool {
+    records.len() >= 1_000
+        || records.iter().any(|r| {
+            matches!(
+                r,
+                kmeta_metadata::record::MetadataRecord::BrokerPartitions(_)
+            )
+        })
+}
+
 /// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters). Like
 /// Kafka's `Uuid.randomUuid`, it never starts with `-`, which a command line would take for a
 /// flag (`--cluster-id -abc...`).

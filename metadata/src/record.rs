@@ -349,9 +349,7 @@ impl BrokerPartitionsRecord {
         let broker = self.broker_id;
         let leads = leader == broker;
         match self.scope {
-            BrokerScope::Leadership | BrokerScope::Led | BrokerScope::LeadershipExcept(_) => {
-                leads
-            }
+            BrokerScope::Leadership | BrokerScope::Led | BrokerScope::LeadershipExcept(_) => leads,
             BrokerScope::Followed => !leads && isr.contains(&broker),
             BrokerScope::Leaderless => leader.is_none(),
             BrokerScope::Preferred => {

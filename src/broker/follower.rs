@@ -121,15 +121,12 @@ async fn fetch_once(
         }
     }
     let mut delta = ImageDelta::default();
-    // Replay may take seconds (a broker-wide record at a million partitions): then the worker's other
-    // tasks (client requests, follower fetches) move to another thread meanwhile.
+    // Replay may take seconds (a broker-wide record at a million partitions): then the
+    // worker's other tasks (client requests, follower fetches) move to another thread.
     let heavy = batches.iter().map(|(_, b)| b.0.len()).sum::<usize>() >= 1_000
-        || batches.iter().any(|(_, b)| {
-            b.0.iter()
-                .any(|r| matches!(r, MetadataRecord::BrokerPartitions(_)))
-        });
+        || batches.iter().any(|(_, b)| crate::heavy_to_replay(&b.0));
     let mut changed = if heavy {
-        super::cpu_bound(|| replay_entries(state, batches, image, next, &mut delta))?
+        crate::cpu_bound(|| replay_entries(state, batches, image, next, &mut delta))?
     } else {
         replay_entries(state, batches, image, next, &mut delta)?
     };

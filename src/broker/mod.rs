@@ -562,18 +562,6 @@ impl BrokerHandle {
 /// states in which it may lead partitions in long-gone epochs. Acting on those would accept
 /// writes in a dead epoch and rewrite the epoch cache (KRaft's metadata loader also publishes
 /// nothing before it reaches the high watermark).
-/// Runs `f`, a stretch of synchronous work that may take long (a large change replayed or
-/// applied), letting a multi-thread runtime hand this worker's other tasks to another thread
-/// meanwhile, so that client requests and follower fetches are still served; elsewhere (a
-/// current-thread runtime in tests) it just runs `f`.
-pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 async fn host_partitions(state: Arc<BrokerState>) {
     let mut applied = state.subscribe_applied();
     while state.is_fenced() {
@@ -585,7 +573,7 @@ async fn host_partitions(state: Arc<BrokerState>) {
         let (published, delta) = state.take_changes();
         let start = std::time::Instant::now();
         let leaders = if delta.all || delta.partitions.len() >= 10_000 {
-            cpu_bound(|| state.replicas.apply_delta(&published.image, &delta))
+            crate::cpu_bound(|| state.replicas.apply_delta(&published.image, &delta))
         } else {
             state.replicas.apply_delta(&published.image, &delta)
         };

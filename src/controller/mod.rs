@@ -600,7 +600,13 @@ impl EventLoop {
                 };
                 let at = LogOffset(active.next_offset as i64);
                 let mut next = active.image.clone();
-                match chunk.iter().try_for_each(|r| next.replay(at, r)) {
+                let mut replay = || chunk.iter().try_for_each(|r| next.replay(at, r));
+                let replayed = if crate::heavy_to_replay(&chunk) {
+                    crate::cpu_bound(replay)
+                } else {
+                    replay()
+                };
+                match replayed {
                     Ok(()) => {
                         if self.balance_soon.is_none()
                             && self.config.leader_balance_interval_ms > 0

@@ -528,8 +528,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                                 admit
                             }
-                            None => apply_proposal(&mut inner.image, &mut inner.chain, index, proposal)
-                                .map_err(|e| {
+                            None => {
+                                // A broker-wide record at a million partitions replays for
+                                // seconds: Raft's other tasks go on meanwhile, so this
+                                // follower keeps answering the leader.
+                                let mut apply = || {
+                                    apply_proposal(&mut inner.image, &mut inner.chain, index, proposal)
+                                };
+                                if crate::heavy_to_replay(&proposal.batch.0) {
+                                    crate::cpu_bound(apply)
+                                } else {
+                                    apply()
+                                }
+                            }
+                            .map_err(|e| {
                                     tracing::error!(%e, index, "a committed record does not replay: stopping");
                                     invalid(e)
                                 })?,

@@ -4,10 +4,10 @@
 use crate::harness::*;
 use kmeta_metadata::controller::cluster::*;
 use kmeta_metadata::controller::replication::election::{
-    balance_partition_leaders, enables_preferred_election, broker_changes, remove_broker_from_isrs,
+    balance_partition_leaders, broker_changes, enables_preferred_election, remove_broker_from_isrs,
 };
 use kmeta_metadata::controller::replication::topics::create_topics;
-use kmeta_metadata::record::{MetadataRecord, PartitionChangeRecord, BrokerScope};
+use kmeta_metadata::record::{BrokerScope, MetadataRecord, PartitionChangeRecord};
 use kmeta_metadata::*;
 
 #[test]
@@ -420,7 +420,10 @@ fn controlled_shutdown_moves_leadership_away_then_allows_shutdown() {
     assert_eq!(result.records.len(), 2);
     match &result.records[0] {
         MetadataRecord::BrokerPartitions(r) => {
-            assert_eq!((r.broker_id, r.scope.clone()), (BrokerId(0), BrokerScope::Led));
+            assert_eq!(
+                (r.broker_id, r.scope.clone()),
+                (BrokerId(0), BrokerScope::Led)
+            );
             let changes = broker_changes(&h.image, r).collect::<Vec<_>>();
             assert_eq!(changes.len(), 1);
             let c = &changes[0];
@@ -539,7 +542,11 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
     assert_eq!(p.leader_recovery_state, LeaderRecoveryState::Recovered);
     let p = h.partition("t", 0);
     assert_eq!((p.leader, p.isr.clone()), (BrokerId(1), ids(&[1, 0, 2])));
-    assert_eq!(h.partition("t", 1).leader, BrokerId(0), "1 is not t-1's preferred");
+    assert_eq!(
+        h.partition("t", 1).leader,
+        BrokerId(0),
+        "1 is not t-1's preferred"
+    );
     assert!(h.image.imbalanced_partitions().next().is_none());
     assert!(invariants::check(&h.image).is_empty());
 }
@@ -609,7 +616,11 @@ fn after_every_broker_restarts_the_unfencings_alone_give_each_partition_back_to_
         MetadataRecord::BrokerPartitions(r) if r.scope == BrokerScope::Preferred
     )));
     assert!(h.image.leaderless_partitions().next().is_none());
-    assert_eq!(h.image.leader_count(BrokerId(0)), 300, "the first unfenced leads all");
+    assert_eq!(
+        h.image.leader_count(BrokerId(0)),
+        300,
+        "the first unfenced leads all"
+    );
 }
 
 #[test]

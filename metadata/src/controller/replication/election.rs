@@ -9,7 +9,7 @@ use crate::controller::{
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::image::{MetadataImage, PartitionRegistration};
-use crate::record::{MetadataRecord, PartitionChangeRecord, BrokerScope, BrokerPartitionsRecord};
+use crate::record::{BrokerPartitionsRecord, BrokerScope, MetadataRecord, PartitionChangeRecord};
 use crate::types::{BrokerId, TopicIdPartition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
