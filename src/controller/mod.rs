@@ -575,9 +575,17 @@ impl EventLoop {
                 // A non-atomic chunk also ends after a record that ends its entry (a broker's
                 // removal from its partitions): that entry is proposed before the rest is
                 // decided onto the speculative image.
+                // It also ends where the reply is released (`reply_after`): what the reply
+                // waits for is proposed before the rest is replayed (a broker allowed to stop
+                // is not kept waiting while its removal from a million ISRs is decided).
                 let mut chunk: Vec<MetadataRecord> = Vec::new();
                 let mut ends = false;
-                while !ends && chunk.len() < chunk_len {
+                let limit = if !atomic && before_reply > 0 {
+                    chunk_len.min(before_reply)
+                } else {
+                    chunk_len
+                };
+                while !ends && chunk.len() < limit {
                     let Some(r) = rest.next() else { break };
                     ends = !atomic && ends_entry(&r);
                     chunk.push(r);
@@ -615,12 +623,13 @@ impl EventLoop {
                             self.balance_soon = Some(Instant::now() + BALANCE_SOON);
                         }
                         active.image = next;
+                        let reply_reached = before_reply > 0 && before_reply <= chunk.len();
                         before_reply = before_reply.saturating_sub(chunk.len());
                         records.extend(chunk);
                         if rest.peek().is_none() || before_reply == 0 {
                             finishes.extend(finish.take());
                         }
-                        if ends && rest.peek().is_some() {
+                        if (ends || (reply_reached && !atomic)) && rest.peek().is_some() {
                             self.propose(
                                 std::mem::take(&mut records),
                                 std::mem::take(&mut finishes),

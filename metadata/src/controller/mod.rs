@@ -131,6 +131,7 @@ impl<T> ControllerResult<T> {
     }
 
     /// This non-atomic result's reply is released once its first `n` records have committed.
+    /// The runtime ends an entry after them, so the rest never delays the reply.
     pub fn reply_after(mut self, n: usize) -> Self {
         debug_assert!(!self.atomic && n > 0);
         self.reply_after = Some(n);
