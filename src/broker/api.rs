@@ -137,6 +137,14 @@ impl BrokerService {
         }
     }
 
+    /// True for a Metadata request whose answer is large: every topic, or many of them, on a
+    /// broker that knows many partitions.
+    fn is_large_metadata(&self, r: &MetadataRequest) -> bool {
+        const LARGE: usize = 10_000;
+        let asked = r.topics.as_ref().map_or(usize::MAX, Vec::len);
+        asked > 100 && self.state.image().image.partition_count() > LARGE
+    }
+
     fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
         use metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -446,6 +454,15 @@ impl Service for BrokerService {
         let client_id = header.client_id.as_deref().unwrap_or_default();
         let response: ResponseKind = match body {
             RequestKind::ApiVersions(_) => self.apis.api_versions_response().into(),
+            RequestKind::Metadata(r) if self.is_large_metadata(&r) => {
+                // Hundreds of milliseconds to build and encode at a million partitions, more
+                // on a saturated machine: the runtime's other tasks (heartbeats, a shutdown
+                // waiting on its listeners) move to another thread meanwhile.
+                return crate::cpu_bound(|| {
+                    let response: ResponseKind = self.metadata(r, version).into();
+                    encode_response(header.correlation_id, api_key, version, &response)
+                });
+            }
             RequestKind::Metadata(r) => self.metadata(r, version).into(),
             RequestKind::DescribeCluster(r) => self.describe_cluster(r).into(),
             RequestKind::FindCoordinator(r) => self.find_coordinator(r, version).into(),
