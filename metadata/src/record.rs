@@ -272,9 +272,10 @@ pub struct ProducerIdsRecord {
     pub next_producer_id: i64,
 }
 
-/// Which of a broker's partitions a [`BrokerPartitionsRecord`] changes, and how. The first
-/// three take the broker out of leaderships or ISRs (it is never an acceptable leader for
-/// them); the last two hand it leaderships (it is acceptable as the image says).
+/// Which of a broker's partitions a [`BrokerPartitionsRecord`] changes, and how.
+/// `Leadership`, `Led`, `Followed` and `LeadershipExcept` take the broker out of leaderships
+/// or ISRs (it is never an acceptable leader for them, [`BrokerScope::removes`]);
+/// `Leaderless` and `Preferred` hand it leaderships (it is acceptable as the image says).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerScope {
     /// The partitions it leads get another in-sync leader (ONLINE election); it stays in

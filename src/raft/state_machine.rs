@@ -76,15 +76,15 @@ struct Expected {
 const MAX_EXPECTED: usize = 64;
 
 impl Inner {
-    /// The image entry `index` makes if it is the proposal this node expects there and the
-    /// image now is the one that proposal was decided on; `None` otherwise (replay it).
-    /// Forgets every expectation up to `index`.
     /// True if this node decided the proposal it expects at `index` (it may still not be
     /// adopted: see [`Inner::adopt`]).
     fn expects(&self, index: u64) -> bool {
         self.expected.iter().any(|e| e.stamp.offset == index)
     }
 
+    /// The image entry `index` makes if it is the proposal this node expects there and the
+    /// image now is the one that proposal was decided on; `None` otherwise (replay it).
+    /// Forgets every expectation up to `index`.
     fn adopt(&mut self, index: u64, stamp: Option<&Stamp>) -> Option<MetadataImage> {
         while self
             .expected
@@ -513,11 +513,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let index = entry.log_id.index();
             let mut admitted = true;
             // A follower replaying a broker-wide record at a million partitions takes
-            // seconds. It does so outside the lock: broker fetches of committed records wait
-            // on this lock on a runtime worker, and with every worker waiting, this
-            // controller stopped answering the leader, whose lease lapsed. Only this task
-            // writes the image and the chain (openraft applies entries and installs snapshots
-            // one at a time), so what was replayed outside is stored as it is.
+            // seconds. It does so outside the lock: the readers of this state machine (the
+            // snapshot policy every second, the metrics endpoint, broker fetches on the
+            // leader) wait on the lock on a runtime worker, and with every worker waiting,
+            // this controller stopped answering the leader, whose lease lapsed. Only this
+            // task writes the image and the chain (openraft applies entries and installs
+            // snapshots one at a time), so what was replayed outside is stored as it is.
             let mut replayed_outside = None;
             if let EntryPayload::Normal(proposal) = &entry.payload {
                 if crate::heavy_to_replay(&proposal.batch.0) {
@@ -529,11 +530,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let (mut image, mut chain) = (base.clone(), chain);
                         let admit = crate::cpu_bound(|| {
                             apply_proposal(&mut image, &mut chain, index, proposal)
-                        })
-                        .map_err(|e| {
-                            tracing::error!(%e, index, "a committed record does not replay: stopping");
-                            invalid(e)
-                        })?;
+                        });
                         replayed_outside = Some((base, image, chain, admit));
                     }
                 }
@@ -561,12 +558,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 admit
                             }
                             None => match replayed_outside.take() {
-                                Some((base, image, chain, admit)) => {
+                                Some((base, image, chain, admit)) => admit.inspect(|_| {
                                     debug_assert!(inner.image.is_same_as(&base));
                                     inner.image = image;
                                     inner.chain = chain;
-                                    Ok(admit)
-                                }
+                                }),
                                 None => apply_proposal(
                                     &mut inner.image,
                                     &mut inner.chain,

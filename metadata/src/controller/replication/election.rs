@@ -110,10 +110,12 @@ pub fn broker_changes<'a>(
     broker_changes_of(image, record).map(|(_, change)| change)
 }
 
-/// A [`BrokerPartitionsRecord`] of `broker` over a scope that removes it, or `None` when it
-/// would change no partition. Costs O(partitions the broker hosts) at most; it stops at the
-/// first change.
-pub fn replica_removal(
+/// A [`BrokerPartitionsRecord`] of `broker` over `scope`, or `None` when it would change no
+/// partition. Decided on `image` as it stands before the record; a scope that hands the broker
+/// leaderships follows its unfencing in the same result, so the broker counts as acceptable
+/// although that record is not replayed yet. Costs O(partitions the broker hosts) at most; it
+/// stops at the first change.
+fn broker_record(
     image: &MetadataImage,
     config: &ControllerConfig,
     broker: BrokerId,
@@ -124,7 +126,13 @@ pub fn replica_removal(
         scope,
         unclean_default: config.unclean_leader_election_enable,
     };
-    let changes_any = broker_changes(image, &record).next().is_some();
+    let acceptance = record_acceptance(image, &record);
+    let acceptance = if record.scope.removes() {
+        acceptance
+    } else {
+        acceptance.including(broker)
+    };
+    let changes_any = changes_under(image, &record, acceptance).next().is_some();
     changes_any.then_some(MetadataRecord::BrokerPartitions(record))
 }
 
@@ -149,7 +157,7 @@ pub fn remove_broker_as_leader(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Option<MetadataRecord> {
-    replica_removal(image, config, broker, BrokerScope::Led)
+    broker_record(image, config, broker, BrokerScope::Led)
 }
 
 /// The changes that take `broker` out of every ISR: those of the partitions it leads (they
@@ -161,8 +169,8 @@ pub fn isr_removals(
     broker: BrokerId,
 ) -> (Option<MetadataRecord>, Option<MetadataRecord>) {
     (
-        replica_removal(image, config, broker, BrokerScope::Led),
-        replica_removal(image, config, broker, BrokerScope::Followed),
+        broker_record(image, config, broker, BrokerScope::Led),
+        broker_record(image, config, broker, BrokerScope::Followed),
     )
 }
 
@@ -181,7 +189,7 @@ pub fn move_leadership_off(
     } else {
         BrokerScope::LeadershipExcept(unheard)
     };
-    replica_removal(image, config, broker, scope)
+    broker_record(image, config, broker, scope)
 }
 
 /// The elections that follow `broker`'s unfencing, decided on `image` as it stands before the
@@ -197,20 +205,11 @@ pub fn elect_for_unfenced_broker(
     config: &ControllerConfig,
     broker: BrokerId,
 ) -> Vec<MetadataRecord> {
-    let acceptance = LeaderAcceptance::of(image).including(broker);
     let balancing = config.leader_balance_interval_ms > 0;
     [BrokerScope::Leaderless, BrokerScope::Preferred]
         .into_iter()
         .filter(|scope| balancing || *scope != BrokerScope::Preferred)
-        .filter_map(|scope| {
-            let record = BrokerPartitionsRecord {
-                broker_id: broker,
-                scope,
-                unclean_default: config.unclean_leader_election_enable,
-            };
-            let changes_any = changes_under(image, &record, acceptance).next().is_some();
-            changes_any.then_some(MetadataRecord::BrokerPartitions(record))
-        })
+        .filter_map(|scope| broker_record(image, config, broker, scope))
         .collect()
 }
 
