@@ -38,6 +38,18 @@ pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// The CPU time the calling thread has used, in milliseconds: logged beside the wall time of
+/// long work, which tells work from waiting for a core.
+pub(crate) fn thread_cpu_ms() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes one timespec, which `t` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+}
+
 /// True for records whose replay may take long enough to call for [`cpu_bound`]: many of
 /// them, or one over a broker's partitions.
 pub(crate) fn heavy_to_replay(records: &[kmeta_metadata::record::MetadataRecord]) -> bool {

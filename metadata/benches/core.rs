@@ -202,6 +202,15 @@ fn fence_on_broker(cluster: &Cluster, broker: i32) -> Duration {
 fn main() {
     println!("| case | median | best | runs |");
     println!("|---|---|---|---|");
+    // `cargo bench -p kmeta-metadata --bench core -- million` runs the 1,000,000-partition
+    // cases alone (for a profile of them).
+    if !std::env::args().any(|a| a == "million") {
+        small_cases();
+    }
+    million();
+}
+
+fn small_cases() {
 
     measure(
         "create 100,000 partitions (20 topics x 5,000, RF 3, 6 brokers): decide + replay",
@@ -364,8 +373,9 @@ fn main() {
         3,
         || passes(true),
     );
-    drop(restart);
+}
 
+fn million() {
     let before = HELD.load(Ordering::Relaxed);
     let mut c = Cluster::new(3);
     c.create_partitions("scale", 1_000_000, 1_000, &[]);
@@ -373,5 +383,39 @@ fn main() {
     println!(
         "| image heap per partition (1,000,000 partitions, RF 3, 3 brokers) | {} B | | 1 |",
         held / 1_000_000
+    );
+
+    // The `kill -9` of a broker leading a third of a million partitions, as `kmeta bench
+    // scale` runs it: the leader moves, replayed on a controller and noted + replayed on a
+    // broker.
+    let moves = remove_broker_from_isrs(&c.image, &c.config, BrokerId(0))
+        .into_iter()
+        .next()
+        .expect("broker 0 leads");
+    measure(
+        "fence broker leading 333,000 of 1,000,000 partitions: replay the leader moves",
+        3,
+        || {
+            let mut image = c.image.clone();
+            let start = Instant::now();
+            image.replay(LogOffset(c.offset), &moves).unwrap();
+            let elapsed = start.elapsed();
+            std::hint::black_box(image);
+            elapsed
+        },
+    );
+    measure(
+        "fence broker leading 333,000 of 1,000,000 partitions: note + replay the leader moves",
+        3,
+        || {
+            let mut image = c.image.clone();
+            let mut delta = ImageDelta::default();
+            let start = Instant::now();
+            delta.note(&image, &moves);
+            image.replay(LogOffset(c.offset), &moves).unwrap();
+            let elapsed = start.elapsed();
+            std::hint::black_box((image, delta));
+            elapsed
+        },
     );
 }

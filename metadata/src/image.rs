@@ -71,6 +71,11 @@ impl PartitionRegistration {
         self.isr.len() < self.replicas.len()
     }
 
+    /// True when no replica leads.
+    pub fn is_leaderless(&self) -> bool {
+        self.leader.is_none()
+    }
+
     /// True while a reassignment is in flight (adding or removing replicas).
     pub fn is_reassigning(&self) -> bool {
         !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
@@ -751,9 +756,18 @@ impl MetadataImage {
         for r in new.replicas.iter().filter(|r| !old_replicas.contains(r)) {
             self.index_broker(*r, tp);
         }
-        set_membership(&mut self.reassigning, tp, new.is_reassigning());
-        set_membership(&mut self.imbalanced, tp, new.has_imbalanced_leader());
-        set_membership(&mut self.leaderless, tp, new.leader.is_none());
+        // Each set is touched only where membership changes: most changes keep two of the
+        // three as they were, and a lookup in a set of a million costs as much as an insert.
+        let was = |f: fn(&PartitionRegistration) -> bool| old.is_some_and(f);
+        if was(PartitionRegistration::is_reassigning) != new.is_reassigning() {
+            set_membership(&mut self.reassigning, tp, new.is_reassigning());
+        }
+        if was(PartitionRegistration::has_imbalanced_leader) != new.has_imbalanced_leader() {
+            set_membership(&mut self.imbalanced, tp, new.has_imbalanced_leader());
+        }
+        if was(PartitionRegistration::is_leaderless) != new.is_leaderless() {
+            set_membership(&mut self.leaderless, tp, new.is_leaderless());
+        }
         let was_under = old.is_some_and(|p| p.is_under_replicated());
         match (was_under, new.is_under_replicated()) {
             (false, true) => self.under_replicated_count += 1,

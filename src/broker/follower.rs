@@ -155,6 +155,7 @@ fn replay_entries(
     for (offset, batch) in batches {
         let mut broker_wide = None;
         let replay_start = std::time::Instant::now();
+        let replay_cpu_start = crate::thread_cpu_ms();
         for record in &batch.0 {
             delta.note(image, record);
             if let Err(e) = image.replay(LogOffset(offset as i64), record) {
@@ -181,6 +182,7 @@ fn replay_entries(
                 scope = ?r.scope,
                 partitions = delta.partitions.len(),
                 replay_ms = replay_start.elapsed().as_millis() as u64,
+                replay_cpu_ms = (crate::thread_cpu_ms() - replay_cpu_start) as u64,
                 "replayed a record over a broker's partitions"
             );
             state.publish(image.clone(), offset, std::mem::take(delta));
