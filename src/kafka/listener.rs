@@ -217,6 +217,63 @@ mod tests {
         }
     }
 
+    /// Answers after blocking its thread for two seconds, as a long synchronous step (an
+    /// all-topics Metadata answer at a million partitions) does.
+    struct Stuck {
+        apis: ApiSet,
+        entered: Arc<tokio::sync::Notify>,
+    }
+
+    impl Service for Stuck {
+        fn apis(&self) -> &ApiSet {
+            &self.apis
+        }
+
+        async fn handle(&self, request: Request) -> Result<Bytes, String> {
+            self.entered.notify_one();
+            std::thread::sleep(Duration::from_secs(2));
+            let response: ResponseKind = self.apis.api_versions_response().into();
+            encode_response(
+                request.header.correlation_id,
+                request.api_key,
+                request.version,
+                &response,
+            )
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_listener_does_not_wait_for_a_request_stuck_in_synchronous_work() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let service = Arc::new(Stuck {
+            apis: ApiSet::new(vec![(ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS)]),
+            entered: entered.clone(),
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(listener, service, Limits::default(), async {
+            let _ = stopped.await;
+        }));
+        let mut client = KafkaClient::connect(&addr, "stuck", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let request = tokio::spawn(async move {
+            let _ = client.send(&ApiVersionsRequest::default(), 3).await;
+        });
+        entered.notified().await;
+        let asked = std::time::Instant::now();
+        stop.send(()).unwrap();
+        served.await.unwrap();
+        // The request blocks its thread for 2 s; the listener stops at its 100 ms bound.
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "the listener waited {:?} for a request in flight",
+            asked.elapsed()
+        );
+        request.abort();
+    }
+
     #[tokio::test]
     async fn connections_beyond_the_limit_are_closed_and_the_rest_keep_working() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
