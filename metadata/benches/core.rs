@@ -405,14 +405,13 @@ fn million() {
         },
     );
     measure(
-        "fence broker leading 333,000 of 1,000,000 partitions: note + replay the leader moves",
+        "fence broker leading 333,000 of 1,000,000 partitions: replay the leader moves into a broker's delta",
         3,
         || {
             let mut image = c.image.clone();
             let mut delta = ImageDelta::default();
             let start = Instant::now();
-            delta.note(&image, &moves);
-            image.replay(LogOffset(c.offset), &moves).unwrap();
+            delta.replay(&mut image, LogOffset(c.offset), &moves).unwrap();
             let elapsed = start.elapsed();
             std::hint::black_box((image, delta));
             elapsed

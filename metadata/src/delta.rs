@@ -1,9 +1,9 @@
 //! What a run of records changed, so that whatever reacts to the image (a broker's hosted
 //! partitions) does work in proportion to the change, not to the whole image.
 
-use crate::image::MetadataImage;
+use crate::image::{MetadataImage, ReplayError};
 use crate::record::{ConfigResourceType, MetadataRecord};
-use crate::types::{BrokerId, TopicId, TopicIdPartition};
+use crate::types::{BrokerId, LogOffset, TopicId, TopicIdPartition};
 use std::collections::BTreeSet;
 
 /// The partitions and topic configs a run of records touched.
@@ -101,6 +101,28 @@ impl ImageDelta {
             },
             _ => {}
         }
+    }
+
+    /// Notes `record` and replays it onto `image` at `offset`: [`Self::note`] then
+    /// [`MetadataImage::replay`], except that a broker-wide record's partitions are those its
+    /// replay changed, listed by the replay itself, rather than found by a walk of its scope
+    /// beforehand. On error `image` is unchanged and the delta may hold what `record` would
+    /// have touched.
+    pub fn replay(
+        &mut self,
+        image: &mut MetadataImage,
+        offset: LogOffset,
+        record: &MetadataRecord,
+    ) -> Result<(), ReplayError> {
+        if !matches!(record, MetadataRecord::BrokerPartitions(_)) {
+            self.note(image, record);
+            return image.replay(offset, record);
+        }
+        let mut changed = Vec::new();
+        image.replay_reporting(offset, record, &mut changed)?;
+        // In replay order, which is key order: the set is built in bulk.
+        union_into(&mut self.partitions, changed.into_iter().collect());
+        Ok(())
     }
 
     /// Adds what `later` touched.

@@ -157,8 +157,7 @@ fn replay_entries(
         let replay_start = std::time::Instant::now();
         let replay_cpu_start = crate::thread_cpu_ms();
         for record in &batch.0 {
-            delta.note(image, record);
-            if let Err(e) = image.replay(LogOffset(offset as i64), record) {
+            if let Err(e) = delta.replay(image, LogOffset(offset as i64), record) {
                 // The image no longer matches the log: start over from a snapshot.
                 tracing::error!(%e, offset, "a committed record does not replay here: resyncing");
                 *image = MetadataImage::new();

@@ -3,6 +3,7 @@
 use crate::harness::*;
 use kmeta_metadata::controller::configs::{alter_configs, ConfigOp};
 use kmeta_metadata::controller::replication::alter_partition::alter_partition;
+use kmeta_metadata::controller::replication::election::remove_broker_from_isrs;
 use kmeta_metadata::controller::replication::topics::*;
 use kmeta_metadata::controller::replication::TopicRef;
 use kmeta_metadata::delta::ImageDelta;
@@ -89,4 +90,56 @@ fn a_broker_registering_or_changing_fencing_is_noted_with_no_partition_touched()
     let mut merged = ImageDelta::default();
     merged.merge(delta);
     assert_eq!(merged.brokers, BTreeSet::from([BrokerId(3)]));
+}
+
+/// Every partition whose registration differs between `before` and `after`.
+fn changed_between(before: &MetadataImage, after: &MetadataImage) -> BTreeSet<TopicIdPartition> {
+    after
+        .topics_by_name()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |(&partition, p)| {
+                let tp = TopicIdPartition {
+                    topic_id: t.id,
+                    partition,
+                };
+                (tp, p.clone())
+            })
+        })
+        .filter(|(tp, p)| before.partition(*tp) != Some(p.as_ref()))
+        .map(|(tp, _)| tp)
+        .collect()
+}
+
+#[test]
+fn a_broker_wide_record_replayed_into_a_delta_names_exactly_the_partitions_it_changed() {
+    let mut h = Harness::default();
+    h.active_brokers(&[1, 2, 3]);
+    // Broker 1 leads a-0 and a-1 and follows a-2; b-0 has broker 1 as its only replica (it
+    // loses its leader, and keeps its last ISR member); c is not on broker 1 at all.
+    h.create_assigned("a", &[&[1, 2, 3], &[1, 3, 2], &[2, 1, 3]]);
+    h.create_assigned("b", &[&[1]]);
+    h.create_assigned("c", &[&[2, 3]]);
+    let records = remove_broker_from_isrs(&h.image, &h.config, BrokerId(1));
+    assert_eq!(records.len(), 2, "the leader moves, then the ISR removals");
+    let mut image = h.image.clone();
+    let offset = h.next_offset();
+    for record in &records {
+        let before = image.clone();
+        let mut delta = ImageDelta::default();
+        delta.replay(&mut image, offset, record).unwrap();
+        let changed = changed_between(&before, &image);
+        assert!(!changed.is_empty());
+        assert_eq!(delta.partitions, changed, "{record:?}");
+        assert!(!changed.contains(&h.tp("c", 0)));
+        // A walk of the record's scope beforehand names at least as many.
+        let mut noted = ImageDelta::default();
+        noted.note(&before, record);
+        assert!(noted.partitions.is_superset(&changed));
+    }
+    // Replaying the same records with `MetadataImage::replay` builds the same image.
+    let mut plain = h.image.clone();
+    for record in &records {
+        plain.replay(offset, record).unwrap();
+    }
+    assert_eq!(plain, image);
 }
