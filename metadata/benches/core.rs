@@ -211,7 +211,6 @@ fn main() {
 }
 
 fn small_cases() {
-
     measure(
         "create 100,000 partitions (20 topics x 5,000, RF 3, 6 brokers): decide + replay",
         5,
