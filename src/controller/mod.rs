@@ -610,7 +610,16 @@ impl EventLoop {
                 let mut next = active.image.clone();
                 let mut replay = || chunk.iter().try_for_each(|r| next.replay(at, r));
                 let replayed = if crate::heavy_to_replay(&chunk) {
-                    crate::cpu_bound(replay)
+                    let (start, cpu_start) = (Instant::now(), crate::thread_cpu_ms());
+                    let replayed = crate::cpu_bound(replay);
+                    tracing::info!(
+                        offset = at.0,
+                        records = chunk.len(),
+                        replay_ms = start.elapsed().as_millis() as u64,
+                        replay_cpu_ms = (crate::thread_cpu_ms() - cpu_start) as u64,
+                        "replayed a large decision onto the speculative image"
+                    );
+                    replayed
                 } else {
                     replay()
                 };
@@ -684,6 +693,7 @@ impl EventLoop {
         self.sm.expect(stamp, base, active.image.clone());
         let (responder, committed, applied) = ProgressResponder::new();
         let proposed_at = Instant::now();
+        let large = crate::heavy_to_replay(&records);
         let commit_latency = self.metrics.commit_latency_ms.clone();
         let written = self
             .raft
@@ -712,6 +722,10 @@ impl EventLoop {
                     match committed.await {
                         Ok(log_id) if log_id.index() != predicted => {
                             fail(format!("entry predicted at {predicted} committed at {}", log_id.index()));
+                        }
+                        Ok(_) if large => {
+                            let commit_ms = proposed_at.elapsed().as_millis() as u64;
+                            tracing::info!(offset = predicted, commit_ms, "a large entry committed");
                         }
                         Ok(_) => {}
                         Err(_) => fail(format!("entry predicted at {predicted} was refused")),
