@@ -8,7 +8,9 @@
 //! and decode + replay). Each case runs several times; the table shows the median and the best.
 //! Then the heap an image holds per partition (1,000,000 partitions, RF 3, topics of 1,000, as
 //! `kmeta bench scale` creates them), counted by the allocator: every broker and controller
-//! holds one such image, so it bounds their memory from below.
+//! holds one such image, so it bounds their memory from below; and, on that image, the fence
+//! of a broker leading a third of it (its leader moves replayed, and replayed into a broker's
+//! delta). `cargo bench -p kmeta-metadata --bench core -- million` runs only these.
 
 use kmeta_metadata::controller::cluster::{
     process_heartbeat, register_broker, BrokerHeartbeatRequest, BrokerRegistrationRequest,
