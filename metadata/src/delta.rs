@@ -41,8 +41,9 @@ impl ImageDelta {
             && self.brokers.is_empty()
     }
 
-    /// Notes `record`, about to be replayed onto `before`.
-    pub fn note(&mut self, before: &MetadataImage, record: &MetadataRecord) {
+    /// Notes `record`, about to be replayed onto `before`. A broker-wide record is noted by
+    /// [`Self::replay`] from what its replay changed, never here.
+    fn note(&mut self, before: &MetadataImage, record: &MetadataRecord) {
         match record {
             MetadataRecord::Partition(r) => {
                 let tp = TopicIdPartition {
@@ -57,17 +58,6 @@ impl ImageDelta {
                     topic_id: r.topic_id,
                     partition: r.partition,
                 });
-            }
-            MetadataRecord::BrokerPartitions(r) => {
-                // The partitions in its scope: those it may change. They come sorted, so the
-                // set is built in bulk and merged in, not grown an insert at a time.
-                let covered: BTreeSet<TopicIdPartition> = before
-                    .topics_on_broker(r.broker_id)
-                    .flat_map(|(topic, indexes)| topic.partitions_at(indexes))
-                    .filter(|(_, p)| r.covers(p.leader, &p.isr, p.preferred_leader()))
-                    .map(|(tp, _)| tp)
-                    .collect();
-                union_into(&mut self.partitions, covered);
             }
             MetadataRecord::RemoveTopic(r) => {
                 self.topic_configs.remove(&r.topic_id);
@@ -103,11 +93,11 @@ impl ImageDelta {
         }
     }
 
-    /// Notes `record` and replays it onto `image` at `offset`: [`Self::note`] then
-    /// [`MetadataImage::replay`], except that a broker-wide record's partitions are those its
-    /// replay changed, listed by the replay itself, rather than found by a walk of its scope
-    /// beforehand. On error `image` is unchanged and the delta may hold what `record` would
-    /// have touched.
+    /// Notes `record` and replays it onto `image` at `offset`. A broker-wide record's
+    /// partitions are those its replay changed, listed by the replay itself: which of the
+    /// broker's partitions it changes is known only by deciding each, so a walk beforehand
+    /// would do that work twice. On error `image` is unchanged and the delta may hold what
+    /// `record` would have touched.
     pub fn replay(
         &mut self,
         image: &mut MetadataImage,
@@ -120,7 +110,8 @@ impl ImageDelta {
         }
         let mut changed = Vec::new();
         image.replay_reporting(offset, record, &mut changed)?;
-        // In replay order, which is key order: the set is built in bulk.
+        // In replay order, which is key order: the set is built in bulk and merged in, not
+        // grown an insert at a time.
         union_into(&mut self.partitions, changed.into_iter().collect());
         Ok(())
     }

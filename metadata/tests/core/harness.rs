@@ -332,16 +332,23 @@ fn broker_record_is_its_changes_decided_before(
         "{removal:?} is not its {} changes",
         changes.len()
     );
+    // A broker's delta of the record names exactly the partitions it changed.
     let mut delta = kmeta_metadata::delta::ImageDelta::default();
-    delta.note(before, &MetadataRecord::BrokerPartitions(removal.clone()));
-    for c in &changes {
-        let tp = TopicIdPartition {
+    let mut replayed = before.clone();
+    delta
+        .replay(
+            &mut replayed,
+            offset,
+            &MetadataRecord::BrokerPartitions(removal.clone()),
+        )
+        .unwrap();
+    assert_eq!(&replayed, after);
+    let changed: std::collections::BTreeSet<TopicIdPartition> = changes
+        .iter()
+        .map(|c| TopicIdPartition {
             topic_id: c.topic_id,
             partition: c.partition,
-        };
-        assert!(
-            delta.partitions.contains(&tp),
-            "{removal:?}: {tp} changed, not in the delta"
-        );
-    }
+        })
+        .collect();
+    assert_eq!(delta.partitions, changed, "{removal:?}: the delta");
 }
