@@ -38,9 +38,35 @@ pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// The CPU time the calling thread has used, in milliseconds: logged beside the wall time of
-/// long work, which tells work from waiting for a core.
-pub(crate) fn thread_cpu_ms() -> f64 {
+/// When a stretch of long synchronous work began, by the wall clock and by the calling
+/// thread's CPU clock: logged as both, which tells work from waiting for a core. Read it on
+/// the thread that started it.
+pub(crate) struct WorkTimer {
+    wall: std::time::Instant,
+    cpu_ms: f64,
+}
+
+impl WorkTimer {
+    pub(crate) fn start() -> WorkTimer {
+        WorkTimer {
+            wall: std::time::Instant::now(),
+            cpu_ms: thread_cpu_ms(),
+        }
+    }
+
+    /// Wall-clock milliseconds since the start.
+    pub(crate) fn wall_ms(&self) -> u64 {
+        self.wall.elapsed().as_millis() as u64
+    }
+
+    /// Milliseconds of this thread's CPU time since the start.
+    pub(crate) fn cpu_ms(&self) -> u64 {
+        (thread_cpu_ms() - self.cpu_ms) as u64
+    }
+}
+
+/// The CPU time the calling thread has used, in milliseconds.
+fn thread_cpu_ms() -> f64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -154,8 +154,7 @@ fn replay_entries(
     let mut changed = false;
     for (offset, batch) in batches {
         let mut broker_wide = None;
-        let replay_start = std::time::Instant::now();
-        let replay_cpu_start = crate::thread_cpu_ms();
+        let timer = crate::WorkTimer::start();
         for record in &batch.0 {
             if let Err(e) = delta.replay(image, LogOffset(offset as i64), record) {
                 // The image no longer matches the log: start over from a snapshot.
@@ -180,8 +179,8 @@ fn replay_entries(
                 broker = %r.broker_id,
                 scope = ?r.scope,
                 partitions = delta.partitions.len(),
-                replay_ms = replay_start.elapsed().as_millis() as u64,
-                replay_cpu_ms = (crate::thread_cpu_ms() - replay_cpu_start) as u64,
+                replay_ms = timer.wall_ms(),
+                replay_cpu_ms = timer.cpu_ms(),
                 "replayed a record over a broker's partitions"
             );
             state.publish(image.clone(), offset, std::mem::take(delta));

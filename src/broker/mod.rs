@@ -571,8 +571,7 @@ async fn host_partitions(state: Arc<BrokerState>) {
     loop {
         // Work in proportion to what changed: only the partitions the new records touched.
         let (published, delta) = state.take_changes();
-        let start = std::time::Instant::now();
-        let cpu_start = crate::thread_cpu_ms();
+        let timer = crate::WorkTimer::start();
         let leaders = if delta.all || delta.partitions.len() >= 10_000 {
             crate::cpu_bound(|| state.replicas.apply_delta(&published.image, &delta))
         } else {
@@ -582,8 +581,8 @@ async fn host_partitions(state: Arc<BrokerState>) {
             tracing::info!(
                 offset = published.offset,
                 partitions = delta.partitions.len(),
-                apply_ms = start.elapsed().as_millis() as u64,
-                apply_cpu_ms = (crate::thread_cpu_ms() - cpu_start) as u64,
+                apply_ms = timer.wall_ms(),
+                apply_cpu_ms = timer.cpu_ms(),
                 "applied a large change to the hosted partitions"
             );
         }

@@ -610,13 +610,13 @@ impl EventLoop {
                 let mut next = active.image.clone();
                 let mut replay = || chunk.iter().try_for_each(|r| next.replay(at, r));
                 let replayed = if crate::heavy_to_replay(&chunk) {
-                    let (start, cpu_start) = (Instant::now(), crate::thread_cpu_ms());
+                    let timer = crate::WorkTimer::start();
                     let replayed = crate::cpu_bound(replay);
                     tracing::info!(
                         offset = at.0,
                         records = chunk.len(),
-                        replay_ms = start.elapsed().as_millis() as u64,
-                        replay_cpu_ms = (crate::thread_cpu_ms() - cpu_start) as u64,
+                        replay_ms = timer.wall_ms(),
+                        replay_cpu_ms = timer.cpu_ms(),
                         "replayed a large decision onto the speculative image"
                     );
                     replayed
