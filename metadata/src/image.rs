@@ -39,17 +39,23 @@ impl RegisterBrokerRecord {
 /// topic's partitions take 4.
 pub type BrokerPartitions = OrdMap<TopicId, Arc<Vec<i32>>>;
 
+/// A partition's list of brokers (its replicas, ISR, or the replicas a reassignment adds or
+/// removes), held in place up to four: a replica set rarely holds more, so a partition's
+/// registration is one block of memory in its topic's map, copied without an allocation per
+/// list when a change or a structural copy of the map touches it.
+pub type BrokerList = smallvec::SmallVec<[BrokerId; 4]>;
+
 /// One partition's replication state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionRegistration {
     /// All replicas, preferred leader first.
-    pub replicas: Vec<BrokerId>,
+    pub replicas: BrokerList,
     /// In-sync replicas.
-    pub isr: Vec<BrokerId>,
+    pub isr: BrokerList,
     /// Replicas an in-flight reassignment removes.
-    pub removing_replicas: Vec<BrokerId>,
+    pub removing_replicas: BrokerList,
     /// Replicas an in-flight reassignment adds.
-    pub adding_replicas: Vec<BrokerId>,
+    pub adding_replicas: BrokerList,
     /// The leader, or `BrokerId::NONE`.
     pub leader: BrokerId,
     /// RECOVERING after an unclean election.
@@ -87,7 +93,7 @@ impl PartitionRegistration {
     }
 
     /// The replicas the reassignment is moving to: `replicas − removing` (target order).
-    pub fn target_replicas(&self) -> Vec<BrokerId> {
+    pub fn target_replicas(&self) -> BrokerList {
         self.replicas
             .iter()
             .copied()
@@ -100,20 +106,20 @@ impl PartitionRegistration {
     pub fn merge(&self, r: &PartitionChangeRecord) -> PartitionRegistration {
         let mut new = self.clone();
         if let Some(isr) = &r.isr {
-            new.isr = isr.clone();
+            new.isr = BrokerList::from_slice(isr);
         }
         if let Some(leader) = r.leader {
             new.leader = leader;
             new.leader_epoch = self.leader_epoch.next();
         }
         if let Some(replicas) = &r.replicas {
-            new.replicas = replicas.clone();
+            new.replicas = BrokerList::from_slice(replicas);
         }
         if let Some(removing) = &r.removing_replicas {
-            new.removing_replicas = removing.clone();
+            new.removing_replicas = BrokerList::from_slice(removing);
         }
         if let Some(adding) = &r.adding_replicas {
-            new.adding_replicas = adding.clone();
+            new.adding_replicas = BrokerList::from_slice(adding);
         }
         if let Some(state) = r.leader_recovery_state {
             new.leader_recovery_state = state;
@@ -124,10 +130,10 @@ impl PartitionRegistration {
 
     fn from_record(r: &PartitionRecord) -> Self {
         PartitionRegistration {
-            replicas: r.replicas.clone(),
-            isr: r.isr.clone(),
-            removing_replicas: r.removing_replicas.clone(),
-            adding_replicas: r.adding_replicas.clone(),
+            replicas: BrokerList::from_slice(&r.replicas),
+            isr: BrokerList::from_slice(&r.isr),
+            removing_replicas: BrokerList::from_slice(&r.removing_replicas),
+            adding_replicas: BrokerList::from_slice(&r.adding_replicas),
             leader: r.leader,
             leader_recovery_state: r.leader_recovery_state,
             leader_epoch: r.leader_epoch,
@@ -139,10 +145,10 @@ impl PartitionRegistration {
         PartitionRecord {
             topic_id: tp.topic_id,
             partition: tp.partition,
-            replicas: self.replicas.clone(),
-            isr: self.isr.clone(),
-            removing_replicas: self.removing_replicas.clone(),
-            adding_replicas: self.adding_replicas.clone(),
+            replicas: self.replicas.to_vec(),
+            isr: self.isr.to_vec(),
+            removing_replicas: self.removing_replicas.to_vec(),
+            adding_replicas: self.adding_replicas.to_vec(),
             leader: self.leader,
             leader_recovery_state: self.leader_recovery_state,
             leader_epoch: self.leader_epoch,
@@ -738,6 +744,10 @@ impl MetadataImage {
     /// the image before this record. Each partition's change depends only on its own state,
     /// the brokers and the configs, none of which an earlier change in the same record
     /// touches, so deciding each just before applying it is deciding all on the image before.
+    ///
+    /// The changes come a topic at a time, so the topic's map is taken out once and stored
+    /// back once, and leader counts are summed and stored at the end: per partition, what is
+    /// left is its own entry and the sets whose membership it changes.
     fn replay_broker_partitions(
         &mut self,
         r: &BrokerPartitionsRecord,
@@ -749,19 +759,58 @@ impl MetadataImage {
         }
         let before = self.clone();
         let reported = changed.len();
+        let mut leaders = LeaderCounts::default();
+        // The topic being changed, with its partitions as changed so far.
+        let mut open: Option<(TopicId, OrdMap<i32, Arc<PartitionRegistration>>)> = None;
         let result = broker_changes_of(&before, r).try_for_each(|(old, change)| {
             let tp = TopicIdPartition {
                 topic_id: change.topic_id,
                 partition: change.partition,
             };
             changed.push(tp);
-            self.apply_partition_change(tp, old, &change)
+            let new = old.merge(&change);
+            if let Some(fault) = new.shape_error() {
+                return Err(format!("partition {tp}: {fault}"));
+            }
+            self.index_partition(tp, Some(old), &new, &mut leaders);
+            if open.as_ref().is_none_or(|(id, _)| *id != tp.topic_id) {
+                if let Some((id, partitions)) = open.take() {
+                    self.store_partitions(id, partitions);
+                }
+                let partitions = before
+                    .topic(&tp.topic_id)
+                    .expect("changes are of partitions the image holds")
+                    .partitions
+                    .clone();
+                open = Some((tp.topic_id, partitions));
+            }
+            let (_, partitions) = open.as_mut().expect("opened above");
+            partitions.insert(tp.partition, Arc::new(new));
+            Ok(())
         });
         if result.is_err() {
             *self = before;
             changed.truncate(reported);
+            return result;
         }
-        result
+        if let Some((id, partitions)) = open {
+            self.store_partitions(id, partitions);
+        }
+        self.count_leaders(leaders);
+        Ok(())
+    }
+
+    /// Replaces topic `id`'s partitions (the topic exists).
+    fn store_partitions(
+        &mut self,
+        id: TopicId,
+        partitions: OrdMap<i32, Arc<PartitionRegistration>>,
+    ) {
+        let topic = self
+            .topics
+            .get_mut(&id)
+            .expect("callers check that the topic exists");
+        Arc::make_mut(topic).partitions = partitions;
     }
 
     /// Stores a partition and keeps every derived index in step.
@@ -771,12 +820,34 @@ impl MetadataImage {
         old: Option<&PartitionRegistration>,
         new: PartitionRegistration,
     ) {
+        let mut leaders = LeaderCounts::default();
+        self.index_partition(tp, old, &new, &mut leaders);
+        self.count_leaders(leaders);
+        let topic = Arc::make_mut(
+            self.topics
+                .get_mut(&tp.topic_id)
+                .expect("callers check that the topic exists"),
+        );
+        topic.partitions.insert(tp.partition, Arc::new(new));
+    }
+
+    /// Keeps every derived index in step with partition `tp` going from `old` to `new`, but
+    /// for the leader counts, whose changes go to `leaders` for the caller to store.
+    fn index_partition(
+        &mut self,
+        tp: TopicIdPartition,
+        old: Option<&PartitionRegistration>,
+        new: &PartitionRegistration,
+        leaders: &mut LeaderCounts,
+    ) {
         let old_replicas: &[BrokerId] = old.map(|p| p.replicas.as_slice()).unwrap_or(&[]);
-        for r in old_replicas.iter().filter(|r| !new.replicas.contains(r)) {
-            self.unindex_broker(*r, tp);
-        }
-        for r in new.replicas.iter().filter(|r| !old_replicas.contains(r)) {
-            self.index_broker(*r, tp);
+        if old_replicas != new.replicas.as_slice() {
+            for r in old_replicas.iter().filter(|r| !new.replicas.contains(r)) {
+                self.unindex_broker(*r, tp);
+            }
+            for r in new.replicas.iter().filter(|r| !old_replicas.contains(r)) {
+                self.index_broker(*r, tp);
+            }
         }
         // Each set is touched only where membership changes: most changes keep two of the
         // three as they were, and a lookup in a set of a million costs as much as an insert.
@@ -798,15 +869,18 @@ impl MetadataImage {
         }
         let old_leader = old.map_or(BrokerId::NONE, |p| p.leader);
         if old_leader != new.leader {
-            self.count_leader(old_leader, -1);
-            self.count_leader(new.leader, 1);
+            leaders.add(old_leader, -1);
+            leaders.add(new.leader, 1);
         }
-        let topic = Arc::make_mut(
-            self.topics
-                .get_mut(&tp.topic_id)
-                .expect("callers check that the topic exists"),
-        );
-        topic.partitions.insert(tp.partition, Arc::new(new));
+    }
+
+    /// Stores the summed changes of leader counts.
+    fn count_leaders(&mut self, leaders: LeaderCounts) {
+        for (broker, by) in leaders.0 {
+            if by != 0 {
+                self.count_leader(broker, by);
+            }
+        }
     }
 
     fn count_leader(&mut self, broker: BrokerId, by: isize) {
@@ -1099,6 +1173,23 @@ pub(crate) struct DerivedIndexes<'a> {
     pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<String>>,
     pub partition_count: usize,
     pub under_replicated_count: usize,
+}
+
+/// Changes of how many partitions each broker leads, summed before they are stored: a few
+/// brokers, so a list.
+#[derive(Default)]
+struct LeaderCounts(Vec<(BrokerId, isize)>);
+
+impl LeaderCounts {
+    fn add(&mut self, broker: BrokerId, by: isize) {
+        if broker.is_none() {
+            return;
+        }
+        match self.0.iter_mut().find(|(b, _)| *b == broker) {
+            Some((_, n)) => *n += by,
+            None => self.0.push((broker, by)),
+        }
+    }
 }
 
 fn set_membership(set: &mut OrdSet<TopicIdPartition>, tp: TopicIdPartition, member: bool) {

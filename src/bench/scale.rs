@@ -65,6 +65,8 @@ impl ScaleReport {
             Some(v) => println!("  {name}: {v:.1}"),
             None => println!("  {name}: not reached"),
         }
+        // When, by the wall clock: the nodes' logs say what each was doing until then.
+        println!("    recorded at {} UTC", time_of_day());
         self.figures.push((name, value));
     }
 
@@ -861,4 +863,19 @@ pub fn append_json(path: &Path, line: &str) -> Result<(), String> {
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     writeln!(f, "{line}").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The UTC time of day now, `HH:MM:SS.mmm`, as the nodes' log lines give it.
+fn time_of_day() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = now.as_millis() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }

@@ -277,6 +277,7 @@ impl StateMachine {
     /// Opens the state machine in `dir`, loading the newest snapshot if there is one.
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
+        let timer = crate::WorkTimer::start();
         let snapshot_path = dir.join("snapshot");
         let snapshot: Option<SnapshotFile> = match read_checked(&snapshot_path)? {
             Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(invalid)?),
@@ -294,6 +295,16 @@ impl StateMachine {
                 StoredMembership::default(),
             ),
         };
+        if let Some(s) = &snapshot {
+            tracing::info!(
+                offset = offset_of(&s.meta.last_log_id).0,
+                bytes = s.data.len(),
+                partitions = image.partition_count(),
+                load_ms = timer.wall_ms(),
+                load_cpu_ms = timer.cpu_ms(),
+                "loaded the metadata snapshot"
+            );
+        }
         let (published, _) = watch::channel(image.clone());
         let tail = Tail::new(last_applied.map_or(0, |l| l.index() + 1));
         Ok(StateMachine {

@@ -511,7 +511,7 @@ async fn fencing_a_broker_in_21000_isrs_is_one_small_entry_every_node_replays_al
             for i in 0..3 {
                 let t = image.topic_by_name(&format!("wide-{i}")).unwrap();
                 for p in t.partitions.values() {
-                    assert_eq!(p.isr, vec![BrokerId(2)]);
+                    assert_eq!(p.isr[..], [BrokerId(2)]);
                     assert_eq!(p.leader, BrokerId(2));
                 }
             }

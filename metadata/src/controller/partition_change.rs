@@ -18,7 +18,7 @@
 //! partition is leaderless, so the last replica standing can lead cleanly when it returns.
 
 use super::LeaderAcceptance;
-use crate::image::PartitionRegistration;
+use crate::image::{BrokerList, PartitionRegistration};
 use crate::record::PartitionChangeRecord;
 use crate::types::{BrokerId, LeaderRecoveryState, TopicIdPartition};
 
@@ -40,10 +40,10 @@ pub struct PartitionChangeBuilder<'a> {
     partition: &'a PartitionRegistration,
     acceptance: LeaderAcceptance<'a>,
     election: Election,
-    target_isr: Vec<BrokerId>,
-    target_replicas: Vec<BrokerId>,
-    target_removing: Vec<BrokerId>,
-    target_adding: Vec<BrokerId>,
+    target_isr: BrokerList,
+    target_replicas: BrokerList,
+    target_removing: BrokerList,
+    target_adding: BrokerList,
     target_recovery: LeaderRecoveryState,
 }
 
@@ -75,20 +75,20 @@ impl<'a> PartitionChangeBuilder<'a> {
 
     /// The ISR wanted.
     pub fn target_isr(mut self, isr: Vec<BrokerId>) -> Self {
-        self.target_isr = isr;
+        self.target_isr = BrokerList::from_vec(isr);
         self
     }
 
     /// The replica list wanted.
     pub fn target_replicas(mut self, replicas: Vec<BrokerId>) -> Self {
-        self.target_replicas = replicas;
+        self.target_replicas = BrokerList::from_vec(replicas);
         self
     }
 
     /// The reassignment sets wanted.
     pub fn target_reassignment(mut self, removing: Vec<BrokerId>, adding: Vec<BrokerId>) -> Self {
-        self.target_removing = removing;
-        self.target_adding = adding;
+        self.target_removing = BrokerList::from_vec(removing);
+        self.target_adding = BrokerList::from_vec(adding);
         self
     }
 
@@ -108,13 +108,13 @@ impl<'a> PartitionChangeBuilder<'a> {
             return;
         }
         let removing = &self.target_removing;
-        let isr: Vec<BrokerId> = self
+        let isr: BrokerList = self
             .target_isr
             .iter()
             .copied()
             .filter(|r| !removing.contains(r))
             .collect();
-        let replicas: Vec<BrokerId> = self
+        let replicas: BrokerList = self
             .target_replicas
             .iter()
             .copied()
@@ -192,16 +192,16 @@ impl<'a> PartitionChangeBuilder<'a> {
             && !self.target_isr.is_empty()
             && self.target_isr != self.partition.isr
         {
-            record.isr = Some(self.target_isr.clone());
+            record.isr = Some(self.target_isr.to_vec());
         }
         if !self.target_replicas.is_empty() && self.target_replicas != self.partition.replicas {
-            record.replicas = Some(self.target_replicas.clone());
+            record.replicas = Some(self.target_replicas.to_vec());
         }
         if self.target_removing != self.partition.removing_replicas {
-            record.removing_replicas = Some(self.target_removing.clone());
+            record.removing_replicas = Some(self.target_removing.to_vec());
         }
         if self.target_adding != self.partition.adding_replicas {
-            record.adding_replicas = Some(self.target_adding.clone());
+            record.adding_replicas = Some(self.target_adding.to_vec());
         }
         if self.target_recovery != self.partition.leader_recovery_state {
             record.leader_recovery_state = Some(self.target_recovery);

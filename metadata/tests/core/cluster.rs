@@ -69,7 +69,7 @@ fn a_new_incarnation_is_removed_from_the_isrs_of_the_old_one() {
     h.now_ms += h.config.session_timeout_ms + 1;
     h.register_incarnation(1, 5555, None);
     let p = h.partition("t", 0);
-    assert_eq!(p.isr, ids(&[0, 2]));
+    assert_eq!(p.isr.to_vec(), ids(&[0, 2]));
     assert_eq!(p.leader, BrokerId(0));
 }
 
@@ -214,7 +214,11 @@ fn unregistering_a_broker_leaves_its_sole_replica_partitions_leaderless() {
     assert!(h.image.broker(BrokerId(0)).is_none());
     let p = h.partition("foo", 0);
     assert_eq!(p.leader, BrokerId::NONE);
-    assert_eq!(p.isr, ids(&[0]), "without ELR the last ISR member stays");
+    assert_eq!(
+        p.isr.to_vec(),
+        ids(&[0]),
+        "without ELR the last ISR member stays"
+    );
     let err = unregister_broker(&h.image, &h.config, BrokerId(0)).unwrap_err();
     assert_eq!(err.code, ErrorCode::BrokerIdNotRegistered);
 }
@@ -251,7 +255,7 @@ fn session_expiry_fences_the_stalest_broker_one_per_call() {
         "oldest contact first, one per call"
     );
     let p = h.partition("foo", 0);
-    assert_eq!(p.isr, ids(&[1]));
+    assert_eq!(p.isr.to_vec(), ids(&[1]));
     assert_eq!(p.leader, BrokerId(1));
     assert!(p.has_imbalanced_leader());
     assert!(h.image.broker(BrokerId(0)).unwrap().fenced);
@@ -486,7 +490,7 @@ fn a_restart_showing_its_previous_epoch_takes_the_registration_back_while_the_se
     assert_eq!(b.incarnation_id, uuid::Uuid::from_u128(78));
     // Its old incarnation may have lost unflushed data: it leaves every ISR.
     let p = h.partition("t", 0);
-    assert_eq!(p.isr, ids(&[0, 2]));
+    assert_eq!(p.isr.to_vec(), ids(&[0, 2]));
     assert_eq!(p.leader, BrokerId(0));
 }
 
@@ -511,14 +515,14 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
     // It led t-0: another in-sync replica leads, and 1 stays in the ISR.
     let p = h.partition("t", 0);
     assert_eq!(p.leader, BrokerId(0));
-    assert_eq!(p.isr, ids(&[1, 0, 2]));
+    assert_eq!(p.isr.to_vec(), ids(&[1, 0, 2]));
     // It followed t-1: nothing changes.
     let p = h.partition("t", 1);
-    assert_eq!((p.leader, p.isr.clone()), (BrokerId(0), ids(&[0, 1, 2])));
+    assert_eq!((p.leader, p.isr.to_vec()), (BrokerId(0), ids(&[0, 1, 2])));
     // It was solo-0's only replica: leaderless until it is back, its ISR kept.
     let p = h.partition("solo", 0);
     assert!(p.leader.is_none());
-    assert_eq!(p.isr, ids(&[1]));
+    assert_eq!(p.isr.to_vec(), ids(&[1]));
     assert!(invariants::check(&h.image).is_empty());
     // Unfenced, it leads solo-0 again, cleanly, and t-0, where it is the preferred replica
     // and never left the ISR, comes back to it in the same heartbeat: one record for each,
@@ -541,7 +545,7 @@ fn a_restart_with_its_log_directory_intact_keeps_its_isrs_and_gives_up_only_its_
     assert_eq!(p.leader, BrokerId(1));
     assert_eq!(p.leader_recovery_state, LeaderRecoveryState::Recovered);
     let p = h.partition("t", 0);
-    assert_eq!((p.leader, p.isr.clone()), (BrokerId(1), ids(&[1, 0, 2])));
+    assert_eq!((p.leader, p.isr.to_vec()), (BrokerId(1), ids(&[1, 0, 2])));
     assert_eq!(
         h.partition("t", 1).leader,
         BrokerId(0),
@@ -646,7 +650,7 @@ fn a_broker_back_right_after_a_controller_failover_hands_its_leadership_only_to_
     // t-0's next in-sync replica is 0, unheard: 2 takes it. t-1's is 2.
     assert_eq!(h.partition("t", 0).leader, BrokerId(2));
     assert_eq!(h.partition("t", 1).leader, BrokerId(2));
-    assert_eq!(h.partition("t", 0).isr, ids(&[1, 0, 2]));
+    assert_eq!(h.partition("t", 0).isr.to_vec(), ids(&[1, 0, 2]));
     assert!(invariants::check(&h.image).is_empty());
 }
 
@@ -675,7 +679,7 @@ fn a_re_registration_out_of_many_isrs_is_two_small_entries_with_the_registration
     h.commit(result);
     for partition in [0, 999] {
         let p = h.partition("t0", partition);
-        assert_eq!((p.leader, p.isr.clone()), (BrokerId(0), ids(&[0, 2])));
+        assert_eq!((p.leader, p.isr.to_vec()), (BrokerId(0), ids(&[0, 2])));
     }
     assert_eq!(h.image.leader_count(BrokerId(1)), 0);
     assert!(invariants::check(&h.image).is_empty());

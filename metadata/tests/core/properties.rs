@@ -191,7 +191,7 @@ fn apply_op(h: &mut Harness, op: &Op) {
                     .filter(|r| h.image.is_active_broker(*r))
                     .collect(),
                 Op::Shrink { drop, .. } => {
-                    let mut isr = p.isr.clone();
+                    let mut isr = p.isr.to_vec();
                     if *drop < isr.len() && isr[*drop] != p.leader {
                         isr.remove(*drop);
                     }

@@ -27,7 +27,7 @@ fn initial_isr_leaves_out_fenced_and_shutting_down_replicas() {
             partition: 0,
         })
         .unwrap();
-    assert_eq!(p.isr, ids(&[0]));
+    assert_eq!(p.isr.to_vec(), ids(&[0]));
     assert_eq!(p.leader, BrokerId(0));
 }
 
@@ -332,7 +332,7 @@ fn a_leader_change_in_a_recovering_partition_keeps_it_recovering() {
     h.create_assigned("foo", &[&[1, 2]]);
     h.heartbeat(1, true, false).unwrap();
     h.heartbeat(2, true, false).unwrap();
-    assert_eq!(h.partition("foo", 0).isr, ids(&[2]));
+    assert_eq!(h.partition("foo", 0).isr.to_vec(), ids(&[2]));
     h.heartbeat(1, false, false).unwrap();
     let reply = h.commit(elect_leaders(
         &h.image,
@@ -395,7 +395,7 @@ fn unclean_election_happens_only_when_asked_or_allowed_and_a_replica_is_back() {
     h.create_assigned("foo", &[&[0, 1]]);
     h.heartbeat(1, true, false).unwrap();
     h.heartbeat(0, true, false).unwrap();
-    assert_eq!(h.partition("foo", 0).isr, ids(&[0]));
+    assert_eq!(h.partition("foo", 0).isr.to_vec(), ids(&[0]));
     let reply = elect_leaders(&h.image, ElectionType::Unclean, Some(&[("foo".into(), 0)])).reply;
     assert_eq!(
         reply["foo"][&0].as_ref().unwrap().code,
@@ -413,7 +413,7 @@ fn unclean_election_happens_only_when_asked_or_allowed_and_a_replica_is_back() {
     assert_eq!(result.records.len(), 1);
     h.commit(result);
     let p = h.partition("foo", 0);
-    assert_eq!((p.leader, p.isr.clone()), (BrokerId(1), ids(&[1])));
+    assert_eq!((p.leader, p.isr.to_vec()), (BrokerId(1), ids(&[1])));
 }
 
 #[test]
@@ -604,21 +604,21 @@ fn reassignment_adds_targets_waits_for_the_isr_then_drops_removed_replicas() {
     h.create_assigned("foo", &[&[3, 2, 1]]);
     assert_eq!(reassign(&mut h, Some(&[1, 2, 3])), None, "pure reordering");
     let p = h.partition("foo", 0);
-    assert_eq!(p.replicas, ids(&[1, 2, 3]));
+    assert_eq!(p.replicas.to_vec(), ids(&[1, 2, 3]));
     assert!(!p.is_reassigning());
     assert_eq!(reassign(&mut h, Some(&[0, 2, 1])), None);
     let p = h.partition("foo", 0);
-    assert_eq!(p.replicas, ids(&[0, 2, 1, 3]));
-    assert_eq!(p.adding_replicas, ids(&[0]));
-    assert_eq!(p.removing_replicas, ids(&[3]));
+    assert_eq!(p.replicas.to_vec(), ids(&[0, 2, 1, 3]));
+    assert_eq!(p.adding_replicas.to_vec(), ids(&[0]));
+    assert_eq!(p.removing_replicas.to_vec(), ids(&[3]));
     let listed = list_partition_reassignments(&h.image, None);
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].adding_replicas, ids(&[0]));
+    assert_eq!(listed[0].adding_replicas.to_vec(), ids(&[0]));
     // The leader (3) is being removed: completing moves leadership, NEW_LEADER_ELECTED.
     assert_eq!(p.leader, BrokerId(3));
     assert_eq!(catch_up(&mut h), Some(ErrorCode::NewLeaderElected));
     let p = h.partition("foo", 0);
-    assert_eq!(p.replicas, ids(&[0, 2, 1]));
+    assert_eq!(p.replicas.to_vec(), ids(&[0, 2, 1]));
     assert!(!p.is_reassigning());
     assert_ne!(p.leader, BrokerId(3));
     assert!(list_partition_reassignments(&h.image, None).is_empty());
@@ -668,7 +668,7 @@ fn cancel_that_needs_an_unclean_leader_is_refused_unless_allowed() {
     assert_eq!(alter_error(&h, &req), None);
     h.commit(alter_partition(&h.image, &req).unwrap());
     h.heartbeat(0, true, false).unwrap();
-    assert_eq!(h.partition("foo", 0).isr, ids(&[1]));
+    assert_eq!(h.partition("foo", 0).isr.to_vec(), ids(&[1]));
     assert_eq!(
         reassign(&mut h, None),
         Some(ErrorCode::InvalidReplicaAssignment)
@@ -681,7 +681,7 @@ fn cancel_that_needs_an_unclean_leader_is_refused_unless_allowed() {
     assert_eq!(reassign(&mut h, None), None);
     let p = h.partition("foo", 0);
     assert_eq!(
-        (p.replicas.clone(), p.isr.clone(), p.leader),
+        (p.replicas.to_vec(), p.isr.to_vec(), p.leader),
         (ids(&[0]), ids(&[0]), BrokerId::NONE)
     );
     h.heartbeat(0, false, false).unwrap();
@@ -694,16 +694,16 @@ fn a_new_reassignment_supersedes_one_in_flight() {
     h.active_brokers(&[0, 1, 2, 3, 4]);
     h.create_assigned("foo", &[&[0, 1, 2]]);
     assert_eq!(reassign(&mut h, Some(&[3, 4, 2])), None);
-    assert_eq!(h.partition("foo", 0).adding_replicas, ids(&[3, 4]));
+    assert_eq!(h.partition("foo", 0).adding_replicas.to_vec(), ids(&[3, 4]));
     // The new target drops 4, which was being added, and keeps 3.
     assert_eq!(reassign(&mut h, Some(&[0, 1, 3])), None);
     let p = h.partition("foo", 0);
-    assert_eq!(p.replicas, ids(&[0, 1, 3, 2]));
-    assert_eq!(p.adding_replicas, ids(&[3]));
-    assert_eq!(p.removing_replicas, ids(&[2]));
+    assert_eq!(p.replicas.to_vec(), ids(&[0, 1, 3, 2]));
+    assert_eq!(p.adding_replicas.to_vec(), ids(&[3]));
+    assert_eq!(p.removing_replicas.to_vec(), ids(&[2]));
     assert_eq!(catch_up(&mut h), None);
     let p = h.partition("foo", 0);
-    assert_eq!(p.replicas, ids(&[0, 1, 3]));
+    assert_eq!(p.replicas.to_vec(), ids(&[0, 1, 3]));
     assert!(!p.is_reassigning());
 }
 

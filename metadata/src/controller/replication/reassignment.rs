@@ -221,9 +221,9 @@ pub fn list_partition_reassignments(
             Some(OngoingReassignment {
                 topic: image.topic(&tp.topic_id)?.name.clone(),
                 partition: tp.partition,
-                replicas: p.replicas.clone(),
-                adding_replicas: p.adding_replicas.clone(),
-                removing_replicas: p.removing_replicas.clone(),
+                replicas: p.replicas.to_vec(),
+                adding_replicas: p.adding_replicas.to_vec(),
+                removing_replicas: p.removing_replicas.to_vec(),
             })
         })
         .collect();
