@@ -291,7 +291,7 @@ fn small_cases() {
             MetadataRecord::PartitionChange(PartitionChangeRecord {
                 topic_id: tp.topic_id,
                 partition: tp.partition,
-                isr: Some(isr),
+                isr: Some(isr.into()),
                 ..Default::default()
             })
         };
@@ -332,7 +332,7 @@ fn small_cases() {
                 topic_id: t.id,
                 partition: *partition,
                 leader: Some(BrokerId(1)),
-                isr: (i < 200).then(|| vec![BrokerId(1), BrokerId(2)]),
+                isr: (i < 200).then(|| BrokerList::from_slice(&[BrokerId(1), BrokerId(2)])),
                 ..Default::default()
             }));
         }

@@ -39,12 +39,6 @@ impl RegisterBrokerRecord {
 /// topic's partitions take 4.
 pub type BrokerPartitions = OrdMap<TopicId, Arc<Vec<i32>>>;
 
-/// A partition's list of brokers (its replicas, ISR, or the replicas a reassignment adds or
-/// removes), held in place up to four: a replica set rarely holds more, so a partition's
-/// registration is one block of memory in its topic's map, copied without an allocation per
-/// list when a change or a structural copy of the map touches it.
-pub type BrokerList = smallvec::SmallVec<[BrokerId; 4]>;
-
 /// One partition's replication state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionRegistration {
@@ -106,20 +100,20 @@ impl PartitionRegistration {
     pub fn merge(&self, r: &PartitionChangeRecord) -> PartitionRegistration {
         let mut new = self.clone();
         if let Some(isr) = &r.isr {
-            new.isr = BrokerList::from_slice(isr);
+            new.isr = isr.clone();
         }
         if let Some(leader) = r.leader {
             new.leader = leader;
             new.leader_epoch = self.leader_epoch.next();
         }
         if let Some(replicas) = &r.replicas {
-            new.replicas = BrokerList::from_slice(replicas);
+            new.replicas = replicas.clone();
         }
         if let Some(removing) = &r.removing_replicas {
-            new.removing_replicas = BrokerList::from_slice(removing);
+            new.removing_replicas = removing.clone();
         }
         if let Some(adding) = &r.adding_replicas {
-            new.adding_replicas = BrokerList::from_slice(adding);
+            new.adding_replicas = adding.clone();
         }
         if let Some(state) = r.leader_recovery_state {
             new.leader_recovery_state = state;
@@ -130,10 +124,10 @@ impl PartitionRegistration {
 
     fn from_record(r: &PartitionRecord) -> Self {
         PartitionRegistration {
-            replicas: BrokerList::from_slice(&r.replicas),
-            isr: BrokerList::from_slice(&r.isr),
-            removing_replicas: BrokerList::from_slice(&r.removing_replicas),
-            adding_replicas: BrokerList::from_slice(&r.adding_replicas),
+            replicas: r.replicas.clone(),
+            isr: r.isr.clone(),
+            removing_replicas: r.removing_replicas.clone(),
+            adding_replicas: r.adding_replicas.clone(),
             leader: r.leader,
             leader_recovery_state: r.leader_recovery_state,
             leader_epoch: r.leader_epoch,
@@ -145,10 +139,10 @@ impl PartitionRegistration {
         PartitionRecord {
             topic_id: tp.topic_id,
             partition: tp.partition,
-            replicas: self.replicas.to_vec(),
-            isr: self.isr.to_vec(),
-            removing_replicas: self.removing_replicas.to_vec(),
-            adding_replicas: self.adding_replicas.to_vec(),
+            replicas: self.replicas.clone(),
+            isr: self.isr.clone(),
+            removing_replicas: self.removing_replicas.clone(),
+            adding_replicas: self.adding_replicas.clone(),
             leader: self.leader,
             leader_recovery_state: self.leader_recovery_state,
             leader_epoch: self.leader_epoch,

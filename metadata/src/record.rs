@@ -20,7 +20,7 @@
 //!   default for broker configs.
 
 use crate::types::{
-    BrokerEpoch, BrokerId, LeaderEpoch, LeaderRecoveryState, PartitionEpoch, TopicId,
+    BrokerEpoch, BrokerId, BrokerList, LeaderEpoch, LeaderRecoveryState, PartitionEpoch, TopicId,
     TopicIdPartition,
 };
 use serde::{Deserialize, Serialize};
@@ -110,13 +110,13 @@ pub struct PartitionRecord {
     /// The partition index.
     pub partition: i32,
     /// All replicas, preferred leader first. During a reassignment, target order then removing.
-    pub replicas: Vec<BrokerId>,
+    pub replicas: BrokerList,
     /// In-sync replicas: a subset of `replicas`.
-    pub isr: Vec<BrokerId>,
+    pub isr: BrokerList,
     /// Replicas being removed by an in-flight reassignment.
-    pub removing_replicas: Vec<BrokerId>,
+    pub removing_replicas: BrokerList,
     /// Replicas being added by an in-flight reassignment.
-    pub adding_replicas: Vec<BrokerId>,
+    pub adding_replicas: BrokerList,
     /// The leader, or `BrokerId::NONE`.
     pub leader: BrokerId,
     /// Whether the leader was elected uncleanly and is still recovering.
@@ -136,16 +136,16 @@ pub struct PartitionChangeRecord {
     /// The partition index.
     pub partition: i32,
     /// New ISR, or `None` if unchanged.
-    pub isr: Option<Vec<BrokerId>>,
+    pub isr: Option<BrokerList>,
     /// New leader (`BrokerId::NONE` = no leader), or `None` if unchanged. `Some(current)`
     /// forces a leader epoch bump without changing the leader.
     pub leader: Option<BrokerId>,
     /// New replica list, or `None` if unchanged.
-    pub replicas: Option<Vec<BrokerId>>,
+    pub replicas: Option<BrokerList>,
     /// New removing set, or `None` if unchanged.
-    pub removing_replicas: Option<Vec<BrokerId>>,
+    pub removing_replicas: Option<BrokerList>,
     /// New adding set, or `None` if unchanged.
-    pub adding_replicas: Option<Vec<BrokerId>>,
+    pub adding_replicas: Option<BrokerList>,
     /// New leader recovery state, or `None` if unchanged.
     pub leader_recovery_state: Option<LeaderRecoveryState>,
 }
@@ -606,7 +606,7 @@ mod tests {
             MetadataRecord::PartitionChange(PartitionChangeRecord {
                 topic_id,
                 partition: 3,
-                isr: Some(vec![BrokerId(1)]),
+                isr: Some(BrokerList::from_slice(&[BrokerId(1)])),
                 leader: Some(BrokerId::NONE),
                 ..Default::default()
             }),
@@ -667,7 +667,7 @@ mod tests {
         let record = MetadataRecord::PartitionChange(PartitionChangeRecord {
             topic_id,
             partition: 3,
-            isr: Some(vec![BrokerId(1), BrokerId(2)]),
+            isr: Some(BrokerList::from_slice(&[BrokerId(1), BrokerId(2)])),
             leader: Some(BrokerId::NONE),
             ..Default::default()
         });

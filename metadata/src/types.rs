@@ -43,6 +43,12 @@ int_newtype!(
     LogOffset(i64)
 );
 
+/// A partition's list of brokers (its replicas, its ISR, or the replicas a reassignment adds
+/// or removes), held in place up to four. A replica set rarely holds more, so a partition's
+/// registration is one allocation, and a change record or a snapshot's partition record
+/// decodes without one per list; on the wire (postcard, JSON) it is a sequence, as a `Vec` is.
+pub type BrokerList = smallvec::SmallVec<[BrokerId; 4]>;
+
 impl BrokerId {
     /// The sentinel for "no broker", used as a partition leader when none is available.
     pub const NONE: BrokerId = BrokerId(-1);

@@ -383,8 +383,8 @@ mod tests {
                     leader: 1,
                     leader_epoch: 1,
                     partition_epoch: 1,
-                    replicas: vec![1, 2],
-                    isr: vec![1, 2],
+                    replicas: smallvec::smallvec![1, 2],
+                    isr: smallvec::smallvec![1, 2],
                 };
                 p.apply(&state, config.clone()).unwrap();
                 (tp, Arc::new(p))

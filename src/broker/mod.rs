@@ -572,15 +572,17 @@ async fn host_partitions(state: Arc<BrokerState>) {
         // Work in proportion to what changed: only the partitions the new records touched.
         let (published, delta) = state.take_changes();
         let timer = crate::WorkTimer::start();
-        let leaders = if delta.all || delta.partitions.len() >= 10_000 {
+        let large = delta.all || delta.partitions.len() >= 10_000;
+        let leaders = if large {
             crate::cpu_bound(|| state.replicas.apply_delta(&published.image, &delta))
         } else {
             state.replicas.apply_delta(&published.image, &delta)
         };
-        if delta.partitions.len() >= 10_000 {
+        if large {
             tracing::info!(
                 offset = published.offset,
                 partitions = delta.partitions.len(),
+                all = delta.all,
                 apply_ms = timer.wall_ms(),
                 apply_cpu_ms = timer.cpu_ms(),
                 "applied a large change to the hosted partitions"

@@ -36,6 +36,10 @@ pub enum Role {
     },
 }
 
+/// Broker ids of one partition (its replicas or ISR), held in place up to four: applying a
+/// third of a million leader moves builds one of these per partition.
+pub type BrokerIds = smallvec::SmallVec<[i32; 4]>;
+
 /// The partition's state as the controller committed it (from the image).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderAndIsr {
@@ -46,9 +50,9 @@ pub struct LeaderAndIsr {
     /// The partition epoch.
     pub partition_epoch: i32,
     /// All replicas.
-    pub replicas: Vec<i32>,
+    pub replicas: BrokerIds,
     /// The in-sync replicas.
-    pub isr: Vec<i32>,
+    pub isr: BrokerIds,
 }
 
 /// Settings of one partition, from the broker's config and the topic's overrides.
@@ -359,7 +363,31 @@ impl Partition {
     ) -> std::io::Result<Partition> {
         let config = config.into();
         let log = PartitionLog::open(dir, tp.topic_id, config.log.clone())?;
-        Ok(Partition {
+        Ok(Partition::with_log(tp, topic, me, log, config))
+    }
+
+    /// [`Self::open`] for a caller that knows `dir` does not exist: an empty log, created on
+    /// first write, without a lookup on disk.
+    pub fn new_empty(
+        tp: TopicIdPartition,
+        topic: Arc<str>,
+        me: i32,
+        dir: std::path::PathBuf,
+        config: impl Into<Arc<PartitionConfig>>,
+    ) -> Partition {
+        let config = config.into();
+        let log = PartitionLog::empty(dir, tp.topic_id, config.log.clone());
+        Partition::with_log(tp, topic, me, log, config)
+    }
+
+    fn with_log(
+        tp: TopicIdPartition,
+        topic: Arc<str>,
+        me: i32,
+        log: PartitionLog,
+        config: Arc<PartitionConfig>,
+    ) -> Partition {
+        Partition {
             tp,
             topic,
             me,
@@ -380,7 +408,7 @@ impl Partition {
             version: std::sync::atomic::AtomicU64::new(1),
             changes: std::sync::OnceLock::new(),
             filed: std::sync::atomic::AtomicI32::new(-1),
-        })
+        }
     }
 
     /// The leader this replica is filed under as followed (see the field).
@@ -1043,7 +1071,7 @@ impl Partition {
                 if new.leader_epoch != s.leader_epoch || new.partition_epoch <= s.partition_epoch {
                     return false;
                 }
-                s.isr = new.isr.into();
+                s.isr = new.isr.as_slice().into();
                 s.partition_epoch = new.partition_epoch;
                 s.pending = None;
                 s.maybe_increment_hw(self.me, now)
@@ -1127,8 +1155,8 @@ mod tests {
             leader,
             leader_epoch: epoch,
             partition_epoch: epoch,
-            replicas: vec![1, 2, 3],
-            isr: isr.to_vec(),
+            replicas: smallvec::smallvec![1, 2, 3],
+            isr: isr.into(),
         }
     }
 
@@ -1138,8 +1166,8 @@ mod tests {
             leader: 1,
             leader_epoch: 1,
             partition_epoch: 2,
-            replicas: vec![],
-            isr: vec![1],
+            replicas: BrokerIds::new(),
+            isr: smallvec::smallvec![1],
         }
     }
 
@@ -1433,7 +1461,7 @@ mod tests {
         f2.apply(
             &LeaderAndIsr {
                 partition_epoch: 2,
-                isr: vec![1],
+                isr: smallvec::smallvec![1],
                 ..state(1, 1, &[1])
             },
             lag.clone(),

@@ -132,7 +132,7 @@ pub async fn run(state: Arc<BrokerState>) {
                                 leader: part.leader_id.0,
                                 leader_epoch: part.leader_epoch,
                                 partition_epoch: part.partition_epoch,
-                                replicas: Vec::new(),
+                                replicas: Default::default(),
                                 isr: part.isr.iter().map(|b| b.0).collect(),
                             })
                         } else {

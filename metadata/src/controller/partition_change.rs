@@ -18,9 +18,9 @@
 //! partition is leaderless, so the last replica standing can lead cleanly when it returns.
 
 use super::LeaderAcceptance;
-use crate::image::{BrokerList, PartitionRegistration};
+use crate::image::PartitionRegistration;
 use crate::record::PartitionChangeRecord;
-use crate::types::{BrokerId, LeaderRecoveryState, TopicIdPartition};
+use crate::types::{BrokerId, BrokerList, LeaderRecoveryState, TopicIdPartition};
 
 /// How to pick a leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,21 +74,25 @@ impl<'a> PartitionChangeBuilder<'a> {
     }
 
     /// The ISR wanted.
-    pub fn target_isr(mut self, isr: Vec<BrokerId>) -> Self {
-        self.target_isr = BrokerList::from_vec(isr);
+    pub fn target_isr(mut self, isr: impl Into<BrokerList>) -> Self {
+        self.target_isr = isr.into();
         self
     }
 
     /// The replica list wanted.
-    pub fn target_replicas(mut self, replicas: Vec<BrokerId>) -> Self {
-        self.target_replicas = BrokerList::from_vec(replicas);
+    pub fn target_replicas(mut self, replicas: impl Into<BrokerList>) -> Self {
+        self.target_replicas = replicas.into();
         self
     }
 
     /// The reassignment sets wanted.
-    pub fn target_reassignment(mut self, removing: Vec<BrokerId>, adding: Vec<BrokerId>) -> Self {
-        self.target_removing = BrokerList::from_vec(removing);
-        self.target_adding = BrokerList::from_vec(adding);
+    pub fn target_reassignment(
+        mut self,
+        removing: impl Into<BrokerList>,
+        adding: impl Into<BrokerList>,
+    ) -> Self {
+        self.target_removing = removing.into();
+        self.target_adding = adding.into();
         self
     }
 
@@ -174,7 +178,7 @@ impl<'a> PartitionChangeBuilder<'a> {
         if leader != self.partition.leader {
             record.leader = Some(leader);
             if unclean {
-                record.isr = Some(vec![leader]);
+                record.isr = Some(BrokerList::from_slice(&[leader]));
                 self.target_recovery = LeaderRecoveryState::Recovering;
             }
         }
@@ -192,16 +196,16 @@ impl<'a> PartitionChangeBuilder<'a> {
             && !self.target_isr.is_empty()
             && self.target_isr != self.partition.isr
         {
-            record.isr = Some(self.target_isr.to_vec());
+            record.isr = Some(self.target_isr.clone());
         }
         if !self.target_replicas.is_empty() && self.target_replicas != self.partition.replicas {
-            record.replicas = Some(self.target_replicas.to_vec());
+            record.replicas = Some(self.target_replicas.clone());
         }
         if self.target_removing != self.partition.removing_replicas {
-            record.removing_replicas = Some(self.target_removing.to_vec());
+            record.removing_replicas = Some(self.target_removing.clone());
         }
         if self.target_adding != self.partition.adding_replicas {
-            record.adding_replicas = Some(self.target_adding.to_vec());
+            record.adding_replicas = Some(self.target_adding.clone());
         }
         if self.target_recovery != self.partition.leader_recovery_state {
             record.leader_recovery_state = Some(self.target_recovery);

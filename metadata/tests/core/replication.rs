@@ -297,7 +297,7 @@ fn leader_election_follows_preferred_online_and_unclean_rules() {
     assert_eq!(clean.leader, Some(BrokerId::NONE));
     let unclean = builder_case(&h, "foo", Election::Unclean, &[3]).unwrap();
     assert_eq!(unclean.leader, Some(BrokerId(2)));
-    assert_eq!(unclean.isr, Some(ids(&[2])));
+    assert_eq!(unclean.isr.map(|l| l.to_vec()), Some(ids(&[2])));
     assert_eq!(
         unclean.leader_recovery_state,
         Some(LeaderRecoveryState::Recovering)
@@ -730,7 +730,7 @@ fn a_removed_leader_is_demoted_even_when_no_new_leader_is_eligible() {
         .target_isr(ids(&[0, 1, 2, 3]))
         .build()
         .unwrap();
-    assert_eq!(record.replicas, Some(ids(&[2, 3])));
+    assert_eq!(record.replicas.map(|l| l.to_vec()), Some(ids(&[2, 3])));
     assert_eq!(
         record.leader,
         Some(BrokerId::NONE),
@@ -796,7 +796,7 @@ fn lead_elsewhere(
                 topic_id,
                 partition,
                 leader: Some(BrokerId(1)),
-                isr: isr.map(ids),
+                isr: isr.map(|isr| ids(isr).into()),
                 ..Default::default()
             }));
         }
@@ -854,7 +854,7 @@ fn balancing_passes_resume_where_the_last_stopped_and_wrap_around_electing_each_
         &[MetadataRecord::PartitionChange(PartitionChangeRecord {
             topic_id: early.topic_id,
             partition: early.partition,
-            isr: Some(ids(&[1, 0])),
+            isr: Some(ids(&[1, 0]).into()),
             ..Default::default()
         })],
     );
@@ -893,7 +893,7 @@ fn an_unclean_pass_steps_over_topics_that_do_not_allow_it_and_elects_in_those_th
                 topic_id,
                 partition,
                 leader: Some(BrokerId::NONE),
-                isr: Some(ids(&[0])),
+                isr: Some(ids(&[0]).into()),
                 ..Default::default()
             }));
         }

@@ -206,15 +206,14 @@ pub struct PartitionLog {
 }
 
 impl PartitionLog {
-    /// Opens the log in `dir` if it exists (recovering a torn tail), or prepares an empty one
-    /// that creates `dir` on its first append. A directory left by another topic of the same
-    /// name (another topic id) is deleted.
-    pub fn open(
+    /// An empty log that creates `dir` on its first append, for a caller that knows `dir`
+    /// does not exist: nothing is looked up on disk.
+    pub fn empty(
         dir: PathBuf,
         topic_id: uuid::Uuid,
         config: impl Into<std::sync::Arc<LogConfig>>,
-    ) -> io::Result<Self> {
-        let mut log = PartitionLog {
+    ) -> Self {
+        PartitionLog {
             dir: dir.into_boxed_path(),
             topic_id,
             config: config.into(),
@@ -224,7 +223,18 @@ impl PartitionLog {
             epochs: EpochCache::default(),
             producers: Producers::default(),
             unflushed: 0,
-        };
+        }
+    }
+
+    /// Opens the log in `dir` if it exists (recovering a torn tail), or prepares an empty one
+    /// that creates `dir` on its first append. A directory left by another topic of the same
+    /// name (another topic id) is deleted.
+    pub fn open(
+        dir: PathBuf,
+        topic_id: uuid::Uuid,
+        config: impl Into<std::sync::Arc<LogConfig>>,
+    ) -> io::Result<Self> {
+        let mut log = PartitionLog::empty(dir, topic_id, config);
         if !log.dir.exists() {
             return Ok(log);
         }

@@ -10,7 +10,7 @@ use crate::controller::{
 use crate::error::{ApiError, ErrorCode};
 use crate::image::{MetadataImage, PartitionRegistration};
 use crate::record::{BrokerPartitionsRecord, BrokerScope, MetadataRecord, PartitionChangeRecord};
-use crate::types::{BrokerId, TopicIdPartition};
+use crate::types::{BrokerId, BrokerList, TopicIdPartition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -54,7 +54,7 @@ fn broker_change(
             builder.election(Election::Online).build()
         }
         BrokerScope::Led | BrokerScope::Followed => {
-            let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|r| *r != broker).collect();
+            let isr: BrokerList = p.isr.iter().copied().filter(|r| *r != broker).collect();
             builder.election(shrink).target_isr(isr).build()
         }
         BrokerScope::Leaderless => builder.election(shrink).build(),

@@ -251,7 +251,7 @@ fn new_partition(
     replicas: Vec<BrokerId>,
 ) -> PartitionRecord {
     let acceptance = LeaderAcceptance::of(image);
-    let isr: Vec<BrokerId> = replicas
+    let isr: BrokerList = replicas
         .iter()
         .copied()
         .filter(|r| acceptance.accepts(*r))
@@ -260,10 +260,10 @@ fn new_partition(
         topic_id,
         partition,
         leader: isr.first().copied().unwrap_or(BrokerId::NONE),
-        replicas,
+        replicas: replicas.into(),
         isr,
-        removing_replicas: vec![],
-        adding_replicas: vec![],
+        removing_replicas: BrokerList::new(),
+        adding_replicas: BrokerList::new(),
         leader_recovery_state: LeaderRecoveryState::Recovered,
         leader_epoch: LeaderEpoch(0),
         partition_epoch: PartitionEpoch(0),
