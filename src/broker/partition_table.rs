@@ -121,6 +121,12 @@ impl<T: Keyed> PartitionTable<T> {
         }
     }
 
+    /// Makes room for `additional` more entries at once, instead of growing (and moving
+    /// every entry) step by step as they come.
+    pub fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, |v| hash(&v.tp()));
+    }
+
     /// Removes the value of `tp`.
     pub fn remove(&mut self, tp: &TopicIdPartition) -> Option<T> {
         self.table

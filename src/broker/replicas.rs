@@ -410,22 +410,26 @@ impl Replicas {
     /// Brings the hosted partitions in line with `image`. Returns the leaders now followed.
     pub fn apply_image(&self, image: &MetadataImage) -> BTreeSet<i32> {
         let me = BrokerId(self.me);
-        // In key order, as the image indexes them.
-        let mut hosted: Vec<TopicIdPartition> = Vec::new();
+        let count = image.partition_count_on_broker(me);
+        {
+            let mut map = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+            let more = count.saturating_sub(map.len());
+            map.reserve(more);
+        }
+        let mut hosted: HashSet<TopicIdPartition, PartitionHash> =
+            HashSet::with_capacity_and_hasher(count, PartitionHash);
         let mut leaders = BTreeSet::new();
         let mut changed = false;
         let mut cache = TopicCache::default();
         for (topic, indexes) in image.topics_on_broker(me) {
             for (tp, reg) in topic.partitions_at(indexes) {
-                hosted.push(tp);
+                hosted.insert(tp);
                 changed |= self.apply_one(image, topic, tp, reg, &mut leaders, &mut cache);
             }
         }
         let gone: Vec<TopicIdPartition> = {
             let map = self.partitions.read().unwrap_or_else(|p| p.into_inner());
-            map.keys()
-                .filter(|k| hosted.binary_search(k).is_err())
-                .collect()
+            map.keys().filter(|k| !hosted.contains(k)).collect()
         };
         changed |= self.remove(&gone);
         if changed {
