@@ -740,6 +740,7 @@ pub async fn scale(o: &ScaleOptions) -> Result<ScaleReport, String> {
     times.sort_by(f64::total_cmp);
     report.record("propagation_ms_p50", percentile(&times, 0.5));
     report.record("propagation_ms_p99", percentile(&times, 0.99));
+    report.record("propagation_ms_max", times.last().copied());
 
     let balanced = |s: &Survey| s.partitions == total && s.balanced();
     until_all(&nodes, &BROKERS, bound, balanced).await;

@@ -299,6 +299,19 @@ impl Replicas {
             .collect()
     }
 
+    /// The hosted partitions not followed from another broker: those led here (and those
+    /// without a leader), the only ones whose ISR this broker may change. About a third of
+    /// what is hosted at RF 3; each is told apart by its filed leader, without its lock.
+    pub fn not_followed(&self) -> Vec<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.filed_leader().is_none())
+            .cloned()
+            .collect()
+    }
+
     /// Partitions this broker follows `leader` for.
     pub fn following(&self, leader: i32) -> Vec<Arc<Partition>> {
         self.followed
