@@ -605,6 +605,130 @@ impl MetadataImage {
         Ok(())
     }
 
+    /// Replays `records` at `offset` in order, as [`Self::replay`] of each would, but each
+    /// run of partition records of one topic in ascending index order (a snapshot holds
+    /// nothing else between its topic records; a created topic's entry is one) is stored a
+    /// topic at a time: the topic's map taken out and stored back once, each broker's index
+    /// of the topic extended once. Loading a snapshot of a million partitions spent most of
+    /// its time in per-record lookups of the same topic and indexes. On error, what came
+    /// before the failing record's run stays replayed (callers treat it as fatal).
+    pub fn replay_batch<'a>(
+        &mut self,
+        offset: LogOffset,
+        records: impl IntoIterator<Item = &'a MetadataRecord>,
+    ) -> Result<(), ReplayError> {
+        let mut run: Vec<&PartitionRecord> = Vec::new();
+        for record in records {
+            if let MetadataRecord::Partition(p) = record {
+                let extends = run
+                    .last()
+                    .is_none_or(|last| last.topic_id == p.topic_id && last.partition < p.partition);
+                if !extends {
+                    self.replay_partitions(offset, &run)?;
+                    run.clear();
+                }
+                run.push(p);
+                continue;
+            }
+            self.replay_partitions(offset, &run)?;
+            run.clear();
+            self.replay(offset, record)?;
+        }
+        self.replay_partitions(offset, &run)
+    }
+
+    /// Replays `run`, new partitions of one topic in ascending index order, as
+    /// [`Self::replay`] of each would. On error the image is unchanged.
+    fn replay_partitions(
+        &mut self,
+        offset: LogOffset,
+        run: &[&PartitionRecord],
+    ) -> Result<(), ReplayError> {
+        let fail = |reason: String| ReplayError { offset, reason };
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
+        if run.len() == 1 {
+            return self.replay(offset, &MetadataRecord::Partition((*first).clone()));
+        }
+        if let Some(current) = self.offset {
+            if offset < current {
+                return Err(fail(format!("offset goes backwards from {current}")));
+            }
+        }
+        let topic_id = first.topic_id;
+        let Some(topic) = self.topics.get(&topic_id) else {
+            let tp = TopicIdPartition {
+                topic_id,
+                partition: first.partition,
+            };
+            return Err(fail(format!("partition {tp} of unknown topic")));
+        };
+        let mut partitions = topic.partitions.clone();
+        let mut indexes: Vec<(BrokerId, Vec<i32>)> = Vec::new();
+        let mut leaders = LeaderCounts::default();
+        let (mut reassigning, mut imbalanced, mut leaderless) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let mut under_replicated = 0;
+        for r in run {
+            let tp = TopicIdPartition {
+                topic_id,
+                partition: r.partition,
+            };
+            if r.partition < 0 {
+                return Err(fail(format!("negative partition index in {tp}")));
+            }
+            if partitions.contains_key(&r.partition) {
+                return Err(fail(format!("partition {tp} already exists")));
+            }
+            let partition = PartitionRegistration::from_record(r);
+            if let Some(fault) = partition.shape_error() {
+                return Err(fail(format!("partition {tp}: {fault}")));
+            }
+            for &b in &partition.replicas {
+                match indexes.iter_mut().find(|(broker, _)| *broker == b) {
+                    Some((_, list)) => list.push(r.partition),
+                    None => indexes.push((b, vec![r.partition])),
+                }
+            }
+            if partition.is_reassigning() {
+                reassigning.push(tp);
+            }
+            if partition.has_imbalanced_leader() {
+                imbalanced.push(tp);
+            }
+            if partition.is_leaderless() {
+                leaderless.push(tp);
+            }
+            under_replicated += usize::from(partition.is_under_replicated());
+            leaders.add(partition.leader, 1);
+            partitions.insert(r.partition, Arc::new(partition));
+        }
+        // Every record fits: store them.
+        self.partition_count += run.len();
+        self.under_replicated_count += under_replicated;
+        self.store_partitions(topic_id, partitions);
+        for (broker, added) in indexes {
+            let topics = self.partitions_by_broker.entry(broker).or_default();
+            let list = Arc::make_mut(topics.entry(topic_id).or_default());
+            let in_order = list.last().is_none_or(|last| *last < added[0]);
+            list.extend(added);
+            if !in_order {
+                list.sort_unstable();
+            }
+        }
+        for (set, members) in [
+            (&mut self.reassigning, reassigning),
+            (&mut self.imbalanced, imbalanced),
+            (&mut self.leaderless, leaderless),
+        ] {
+            set.extend(members);
+        }
+        self.count_leaders(leaders);
+        self.offset = Some(offset);
+        Ok(())
+    }
+
     fn replay_register_broker(&mut self, r: &RegisterBrokerRecord) -> Result<(), String> {
         if r.broker_id.is_none() {
             return Err(format!("invalid broker id {}", r.broker_id));

@@ -608,7 +608,7 @@ impl EventLoop {
                 };
                 let at = LogOffset(active.next_offset as i64);
                 let mut next = active.image.clone();
-                let mut replay = || chunk.iter().try_for_each(|r| next.replay(at, r));
+                let mut replay = || next.replay_batch(at, &chunk);
                 let replayed = if crate::heavy_to_replay(&chunk) {
                     let timer = crate::WorkTimer::start();
                     let replayed = crate::cpu_bound(replay);

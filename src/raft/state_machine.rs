@@ -217,10 +217,18 @@ fn image_of<'a>(
     records: impl IntoIterator<Item = &'a [u8]>,
     offset: LogOffset,
 ) -> io::Result<MetadataImage> {
+    // Decoded a slice at a time and replayed as a batch: a topic's partitions are stored a
+    // topic at a time (a run cut at a slice's end continues in the next).
+    const SLICE: usize = 4096;
     let mut image = MetadataImage::new();
-    for bytes in records {
-        let record = MetadataRecord::decode(bytes).map_err(invalid)?;
-        image.replay(offset, &record).map_err(invalid)?;
+    let mut slice = Vec::with_capacity(SLICE);
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        slice.clear();
+        for bytes in records.by_ref().take(SLICE) {
+            slice.push(MetadataRecord::decode(bytes).map_err(invalid)?);
+        }
+        image.replay_batch(offset, &slice).map_err(invalid)?;
     }
     Ok(image)
 }
@@ -259,11 +267,8 @@ fn replayed(
     index: u64,
     records: &[MetadataRecord],
 ) -> Result<MetadataImage, kmeta_metadata::image::ReplayError> {
-    let offset = LogOffset(index as i64);
     let mut next = image.clone();
-    for record in records {
-        next.replay(offset, record)?;
-    }
+    next.replay_batch(LogOffset(index as i64), records)?;
     Ok(next)
 }
 

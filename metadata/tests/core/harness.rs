@@ -79,6 +79,18 @@ impl Harness {
         image
     }
 
+    /// The log replayed as nodes apply it: each offset's records in one
+    /// [`MetadataImage::replay_batch`].
+    pub fn replayed_in_batches(&self) -> MetadataImage {
+        let mut image = MetadataImage::new();
+        for entry in self.log.chunk_by(|a, b| a.0 == b.0) {
+            image
+                .replay_batch(entry[0].0, entry.iter().map(|(_, r)| r))
+                .expect("log replays in batches");
+        }
+        image
+    }
+
     pub fn register_request(
         &self,
         id: i32,

@@ -302,6 +302,8 @@ proptest! {
         let replayed = h.replayed_from_scratch();
         prop_assert_eq!(replayed.canonical_hash(), h.image.canonical_hash());
         prop_assert_eq!(&replayed, &h.image);
+        // Replayed a batch at a time (partitions a topic at a time), every derived index too.
+        prop_assert_eq!(&h.replayed_in_batches(), &h.image);
 
         let mut from_snapshot = MetadataImage::new();
         for r in h.image.to_records() {
@@ -309,6 +311,12 @@ proptest! {
         }
         prop_assert!(kmeta_metadata::invariants::check(&from_snapshot).is_empty());
         prop_assert_eq!(from_snapshot.canonical_hash(), h.image.canonical_hash());
+        // A snapshot loaded as a batch is the image loaded a record at a time.
+        let mut batched = MetadataImage::new();
+        batched
+            .replay_batch(h.image.offset(), &h.image.to_records())
+            .expect("snapshot records replay as a batch");
+        prop_assert_eq!(&batched, &from_snapshot);
     }
 }
 
