@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 13's figures at several sizes, and their plot.
 #
-#   bench/scale.sh [N,N,...]        (default 10000,100000; a run of 1000000 takes about 20 minutes)
+#   bench/scale.sh [N,N,...]        (default 10000,100000; a run of 1000000 takes about 4 minutes)
 #
 # Builds the release binary, runs `kmeta bench scale` once per N (real processes on
 # 127.0.0.1; each run removes its data), appends each run's figures to
