@@ -598,6 +598,12 @@ impl Replicas {
             tracing::info!(topic = %p.topic, partition = p.tp.partition, "deleting a replica no longer hosted here");
             if let Err(e) = p.delete() {
                 tracing::warn!(error = %e, "cannot delete a partition directory");
+                // It may still be there: if the partition comes back, open it from disk.
+                // (Before the first open nothing is listed yet, and the listing will see it.)
+                let mut found = self.found_on_disk.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(found) = found.as_mut() {
+                    found.insert(format!("{}-{}", p.topic, p.tp.partition));
+                }
             }
         }
         !gone.is_empty()
