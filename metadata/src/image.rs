@@ -559,11 +559,7 @@ impl MetadataImage {
         changed: &mut Vec<TopicIdPartition>,
     ) -> Result<(), ReplayError> {
         let fail = |reason: String| ReplayError { offset, reason };
-        if let Some(current) = self.offset {
-            if offset < current {
-                return Err(fail(format!("offset goes backwards from {current}")));
-            }
-        }
+        self.check_offset(offset).map_err(fail)?;
         match record {
             MetadataRecord::RegisterBroker(r) => self.replay_register_broker(r),
             MetadataRecord::UnregisterBroker(r) => self.replay_unregister_broker(r),
@@ -648,65 +644,37 @@ impl MetadataImage {
         let Some(first) = run.first() else {
             return Ok(());
         };
-        if run.len() == 1 {
-            return self.replay(offset, &MetadataRecord::Partition((*first).clone()));
-        }
-        if let Some(current) = self.offset {
-            if offset < current {
-                return Err(fail(format!("offset goes backwards from {current}")));
-            }
-        }
+        self.check_offset(offset).map_err(fail)?;
+        // Every record is checked before any is stored. Indexes ascend, so none of the run
+        // can collide with another of it.
+        let added: Vec<PartitionRegistration> = run
+            .iter()
+            .map(|r| self.new_partition(r))
+            .collect::<Result<_, _>>()
+            .map_err(fail)?;
         let topic_id = first.topic_id;
-        let Some(topic) = self.topics.get(&topic_id) else {
-            let tp = TopicIdPartition {
-                topic_id,
-                partition: first.partition,
-            };
-            return Err(fail(format!("partition {tp} of unknown topic")));
-        };
-        let mut partitions = topic.partitions.clone();
+        let mut partitions = self
+            .topic(&topic_id)
+            .expect("checked above")
+            .partitions
+            .clone();
         let mut indexes: Vec<(BrokerId, Vec<i32>)> = Vec::new();
         let mut leaders = LeaderCounts::default();
-        let (mut reassigning, mut imbalanced, mut leaderless) =
-            (Vec::new(), Vec::new(), Vec::new());
-        let mut under_replicated = 0;
-        for r in run {
+        for (r, partition) in run.iter().zip(added) {
             let tp = TopicIdPartition {
                 topic_id,
                 partition: r.partition,
             };
-            if r.partition < 0 {
-                return Err(fail(format!("negative partition index in {tp}")));
-            }
-            if partitions.contains_key(&r.partition) {
-                return Err(fail(format!("partition {tp} already exists")));
-            }
-            let partition = PartitionRegistration::from_record(r);
-            if let Some(fault) = partition.shape_error() {
-                return Err(fail(format!("partition {tp}: {fault}")));
-            }
             for &b in &partition.replicas {
                 match indexes.iter_mut().find(|(broker, _)| *broker == b) {
                     Some((_, list)) => list.push(r.partition),
                     None => indexes.push((b, vec![r.partition])),
                 }
             }
-            if partition.is_reassigning() {
-                reassigning.push(tp);
-            }
-            if partition.has_imbalanced_leader() {
-                imbalanced.push(tp);
-            }
-            if partition.is_leaderless() {
-                leaderless.push(tp);
-            }
-            under_replicated += usize::from(partition.is_under_replicated());
-            leaders.add(partition.leader, 1);
+            self.index_membership(tp, None, &partition, &mut leaders);
             partitions.insert(r.partition, Arc::new(partition));
         }
-        // Every record fits: store them.
         self.partition_count += run.len();
-        self.under_replicated_count += under_replicated;
         self.store_partitions(topic_id, partitions);
         for (broker, added) in indexes {
             let topics = self.partitions_by_broker.entry(broker).or_default();
@@ -717,16 +685,42 @@ impl MetadataImage {
                 list.sort_unstable();
             }
         }
-        for (set, members) in [
-            (&mut self.reassigning, reassigning),
-            (&mut self.imbalanced, imbalanced),
-            (&mut self.leaderless, leaderless),
-        ] {
-            set.extend(members);
-        }
         self.count_leaders(leaders);
         self.offset = Some(offset);
         Ok(())
+    }
+
+    /// An error unless records may be replayed at `offset` (never before the last one).
+    fn check_offset(&self, offset: LogOffset) -> Result<(), String> {
+        match self.offset {
+            Some(current) if offset < current => {
+                Err(format!("offset goes backwards from {current}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The registration partition record `r` creates, or why it does not fit the image.
+    fn new_partition(&self, r: &PartitionRecord) -> Result<PartitionRegistration, String> {
+        let tp = TopicIdPartition {
+            topic_id: r.topic_id,
+            partition: r.partition,
+        };
+        let topic = self
+            .topics
+            .get(&r.topic_id)
+            .ok_or_else(|| format!("partition {tp} of unknown topic"))?;
+        if r.partition < 0 {
+            return Err(format!("negative partition index in {tp}"));
+        }
+        if topic.partitions.contains_key(&r.partition) {
+            return Err(format!("partition {tp} already exists"));
+        }
+        let partition = PartitionRegistration::from_record(r);
+        if let Some(fault) = partition.shape_error() {
+            return Err(format!("partition {tp}: {fault}"));
+        }
+        Ok(partition)
     }
 
     fn replay_register_broker(&mut self, r: &RegisterBrokerRecord) -> Result<(), String> {
@@ -806,24 +800,11 @@ impl MetadataImage {
     }
 
     fn replay_partition(&mut self, r: &PartitionRecord) -> Result<(), String> {
+        let partition = self.new_partition(r)?;
         let tp = TopicIdPartition {
             topic_id: r.topic_id,
             partition: r.partition,
         };
-        let topic = self
-            .topics
-            .get(&r.topic_id)
-            .ok_or_else(|| format!("partition {tp} of unknown topic"))?;
-        if r.partition < 0 {
-            return Err(format!("negative partition index in {tp}"));
-        }
-        if topic.partitions.contains_key(&r.partition) {
-            return Err(format!("partition {tp} already exists"));
-        }
-        let partition = PartitionRegistration::from_record(r);
-        if let Some(fault) = partition.shape_error() {
-            return Err(format!("partition {tp}: {fault}"));
-        }
         self.partition_count += 1;
         self.put_partition(tp, None, partition);
         Ok(())
@@ -967,6 +948,18 @@ impl MetadataImage {
                 self.index_broker(*r, tp);
             }
         }
+        self.index_membership(tp, old, new, leaders);
+    }
+
+    /// [`Self::index_partition`] but for the index of partitions by broker: the sets, the
+    /// under-replicated count, and the leader counts (into `leaders`).
+    fn index_membership(
+        &mut self,
+        tp: TopicIdPartition,
+        old: Option<&PartitionRegistration>,
+        new: &PartitionRegistration,
+        leaders: &mut LeaderCounts,
+    ) {
         // Each set is touched only where membership changes: most changes keep two of the
         // three as they were, and a lookup in a set of a million costs as much as an insert.
         let was = |f: fn(&PartitionRegistration) -> bool| old.is_some_and(f);
