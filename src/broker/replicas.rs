@@ -142,6 +142,11 @@ impl Followed {
     }
 }
 
+/// The name of a partition's directory under the log directory, as Kafka names it.
+fn partition_dir_name(topic: &str, partition: i32) -> String {
+    format!("{topic}-{partition}")
+}
+
 /// The topic last looked up while applying an image or a delta: partitions of a topic come
 /// together (keys are ordered by topic id), so its settings are derived once and its name and
 /// log settings are shared by all of its partitions instead of copied into each.
@@ -520,17 +525,11 @@ impl Replicas {
         let partition = match self.get(&tp) {
             Some(p) => p,
             None => {
-                let dir_name = format!("{}-{}", topic.name, tp.partition);
+                let dir_name = partition_dir_name(&topic.name, tp.partition);
+                let dir = self.config.log_dir.join(&dir_name);
                 let opened = if self.take_found_on_disk(&dir_name) {
-                    Partition::open(
-                        tp,
-                        name,
-                        self.me,
-                        self.config.log_dir.join(dir_name),
-                        config.clone(),
-                    )
+                    Partition::open(tp, name, self.me, dir, config.clone())
                 } else {
-                    let dir = self.config.log_dir.join(dir_name);
                     Ok(Partition::new_empty(tp, name, self.me, dir, config.clone()))
                 };
                 match opened {
@@ -602,7 +601,7 @@ impl Replicas {
                 // (Before the first open nothing is listed yet, and the listing will see it.)
                 let mut found = self.found_on_disk.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(found) = found.as_mut() {
-                    found.insert(format!("{}-{}", p.topic, p.tp.partition));
+                    found.insert(partition_dir_name(&p.topic, p.tp.partition));
                 }
             }
         }
@@ -694,9 +693,9 @@ mod tests {
     use kmeta_metadata::record::*;
     use kmeta_metadata::{BrokerList, LeaderEpoch, LeaderRecoveryState, LogOffset, PartitionEpoch};
 
-    /// An image in which broker 1 alone hosts and leads `topic`'s partitions `0..count`.
-    fn image_with(topic: &str, count: i32) -> MetadataImage {
-        let mut image = MetadataImage::new();
+    /// Records of `topic` (its id from its name's length) and its partitions `0..count`,
+    /// each hosted and led by broker 1 alone, replayed onto `image`.
+    fn add_topic(image: &mut MetadataImage, topic: &str, count: i32) {
         let topic_id = uuid::Uuid::from_u128(topic.len() as u128);
         let mut records = vec![MetadataRecord::Topic(TopicRecord {
             name: topic.into(),
@@ -717,9 +716,8 @@ mod tests {
             })
         }));
         for r in &records {
-            image.replay(LogOffset(0), r).unwrap();
+            image.replay(image.offset().max(LogOffset(0)), r).unwrap();
         }
-        image
     }
 
     /// Each hosted partition's log end, by index.
@@ -743,7 +741,8 @@ mod tests {
     #[test]
     fn a_restarted_broker_opens_the_logs_it_wrote_and_new_partitions_start_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let first = image_with("written", 3);
+        let mut first = MetadataImage::new();
+        add_topic(&mut first, "written", 3);
         let replicas = Replicas::new(1, DataConfig::new(dir.path().into()));
         replicas.apply_image(&first);
         let t = first.topic_by_name("written").unwrap();
@@ -762,33 +761,8 @@ mod tests {
 
         // The broker restarts; the image now has a second topic it hosts too.
         let mut second = first.clone();
-        let other = image_with("fresh", 2);
-        let fresh = other.topic_by_name("fresh").unwrap();
-        second
-            .replay(
-                LogOffset(1),
-                &MetadataRecord::Topic(TopicRecord {
-                    name: "fresh".into(),
-                    topic_id: fresh.id,
-                }),
-            )
-            .unwrap();
-        for partition in 0..2 {
-            let reg = fresh.partitions.get(&partition).unwrap();
-            let record = MetadataRecord::Partition(PartitionRecord {
-                topic_id: fresh.id,
-                partition,
-                replicas: reg.replicas.clone(),
-                isr: reg.isr.clone(),
-                removing_replicas: BrokerList::new(),
-                adding_replicas: BrokerList::new(),
-                leader: reg.leader,
-                leader_recovery_state: reg.leader_recovery_state,
-                leader_epoch: reg.leader_epoch,
-                partition_epoch: reg.partition_epoch,
-            });
-            second.replay(LogOffset(1), &record).unwrap();
-        }
+        add_topic(&mut second, "fresh", 2);
+        let fresh = second.topic_by_name("fresh").unwrap();
         let replicas = Replicas::new(1, DataConfig::new(dir.path().into()));
         replicas.apply_image(&second);
         assert_eq!(log_ends(&replicas, &second, "written"), [1, 0, 3]);
