@@ -5,6 +5,8 @@ pub use kmeta_metadata as metadata;
 
 /// See [`alloc`]: large allocations reserve address space only, so a hostile array count
 /// cannot abort the process.
+/// (Not with the `system-alloc` feature, a build for heap profilers: see `Cargo.toml`.)
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: alloc::GuardedAlloc = alloc::GuardedAlloc;
 

@@ -226,7 +226,20 @@ impl Nodes {
             .append(true)
             .open(self.log_path(id))
             .map_err(|e| format!("log of node {id}: {e}"))?;
-        let mut command = Command::new(&self.binary);
+        // `KMETA_BENCH_WRAP=ID:PROGRAM ARGS...` starts node ID under a profiler, e.g.
+        // `KMETA_BENCH_WRAP='1:heaptrack -o /tmp/broker-1'`.
+        let wrap = std::env::var("KMETA_BENCH_WRAP").ok().and_then(|w| {
+            let (node, program) = w.split_once(':')?;
+            (node.trim().parse::<u64>().ok()? == id).then(|| program.to_string())
+        });
+        let mut command = match wrap.as_deref().map(str::split_whitespace) {
+            Some(mut words) if words.clone().next().is_some() => {
+                let mut c = Command::new(words.next().expect("checked"));
+                c.args(words).arg(&self.binary);
+                c
+            }
+            _ => Command::new(&self.binary),
+        };
         command
             .arg("server")
             .arg("--config")

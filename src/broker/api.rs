@@ -27,6 +27,62 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a reply waits for this broker's image to include the write.
 pub const READ_YOUR_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Encodes a Metadata response (header and body) with `topics` in place of `head`'s own
+/// (none), each topic encoded as it is described and then dropped: the same bytes as the
+/// whole response encoded at once, without holding every topic's decoded form. At a million
+/// partitions that form took 100 MiB of a broker's heap for each all-topics Metadata request
+/// (heaptrack), against 40 MiB of encoded answer.
+fn encode_metadata_streamed(
+    correlation_id: i32,
+    version: i16,
+    head: MetadataResponse,
+    topics: impl ExactSizeIterator<Item = metadata_response::MetadataResponseTopic>,
+) -> Result<Bytes, String> {
+    use bytes::BufMut;
+    fn what<E: std::fmt::Display>(version: i16) -> impl Fn(E) -> String {
+        move |e| format!("encoding a Metadata v{version} response: {e:#}")
+    }
+    if !head.topics.is_empty() || !head.unknown_tagged_fields.is_empty() {
+        return Err("a streamed Metadata head carries topics or tagged fields".into());
+    }
+    let whole = encode_response(
+        correlation_id,
+        ApiKey::Metadata,
+        version,
+        &ResponseKind::from(head),
+    )?;
+    // After the (empty) topics array come: cluster_authorized_operations (v8-v10), the
+    // top-level error code (v13+) and the tagged-field count (flexible versions, v9+).
+    let flexible = version >= 9;
+    let after = if (8..=10).contains(&version) { 4 } else { 0 }
+        + if version >= 13 { 2 } else { 0 }
+        + usize::from(flexible);
+    let empty_array = if flexible { 1 } else { 4 };
+    let split = whole
+        .len()
+        .checked_sub(after + empty_array)
+        .ok_or("a Metadata head shorter than its fixed fields")?;
+    let count = topics.len();
+    let mut out = BytesMut::with_capacity(whole.len() + 64 * 1024);
+    out.put_slice(&whole[..split]);
+    if flexible {
+        // A compact array's length is an unsigned varint of the count plus one.
+        let mut n = count as u64 + 1;
+        while n >= 0x80 {
+            out.put_u8((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.put_u8(n as u8);
+    } else {
+        out.put_i32(count as i32);
+    }
+    for topic in topics {
+        topic.encode(&mut out, version).map_err(what(version))?;
+    }
+    out.put_slice(&whole[split + empty_array..]);
+    Ok(out.freeze())
+}
+
 fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
     let mut apis = vec![
         (ApiKey::ApiVersions, versions::<ApiVersionsRequest>()),
@@ -146,12 +202,25 @@ impl BrokerService {
     }
 
     fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
+        let (head, topics) = self.metadata_parts(r, version);
+        head.with_topics(topics.collect())
+    }
+
+    /// A Metadata response without its topics, and the topics, described one at a time as
+    /// the iterator is read (see [`encode_metadata_streamed`]).
+    fn metadata_parts(
+        &self,
+        r: MetadataRequest,
+        version: i16,
+    ) -> (
+        MetadataResponse,
+        impl ExactSizeIterator<Item = metadata_response::MetadataResponseTopic>,
+    ) {
         use metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
         };
         let published = self.state.image();
-        let image = &published.image;
-        let live = self.live_endpoints(image);
+        let live = self.live_endpoints(&published.image);
         let brokers = live
             .iter()
             .map(|(id, host, port, rack)| {
@@ -162,7 +231,11 @@ impl BrokerService {
                     .with_rack(rack.clone().map(sb))
             })
             .collect();
-        let describe = |name: &str| -> MetadataResponseTopic {
+        let head = MetadataResponse::default()
+            .with_brokers(brokers)
+            .with_cluster_id(Some(sb(self.state.config.cluster_id.clone())))
+            .with_controller_id(BrokerId(self.controller_id(&live)));
+        let describe = |image: &MetadataImage, name: &str| -> MetadataResponseTopic {
             let Some(t) = image.topic_by_name(name) else {
                 return MetadataResponseTopic::default()
                     .with_name(Some(TopicName(sb(name))))
@@ -201,28 +274,36 @@ impl BrokerService {
             None => true,
             Some(t) => t.is_empty() && version == 0,
         };
-        let topics: Vec<MetadataResponseTopic> = if all {
-            image.topics_by_name().map(|t| describe(&t.name)).collect()
+        // What to describe, in order: a topic by name, or one asked for by an id.
+        let asked: Vec<Result<String, uuid::Uuid>> = if all {
+            published
+                .image
+                .topics_by_name()
+                .map(|t| Ok(t.name.clone()))
+                .collect()
         } else {
             r.topics
                 .unwrap_or_default()
-                .iter()
-                .map(|t| match &t.name {
-                    Some(n) => describe(&n.0),
-                    None => match image.topic(&t.topic_id) {
-                        Some(topic) => describe(&topic.name),
-                        None => MetadataResponseTopic::default()
-                            .with_topic_id(t.topic_id)
-                            .with_error_code(ErrorCode::UnknownTopicId.code()),
-                    },
+                .into_iter()
+                .map(|t| match t.name {
+                    Some(n) => Ok(n.0.to_string()),
+                    None => Err(t.topic_id),
                 })
                 .collect()
         };
-        MetadataResponse::default()
-            .with_brokers(brokers)
-            .with_cluster_id(Some(sb(self.state.config.cluster_id.clone())))
-            .with_controller_id(BrokerId(self.controller_id(&live)))
-            .with_topics(topics)
+        let topics = asked.into_iter().map(move |t| {
+            let image = &published.image;
+            match t {
+                Ok(name) => describe(image, &name),
+                Err(id) => match image.topic(&id) {
+                    Some(topic) => describe(image, &topic.name),
+                    None => MetadataResponseTopic::default()
+                        .with_topic_id(id)
+                        .with_error_code(ErrorCode::UnknownTopicId.code()),
+                },
+            }
+        });
+        (head, topics)
     }
 
     fn describe_cluster(&self, r: DescribeClusterRequest) -> DescribeClusterResponse {
@@ -459,8 +540,8 @@ impl Service for BrokerService {
                 // on a saturated machine: the runtime's other tasks (heartbeats, a shutdown
                 // waiting on its listeners) move to another thread meanwhile.
                 return crate::cpu_bound(|| {
-                    let response: ResponseKind = self.metadata(r, version).into();
-                    encode_response(header.correlation_id, api_key, version, &response)
+                    let (head, topics) = self.metadata_parts(r, version);
+                    encode_metadata_streamed(header.correlation_id, version, head, topics)
                 });
             }
             RequestKind::Metadata(r) => self.metadata(r, version).into(),
@@ -502,5 +583,70 @@ impl Service for BrokerService {
             other => return Err(format!("unexpected request {other:?}")),
         };
         encode_response(header.correlation_id, api_key, version, &response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::protocol::Message;
+    use metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+
+    fn topics(n: usize) -> Vec<MetadataResponseTopic> {
+        (0..n)
+            .map(|i| {
+                if i % 3 == 2 {
+                    return MetadataResponseTopic::default()
+                        .with_name(Some(TopicName(sb(format!("missing-{i}")))))
+                        .with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+                }
+                MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(sb(format!("topic-{i}")))))
+                    .with_topic_id(uuid::Uuid::from_u128(i as u128 + 1))
+                    .with_partitions(
+                        (0..(i % 4) as i32)
+                            .map(|p| {
+                                MetadataResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_leader_id(BrokerId(p % 3))
+                                    .with_leader_epoch(p + 7)
+                                    .with_replica_nodes(vec![BrokerId(0), BrokerId(1), BrokerId(2)])
+                                    .with_isr_nodes(vec![BrokerId(p % 3)])
+                                    .with_offline_replicas(vec![BrokerId(2)])
+                            })
+                            .collect(),
+                    )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_streamed_metadata_response_is_byte_for_byte_the_whole_one_at_every_version() {
+        let head = MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(1))
+                .with_host(sb("localhost".to_string()))
+                .with_port(9092)
+                .with_rack(Some(sb("r1".to_string())))])
+            .with_cluster_id(Some(sb("cluster".to_string())))
+            .with_controller_id(BrokerId(1));
+        // 200 topics: a compact array's length takes two varint bytes.
+        for n in [0, 1, 5, 200] {
+            for version in MetadataRequest::VERSIONS.min..=MetadataRequest::VERSIONS.max {
+                let whole = encode_response(
+                    41,
+                    ApiKey::Metadata,
+                    version,
+                    &ResponseKind::from(head.clone().with_topics(topics(n))),
+                )
+                .unwrap();
+                let streamed =
+                    encode_metadata_streamed(41, version, head.clone(), topics(n).into_iter())
+                        .unwrap();
+                assert_eq!(streamed, whole, "{n} topics at v{version}");
+            }
+        }
     }
 }

@@ -41,15 +41,64 @@ const IDLE_STOP: Duration = Duration::from_secs(30);
 /// log start offset).
 type Position = (i32, i64, i32, i64);
 
+/// An `Option<Position>` in the position's own 24 bytes: `None` is a leader epoch of
+/// `i32::MIN`, which no partition has. With `Option`'s tag an [`Entry`] took 88 bytes instead
+/// of 72; a fetcher keeps one per followed partition, in a table of up to twice as many slots,
+/// and heaptrack put 222 MiB of a broker hosting a million partitions in these tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    epoch: i32,
+    last_epoch: i32,
+    offset: i64,
+    log_start: i64,
+}
+
+impl Slot {
+    const NONE: Slot = Slot {
+        epoch: i32::MIN,
+        last_epoch: 0,
+        offset: 0,
+        log_start: 0,
+    };
+
+    fn of(position: Option<Position>) -> Slot {
+        match position {
+            Some((epoch, offset, last_epoch, log_start)) => {
+                debug_assert!(epoch != i32::MIN, "a leader epoch of i32::MIN");
+                Slot {
+                    epoch,
+                    last_epoch,
+                    offset,
+                    log_start,
+                }
+            }
+            None => Slot::NONE,
+        }
+    }
+
+    fn get(self) -> Option<Position> {
+        (self.epoch != i32::MIN).then_some((
+            self.epoch,
+            self.offset,
+            self.last_epoch,
+            self.log_start,
+        ))
+    }
+
+    fn is_some(self) -> bool {
+        self.epoch != i32::MIN
+    }
+}
+
 /// One followed partition, as this fetcher knows it.
 struct Entry {
     partition: Arc<Partition>,
     /// The partition's version when `position` was read.
     version: u64,
-    /// Where it fetches from; `None` once it no longer follows this leader.
-    position: Option<Position>,
+    /// Where it fetches from; none once it no longer follows this leader.
+    position: Slot,
     /// The position the leader holds for it in the current session.
-    sent: Option<Position>,
+    sent: Slot,
     /// No longer followed from this leader: kept only until the leader is told to forget it.
     gone: bool,
 }
@@ -123,9 +172,9 @@ impl Followed {
         let mut e = Entry {
             partition: p,
             version: 0,
-            position: None,
+            position: Slot::NONE,
             // Replaced: the leader may still hold the old replica's position.
-            sent: old.and_then(|o| o.sent),
+            sent: old.map_or(Slot::NONE, |o| o.sent),
             gone: false,
         };
         refresh(&mut e, leader);
@@ -146,7 +195,7 @@ impl Followed {
         self.live -= 1;
         if e.sent.is_some() {
             e.gone = true;
-            e.position = None;
+            e.position = Slot::NONE;
             self.dirty.insert(tp);
         } else {
             self.entries.remove(&tp);
@@ -185,7 +234,7 @@ fn refresh(e: &mut Entry, leader: i32) -> bool {
         return false;
     }
     e.version = version;
-    let position = e.partition.follower_fetch_position(leader);
+    let position = Slot::of(e.partition.follower_fetch_position(leader));
     let changed = position != e.position;
     e.position = position;
     changed
@@ -278,7 +327,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             followed.entries.retain(|e| !e.gone);
             followed.dirty.clear();
             for e in followed.entries.values_mut() {
-                e.sent = None;
+                e.sent = Slot::NONE;
                 followed.dirty.insert(e.partition.tp);
             }
         }
@@ -297,8 +346,8 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 more = true;
                 break;
             }
-            match e.position {
-                Some(position) if e.sent != Some(position) => {
+            match e.position.get() {
+                Some(position) if e.sent.get() != Some(position) => {
                     let (epoch, offset, last_epoch, log_start) = position;
                     topics.entry(&*e.partition.topic).or_default().push(
                         FetchPartition::default()
@@ -388,17 +437,16 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                     topic_id,
                     partition: pd.partition_index,
                 };
-                let Some(Entry {
-                    position: Some((epoch, offset, _, _)),
-                    partition: p,
-                    ..
-                }) = followed.entries.get(&tp)
-                else {
+                let Some(e) = followed.entries.get(&tp) else {
                     continue;
                 };
+                let Some((epoch, offset, _, _)) = e.position.get() else {
+                    continue;
+                };
+                let p = &e.partition;
                 if pd.error_code == ErrorCode::OffsetOutOfRange.code() {
                     if let Err(e) =
-                        p.reset_out_of_range(*epoch, pd.log_start_offset, pd.high_watermark)
+                        p.reset_out_of_range(epoch, pd.log_start_offset, pd.high_watermark)
                     {
                         tracing::error!(error = %e, "cannot reset a follower log");
                     }
@@ -413,7 +461,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 }
                 if pd.diverging_epoch.epoch >= 0 || pd.diverging_epoch.end_offset >= 0 {
                     match p.truncate_on_divergence(
-                        *epoch,
+                        epoch,
                         pd.diverging_epoch.epoch,
                         pd.diverging_epoch.end_offset,
                     ) {
@@ -424,8 +472,8 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
                 }
                 let records = pd.records.as_deref().unwrap_or(&[]);
                 match p.append_as_follower(
-                    *epoch,
-                    *offset,
+                    epoch,
+                    offset,
                     records,
                     pd.high_watermark,
                     pd.log_start_offset,
@@ -476,6 +524,21 @@ mod tests {
     use super::*;
     use crate::broker::partition::PartitionConfig;
     use crate::broker::replicas::{DataConfig, Replicas};
+
+    #[test]
+    fn a_followed_partition_takes_72_bytes_of_its_fetchers_table() {
+        // One per followed partition, in a table of up to twice as many slots: at a million
+        // partitions each 8 bytes more is up to 16 MiB per broker.
+        assert!(
+            std::mem::size_of::<Entry>() <= 72,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        let p = (3, 100, 2, 0);
+        assert_eq!(Slot::of(Some(p)).get(), Some(p));
+        assert_eq!(Slot::of(None).get(), None);
+        assert!(!Slot::NONE.is_some());
+    }
 
     fn partition(dir: &std::path::Path, i: i32) -> Arc<Partition> {
         let tp = TopicIdPartition {
