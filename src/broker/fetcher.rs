@@ -122,6 +122,20 @@ struct Followed {
 }
 
 impl Followed {
+    /// The session with the leader is over (lost, or left to expire): what only it needed
+    /// goes, the entries no longer followed and what was sent, and a table left mostly empty
+    /// gives its memory back. The next fetch opens a new session naming every entry.
+    fn end_session(&mut self) {
+        self.entries.retain(|e| !e.gone);
+        self.entries.shrink_to_fit();
+        self.dirty.clear();
+        self.dirty.shrink_to_fit();
+        for e in self.entries.values_mut() {
+            e.sent = Slot::NONE;
+            self.dirty.insert(e.partition.tp);
+        }
+    }
+
     /// Brings the entries in line with the partitions followed from the leader now; new ones
     /// are read.
     fn sync(&mut self, now: Vec<Arc<Partition>>, leader: i32) {
@@ -287,6 +301,12 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
             leader,
         );
         if followed.live == 0 {
+            // Nothing to fetch: the leader's session is left to expire, and the entries kept
+            // only to be forgotten in it go now (after a leader dies, a third of a million of
+            // them stayed until this fetcher stopped).
+            if session.take().is_some() || !followed.entries.is_empty() {
+                followed.end_session();
+            }
             if idle_since.elapsed() > IDLE_STOP {
                 replicas.release_fetcher(leader);
                 // A partition may have started following in between.
@@ -324,12 +344,7 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         }
         if session.is_none() {
             // A new session starts from nothing: everything is named, nothing forgotten.
-            followed.entries.retain(|e| !e.gone);
-            followed.dirty.clear();
-            for e in followed.entries.values_mut() {
-                e.sent = Slot::NONE;
-                followed.dirty.insert(e.partition.tp);
-            }
+            followed.end_session();
         }
         // In a session only what changed is named; without one (or to open one), everything.
         let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
@@ -568,6 +583,37 @@ mod tests {
         let mut v: Vec<i32> = r.following(leader).iter().map(|p| p.tp.partition).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_fetcher_whose_session_ends_keeps_nothing_it_no_longer_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<Arc<Partition>> = (0..2_000).map(|i| partition(dir.path(), i)).collect();
+        let mut f = Followed::default();
+        for p in &parts {
+            f.follow(p.clone(), 2);
+        }
+        // The leader holds them all in a session; then all but ten move to other leaders.
+        for e in f.entries.values_mut() {
+            e.sent = Slot::of(Some((0, 0, -1, 0)));
+        }
+        for p in &parts[10..] {
+            f.unfollow(p.tp);
+        }
+        assert_eq!(f.live, 10);
+        // Kept as gone until the leader is told to forget them in the session.
+        assert_eq!(f.entries.len(), 2_000);
+        let capacity = f.entries.capacity();
+        f.end_session();
+        assert_eq!(f.entries.len(), 10);
+        assert!(
+            f.entries.capacity() < capacity / 10,
+            "{}",
+            f.entries.capacity()
+        );
+        // The next session names every entry left.
+        assert_eq!(f.dirty.len(), 10);
+        assert!(f.entries.values().all(|e| !e.sent.is_some() && !e.gone));
     }
 
     #[test]

@@ -155,6 +155,16 @@ impl<T: Keyed> PartitionTable<T> {
         self.table.retain(keep)
     }
 
+    /// Gives back the room the table has beyond what its values need.
+    pub fn shrink_to_fit(&mut self) {
+        self.table.shrink_to_fit(|v| hash(&v.tp()));
+    }
+
+    /// The number of values the table holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
     /// Takes every value out, leaving the table empty (and its memory returned).
     pub fn take_values(&mut self) -> Vec<T> {
         std::mem::take(&mut self.table).into_iter().collect()

@@ -156,7 +156,6 @@ mod tests {
         c.assign(5, 10);
         assert_eq!(c.entries(), &[(4, 0), (5, 10)]);
     }
-    use super::*;
 
     fn cache(entries: &[(i32, i64)]) -> EpochCache {
         let mut c = EpochCache::default();
