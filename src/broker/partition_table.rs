@@ -55,6 +55,12 @@ pub trait Keyed {
     fn tp(&self) -> TopicIdPartition;
 }
 
+impl<T: Keyed> Keyed for Box<T> {
+    fn tp(&self) -> TopicIdPartition {
+        (**self).tp()
+    }
+}
+
 impl Keyed for Arc<Partition> {
     fn tp(&self) -> TopicIdPartition {
         self.tp
