@@ -227,7 +227,9 @@ impl Nodes {
             .open(self.log_path(id))
             .map_err(|e| format!("log of node {id}: {e}"))?;
         // `KMETA_BENCH_WRAP=ID:PROGRAM ARGS...` starts node ID under a profiler, e.g.
-        // `KMETA_BENCH_WRAP='1:heaptrack -o /tmp/broker-1'`.
+        // `KMETA_BENCH_WRAP='1:heaptrack -o /tmp/broker-1'`. The bench's kills then reach the
+        // profiler, which may not pass them on: wrap a node the phases measured do not kill
+        // (broker 1 lives until the full restart), and stop the run before that.
         let wrap = std::env::var("KMETA_BENCH_WRAP").ok().and_then(|w| {
             let (node, program) = w.split_once(':')?;
             (node.trim().parse::<u64>().ok()? == id).then(|| program.to_string())
