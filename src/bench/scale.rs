@@ -234,13 +234,14 @@ impl Nodes {
             let (node, program) = w.split_once(':')?;
             (node.trim().parse::<u64>().ok()? == id).then(|| program.to_string())
         });
-        let mut command = match wrap.as_deref().map(str::split_whitespace) {
-            Some(mut words) if words.clone().next().is_some() => {
-                let mut c = Command::new(words.next().expect("checked"));
+        let mut words = wrap.as_deref().unwrap_or_default().split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
                 c.args(words).arg(&self.binary);
                 c
             }
-            _ => Command::new(&self.binary),
+            None => Command::new(&self.binary),
         };
         command
             .arg("server")

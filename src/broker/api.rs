@@ -67,12 +67,7 @@ fn encode_metadata_streamed(
     out.put_slice(&whole[..split]);
     if flexible {
         // A compact array's length is an unsigned varint of the count plus one.
-        let mut n = count as u64 + 1;
-        while n >= 0x80 {
-            out.put_u8((n as u8 & 0x7f) | 0x80);
-            n >>= 7;
-        }
-        out.put_u8(n as u8);
+        crate::kafka::wire::put_unsigned_varint(&mut out, count as u64 + 1);
     } else {
         out.put_i32(count as i32);
     }

@@ -29,6 +29,17 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 /// large Metadata response).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Appends `n` as an unsigned LEB128 varint, seven bits a byte, low first: Kafka's
+/// UNSIGNED_VARINT (a compact array's length plus one), the body of its zigzag VARINT, and
+/// postcard's length prefix alike.
+pub fn put_unsigned_varint(out: &mut impl bytes::BufMut, mut n: u64) {
+    while n >= 0x80 {
+        out.put_u8((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.put_u8(n as u8);
+}
+
 /// A `StrBytes` (the crate's string type) from anything that becomes a `String`.
 pub fn sb(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())

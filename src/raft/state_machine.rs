@@ -10,9 +10,11 @@
 //! fsync, rename); the newest one is loaded at start, and the log replays on top of it.
 
 use super::state_file::{read_checked, write_atomic};
+// postcard writes a length as this LEB128 varint.
 use super::types::{
     BatchApplied, LogId, MetadataBatch, Proposal, ProposalChain, Stamp, TypeConfig,
 };
+use crate::kafka::wire::put_unsigned_varint;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use kmeta_metadata::{LogOffset, MetadataImage, MetadataRecord};
@@ -168,15 +170,6 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Appends `n` as postcard writes a length (LEB128).
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 /// Appends the image's records as postcard writes a list of byte strings (`Vec<Vec<u8>>`):
 /// the count, then each record's length and encoding. The encodings go into one buffer
 /// first, since the count comes before them.
@@ -189,11 +182,11 @@ fn put_records(out: &mut Vec<u8>, image: &MetadataImage) {
         lengths.push((body.len() - at) as u32);
     });
     out.reserve(body.len() + 3 * lengths.len() + 10);
-    put_varint(out, lengths.len() as u64);
+    put_unsigned_varint(out, lengths.len() as u64);
     let mut at = 0;
     for len in lengths {
         let len = len as usize;
-        put_varint(out, len as u64);
+        put_unsigned_varint(out, len as u64);
         out.extend_from_slice(&body[at..at + len]);
         at += len;
     }

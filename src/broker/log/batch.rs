@@ -240,16 +240,8 @@ pub fn values(batch: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
 /// `timestamp_ms`: for kmeta's own producer (benchmarks) and tests.
 pub fn build(values: &[&[u8]], timestamp_ms: i64, producer: Option<(i64, i16, i32)>) -> Vec<u8> {
     fn varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let b = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
+        // Kafka's VARINT: zigzag, then unsigned LEB128.
+        crate::kafka::wire::put_unsigned_varint(out, ((v << 1) ^ (v >> 63)) as u64);
     }
     let mut records = Vec::new();
     for (i, v) in values.iter().enumerate() {
