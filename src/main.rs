@@ -425,6 +425,40 @@ enum BenchCommand {
         #[arg(long, default_value = "info,openraft=warn")]
         node_log: String,
     },
+    /// kmeta against etcd and ZooKeeper, side by side on this machine: each as 3 real
+    /// processes (kmeta: 3 controllers + 3 brokers) under the same closed-loop load; writes/s,
+    /// latency and server CPU per write, every acknowledged write read back. Needs `etcd`
+    /// and Debian's `zookeeper` (bench/compare.sh installs them).
+    Compare {
+        /// The systems, in the order run: kmeta, etcd, zookeeper.
+        #[arg(long, value_delimiter = ',', default_value = "kmeta,etcd,zookeeper")]
+        systems: Vec<String>,
+        /// The workloads: update (OffsetCommit / put / setData of the worker's own key),
+        /// create (CreateTopics / put of a new key / create).
+        #[arg(long, value_delimiter = ',', default_value = "update,create")]
+        workloads: Vec<String>,
+        /// Workers (one request in flight each), one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        workers: Vec<usize>,
+        /// The most connections the workers share, spread over the 3 members.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds of load before the window.
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 12)]
+        seconds: u64,
+        /// Append each run's figures as a JSON line to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Where the servers keep their data (removed at the end unless --keep).
+        #[arg(long, default_value = "target/bench-compare")]
+        data_dir: PathBuf,
+        /// Keep the data directory and the servers' logs after the run.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Offset commits/s through brokers, commit-to-every-broker latency, and Metadata
     /// requests/s, against 3 controllers and 3 brokers in this process.
     Brokers {
@@ -721,6 +755,70 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Compare {
+                    systems,
+                    workloads,
+                    workers,
+                    connections,
+                    warmup,
+                    seconds,
+                    json,
+                    data_dir,
+                    keep,
+                },
+        } => {
+            init_logging();
+            use kmeta::bench::compare::{self, System, Workload};
+            let parsed = systems
+                .iter()
+                .map(|s| System::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|s| {
+                    let w = workloads
+                        .iter()
+                        .map(|w| Workload::parse(w))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((s, w))
+                });
+            let (systems, workloads) = match parsed {
+                Ok(p) => p,
+                Err(e) => return fail(e),
+            };
+            if workers.contains(&0) || connections == 0 || seconds == 0 {
+                return fail(
+                    "--workers, --connections and --seconds must be at least 1".to_string(),
+                );
+            }
+            let options = compare::CompareOptions {
+                systems,
+                workloads,
+                workers,
+                connections,
+                warmup: std::time::Duration::from_secs(warmup),
+                window: std::time::Duration::from_secs(seconds),
+                data_dir,
+                keep,
+            };
+            let runtime = server_runtime();
+            match runtime.block_on(compare::compare(&options)) {
+                Ok(rows) => {
+                    println!("{}", compare::report(&rows));
+                    if let Some(path) = &json {
+                        for r in &rows {
+                            if let Err(e) =
+                                kmeta::bench::scale::append_json(path, &compare::to_json(r))
+                            {
+                                return fail(e);
+                            }
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
         }
         Command::Bench {
             command:

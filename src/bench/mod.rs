@@ -8,6 +8,7 @@
 //! acknowledged commit on the new active controller is measured.
 
 pub mod brokers;
+pub mod compare;
 pub mod produce;
 pub mod scale;
 
@@ -25,6 +26,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Has the kernel kill the process `command` starts if the benchmark dies (Ctrl-C, a
+/// timeout), so no server is left behind.
+pub(crate) fn die_with_parent(command: &mut std::process::Command) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
 
 /// The `q` quantile of `sorted` (nearest rank, rounded), or `None` when it is empty.
 pub(crate) fn percentile(sorted: &[f64], q: f64) -> Option<f64> {

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 pub const PARTITIONS_PER_TOPIC: usize = 1_000;
 /// Topics per CreateTopics request.
 pub const TOPICS_PER_REQUEST: usize = 9;
-const BROKERS: [u64; 3] = [1, 2, 3];
-const CONTROLLERS: [u64; 3] = [101, 102, 103];
+pub(super) const BROKERS: [u64; 3] = [1, 2, 3];
+pub(super) const CONTROLLERS: [u64; 3] = [101, 102, 103];
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ impl ScaleReport {
 }
 
 /// The six processes.
-struct Nodes {
+pub(super) struct Nodes {
     dir: PathBuf,
     binary: PathBuf,
     cluster_id: String,
@@ -118,12 +118,21 @@ impl Drop for Nodes {
 }
 
 /// The unit of `/proc/<pid>/stat`'s CPU times.
-fn clock_ticks_per_second() -> f64 {
+pub(super) fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a constant of the system.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
-fn free_port() -> Result<u16, String> {
+/// CPU time process `pid` has used (user + system), in clock ticks.
+pub(super) fn pid_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+pub(super) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -184,7 +193,7 @@ impl Nodes {
         Ok(())
     }
 
-    fn start(o: &ScaleOptions) -> Result<Nodes, String> {
+    pub(super) fn start(o: &ScaleOptions) -> Result<Nodes, String> {
         let _ = std::fs::remove_dir_all(&o.data_dir);
         std::fs::create_dir_all(&o.data_dir)
             .map_err(|e| format!("creating {}: {e}", o.data_dir.display()))?;
@@ -250,14 +259,7 @@ impl Nodes {
             .env("KMETA_LOG", &self.node_log)
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; it only asks the kernel to
-        // kill the node if the benchmark dies (Ctrl-C, a timeout), so none is left behind.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        super::die_with_parent(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("starting node {id}: {e}"))?;
@@ -312,13 +314,8 @@ impl Nodes {
     }
 
     /// CPU time node `id` has used (user + system), in clock ticks.
-    fn cpu_ticks(&self, id: u64) -> Option<u64> {
-        let pid = self.children.get(&id)?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) close with ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    pub(super) fn cpu_ticks(&self, id: u64) -> Option<u64> {
+        pid_cpu_ticks(self.children.get(&id)?.id())
     }
 
     /// Each node's process id and CPU ticks, to print what a phase cost each one.
@@ -381,7 +378,7 @@ impl Nodes {
         format!("127.0.0.1:{}", self.metrics_ports[&id])
     }
 
-    fn addr(&self, id: u64) -> String {
+    pub(super) fn addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.ports[&id])
     }
 
@@ -430,7 +427,7 @@ impl Nodes {
 
 /// What one broker shows of the whole cluster (all-topics Metadata).
 #[derive(Debug, Default, Clone)]
-struct Survey {
+pub(super) struct Survey {
     partitions: usize,
     leaderless: usize,
     /// Partitions whose leader is not their first replica.
@@ -438,7 +435,7 @@ struct Survey {
     /// Partitions with fewer in-sync replicas than replicas.
     under_replicated: usize,
     led_by: BTreeMap<i32, usize>,
-    live_brokers: usize,
+    pub(super) live_brokers: usize,
 }
 
 impl Survey {
@@ -546,7 +543,7 @@ fn survey_of_metrics(text: &str) -> Option<Survey> {
 /// all-topics Metadata to each confirms it (else polling goes on), and the time the metrics
 /// showed it is returned. Between rounds it waits as long as the round took (at least
 /// 20 ms), so the benchmark never takes more than about half a core from what it measures.
-async fn until_all(
+pub(super) async fn until_all(
     nodes: &Nodes,
     on: &[u64],
     within: Duration,
