@@ -293,7 +293,12 @@ impl PeerClient {
         let payload = postcard::to_allocvec(request).map_err(|e| NetError(e.to_string()))?;
         let ttl = rpc_deadline(self.request_timeout, payload.len());
         let exchange = async {
-            tokio::time::sleep(delay).await;
+            // Only an injected fault delays an RPC. A zero sleep is not free: tokio's timer
+            // rounds a deadline up to its next millisecond tick, and every AppendEntries
+            // waited for it (1 ms per replication round trip; `docs/BENCHMARKS.md`).
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             self.exchange(&payload).await
         };
         let result = tokio::time::timeout(ttl, exchange).await;
