@@ -9,7 +9,7 @@
 //! task, and the metadata log's writes are small batches.
 
 use super::segment_log::{SegmentLog, DEFAULT_SEGMENT_BYTES};
-use super::state_file::{read_checked, write_atomic, write_unsynced};
+use super::state_file::{read_checked, write_atomic, HintFile};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -31,10 +31,10 @@ struct Inner {
     state: RaftState,
     state_path: PathBuf,
     /// The committed log id is a hint, not a safety fact: after a crash a node learns it again
-    /// from the leader. It is written atomically (rename) but without fsync, so it costs no
-    /// disk flush on every commit.
+    /// from the leader. It is rewritten in place without fsync, so a commit costs no disk
+    /// write of its own.
     committed: Option<LogId>,
-    committed_path: PathBuf,
+    committed_hint: HintFile,
     /// Bytes of entries appended since this store was opened (for the snapshot policy).
     appended_bytes: u64,
 }
@@ -70,13 +70,14 @@ impl LogStore {
             .flatten()
             .and_then(|bytes| postcard::from_bytes::<Option<LogId>>(&bytes).ok())
             .flatten();
+        let committed_hint = HintFile::open(&committed_path)?;
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner {
                 log,
                 state,
                 state_path,
                 committed,
-                committed_path,
+                committed_hint,
                 appended_bytes: 0,
             })),
         })
@@ -177,7 +178,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         inner.committed = committed;
         let bytes = postcard::to_allocvec(&committed).map_err(invalid)?;
-        write_unsynced(&inner.committed_path, &bytes)
+        inner.committed_hint.write(&bytes)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

@@ -104,6 +104,38 @@ mod restart {
         assert_eq!(sm.image().topic_count(), 6);
     }
 
+    /// Saving the committed log id (once per commit) rewrites one file in place: no new file
+    /// renamed over it, which ext4 would flush to disk at every commit. A reopened log reads
+    /// back the last id saved.
+    #[tokio::test]
+    async fn the_committed_hint_is_rewritten_in_place_and_read_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hint = dir.path().join("raft-committed");
+        {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            log.save_committed(Some(log_id::<TypeConfig>(1, 1, 1)))
+                .await
+                .unwrap();
+            let inode = std::fs::metadata(&hint).unwrap().ino();
+            for i in [2, 300, 70_000, 5] {
+                log.save_committed(Some(log_id::<TypeConfig>(2, 1, i)))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    std::fs::metadata(&hint).unwrap().ino(),
+                    inode,
+                    "the hint file was replaced, not rewritten"
+                );
+            }
+        }
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(log_id::<TypeConfig>(2, 1, 5))
+        );
+    }
+
     /// A record that does not replay stops apply with an error; it is never skipped.
     #[tokio::test]
     async fn a_record_that_does_not_replay_fails_apply() {
