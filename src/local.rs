@@ -102,10 +102,10 @@ pub struct LocalQuorum {
     pub faults: LinkFaults,
 }
 
-/// Raft timing for local quorums: the server's, with a 400 ms election timeout (elections
-/// after 400–600 ms of silence).
+/// Raft timing for local quorums: the server's at its default 1,000 ms election timeout
+/// (an election after 1.05–1.2 s of silence).
 pub fn local_raft_config() -> Arc<openraft::Config> {
-    crate::server::raft_timing(400).expect("valid raft config")
+    crate::server::raft_timing(1_000).expect("valid raft config")
 }
 
 impl LocalQuorum {

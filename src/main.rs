@@ -459,6 +459,19 @@ enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// `kill -9` of the active controller → the next acknowledged write through a broker, on
+    /// real processes (3 controllers + 3 brokers from this binary) at default settings.
+    Failover {
+        /// Failovers measured.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Where the nodes keep their data (removed at the end unless --keep).
+        #[arg(long, default_value = "target/bench-failover")]
+        data_dir: PathBuf,
+        /// Keep the data directory and the nodes' logs (node-ID.log) after the run.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Offset commits/s through brokers, commit-to-every-broker latency, and Metadata
     /// requests/s, against 3 controllers and 3 brokers in this process.
     Brokers {
@@ -755,6 +768,29 @@ fn main() -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Failover {
+                    trials,
+                    data_dir,
+                    keep,
+                },
+        } => {
+            init_logging();
+            if trials == 0 {
+                return fail("--trials must be at least 1".to_string());
+            }
+            println!("bench failover: kill -9 of the active controller, {trials} trials, 3 controllers + 3 brokers as processes");
+            let runtime = server_runtime();
+            match runtime.block_on(kmeta::bench::failover::failover(trials, data_dir, keep)) {
+                Ok(mut times) => {
+                    let (p50, p99, max) = kmeta::bench::failover::summary(&mut times);
+                    println!("kill -9 of the active controller → next acknowledged write ({} trials): p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms", times.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
         }
         Command::Bench {
             command:

@@ -18,17 +18,27 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Raft timing derived from an election timeout: elections start after 1 to 1.5 election
-/// timeouts of silence (randomized, so votes rarely split). openraft makes a follower refuse
-/// votes for `election_timeout_max` after hearing from a leader (its leader lease), so the
-/// upper bound sets the failover time: ~1.5 election timeouts, not 2; the leader heartbeats five times per timeout. Snapshots are taken by
-/// [`snapshot_policy`] (Kafka's byte and age triggers), not by openraft's count.
+/// Raft timing derived from Kafka's `controller.quorum.election.timeout.ms` (T): how long the
+/// quorum goes without a leader before electing one.
+///
+/// openraft starts an election once a follower has heard nothing from the leader for its
+/// leader lease (`election_timeout_max`) plus a randomized election timeout drawn from
+/// `[election_timeout_min, election_timeout_max)`; the lease also makes a follower refuse
+/// votes while it lasts, and makes a leader refuse writes once a quorum has not answered it
+/// for that long (CheckQuorum). With T as `election_timeout_min` a `kill -9` of the active
+/// controller left the survivors silent for 2.5–3 s (T + 1.5 T) before their first vote
+/// request. So T is split: a lease of 0.6 T and a timeout drawn from [0.45 T, 0.6 T), an
+/// election 1.05–1.2 T after the last heartbeat; the leader heartbeats every T / 10, six
+/// times per lease, so a follower starts an election only after six heartbeats in a row did
+/// not reach it. Snapshots are taken by [`snapshot_policy`] (Kafka's byte and age
+/// triggers), not by openraft's count.
 pub fn raft_timing(election_timeout_ms: u64) -> Result<Arc<openraft::Config>, String> {
+    let lease = (election_timeout_ms * 3 / 5).max(20);
     let raft = openraft::Config {
         cluster_name: "kmeta".into(),
-        heartbeat_interval: (election_timeout_ms / 5).max(10),
-        election_timeout_min: election_timeout_ms,
-        election_timeout_max: election_timeout_ms + election_timeout_ms / 2,
+        heartbeat_interval: (election_timeout_ms / 10).max(5),
+        election_timeout_min: (election_timeout_ms * 9 / 20).max(15),
+        election_timeout_max: lease,
         snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 1_000,
         // Standard Raft: a restarted leader is a follower until it wins an election in a new

@@ -9,6 +9,7 @@
 
 pub mod brokers;
 pub mod compare;
+pub mod failover;
 pub mod produce;
 pub mod scale;
 

@@ -229,7 +229,7 @@ impl Nodes {
         self.dir.join(format!("node-{id}.log"))
     }
 
-    fn spawn(&mut self, id: u64) -> Result<(), String> {
+    pub(super) fn spawn(&mut self, id: u64) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -285,7 +285,7 @@ impl Nodes {
             .reduce(f64::max)
     }
 
-    fn kill(&mut self, id: u64) {
+    pub(super) fn kill(&mut self, id: u64) {
         self.note_peak(id);
         if let Some(mut c) = self.children.remove(&id) {
             let _ = c.kill();

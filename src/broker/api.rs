@@ -24,6 +24,10 @@ pub const CONTROLLED_SHUTDOWN_TAG: i32 = 10_001;
 
 /// How long a forwarded write may take, retries included.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause between attempts of a forwarded write while no controller answers
+/// (Kafka's `retry.backoff.ms`). Doubling up to a second made a write sent as the active
+/// controller died wait up to a second past the new one's election.
+pub const FORWARD_BACKOFF_MAX: Duration = Duration::from_millis(100);
 /// How long a reply waits for this broker's image to include the write.
 pub const READ_YOUR_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -472,7 +476,7 @@ impl BrokerService {
                 return Err("no active controller answered in time".into());
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff = (backoff * 2).min(FORWARD_BACKOFF_MAX);
         }
     }
 }

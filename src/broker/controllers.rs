@@ -26,6 +26,9 @@ pub struct Controllers {
     leader: AtomicU64,
     slots: Vec<Mutex<Option<KafkaClient>>>,
     next: AtomicUsize,
+    /// Held while asking the controllers who leads: callers that lost the leader together
+    /// (every forwarded write in flight when it died) ask once, not once each.
+    finding: Mutex<()>,
 }
 
 impl Controllers {
@@ -37,6 +40,7 @@ impl Controllers {
             leader: AtomicU64::new(UNKNOWN),
             slots: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            finding: Mutex::new(()),
         }
     }
 
@@ -58,8 +62,16 @@ impl Controllers {
         self.leader.store(UNKNOWN, Ordering::Relaxed);
     }
 
-    /// Asks each controller in turn who leads.
+    /// Asks each controller in turn who leads (or takes the answer of a caller that asked
+    /// while this one waited).
     pub async fn find_leader(&self) -> io::Result<String> {
+        let unknown_before = self.leader.load(Ordering::Relaxed) == UNKNOWN;
+        let _one_at_a_time = self.finding.lock().await;
+        if unknown_before {
+            if let Some(addr) = self.voters.get(&self.leader.load(Ordering::Relaxed)) {
+                return Ok(addr.clone());
+            }
+        }
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no controller answered");
         for addr in self.voters.values() {
             let asked = async {
