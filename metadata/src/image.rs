@@ -263,6 +263,16 @@ fn partitions_after(
     set.range((Excluded(after), Unbounded)).copied()
 }
 
+/// Whether a topic name can collide with another: only one holding '.' or '_'.
+fn has_collision_chars(name: &str) -> bool {
+    name.contains(['.', '_'])
+}
+
+/// The form two colliding topic names share: '.' written as '_'.
+pub fn collision_key(name: &str) -> String {
+    name.replace('.', "_")
+}
+
 /// The whole metadata state at one log offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataImage {
@@ -284,6 +294,11 @@ pub struct MetadataImage {
     /// a broker leads anything without a scan of its partitions.
     leader_counts: OrdMap<BrokerId, usize>,
     groups_by_topic: OrdMap<TopicId, OrdSet<String>>,
+    /// Topic names holding '.' or '_', by [`collision_key`], with how many topics have each
+    /// key: CreateTopics refuses a name that collides with one of them without reading every
+    /// topic's name (which made each creation cost the active controller time in proportion
+    /// to the topics there are).
+    collision_keys: OrdMap<String, u32>,
     partition_count: usize,
     /// Partitions whose ISR is smaller than their replica set, so that the gauge of them is
     /// read without a scan.
@@ -318,6 +333,7 @@ impl MetadataImage {
             leaderless,
             leader_counts,
             groups_by_topic,
+            collision_keys,
             partition_count,
             under_replicated_count,
         } = self;
@@ -335,6 +351,7 @@ impl MetadataImage {
             && leaderless.ptr_eq(&other.leaderless)
             && leader_counts.ptr_eq(&other.leader_counts)
             && groups_by_topic.ptr_eq(&other.groups_by_topic)
+            && collision_keys.ptr_eq(&other.collision_keys)
             && *partition_count == other.partition_count
             && *under_replicated_count == other.under_replicated_count
     }
@@ -377,6 +394,13 @@ impl MetadataImage {
     /// A topic by name.
     pub fn topic_by_name(&self, name: &str) -> Option<&TopicImage> {
         self.topic_id(name).and_then(|id| self.topic(&id))
+    }
+
+    /// Whether a topic other than one named `name` would collide with it: Kafka refuses
+    /// topic names that differ only in '.' and '_' (both become '_' in metric names). A topic
+    /// named exactly `name` counts too; callers check for it first.
+    pub fn has_colliding_topic(&self, name: &str) -> bool {
+        has_collision_chars(name) && self.collision_keys.contains_key(&collision_key(name))
     }
 
     /// All topics, ordered by name.
@@ -788,6 +812,12 @@ impl MetadataImage {
             return Err("nil topic id".into());
         }
         self.topic_ids.insert(r.name.clone(), r.topic_id);
+        if has_collision_chars(&r.name) {
+            *self
+                .collision_keys
+                .entry(collision_key(&r.name))
+                .or_insert(0) += 1;
+        }
         self.topics.insert(
             r.topic_id,
             Arc::new(TopicImage {
@@ -1038,6 +1068,17 @@ impl MetadataImage {
             .remove(&r.topic_id)
             .ok_or_else(|| format!("removal of unknown topic id {}", r.topic_id))?;
         self.topic_ids.remove(&topic.name);
+        if has_collision_chars(&topic.name) {
+            let key = collision_key(&topic.name);
+            match self.collision_keys.get(&key) {
+                Some(n) if *n > 1 => {
+                    self.collision_keys.insert(key, n - 1);
+                }
+                _ => {
+                    self.collision_keys.remove(&key);
+                }
+            }
+        }
         for (&partition, p) in topic.partitions.iter() {
             let tp = TopicIdPartition {
                 topic_id: r.topic_id,

@@ -34,8 +34,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_millis(2_000);
 /// The time given to one Raft RPC whose request frame is `bytes` long: the request timeout,
 /// plus a second for every 8 MiB the peer must receive, decode, append (or install) and fsync.
 ///
-/// openraft offers every AppendEntries the heartbeat interval as its TTL (a fifth of the
-/// election timeout: 200 ms at defaults, three quarters of it as the soft TTL) and every
+/// openraft offers every AppendEntries the heartbeat interval as its TTL (a tenth of the
+/// election timeout: 100 ms at defaults, three quarters of it as the soft TTL) and every
 /// snapshot 200 ms, whatever they carry. A fence at 1,000,000 partitions sends entries of
 /// 10,000 records; on a loaded machine their round trip passed 150 ms, every attempt was
 /// cut off and resent from the start, the followers never acknowledged, and the active

@@ -159,6 +159,8 @@ pub struct Row {
     pub p99_ms: f64,
     /// The servers' CPU time over the window per write counted, µs.
     pub cpu_us_per_write: Option<f64>,
+    /// kmeta only: the controllers' and the brokers' shares of `cpu_us_per_write`.
+    pub controllers_brokers_us: Option<(f64, f64)>,
     /// Writes refused or unanswered over the whole run.
     pub failed: u64,
     /// Acknowledged writes read back (all of the run's, warm-up included).
@@ -199,18 +201,23 @@ impl Cluster {
         }
     }
 
-    fn cpu_ticks(&self) -> Option<u64> {
+    /// CPU ticks of every server process, and for kmeta those of the controllers and of the
+    /// brokers apart.
+    fn cpu_ticks(&self) -> Option<(u64, Option<(u64, u64)>)> {
         match self {
-            Cluster::Kmeta(n) => scale::CONTROLLERS
-                .iter()
-                .chain(&scale::BROKERS)
-                .map(|id| n.cpu_ticks(*id))
-                .sum(),
-            Cluster::Other(s) => s
-                .children
-                .iter()
-                .map(|c| scale::pid_cpu_ticks(c.id()))
-                .sum(),
+            Cluster::Kmeta(n) => {
+                let sum =
+                    |ids: &[u64]| -> Option<u64> { ids.iter().map(|id| n.cpu_ticks(*id)).sum() };
+                let (c, b) = (sum(&scale::CONTROLLERS)?, sum(&scale::BROKERS)?);
+                Some((c + b, Some((c, b))))
+            }
+            Cluster::Other(s) => Some((
+                s.children
+                    .iter()
+                    .map(|c| scale::pid_cpu_ticks(c.id()))
+                    .sum::<Option<u64>>()?,
+                None,
+            )),
         }
     }
 }
@@ -658,6 +665,11 @@ async fn run(
         .collect();
     lat.sort_by(f64::total_cmp);
     let hz = scale::clock_ticks_per_second();
+    let per_write = |a: Option<u64>, b: Option<u64>| {
+        a.zip(b)
+            .filter(|_| n > 0)
+            .map(|(a, b)| b.saturating_sub(a) as f64 / hz * 1e6 / n as f64)
+    };
     Ok(Row {
         system,
         workload,
@@ -666,10 +678,15 @@ async fn run(
         writes_per_s: n as f64 / o.window.as_secs_f64(),
         p50_ms: percentile(&lat, 0.5).unwrap_or(0.0),
         p99_ms: percentile(&lat, 0.99).unwrap_or(0.0),
-        cpu_us_per_write: cpu0
-            .zip(cpu1)
-            .filter(|_| n > 0)
-            .map(|(a, b)| (b - a) as f64 / hz * 1e6 / n as f64),
+        cpu_us_per_write: per_write(cpu0.map(|c| c.0), cpu1.map(|c| c.0)),
+        controllers_brokers_us: cpu0.and_then(|c| c.1).zip(cpu1.and_then(|c| c.1)).and_then(
+            |((c0, b0), (c1, b1))| {
+                Some((
+                    per_write(Some(c0), Some(c1))?,
+                    per_write(Some(b0), Some(b1))?,
+                ))
+            },
+        ),
         failed: dones.iter().map(|d| d.failed).sum(),
         verified,
     })
@@ -723,7 +740,7 @@ pub async fn compare(o: &CompareOptions) -> Result<Vec<Row>, String> {
                 run_no += 1;
                 let row = run(system, &cluster, workload, w, run_no, o).await?;
                 println!(
-                    "  {} {} ({}), {w} workers on {} connections: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {} µs/write, {} failed, {} read back",
+                    "  {} {} ({}), {w} workers on {} connections: {:.0} writes/s, p50 {:.2} ms, p99 {:.2} ms, server CPU {} µs/write{}, {} failed, {} read back",
                     system.name(),
                     workload.name(),
                     system.write_name(workload),
@@ -732,6 +749,9 @@ pub async fn compare(o: &CompareOptions) -> Result<Vec<Row>, String> {
                     row.p50_ms,
                     row.p99_ms,
                     row.cpu_us_per_write.map_or("?".into(), |c| format!("{c:.0}")),
+                    row.controllers_brokers_us.map_or(String::new(), |(c, b)| format!(
+                        " (controllers {c:.0}, brokers {b:.0})"
+                    )),
                     row.failed,
                     row.verified,
                 );
@@ -796,6 +816,8 @@ pub fn to_json(r: &Row) -> String {
         "p50_ms": r.p50_ms,
         "p99_ms": r.p99_ms,
         "cpu_us_per_write": r.cpu_us_per_write,
+        "controllers_cpu_us_per_write": r.controllers_brokers_us.map(|c| c.0),
+        "brokers_cpu_us_per_write": r.controllers_brokers_us.map(|c| c.1),
         "failed": r.failed,
         "read_back": r.verified,
     })

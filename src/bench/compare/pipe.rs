@@ -101,3 +101,51 @@ impl Pipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Many callers share one connection to a server that answers each frame with its own
+    /// payload reversed, in order; every caller gets the answer to its own request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_caller_gets_the_answer_to_its_own_request() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut n = 0u32;
+            while let Ok(Some(frame)) = read_frame(&mut s, 1 << 20).await {
+                n += 1;
+                // Now and then a frame nobody asked for, which the pipe must skip.
+                if n % 7 == 0 {
+                    s.write_all(&[0, 0, 0, 1, b'!']).await.unwrap();
+                }
+                let mut answer: Vec<u8> = frame.to_vec();
+                answer.reverse();
+                let mut out = (answer.len() as u32).to_be_bytes().to_vec();
+                out.extend_from_slice(&answer);
+                s.write_all(&out).await.unwrap();
+            }
+        });
+        let pipe = Pipe::connect(&addr, Duration::from_secs(10), |f| f == b"!")
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let pipe = pipe.clone();
+                tokio::spawn(async move {
+                    let asked = format!("request {i}");
+                    let answer = pipe.call(Bytes::from(asked.clone())).await.unwrap();
+                    let mut expected = asked.into_bytes();
+                    expected.reverse();
+                    assert_eq!(answer.as_ref(), expected.as_slice());
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap();
+        }
+    }
+}

@@ -5,7 +5,7 @@ use crate::controller::configs::validate_topic_config;
 use crate::controller::placement::{place_replicas, usable_brokers};
 use crate::controller::{check_batch_size, ControllerConfig, ControllerResult, LeaderAcceptance};
 use crate::error::{ApiError, ErrorCode};
-use crate::image::MetadataImage;
+use crate::image::{collision_key, MetadataImage};
 use crate::record::*;
 use crate::types::*;
 use std::collections::BTreeSet;
@@ -36,11 +36,6 @@ pub fn validate_topic_name(name: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-/// Topics whose names differ only in '.' versus '_' collide in metric names; Kafka refuses.
-fn collision_key(name: &str) -> String {
-    name.replace('.', "_")
 }
 
 /// One topic of a CreateTopics request.
@@ -91,10 +86,9 @@ pub fn create_topics(
         .filter(|t| !seen_names.insert(t.name.as_str()))
         .map(|t| t.name.as_str())
         .collect();
-    let mut collision_keys: BTreeSet<String> = image
-        .topics_by_name()
-        .map(|t| collision_key(&t.name))
-        .collect();
+    // The collision keys of the names this request creates; the image's own come from its
+    // index.
+    let mut collision_keys: BTreeSet<String> = BTreeSet::new();
     for topic in topics {
         let outcome = if duplicates.contains(topic.name.as_str()) {
             Err(ApiError::new(
@@ -147,7 +141,9 @@ fn create_one(
             format!("Topic '{}' already exists.", topic.name),
         ));
     }
-    if collision_keys.contains(&collision_key(&topic.name)) {
+    if image.has_colliding_topic(&topic.name)
+        || collision_keys.contains(&collision_key(&topic.name))
+    {
         return Err(ApiError::new(
             ErrorCode::InvalidTopicException,
             format!(
