@@ -119,7 +119,7 @@ mod tests {
             while let Ok(Some(frame)) = read_frame(&mut s, 1 << 20).await {
                 n += 1;
                 // Now and then a frame nobody asked for, which the pipe must skip.
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     s.write_all(&[0, 0, 0, 1, b'!']).await.unwrap();
                 }
                 let mut answer: Vec<u8> = frame.to_vec();
