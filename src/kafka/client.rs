@@ -11,7 +11,8 @@ use tokio::net::TcpStream;
 
 /// One connection to a Kafka-protocol server.
 pub struct KafkaClient {
-    stream: TcpStream,
+    /// Read through a buffer (a response's size and body in one system call).
+    stream: tokio::io::BufReader<TcpStream>,
     next_correlation: i32,
     client_id: StrBytes,
     timeout: Duration,
@@ -32,7 +33,7 @@ impl KafkaClient {
             })??;
         stream.set_nodelay(true)?;
         Ok(KafkaClient {
-            stream,
+            stream: tokio::io::BufReader::new(stream),
             next_correlation: 1,
             client_id: StrBytes::from_string(client_id.to_string()),
             timeout,

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The largest Raft frame accepted (a full snapshot travels in one frame).
@@ -101,9 +101,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io
             "frame too large",
         ));
     }
-    w.write_all(&(payload.len() as u32).to_be_bytes()).await?;
-    w.write_all(payload).await?;
-    w.flush().await
+    // The same bytes as a Kafka frame's size for any frame under the cap.
+    crate::kafka::wire::write_frame(w, payload).await
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
@@ -255,7 +254,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// A connection to one peer (opened lazily, dropped on any error).
 pub struct PeerClient {
     addr: String,
-    conn: Option<TcpStream>,
+    /// Read through a buffer (a frame's size and body in one system call).
+    conn: Option<tokio::io::BufReader<TcpStream>>,
     /// See [`rpc_deadline`].
     request_timeout: Duration,
     link: Option<(u64, u64, LinkFaults)>,
@@ -325,7 +325,7 @@ impl PeerClient {
                 let mut stream = TcpStream::connect(&self.addr).await?;
                 stream.set_nodelay(true)?;
                 write_frame(&mut stream, RAFT_HELLO).await?;
-                stream
+                tokio::io::BufReader::new(stream)
             }
         };
         write_frame(&mut conn, payload).await?;
@@ -512,8 +512,10 @@ pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatu
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, raft: Raft, sm: StateMachine) -> io::Result<()> {
+async fn serve_connection(stream: TcpStream, raft: Raft, sm: StateMachine) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    // A frame's size and body in one read system call; writes pass straight through.
+    let mut stream = tokio::io::BufReader::new(stream);
     while let Some(frame) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await? {
         let request: Request = postcard::from_bytes(&frame).map_err(|e| {
             io::Error::new(
