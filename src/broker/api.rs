@@ -5,7 +5,7 @@ use super::BrokerState;
 use crate::controller::kafka_api::{
     forwardable_apis, ENVELOPE_COORDINATOR_TAG, ENVELOPE_DEADLINE_TAG, ENVELOPE_OFFSET_TAG,
 };
-use crate::kafka::listener::Service;
+use crate::kafka::listener::{Pipelining, Service};
 use crate::kafka::wire::{encode_response, sb, versions, ApiSet, Request};
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -511,6 +511,18 @@ impl BrokerService {
 impl Service for BrokerService {
     fn apis(&self) -> &ApiSet {
         &self.apis
+    }
+
+    /// OffsetCommits of different groups run beside each other on one connection (each
+    /// waits for the controller's commit, so a connection of one-at-a-time requests gave the
+    /// controller one write at a time to batch); two of one group never do, and every other
+    /// request waits for all before it (a Fetch or an OffsetFetch after a commit on the same
+    /// connection sees it, as on a Kafka broker).
+    fn pipelining(&self, request: &Request) -> Pipelining {
+        match &request.body {
+            RequestKind::OffsetCommit(r) => Pipelining::Key(r.group_id.0.to_string()),
+            _ => Pipelining::Barrier,
+        }
     }
 
     async fn handle(&self, request: Request) -> Result<Bytes, String> {

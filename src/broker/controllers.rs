@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// Connections to the active controller for forwarded requests, at most.
-pub const CONTROLLER_CONNECTIONS: usize = 8;
+/// (Forwarded writes are each sent on a connection of their own and wait there for their
+/// commit, so this bounds the writes one broker has before the controller at once.)
+pub const CONTROLLER_CONNECTIONS: usize = 32;
 /// The bound on one controller call (a forwarded write waits for its commit).
 pub const CONTROLLER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 

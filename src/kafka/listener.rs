@@ -6,6 +6,7 @@
 
 use super::wire::{decode_request, read_frame, write_frame, ApiSet, Rejected, Request};
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,67 @@ pub trait Service: Send + Sync + 'static {
     /// Answers one request with a response payload (header and body, no size prefix), or
     /// an empty payload for a request that gets no response. An error closes the connection.
     fn handle(&self, request: Request) -> impl Future<Output = Result<Bytes, String>> + Send;
+
+    /// Whether `request` may be handled while earlier requests of its connection are still
+    /// in flight. By default none may: a connection's requests are handled one at a time.
+    fn pipelining(&self, _request: &Request) -> Pipelining {
+        Pipelining::Barrier
+    }
+}
+
+/// How a request may overlap the others of its connection. Answers are always written in
+/// the order the requests came; this only says when a request may start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pipelining {
+    /// Starts once every earlier request is answered; later ones wait for it.
+    Barrier,
+    /// May run beside earlier requests of other keys (never beside one of the same key, nor a
+    /// barrier): its effects and theirs touch different state, so the order in which they
+    /// land is not observable. An OffsetCommit's key is its group.
+    Key(String),
+}
+
+/// Requests of one connection handled at once, at most.
+pub const MAX_PIPELINED: usize = 64;
+
+/// What a request in flight holds of its connection's order.
+enum Slot {
+    Key(Pipelining),
+    /// A reply written for a request that was not handled (an unsupported version): it
+    /// waits for nothing but its turn to be written.
+    Free,
+}
+
+fn may_start(new: &Slot, in_flight: &VecDeque<Slot>) -> bool {
+    match new {
+        Slot::Free => true,
+        Slot::Key(Pipelining::Barrier) => in_flight.is_empty(),
+        Slot::Key(Pipelining::Key(k)) => in_flight.iter().all(|s| match s {
+            Slot::Free => true,
+            Slot::Key(Pipelining::Barrier) => false,
+            Slot::Key(Pipelining::Key(other)) => other != k,
+        }),
+    }
+}
+
+/// Aborts a task when dropped (a connection's reader, when the connection's task ends or is
+/// cancelled).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn answer<S: Service>(
+    service: Arc<S>,
+    request: Result<Request, Bytes>,
+) -> Result<Bytes, String> {
+    match request {
+        Ok(request) => service.handle(request).await,
+        Err(reply) => Ok(reply),
+    }
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves; open connections are closed then.
@@ -89,28 +151,26 @@ const CONNECTIONS_DRAIN_BOUND: std::time::Duration = std::time::Duration::from_m
 /// The read buffer of one connection.
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
-/// Answers requests on one connection. `first` is a frame already read from it.
-pub async fn serve_connection<S: Service>(
-    stream: TcpStream,
-    mut first: Option<Bytes>,
-    service: Arc<S>,
+/// Reads a connection's frames (`first`, already read, then the rest) and passes them on,
+/// reading ahead of the requests in flight. Ends at the end of the stream, an error, the idle
+/// timeout, or a frame whose client has already closed the connection.
+async fn read_frames(
+    read: tokio::net::tcp::OwnedReadHalf,
+    first: Option<Bytes>,
+    frames: tokio::sync::mpsc::Sender<Bytes>,
     limits: Limits,
+    peer: String,
 ) {
-    let _ = stream.set_nodelay(true);
-    let peer_addr = stream.peer_addr().ok();
     // Frames are read through a buffer: a request's size and body (and often the next
-    // request) come in one system call instead of two. Writes pass straight through.
-    let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
-    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
-    let client_host = peer_addr
-        .map(|a| format!("/{}", a.ip()))
-        .unwrap_or_default();
+    // request) come in one system call instead of two.
+    let mut read = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, read);
+    let mut first = first;
     loop {
         let frame = match first.take() {
             Some(f) => f,
             None => match tokio::time::timeout(
                 limits.idle_timeout,
-                read_frame(&mut stream, limits.max_request_bytes),
+                read_frame(&mut read, limits.max_request_bytes),
             )
             .await
             {
@@ -130,34 +190,93 @@ pub async fn serve_connection<S: Service>(
         // later: a broker that was paused or cut off still finds the request in its socket,
         // with the client's FIN behind it. Acting on it could let a stale write land after
         // the client's next one.
-        if closed_by_peer(stream.get_ref()) {
+        if closed_by_peer(read.get_ref().as_ref()) {
             tracing::info!(%peer, "dropping a request whose client closed the connection");
             return;
         }
-        let decoded = decode_request(frame, service.apis()).map(|mut request| {
-            request.client_host.clone_from(&client_host);
-            request
-        });
-        let reply = match decoded {
-            Ok(request) => match service.handle(request).await {
-                Ok(payload) => payload,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "closing connection");
-                    return;
-                }
-            },
-            Err(Rejected::Reply(payload)) => payload,
-            Err(Rejected::Close(reason)) => {
-                tracing::warn!(%peer, %reason, "closing connection");
-                return;
-            }
-        };
-        // An empty payload is no response at all (Produce with acks=0).
-        if reply.is_empty() {
-            continue;
-        }
-        if write_frame(&mut stream, &reply).await.is_err() {
+        if frames.send(frame).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Answers requests on one connection, in the order they came. `first` is a frame already
+/// read from it. A request starts when the service's [`Service::pipelining`] allows it beside
+/// those in flight (by default only when none is), at most [`MAX_PIPELINED`] at once.
+pub async fn serve_connection<S: Service>(
+    stream: TcpStream,
+    first: Option<Bytes>,
+    service: Arc<S>,
+    limits: Limits,
+) {
+    use futures_util::StreamExt;
+    let _ = stream.set_nodelay(true);
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
+    let client_host = peer_addr
+        .map(|a| format!("/{}", a.ip()))
+        .unwrap_or_default();
+    let (read, mut write) = stream.into_split();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Bytes>(MAX_PIPELINED);
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(
+        read,
+        first,
+        frames_tx,
+        limits,
+        peer.clone(),
+    )));
+    let mut running = futures_util::stream::FuturesOrdered::new();
+    let mut slots: VecDeque<Slot> = VecDeque::new();
+    let mut waiting: Option<(Slot, Result<Request, Bytes>)> = None;
+    let mut reading = true;
+    loop {
+        if waiting
+            .as_ref()
+            .is_some_and(|(slot, _)| may_start(slot, &slots))
+        {
+            let (slot, request) = waiting.take().expect("checked above");
+            slots.push_back(slot);
+            running.push_back(answer(service.clone(), request));
+        }
+        if !reading && waiting.is_none() && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            Some(reply) = running.next(), if !running.is_empty() => {
+                slots.pop_front();
+                match reply {
+                    // An empty payload is no response at all (Produce with acks=0).
+                    Ok(payload) if payload.is_empty() => {}
+                    Ok(payload) => {
+                        if write_frame(&mut write, &payload).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "closing connection");
+                        return;
+                    }
+                }
+            }
+            frame = frames.recv(), if reading && waiting.is_none() && slots.len() < MAX_PIPELINED => {
+                let Some(frame) = frame else {
+                    // The reader ended: answer what is in flight, then close.
+                    reading = false;
+                    continue;
+                };
+                waiting = Some(match decode_request(frame, service.apis()) {
+                    Ok(mut request) => {
+                        request.client_host.clone_from(&client_host);
+                        (Slot::Key(service.pipelining(&request)), Ok(request))
+                    }
+                    Err(Rejected::Reply(payload)) => (Slot::Free, Err(payload)),
+                    Err(Rejected::Close(reason)) => {
+                        tracing::warn!(%peer, %reason, "closing connection");
+                        return;
+                    }
+                });
+            }
         }
     }
 }
@@ -259,6 +378,124 @@ mod tests {
             asked.elapsed()
         );
         request.abort();
+    }
+
+    /// Answers ApiVersions after a pause, recording how many requests ran at once; a
+    /// request's client id is its pipelining key ("barrier" for a barrier).
+    struct Overlapping {
+        apis: ApiSet,
+        running: std::sync::Mutex<Vec<String>>,
+        most_at_once: std::sync::atomic::AtomicUsize,
+        violations: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Service for Overlapping {
+        fn apis(&self) -> &ApiSet {
+            &self.apis
+        }
+
+        fn pipelining(&self, request: &Request) -> Pipelining {
+            match request.header.client_id.as_deref() {
+                Some("barrier") | None => Pipelining::Barrier,
+                Some(k) => Pipelining::Key(k.to_string()),
+            }
+        }
+
+        async fn handle(&self, request: Request) -> Result<Bytes, String> {
+            let key = request
+                .header
+                .client_id
+                .as_deref()
+                .unwrap_or("")
+                .to_string();
+            {
+                let mut running = self.running.lock().unwrap();
+                if running.iter().any(|k| *k == key || k == "barrier")
+                    || (key == "barrier" && !running.is_empty())
+                {
+                    self.violations
+                        .lock()
+                        .unwrap()
+                        .push(format!("{key} started beside {running:?}"));
+                }
+                running.push(key.clone());
+                self.most_at_once
+                    .fetch_max(running.len(), std::sync::atomic::Ordering::SeqCst);
+            }
+            // Later requests finish sooner, so answers complete out of order.
+            let pause = 40 - (request.header.correlation_id as u64 % 8) * 5;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            {
+                let mut running = self.running.lock().unwrap();
+                let at = running.iter().position(|k| *k == key).unwrap();
+                running.remove(at);
+            }
+            let response: ResponseKind = self.apis.api_versions_response().into();
+            encode_response(
+                request.header.correlation_id,
+                request.api_key,
+                request.version,
+                &response,
+            )
+        }
+    }
+
+    /// Requests of different keys run at once on one connection; one key's never overlap,
+    /// a barrier runs alone; and the answers come back in the order the requests were sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_requests_overlap_by_key_and_are_answered_in_order() {
+        use kafka_protocol::messages::RequestHeader;
+        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = Arc::new(Overlapping {
+            apis: ApiSet::new(vec![(ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS)]),
+            running: Default::default(),
+            most_at_once: Default::default(),
+            violations: Default::default(),
+        });
+        tokio::spawn(serve(
+            listener,
+            service.clone(),
+            Limits::default(),
+            std::future::pending(),
+        ));
+        let keys = [
+            "a", "b", "a", "c", "d", "barrier", "a", "b", "e", "f", "barrier", "g",
+        ];
+        let mut out = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let mut frame = bytes::BytesMut::new();
+            RequestHeader::default()
+                .with_request_api_key(ApiKey::ApiVersions as i16)
+                .with_request_api_version(0)
+                .with_correlation_id(i as i32 + 1)
+                .with_client_id(Some(StrBytes::from_static_str(key)))
+                .encode(&mut frame, ApiKey::ApiVersions.request_header_version(0))
+                .unwrap();
+            ApiVersionsRequest::default().encode(&mut frame, 0).unwrap();
+            out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+            out.extend_from_slice(&frame);
+        }
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&out).await.unwrap();
+        for i in 0..keys.len() {
+            let mut answer = read_frame(&mut stream, 1 << 20).await.unwrap().unwrap();
+            let header = kafka_protocol::messages::ResponseHeader::decode(&mut answer, 0).unwrap();
+            assert_eq!(header.correlation_id, i as i32 + 1, "answers out of order");
+        }
+        assert_eq!(
+            service.violations.lock().unwrap().clone(),
+            Vec::<String>::new()
+        );
+        assert!(
+            service
+                .most_at_once
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 3,
+            "requests of different keys never ran at once"
+        );
     }
 
     #[tokio::test]
