@@ -641,22 +641,32 @@ async fn run(
         dones.push(t.await.map_err(|e| e.to_string())?);
     }
     // Read back.
-    let topics: HashSet<String> = match (&conns[0], workload) {
-        (Conn::Kafka(k), Workload::Create) => {
-            let md = k
-                .send(&MetadataRequest::default().with_topics(None), 12)
-                .await
-                .map_err(|e| format!("Metadata: {e}"))?;
-            md.topics
-                .iter()
-                .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
-                .collect()
+    // kmeta's topics are read back from each broker that acknowledged them: a broker answers
+    // a CreateTopics once its own image holds the topic (read-your-writes), and another
+    // broker may be a few milliseconds behind it.
+    let mut topics_at: Vec<HashSet<String>> = Vec::new();
+    if workload == Workload::Create {
+        for conn in conns.iter().take(addrs.len()) {
+            if let Conn::Kafka(k) = conn {
+                let md = k
+                    .send(&MetadataRequest::default().with_topics(None), 12)
+                    .await
+                    .map_err(|e| format!("Metadata: {e}"))?;
+                topics_at.push(
+                    md.topics
+                        .iter()
+                        .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+                        .collect(),
+                );
+            }
         }
-        _ => HashSet::new(),
-    };
+    }
+    let none = HashSet::new();
     let mut verified = 0;
     for (w, d) in dones.iter().enumerate() {
-        verified += check(&conns[w % nconn], workload, &targets[w], d, &topics).await?;
+        let c = w % nconn;
+        let topics = topics_at.get(c % addrs.len()).unwrap_or(&none);
+        verified += check(&conns[c], workload, &targets[w], d, topics).await?;
     }
     let n: u64 = dones.iter().map(|d| d.in_window).sum();
     let mut lat: Vec<f64> = dones
