@@ -513,14 +513,18 @@ impl Service for BrokerService {
         &self.apis
     }
 
-    /// OffsetCommits of different groups run beside each other on one connection (each
-    /// waits for the controller's commit, so a connection of one-at-a-time requests gave the
-    /// controller one write at a time to batch); two of one group never do, and every other
-    /// request waits for all before it (a Fetch or an OffsetFetch after a commit on the same
-    /// connection sees it, as on a Kafka broker).
+    /// OffsetCommits of different groups, and CreateTopics of one topic each of different
+    /// names, run beside each other on one connection (each waits for the controller's
+    /// commit, so a connection of one-at-a-time requests gave the controller one write at a
+    /// time to batch); two of one group or one topic name never do, and every other request
+    /// waits for all before it (a Fetch, an OffsetFetch or a Metadata after a write on the
+    /// same connection sees it, as on a Kafka broker).
     fn pipelining(&self, request: &Request) -> Pipelining {
         match &request.body {
-            RequestKind::OffsetCommit(r) => Pipelining::Key(r.group_id.0.to_string()),
+            RequestKind::OffsetCommit(r) => Pipelining::Key(format!("group {}", &*r.group_id.0)),
+            RequestKind::CreateTopics(r) if r.topics.len() == 1 && !r.validate_only => {
+                Pipelining::Key(format!("topic {}", &*r.topics[0].name.0))
+            }
             _ => Pipelining::Barrier,
         }
     }

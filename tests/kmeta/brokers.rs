@@ -204,3 +204,155 @@ async fn a_broker_whose_runtime_is_busy_for_seconds_keeps_its_session() {
     runtime.shutdown_background();
     quorum.stop().await;
 }
+
+/// One request frame (size, header, body) for a raw connection.
+fn frame<R: kafka_protocol::protocol::Request>(
+    request: &R,
+    version: i16,
+    correlation: i32,
+) -> Vec<u8> {
+    use kafka_protocol::messages::{ApiKey, RequestHeader};
+    use kafka_protocol::protocol::Encodable;
+    let key = ApiKey::try_from(R::KEY).unwrap();
+    let mut body = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(sb("pipelined")))
+        .encode(&mut body, key.request_header_version(version))
+        .unwrap();
+    request.encode(&mut body, version).unwrap();
+    let mut out = (body.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The answer to `request` sent at `version` with `correlation`, read off `stream`.
+async fn answer<R: kafka_protocol::protocol::Request>(
+    stream: &mut tokio::net::TcpStream,
+    version: i16,
+    correlation: i32,
+) -> R::Response {
+    use kafka_protocol::messages::{ApiKey, ResponseHeader};
+    use kafka_protocol::protocol::Decodable;
+    let key = ApiKey::try_from(R::KEY).unwrap();
+    let mut payload = kmeta::kafka::wire::read_frame(stream, 1 << 24)
+        .await
+        .unwrap()
+        .unwrap();
+    let header =
+        ResponseHeader::decode(&mut payload, key.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, correlation, "answers out of order");
+    R::Response::decode(&mut payload, version).unwrap()
+}
+
+/// Requests sent back to back on one connection (commits and creations may overlap inside
+/// the broker) keep Kafka's order where a client can see it: a second CreateTopics of the
+/// same name finds the first's topic, a group's later commit wins, and a read after them
+/// sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_on_one_connection_land_in_the_order_sent() {
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::{MetadataRequest, OffsetFetchRequest};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ControllerConfig {
+        cluster_id: "pipelined".into(),
+        ..ControllerConfig::default()
+    };
+    let quorum = LocalQuorum::start(3, dir.path(), config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let port = listener.local_addr().unwrap().port();
+    let broker = BrokerHandle::spawn(
+        broker_one("pipelined", &quorum, port, 300, 6_000, dir.path()),
+        listener,
+    );
+    until_unfenced(&broker.state).await;
+    let create = |name: &str| {
+        CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(sb(name)))
+                .with_num_partitions(1)
+                .with_replication_factor(1)])
+    };
+    let commit = |group: &str, offset: i64| {
+        OffsetCommitRequest::default()
+            .with_group_id(GroupId(sb(group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(sb("p")))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(0)
+                    .with_committed_offset(offset)])])
+    };
+    let fetch = |group: &str| {
+        OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(sb(group)))
+            .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                .with_name(TopicName(sb("p")))
+                .with_partition_indexes(vec![0])]))])
+    };
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The topic the commits name, first on its own.
+    stream.write_all(&frame(&create("p"), 7, 1)).await.unwrap();
+    assert_eq!(
+        answer::<CreateTopicsRequest>(&mut stream, 7, 1)
+            .await
+            .topics[0]
+            .error_code,
+        0
+    );
+    for round in 0..20i64 {
+        let c = 100 * (round as i32 + 1);
+        let t = format!("t{round}");
+        let mut out = Vec::new();
+        out.extend(frame(&create(&t), 7, c));
+        out.extend(frame(&create(&t), 7, c + 1));
+        out.extend(frame(&commit("g1", 10 * round + 1), 8, c + 2));
+        out.extend(frame(&commit("g2", 10 * round + 5), 8, c + 3));
+        out.extend(frame(&commit("g1", 10 * round + 2), 8, c + 4));
+        out.extend(frame(&create(&format!("u{round}")), 7, c + 5));
+        out.extend(frame(&fetch("g1"), 8, c + 6));
+        out.extend(frame(
+            &MetadataRequest::default().with_topics(None),
+            12,
+            c + 7,
+        ));
+        stream.write_all(&out).await.unwrap();
+        let first = answer::<CreateTopicsRequest>(&mut stream, 7, c).await;
+        let second = answer::<CreateTopicsRequest>(&mut stream, 7, c + 1).await;
+        assert_eq!(first.topics[0].error_code, 0, "round {round}");
+        assert_eq!(
+            second.topics[0].error_code, 36,
+            "round {round}: TOPIC_ALREADY_EXISTS"
+        );
+        for k in 2..=4 {
+            let r = answer::<OffsetCommitRequest>(&mut stream, 8, c + k).await;
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "round {round}");
+        }
+        let u = answer::<CreateTopicsRequest>(&mut stream, 7, c + 5).await;
+        assert_eq!(u.topics[0].error_code, 0);
+        let fetched = answer::<OffsetFetchRequest>(&mut stream, 8, c + 6).await;
+        assert_eq!(
+            fetched.groups[0].topics[0].partitions[0].committed_offset,
+            10 * round + 2,
+            "round {round}: g1's later commit wins"
+        );
+        let md = answer::<MetadataRequest>(&mut stream, 12, c + 7).await;
+        for name in [t.clone(), format!("u{round}")] {
+            assert!(
+                md.topics
+                    .iter()
+                    .any(|x| x.name.as_ref().map(|n| &*n.0) == Some(name.as_str())),
+                "round {round}: {name} missing from a Metadata sent after its creation"
+            );
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), broker.shutdown()).await;
+    quorum.stop().await;
+}
