@@ -23,15 +23,58 @@ fn invalid(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// A TCP connection to `addr` with Nagle off, made within `timeout`.
+pub async fn connect_tcp(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}")))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A request's payload (header and body, no size prefix) at `version`.
+pub fn encode_request<R: Request>(
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &StrBytes,
+) -> io::Result<BytesMut> {
+    let api_key = ApiKey::try_from(R::KEY).map_err(|_| invalid("unknown api key"))?;
+    let mut out = BytesMut::with_capacity(128);
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(client_id.clone()))
+        .encode(&mut out, api_key.request_header_version(version))
+        .map_err(invalid)?;
+    request.encode(&mut out, version).map_err(invalid)?;
+    Ok(out)
+}
+
+/// Decodes the answer to a request sent at `version` with `correlation_id`; an answer to
+/// another request is an error.
+pub fn decode_response<R: Request>(
+    mut reply: Bytes,
+    version: i16,
+    correlation_id: i32,
+) -> io::Result<R::Response> {
+    let api_key = ApiKey::try_from(R::KEY).map_err(|_| invalid("unknown api key"))?;
+    let header = ResponseHeader::decode(&mut reply, api_key.response_header_version(version))
+        .map_err(invalid)?;
+    if header.correlation_id != correlation_id {
+        return Err(invalid(format!(
+            "response for correlation id {} to request {correlation_id}",
+            header.correlation_id
+        )));
+    }
+    R::Response::decode(&mut reply, version).map_err(invalid)
+}
+
 impl KafkaClient {
     /// Connects to `addr`, waiting at most `timeout`; every later call has the same bound.
     pub async fn connect(addr: &str, client_id: &str, timeout: Duration) -> io::Result<Self> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"))
-            })??;
-        stream.set_nodelay(true)?;
+        let stream = connect_tcp(addr, timeout).await?;
         Ok(KafkaClient {
             stream: tokio::io::BufReader::new(stream),
             next_correlation: 1,
@@ -53,28 +96,11 @@ impl KafkaClient {
 
     /// Sends `request` at `version` and decodes its response.
     pub async fn send<R: Request>(&mut self, request: &R, version: i16) -> io::Result<R::Response> {
-        let api_key = ApiKey::try_from(R::KEY).map_err(|_| invalid("unknown api key"))?;
         let correlation_id = self.next_correlation;
         self.next_correlation = self.next_correlation.wrapping_add(1);
-        let mut out = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(correlation_id)
-            .with_client_id(Some(self.client_id.clone()))
-            .encode(&mut out, api_key.request_header_version(version))
-            .map_err(invalid)?;
-        request.encode(&mut out, version).map_err(invalid)?;
-        let mut reply = self.exchange(&out).await?;
-        let header = ResponseHeader::decode(&mut reply, api_key.response_header_version(version))
-            .map_err(invalid)?;
-        if header.correlation_id != correlation_id {
-            return Err(invalid(format!(
-                "response for correlation id {} to request {correlation_id}",
-                header.correlation_id
-            )));
-        }
-        R::Response::decode(&mut reply, version).map_err(invalid)
+        let out = encode_request(request, version, correlation_id, &self.client_id)?;
+        let reply = self.exchange(&out).await?;
+        decode_response::<R>(reply, version, correlation_id)
     }
 
     /// FindCoordinator (v3) of a consumer group: the coordinator's node id and `host:port`,

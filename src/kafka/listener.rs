@@ -305,6 +305,17 @@ mod tests {
     use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ResponseKind};
     use kafka_protocol::protocol::Message;
 
+    /// An ApiVersions answer to `request`.
+    fn versions_answer(apis: &ApiSet, request: &Request) -> Result<Bytes, String> {
+        let response: ResponseKind = apis.api_versions_response().into();
+        encode_response(
+            request.header.correlation_id,
+            request.api_key,
+            request.version,
+            &response,
+        )
+    }
+
     struct Versions(ApiSet);
 
     impl Service for Versions {
@@ -313,13 +324,7 @@ mod tests {
         }
 
         async fn handle(&self, request: Request) -> Result<Bytes, String> {
-            let response: ResponseKind = self.0.api_versions_response().into();
-            encode_response(
-                request.header.correlation_id,
-                request.api_key,
-                request.version,
-                &response,
-            )
+            versions_answer(&self.0, &request)
         }
     }
 
@@ -338,13 +343,7 @@ mod tests {
         async fn handle(&self, request: Request) -> Result<Bytes, String> {
             self.entered.notify_one();
             std::thread::sleep(Duration::from_secs(2));
-            let response: ResponseKind = self.apis.api_versions_response().into();
-            encode_response(
-                request.header.correlation_id,
-                request.api_key,
-                request.version,
-                &response,
-            )
+            versions_answer(&self.apis, &request)
         }
     }
 
@@ -430,13 +429,7 @@ mod tests {
                 let at = running.iter().position(|k| *k == key).unwrap();
                 running.remove(at);
             }
-            let response: ResponseKind = self.apis.api_versions_response().into();
-            encode_response(
-                request.header.correlation_id,
-                request.api_key,
-                request.version,
-                &response,
-            )
+            versions_answer(&self.apis, &request)
         }
     }
 

@@ -6,7 +6,6 @@ use crate::kafka::wire::put_unsigned_varint;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::io;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// One HTTP/2 connection to an etcd member.
 #[derive(Clone)]
@@ -69,12 +68,7 @@ fn fields(mut b: Bytes) -> io::Result<Vec<(u64, Bytes)>> {
 impl Etcd {
     /// Connects to the member whose client URL is `http://{addr}`.
     pub async fn connect(addr: &str, timeout: Duration) -> io::Result<Etcd> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"))
-            })??;
-        stream.set_nodelay(true)?;
+        let stream = crate::kafka::client::connect_tcp(addr, timeout).await?;
         let (send, connection) = h2::client::handshake(stream).await.map_err(other)?;
         tokio::spawn(async move {
             let _ = connection.await;

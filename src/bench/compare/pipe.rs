@@ -35,12 +35,7 @@ impl Pipe {
         timeout: Duration,
         unsolicited: fn(&[u8]) -> bool,
     ) -> io::Result<Pipe> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"))
-            })??;
-        stream.set_nodelay(true)?;
+        let stream = crate::kafka::client::connect_tcp(addr, timeout).await?;
         Ok(Self::over(stream, timeout, unsolicited))
     }
 

@@ -7,7 +7,6 @@ use std::io;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const CREATE: i32 = 1;
 const GET_DATA: i32 = 4;
@@ -44,12 +43,7 @@ fn unsolicited(frame: &[u8]) -> bool {
 impl Zk {
     /// Opens a session on the server at `addr`.
     pub async fn connect(addr: &str, timeout: Duration) -> io::Result<Zk> {
-        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr}"))
-            })??;
-        stream.set_nodelay(true)?;
+        let mut stream = crate::kafka::client::connect_tcp(addr, timeout).await?;
         // ConnectRequest: protocolVersion, lastZxidSeen, timeOut, sessionId, passwd, readOnly.
         let mut req = BytesMut::new();
         req.put_i32(0);
