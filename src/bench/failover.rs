@@ -13,9 +13,8 @@ use super::percentile;
 use super::scale::{self, Nodes, ScaleOptions};
 use crate::kafka::client::KafkaClient;
 use crate::kafka::wire::sb;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::describe_quorum_request::{PartitionData, TopicData};
-use kafka_protocol::messages::{CreateTopicsRequest, DescribeQuorumRequest, TopicName};
+use kafka_protocol::messages::{DescribeQuorumRequest, TopicName};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -41,44 +40,10 @@ async fn quorum_view(nodes: &Nodes, id: u64) -> Option<(i32, i64)> {
     (r.error_code == 0 && p.error_code == 0).then_some((p.leader_id.0, p.high_watermark))
 }
 
-/// Creates topic `name` through the broker at `addr`; an error unless it was created.
-/// NOT_CONTROLLER (a controller elected but not yet active) is retried after 10 ms, as
-/// Kafka's admin client retries it; TOPIC_ALREADY_EXISTS after a retry is the earlier
-/// attempt's success.
-async fn create(addr: &str, name: &str) -> Result<(), String> {
-    let mut k = KafkaClient::connect(addr, "kmeta-bench-failover", Duration::from_secs(60))
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    for attempt in 0..3_000 {
-        match create_once(&mut k, name).await? {
-            0 => return Ok(()),
-            36 if attempt > 0 => return Ok(()),
-            41 => tokio::time::sleep(Duration::from_millis(10)).await,
-            code => return Err(format!("CreateTopics of {name} answered {code}")),
-        }
-    }
-    Err(format!(
-        "CreateTopics of {name}: no active controller within 30 s"
-    ))
-}
-
-async fn create_once(k: &mut KafkaClient, name: &str) -> Result<i16, String> {
-    let r = k
-        .send(
-            &CreateTopicsRequest::default()
-                .with_timeout_ms(30_000)
-                .with_topics(vec![CreatableTopic::default()
-                    .with_name(TopicName(sb(name)))
-                    .with_num_partitions(1)
-                    .with_replication_factor(3)]),
-            7,
-        )
-        .await
-        .map_err(|e| format!("CreateTopics: {e}"))?;
-    r.topics
-        .first()
-        .map(|t| t.error_code)
-        .ok_or_else(|| "an empty CreateTopics answer".to_string())
+/// Creates a 1-partition topic `name` through broker 1 (NOT_CONTROLLER, from a controller
+/// elected but not yet active, is retried as Kafka's admin client retries it).
+async fn create(nodes: &Nodes, name: &str) -> Result<(), String> {
+    scale::create(&nodes.addr(1), vec![scale::creatable(name.to_string(), 1)]).await
 }
 
 /// Waits until every controller names the same leader and high watermark (the restarted one
@@ -92,7 +57,7 @@ async fn settled(nodes: &Nodes, trial: usize) -> Result<(), String> {
         }
         let first = views[0];
         if first.is_some_and(|(leader, _)| leader >= 0) && views.iter().all(|v| *v == first) {
-            create(&nodes.addr(1), &format!("settle-{trial}")).await?;
+            create(nodes, &format!("settle-{trial}")).await?;
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -129,7 +94,7 @@ pub async fn failover(trials: usize, data_dir: PathBuf, keep: bool) -> Result<Ve
         let leader = u64::try_from(leader).map_err(|_| "no leader")?;
         let killed = Instant::now();
         nodes.kill(leader);
-        create(&nodes.addr(1), &format!("failover-{trial}")).await?;
+        create(&nodes, &format!("failover-{trial}")).await?;
         let ms = killed.elapsed().as_secs_f64() * 1000.0;
         println!(
             "  trial {trial}: kill -9 of controller {leader} → next acknowledged write {ms:.0} ms"

@@ -586,7 +586,8 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| d.as_secs_f64() * 1000.0)
 }
 
-fn creatable(name: String, partitions: usize) -> CreatableTopic {
+/// A topic of `partitions` partitions, RF 3.
+pub(super) fn creatable(name: String, partitions: usize) -> CreatableTopic {
     CreatableTopic::default()
         .with_name(TopicName(StrBytes::from_string(name)))
         .with_num_partitions(partitions as i32)
@@ -594,7 +595,7 @@ fn creatable(name: String, partitions: usize) -> CreatableTopic {
 }
 
 /// Creates `topics` through the broker at `addr`; any refusal is an error.
-async fn create(addr: &str, topics: Vec<CreatableTopic>) -> Result<(), String> {
+pub(super) async fn create(addr: &str, topics: Vec<CreatableTopic>) -> Result<(), String> {
     let mut k = connect(addr)
         .await
         .ok_or_else(|| format!("cannot connect to {addr}"))?;

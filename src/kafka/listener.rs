@@ -156,7 +156,7 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// timeout, or a frame whose client has already closed the connection.
 async fn read_frames(
     read: tokio::net::tcp::OwnedReadHalf,
-    first: Option<Bytes>,
+    mut first: Option<Bytes>,
     frames: tokio::sync::mpsc::Sender<Bytes>,
     limits: Limits,
     peer: String,
@@ -164,7 +164,6 @@ async fn read_frames(
     // Frames are read through a buffer: a request's size and body (and often the next
     // request) come in one system call instead of two.
     let mut read = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, read);
-    let mut first = first;
     loop {
         let frame = match first.take() {
             Some(f) => f,
@@ -437,8 +436,7 @@ mod tests {
     /// a barrier runs alone; and the answers come back in the order the requests were sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pipelined_requests_overlap_by_key_and_are_answered_in_order() {
-        use kafka_protocol::messages::RequestHeader;
-        use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+        use kafka_protocol::protocol::StrBytes;
         use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -459,24 +457,22 @@ mod tests {
         ];
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let mut frame = bytes::BytesMut::new();
-            RequestHeader::default()
-                .with_request_api_key(ApiKey::ApiVersions as i16)
-                .with_request_api_version(0)
-                .with_correlation_id(i as i32 + 1)
-                .with_client_id(Some(StrBytes::from_static_str(key)))
-                .encode(&mut frame, ApiKey::ApiVersions.request_header_version(0))
-                .unwrap();
-            ApiVersionsRequest::default().encode(&mut frame, 0).unwrap();
+            let frame = crate::kafka::client::encode_request(
+                &ApiVersionsRequest::default(),
+                0,
+                i as i32 + 1,
+                &StrBytes::from_static_str(key),
+            )
+            .unwrap();
             out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
             out.extend_from_slice(&frame);
         }
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&out).await.unwrap();
         for i in 0..keys.len() {
-            let mut answer = read_frame(&mut stream, 1 << 20).await.unwrap().unwrap();
-            let header = kafka_protocol::messages::ResponseHeader::decode(&mut answer, 0).unwrap();
-            assert_eq!(header.correlation_id, i as i32 + 1, "answers out of order");
+            let answer = read_frame(&mut stream, 1 << 20).await.unwrap().unwrap();
+            crate::kafka::client::decode_response::<ApiVersionsRequest>(answer, 0, i as i32 + 1)
+                .expect("answers out of order");
         }
         assert_eq!(
             service.violations.lock().unwrap().clone(),

@@ -10,10 +10,10 @@
 //! fsync, rename); the newest one is loaded at start, and the log replays on top of it.
 
 use super::state_file::{read_checked, write_atomic};
-// postcard writes a length as this LEB128 varint.
 use super::types::{
     BatchApplied, LogId, MetadataBatch, Proposal, ProposalChain, Stamp, TypeConfig,
 };
+// postcard writes a length as this LEB128 varint.
 use crate::kafka::wire::put_unsigned_varint;
 use bytes::Bytes;
 use futures_util::StreamExt;

@@ -211,40 +211,27 @@ fn frame<R: kafka_protocol::protocol::Request>(
     version: i16,
     correlation: i32,
 ) -> Vec<u8> {
-    use kafka_protocol::messages::{ApiKey, RequestHeader};
-    use kafka_protocol::protocol::Encodable;
-    let key = ApiKey::try_from(R::KEY).unwrap();
-    let mut body = bytes::BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(sb("pipelined")))
-        .encode(&mut body, key.request_header_version(version))
-        .unwrap();
-    request.encode(&mut body, version).unwrap();
+    let body =
+        kmeta::kafka::client::encode_request(request, version, correlation, &sb("pipelined"))
+            .unwrap();
     let mut out = (body.len() as i32).to_be_bytes().to_vec();
     out.extend_from_slice(&body);
     out
 }
 
-/// The answer to `request` sent at `version` with `correlation`, read off `stream`.
+/// The answer to the request sent at `version` with `correlation`, read off `stream`; an
+/// answer to another request fails the test.
 async fn answer<R: kafka_protocol::protocol::Request>(
     stream: &mut tokio::net::TcpStream,
     version: i16,
     correlation: i32,
 ) -> R::Response {
-    use kafka_protocol::messages::{ApiKey, ResponseHeader};
-    use kafka_protocol::protocol::Decodable;
-    let key = ApiKey::try_from(R::KEY).unwrap();
-    let mut payload = kmeta::kafka::wire::read_frame(stream, 1 << 24)
+    let payload = kmeta::kafka::wire::read_frame(stream, 1 << 24)
         .await
         .unwrap()
         .unwrap();
-    let header =
-        ResponseHeader::decode(&mut payload, key.response_header_version(version)).unwrap();
-    assert_eq!(header.correlation_id, correlation, "answers out of order");
-    R::Response::decode(&mut payload, version).unwrap()
+    kmeta::kafka::client::decode_response::<R>(payload, version, correlation)
+        .expect("answers out of order")
 }
 
 /// Requests sent back to back on one connection (commits and creations may overlap inside

@@ -29,7 +29,6 @@ use super::scale::{self, Nodes, ScaleOptions};
 use crate::kafka::wire::sb;
 use etcd::Etcd;
 use kafka::KafkaPipe;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -393,14 +392,6 @@ fn value(seq: u64) -> String {
     format!("{seq:0>width$}", width = VALUE_BYTES)
 }
 
-/// A 1-partition RF-3 topic.
-fn creatable(name: &str) -> CreatableTopic {
-    CreatableTopic::default()
-        .with_name(TopicName(sb(name)))
-        .with_num_partitions(1)
-        .with_replication_factor(3)
-}
-
 /// The topic every OffsetCommit names.
 const TOPIC: &str = "bench";
 
@@ -477,7 +468,7 @@ async fn write(conn: &Conn, workload: Workload, target: &str, seq: u64) -> bool 
         (Conn::Kafka(k), Workload::Create) => {
             let r = CreateTopicsRequest::default()
                 .with_timeout_ms(30_000)
-                .with_topics(vec![creatable(&format!("{target}-{seq}"))]);
+                .with_topics(vec![scale::creatable(format!("{target}-{seq}"), 1)]);
             k.send(&r, 7)
                 .await
                 .is_ok_and(|r| r.topics.iter().all(|t| t.error_code == 0))
@@ -724,7 +715,8 @@ async fn start(system: System, o: &CompareOptions) -> Result<Cluster, String> {
         };
         let r = k
             .send(
-                &CreateTopicsRequest::default().with_topics(vec![creatable(TOPIC)]),
+                &CreateTopicsRequest::default()
+                    .with_topics(vec![scale::creatable(TOPIC.to_string(), 1)]),
                 7,
             )
             .await
