@@ -5,8 +5,14 @@
 //! state file replaced atomically (`raft-state`). The purge point is written before segments
 //! are deleted; entries at or below it that a kept segment still holds are never returned.
 //!
-//! File I/O runs inline on the calling task: openraft serializes all log writes through one
-//! task, and the metadata log's writes are small batches.
+//! An append is written at once (readable, and sent to followers, straight away) and flushed
+//! by a thread of its own, which then tells openraft the entries are durable: the leader's
+//! own fdatasync runs beside the followers' instead of before it, as etcd's and Kafka's
+//! leaders do; openraft counts the leader toward a quorum only once that flush is done.
+//! Appends waiting for it together share one fdatasync. Truncation, purging and the vote wait
+//! for every flush before them, so the disk sees them in the order openraft asked (the
+//! simulation's disk model, `sim/disk.rs`, orders them the same way). Other file I/O runs
+//! inline on the calling task: openraft serializes all log writes through one task.
 
 use super::segment_log::{SegmentLog, DEFAULT_SEGMENT_BYTES};
 use super::state_file::{read_checked, write_atomic, HintFile};
@@ -43,6 +49,83 @@ struct Inner {
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    flusher: Arc<Flusher>,
+}
+
+/// What the flushing thread is asked to do, in order.
+enum Flush {
+    /// Flush a segment's appends, then report them durable.
+    Append(Arc<std::fs::File>, IOFlushed<TypeConfig>),
+    /// Answer once everything asked before is flushed.
+    Barrier(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A flush's outcome, copied to each append it covered.
+type FlushResult = Result<(), (io::ErrorKind, String)>;
+
+/// The thread that flushes appends (ends when the store is dropped).
+struct Flusher {
+    jobs: Mutex<std::sync::mpsc::Sender<Flush>>,
+}
+
+impl Flusher {
+    fn start() -> Flusher {
+        let (tx, rx) = std::sync::mpsc::channel::<Flush>();
+        std::thread::Builder::new()
+            .name("kmeta-log-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    jobs.extend(rx.try_iter());
+                    // One fdatasync per segment file among them (almost always one).
+                    let mut flushed: Vec<(Arc<std::fs::File>, FlushResult)> = Vec::new();
+                    for job in &jobs {
+                        if let Flush::Append(file, _) = job {
+                            if !flushed.iter().any(|(f, _)| Arc::ptr_eq(f, file)) {
+                                let r = file.sync_data().map_err(|e| (e.kind(), e.to_string()));
+                                flushed.push((file.clone(), r));
+                            }
+                        }
+                    }
+                    for job in jobs {
+                        match job {
+                            Flush::Append(file, callback) => {
+                                let result = flushed
+                                    .iter()
+                                    .find(|(f, _)| Arc::ptr_eq(f, &file))
+                                    .map_or(Ok(()), |(_, r)| r.clone());
+                                callback.io_completed(
+                                    result.map_err(|(kind, e)| io::Error::new(kind, e)),
+                                );
+                            }
+                            Flush::Barrier(done) => {
+                                let _ = done.send(());
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawning the log flush thread");
+        Flusher {
+            jobs: Mutex::new(tx),
+        }
+    }
+
+    fn send(&self, job: Flush) -> io::Result<()> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| io::Error::other("the log flush thread stopped"))
+    }
+
+    /// Waits until every flush asked for before this call is done.
+    fn wait(&self) -> io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Flush::Barrier(tx))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("the log flush thread stopped"))
+    }
 }
 
 fn invalid(what: impl std::fmt::Display) -> io::Error {
@@ -71,15 +154,22 @@ impl LogStore {
             .and_then(|bytes| postcard::from_bytes::<Option<LogId>>(&bytes).ok())
             .flatten();
         let committed_hint = HintFile::open(&committed_path)?;
+        let mut inner = Inner {
+            log,
+            state,
+            state_path,
+            committed: None,
+            committed_hint,
+            appended_bytes: 0,
+        };
+        // Nor is one that names an entry the log does not hold: a hint written after an
+        // append that was not flushed yet can outlive it in a power loss. Every entry up to
+        // the committed one was in the log then, and what the log still holds of them is the
+        // same (only truncations cut it, after the commit point, and durably).
+        inner.committed = committed.filter(|c| inner.holds(c));
         Ok(LogStore {
-            inner: Arc::new(Mutex::new(Inner {
-                log,
-                state,
-                state_path,
-                committed,
-                committed_hint,
-                appended_bytes: 0,
-            })),
+            inner: Arc::new(Mutex::new(inner)),
+            flusher: Arc::new(Flusher::start()),
         })
     }
 
@@ -107,6 +197,17 @@ impl Inner {
 
     fn decode(bytes: &[u8]) -> io::Result<Entry> {
         postcard::from_bytes(bytes).map_err(invalid)
+    }
+
+    /// Whether the log holds `id` (or purged it behind a snapshot).
+    fn holds(&self, id: &LogId) -> bool {
+        if id.index() < self.first_live_index() {
+            return true;
+        }
+        self.log
+            .get(id.index())
+            .and_then(|bytes| Self::decode(&bytes).ok())
+            .is_some_and(|e| e.log_id == *id)
     }
 
     fn last_log_id(&self) -> io::Result<Option<LogId>> {
@@ -169,6 +270,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.flusher.wait()?;
         let mut inner = self.lock();
         inner.state.vote = Some(*vote);
         inner.save_state()
@@ -207,14 +309,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let result = {
             let mut inner = self.lock();
-            let r = inner.log.append(&refs);
+            let r = inner.log.append_unflushed(&refs);
             if r.is_ok() {
                 inner.appended_bytes += bytes;
             }
             r
         };
         match result {
-            Ok(()) => {
+            Ok(Some(file)) => self.flusher.send(Flush::Append(file, callback)),
+            Ok(None) => {
+                // Nothing was written: durable once everything before it is.
+                self.flusher.wait()?;
                 callback.io_completed(Ok(()));
                 Ok(())
             }
@@ -226,11 +331,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        self.flusher.wait()?;
         let mut inner = self.lock();
         inner.log.truncate_after(last_log_id.map(|l| l.index()))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        self.flusher.wait()?;
         let mut inner = self.lock();
         let index = log_id.index();
         inner.state.last_purged = Some(log_id);

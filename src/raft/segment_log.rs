@@ -12,10 +12,20 @@
 //! batch costs one disk flush however many entries it holds. Truncation and segment deletion
 //! fsync the file and the directory.
 //!
+//! Preallocation: a segment file is written full of zeros to `segment_bytes`, and flushed,
+//! before it takes entries (a background thread prepares the next one while the current one
+//! fills). An append then overwrites blocks the file already has, so its fdatasync flushes
+//! data only; appending past a file's end also changes its size, and ext4 commits that
+//! through its journal, shared by every process on the filesystem (measured in
+//! `docs/BENCHMARKS.md`, issue 14).
+//!
 //! Crash safety: on open every frame is checked (length bound, checksum, consecutive index).
-//! A bad frame in the last segment is a torn write from a crash: the file is cut there and
-//! everything before it is kept (nothing after it was ever acknowledged, because a batch is
-//! only acknowledged after its fdatasync). A bad frame in an earlier, closed segment is real
+//! Where the frames end, the rest of the file must be zeros: what was never written. Anything
+//! else after the last good frame of the last segment is a torn write from a crash: the file
+//! is cut there and everything before it is kept (nothing after it was ever acknowledged,
+//! because a batch is only acknowledged after its fdatasync). Cutting, like truncation,
+//! leaves nothing but zeros (or the end of the file) after the last entry, so an old frame
+//! can never reappear behind newer ones. A bad frame in an earlier, closed segment is real
 //! corruption and opening fails with an error naming the file and position.
 //!
 //! Live entries are also kept in memory (the metadata log is bounded by snapshots, Kafka's
@@ -55,8 +65,42 @@ pub struct SegmentLog {
     dir: PathBuf,
     segment_bytes: u64,
     segments: Vec<Segment>,
-    active: Option<File>,
+    /// The segment appended to, shared with whoever flushes its appends.
+    active: Option<Arc<File>>,
     entries: BTreeMap<u64, Stored>,
+    /// The next segment's file, being filled with zeros in the background.
+    spare: Option<std::thread::JoinHandle<io::Result<PathBuf>>>,
+}
+
+/// The file a background thread fills with zeros to become the next segment (not a segment
+/// until renamed: its name does not end in `.log`).
+const SPARE_NAME: &str = "next-segment.zeros";
+
+/// Writes `path` full of `bytes` zeros and flushes it.
+fn write_zeros(path: &Path, bytes: u64) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    let chunk = vec![0u8; bytes.min(1 << 20) as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()
+}
+
+impl Drop for SegmentLog {
+    /// Waits for the spare being zeroed: a log reopened in this process must not find the
+    /// old one's thread still writing zeros into a file it has since made a segment.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.join();
+        }
+    }
 }
 
 fn segment_name(first_index: u64) -> String {
@@ -96,13 +140,39 @@ impl SegmentLog {
             segments: Vec::new(),
             active: None,
             entries: BTreeMap::new(),
+            spare: None,
         };
         let count = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
             log.load_segment(first, i + 1 == count)?;
         }
         log.open_active()?;
+        log.prepare_spare();
         Ok(log)
+    }
+
+    /// Starts filling the next segment's file with zeros in the background.
+    fn prepare_spare(&mut self) {
+        let path = self.dir.join(SPARE_NAME);
+        let bytes = self.segment_bytes;
+        self.spare = Some(std::thread::spawn(move || {
+            write_zeros(&path, bytes).map(|()| path)
+        }));
+    }
+
+    /// The prepared spare file, waiting for it if it is still being written (only when a
+    /// segment filled faster than the disk wrote the next one's zeros), or `None` if it
+    /// could not be made (the segment then starts empty and grows as before).
+    fn take_spare(&mut self) -> Option<PathBuf> {
+        let handle = self.spare.take()?;
+        match handle.join() {
+            Ok(Ok(path)) => Some(path),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not preallocate the next metadata log segment");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     fn load_segment(&mut self, first_index: u64, is_last: bool) -> io::Result<()> {
@@ -134,6 +204,8 @@ impl SegmentLog {
                 Err(why) => break Some(why),
             }
         };
+        // Zeros after the last frame are the unwritten rest of a preallocated file.
+        let fault = fault.filter(|_| bytes[position..].iter().any(|b| *b != 0));
         if let Some(why) = fault {
             if !is_last {
                 return Err(corrupt(&path, position as u64, why));
@@ -192,8 +264,19 @@ impl SegmentLog {
     /// Appends entries at consecutive indexes following the last one (any index to start an
     /// empty log), then flushes them to disk with one fdatasync.
     pub fn append(&mut self, entries: &[(u64, &[u8])]) -> io::Result<()> {
+        match self.append_unflushed(entries)? {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends entries as [`append`](Self::append) does, without flushing them: they are
+    /// readable at once, and durable once the returned file (the segment written to) has been
+    /// flushed with `sync_data`. A later segment's flush does not cover an earlier one's.
+    /// `None` when there was nothing to append.
+    pub fn append_unflushed(&mut self, entries: &[(u64, &[u8])]) -> io::Result<Option<Arc<File>>> {
         let Some(&(first, _)) = entries.first() else {
-            return Ok(());
+            return Ok(None);
         };
         let start = self.last_index().map_or(first, |last| last + 1);
         for (expected, (index, data)) in (start..).zip(entries) {
@@ -227,9 +310,8 @@ impl SegmentLog {
             placed.push((*index, segment.len + buf.len() as u64));
             encode_frame(&mut buf, *index, data);
         }
-        let file = self.active.as_mut().expect("active segment is open");
-        file.write_all(&buf)?;
-        file.sync_data()?;
+        let file = self.active.clone().expect("active segment is open");
+        (&*file).write_all(&buf)?;
         let segment_first = segment.first_index;
         segment.len += buf.len() as u64;
         for ((index, position), (_, data)) in placed.into_iter().zip(entries) {
@@ -242,20 +324,30 @@ impl SegmentLog {
                 },
             );
         }
-        Ok(())
+        Ok(Some(file))
     }
 
     fn start_segment(&mut self, first_index: u64) -> io::Result<()> {
         let path = self.dir.join(segment_name(first_index));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        file.set_len(0)?;
+        let file = match self.take_spare() {
+            Some(spare) => {
+                fs::rename(&spare, &path)?;
+                OpenOptions::new().write(true).open(&path)?
+            }
+            None => OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)?,
+        };
         sync_dir(&self.dir)?;
+        self.prepare_spare();
         self.segments.push(Segment {
             first_index,
             path,
             len: 0,
         });
-        self.active = Some(file);
+        self.active = Some(Arc::new(file));
         Ok(())
     }
 
@@ -264,7 +356,7 @@ impl SegmentLog {
             Some(s) => {
                 let mut file = OpenOptions::new().write(true).open(&s.path)?;
                 file.seek(SeekFrom::Start(s.len))?;
-                Some(file)
+                Some(Arc::new(file))
             }
             None => None,
         };
@@ -410,33 +502,95 @@ mod tests {
         assert_eq!(contents(&log), all);
     }
 
+    /// The length of the frames of `list`, one after another.
+    fn frame_ends(list: &[(u64, Vec<u8>)]) -> Vec<usize> {
+        let mut pos = 0;
+        list.iter()
+            .map(|(_, d)| {
+                pos += FRAME_HEADER_BYTES + INDEX_BYTES + d.len();
+                pos
+            })
+            .collect()
+    }
+
     #[test]
     fn a_torn_tail_is_cut_at_every_possible_crash_point_keeping_whole_entries() {
         let dir = tempfile::tempdir().unwrap();
         let all = entries(1..6);
+        let prealloc = 4096;
         {
-            let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
+            let mut log = SegmentLog::open(dir.path(), prealloc).unwrap();
             append(&mut log, &all[..3]);
             append(&mut log, &all[3..]);
         }
         let path = dir.path().join(segment_name(1));
+        let ends = frame_ends(&all);
+        let written = *ends.last().unwrap();
         let full = fs::read(&path).unwrap();
-        let mut frame_ends = vec![];
-        let mut pos = 0;
-        for (_, d) in &all {
-            pos += FRAME_HEADER_BYTES + INDEX_BYTES + d.len();
-            frame_ends.push(pos);
+        assert_eq!(full.len() as u64, prealloc, "the segment was preallocated");
+        assert!(full[written..].iter().all(|b| *b == 0));
+        // A crash leaves a prefix of the last write on disk, in a file that is either
+        // preallocated (zeros follow) or not (an older log, or a segment begun without a
+        // spare): every whole entry in the prefix is kept, and after the last one there is
+        // nothing but zeros or the end of the file.
+        for zeros_after in [false, true] {
+            for cut in 0..=written {
+                let mut bytes = full[..cut].to_vec();
+                if zeros_after {
+                    bytes.resize(prealloc as usize, 0);
+                }
+                fs::write(&path, &bytes).unwrap();
+                let log = SegmentLog::open(dir.path(), prealloc).unwrap();
+                let whole = ends.iter().filter(|end| **end <= cut).count();
+                assert_eq!(contents(&log), all[..whole].to_vec(), "cut at {cut}");
+                let end = ends[..whole].last().copied().unwrap_or(0);
+                let after = fs::read(&path).unwrap();
+                assert!(after.len() >= end);
+                assert!(after[end..].iter().all(|b| *b == 0), "cut at {cut}");
+            }
         }
-        for cut in 0..=full.len() {
-            fs::write(&path, &full[..cut]).unwrap();
-            let log = SegmentLog::open(dir.path(), 1 << 20).unwrap();
-            let whole = frame_ends.iter().filter(|end| **end <= cut).count();
-            assert_eq!(contents(&log), all[..whole].to_vec(), "cut at {cut}");
-            assert_eq!(
-                fs::metadata(&path).unwrap().len() as usize,
-                frame_ends[..whole].last().copied().unwrap_or(0)
-            );
+    }
+
+    #[test]
+    fn a_reopened_log_appends_in_place_into_its_preallocated_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let prealloc = 1 << 16;
+        {
+            let mut log = SegmentLog::open(dir.path(), prealloc).unwrap();
+            append(&mut log, &entries(1..4));
         }
+        let path = dir.path().join(segment_name(1));
+        {
+            let mut log = SegmentLog::open(dir.path(), prealloc).unwrap();
+            assert_eq!(contents(&log), entries(1..4));
+            append(&mut log, &entries(4..9));
+        }
+        assert_eq!(fs::metadata(&path).unwrap().len(), prealloc);
+        let log = SegmentLog::open(dir.path(), prealloc).unwrap();
+        assert_eq!(contents(&log), entries(1..9));
+        // Only segments end in `.log`: the spare being zeroed is not one.
+        assert_eq!(log.segment_count(), 1);
+    }
+
+    #[test]
+    fn an_entry_cut_by_truncation_never_reappears_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), 1 << 16).unwrap();
+        let first = entries(1..10);
+        append(&mut log, &first);
+        log.truncate_after(Some(5)).unwrap();
+        // Entries of the same lengths as the cut ones: their frames end where the old ones
+        // did, so an old frame left behind them would parse as the next entry.
+        let again: Vec<(u64, Vec<u8>)> = first[5..7]
+            .iter()
+            .map(|(i, d)| (*i, d.iter().map(|b| b ^ 0x20).collect()))
+            .collect();
+        append(&mut log, &again);
+        drop(log);
+        let log = SegmentLog::open(dir.path(), 1 << 16).unwrap();
+        let mut expected = first[..5].to_vec();
+        expected.extend(again);
+        assert_eq!(contents(&log), expected);
     }
 
     #[test]
@@ -449,7 +603,7 @@ mod tests {
         }
         let path = dir.path().join(segment_name(1));
         let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
+        let last = frame_ends(&all).last().unwrap() - 1;
         bytes[last] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
         let mut log = SegmentLog::open(dir.path(), 1 << 20).unwrap();

@@ -114,6 +114,9 @@ mod restart {
         let hint = dir.path().join("raft-committed");
         {
             let mut log = LogStore::open(dir.path()).unwrap();
+            log.append((1..=5).map(topic_entry), IOFlushed::noop())
+                .await
+                .unwrap();
             log.save_committed(Some(log_id::<TypeConfig>(1, 1, 1)))
                 .await
                 .unwrap();
@@ -134,6 +137,81 @@ mod restart {
             log.read_committed().await.unwrap(),
             Some(log_id::<TypeConfig>(2, 1, 5))
         );
+    }
+
+    /// An append is flushed after it returns (beside the followers' flushes): a committed id
+    /// saved meanwhile can outlive the entry in a power loss. A hint naming an entry the log
+    /// does not hold is dropped on open, as a torn one is; one the log holds is kept.
+    #[tokio::test]
+    async fn a_committed_hint_beyond_the_log_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            log.append((1..=3).map(topic_entry), IOFlushed::noop())
+                .await
+                .unwrap();
+            log.save_committed(Some(log_id::<TypeConfig>(2, 1, 3)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            LogStore::open(dir.path())
+                .unwrap()
+                .read_committed()
+                .await
+                .unwrap(),
+            Some(log_id::<TypeConfig>(2, 1, 3))
+        );
+        for beyond in [log_id::<TypeConfig>(2, 1, 4), log_id::<TypeConfig>(3, 1, 3)] {
+            LogStore::open(dir.path())
+                .unwrap()
+                .save_committed(Some(beyond))
+                .await
+                .unwrap();
+            assert_eq!(
+                LogStore::open(dir.path())
+                    .unwrap()
+                    .read_committed()
+                    .await
+                    .unwrap(),
+                None,
+                "{beyond:?}"
+            );
+        }
+    }
+
+    /// Appends are reported durable in the order they were made, each after its flush, and
+    /// a truncation waits for the flushes before it: the entries it keeps are on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_are_reported_flushed_in_order_and_truncation_follows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open_with_segment_bytes(dir.path(), 512).unwrap();
+        let mut flushed = Vec::new();
+        for i in 1..=40u64 {
+            let (tx, rx) = <TypeConfig as openraft::type_config::TypeConfigExt>::oneshot();
+            log.append([topic_entry(i)], IOFlushed::signal(tx))
+                .await
+                .unwrap();
+            flushed.push(rx);
+            // Readable at once, before its flush.
+            assert_eq!(log.try_get_log_entries(i..=i).await.unwrap().len(), 1);
+        }
+        // Once the last is reported, every earlier one has been.
+        let last = flushed.pop().unwrap();
+        last.await.unwrap().expect("the last flush succeeded");
+        for (i, rx) in flushed.into_iter().enumerate() {
+            match futures_util::FutureExt::now_or_never(rx) {
+                Some(result) => result.unwrap().expect("the flush succeeded"),
+                None => panic!("append {} not reported after a later one", i + 1),
+            }
+        }
+        log.truncate_after(Some(log_id::<TypeConfig>(2, 1, 30)))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = LogStore::open_with_segment_bytes(dir.path(), 512).unwrap();
+        let kept = log.try_get_log_entries(0..100).await.unwrap();
+        assert_eq!(kept, (1..=30).map(topic_entry).collect::<Vec<_>>());
     }
 
     /// A record that does not replay stops apply with an error; it is never skipped.
