@@ -1,21 +1,23 @@
-//! A broker's way to the active controller: a small pool of connections to whichever
+//! A broker's way to the active controller: a few pipelined connections to whichever
 //! controller leads, found through DescribeQuorum and re-found on NOT_CONTROLLER or a broken
-//! connection. Several connections let concurrent forwarded writes (offset commits from many
-//! clients) reach the controller together, where they share Raft entries.
+//! connection. Forwarded writes (offset commits and admin requests from many clients) are
+//! all in flight at once on them: requests queued together go out in one system call, and
+//! the controller decides them together and shares Raft entries among them.
 
-use crate::kafka::client::KafkaClient;
+use crate::kafka::client::{KafkaClient, PipelinedClient};
 use kafka_protocol::messages::DescribeQuorumRequest;
 use kafka_protocol::protocol::Request;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// Connections to the active controller for forwarded requests, at most.
-/// (Forwarded writes are each sent on a connection of their own and wait there for their
-/// commit, so this bounds the writes one broker has before the controller at once.)
-pub const CONTROLLER_CONNECTIONS: usize = 32;
+/// Pipelined connections to the active controller. Each carries any number of requests at
+/// once (the controller handles up to `MAX_PIPELINED` of a connection together); a few
+/// spread the work over the controller's runtime threads.
+pub const CONTROLLER_CONNECTIONS: usize = 4;
 /// The bound on one controller call (a forwarded write waits for its commit).
 pub const CONTROLLER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -26,7 +28,7 @@ pub struct Controllers {
     voters: BTreeMap<u64, String>,
     client_id: String,
     leader: AtomicU64,
-    slots: Vec<Mutex<Option<KafkaClient>>>,
+    slots: Vec<Mutex<Option<Arc<PipelinedClient>>>>,
     next: AtomicUsize,
     /// Held while asking the controllers who leads: callers that lost the leader together
     /// (every forwarded write in flight when it died) ask once, not once each.
@@ -107,44 +109,42 @@ impl Controllers {
     /// protocol failure drops that connection and forgets the leader; the caller retries.
     pub async fn send<R: Request>(&self, request: &R, version: i16) -> io::Result<R::Response> {
         let addr = self.leader_addr().await?;
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        // Take a free connection if there is one, else wait for the next in turn.
-        let mut slot = None;
-        for i in 0..self.slots.len() {
-            if let Ok(g) = self.slots[(start + i) % self.slots.len()].try_lock() {
-                slot = Some(g);
-                break;
-            }
-        }
-        let mut slot = match slot {
-            Some(s) => s,
-            None => self.slots[start % self.slots.len()].lock().await,
-        };
-        if slot.as_ref().is_some_and(|c| c.addr() != addr) {
-            *slot = None;
-        }
-        if slot.is_none() {
-            match KafkaClient::connect(&addr, &self.client_id, CONTROLLER_CALL_TIMEOUT).await {
-                Ok(c) => *slot = Some(c),
-                Err(e) => {
-                    self.forget_leader();
-                    return Err(e);
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let client = {
+            let mut slot = slot.lock().await;
+            match slot.as_ref() {
+                Some(c) if !c.is_dead() && c.addr() == addr => c.clone(),
+                _ => {
+                    match PipelinedClient::connect(&addr, &self.client_id, CONTROLLER_CALL_TIMEOUT)
+                        .await
+                    {
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            *slot = Some(c.clone());
+                            c
+                        }
+                        Err(e) => {
+                            *slot = None;
+                            self.forget_leader();
+                            return Err(e);
+                        }
+                    }
                 }
             }
-        }
-        let client = slot.as_mut().expect("connected above");
-        match client.send(request, version).await {
+        };
+        match client.send(request, version, CONTROLLER_CALL_TIMEOUT).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                *slot = None;
-                drop(slot);
+                client.kill();
                 // The other pooled connections to that controller are most likely dead too
-                // (it stopped or restarted): drop the idle ones now, or each would cost a
-                // failed attempt and a caller's backoff in turn.
+                // (it stopped or restarted): drop them now, or each would cost a failed
+                // attempt and a caller's backoff in turn.
                 for other in &self.slots {
                     if let Ok(mut c) = other.try_lock() {
                         if c.as_ref().is_some_and(|c| c.addr() == addr) {
-                            *c = None;
+                            if let Some(c) = c.take() {
+                                c.kill();
+                            }
                         }
                     }
                 }

@@ -5,7 +5,7 @@
 //! standby controller gets NOT_CONTROLLER.
 
 use super::Controller;
-use crate::kafka::listener::Service;
+use crate::kafka::listener::{Pipelining, Service};
 use crate::kafka::metadata_log::{encode_entries, METADATA_TOPIC};
 use crate::kafka::wire::{
     decode_request, encode_response, sb, versions, ApiSet, Rejected, Request,
@@ -1314,6 +1314,17 @@ pub fn offset_commit_response(
 impl Service for ControllerService {
     fn apis(&self) -> &ApiSet {
         &self.apis
+    }
+
+    /// A broker's forwarded requests (Envelopes) on one connection run beside each other:
+    /// the broker puts two in flight together only when their order does not matter (its
+    /// own listener holds back a client's write until the one before it that it must follow
+    /// is answered). Everything else is handled one at a time, in order.
+    fn pipelining(&self, request: &Request) -> Pipelining {
+        match request.body {
+            RequestKind::Envelope(_) => Pipelining::Unordered,
+            _ => Pipelining::Barrier,
+        }
     }
 
     async fn handle(&self, request: Request) -> Result<Bytes, String> {

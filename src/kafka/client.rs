@@ -184,3 +184,305 @@ pub fn produce_one(
                 .with_index(partition)
                 .with_records(Some(records.into()))])])
 }
+
+/// A request waiting for its answer on a [`PipelinedClient`].
+type Waiting = tokio::sync::oneshot::Sender<io::Result<Bytes>>;
+
+/// One connection to a Kafka-protocol server carrying many requests at once: each call sends
+/// its request as soon as the connection's writer gets to it (requests queued together go
+/// out in one system call) and gets the answer with its correlation id, whichever order the
+/// server answers in. Brokers forward writes to the active controller on a few of these, so
+/// the controller reads many requests per system call and batches them into one entry.
+///
+/// The connection dies on the first error or timeout of any call: every call in flight on it
+/// then fails (its callers retry elsewhere) and [`PipelinedClient::is_dead`] turns true.
+pub struct PipelinedClient {
+    addr: String,
+    client_id: StrBytes,
+    next_correlation: std::sync::atomic::AtomicI32,
+    requests: tokio::sync::mpsc::UnboundedSender<(i32, BytesMut, Waiting)>,
+    shared: std::sync::Arc<Pipeline>,
+}
+
+/// What a [`PipelinedClient`] shares with its reader and writer tasks.
+struct Pipeline {
+    waiting: std::sync::Mutex<std::collections::HashMap<i32, Waiting>>,
+    dead: std::sync::atomic::AtomicBool,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    /// Ends the connection: its tasks stop, and every call waiting on it fails.
+    fn kill(&self) {
+        self.dead.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for PipelinedClient {
+    fn drop(&mut self) {
+        self.shared.kill();
+    }
+}
+
+/// Requests one writer pass sends at most (one buffer, one system call).
+const PIPELINE_WRITE_BATCH: usize = 256;
+
+impl PipelinedClient {
+    /// Connects to `addr` within `timeout`.
+    pub async fn connect(addr: &str, client_id: &str, timeout: Duration) -> io::Result<Self> {
+        use tokio::io::AsyncWriteExt;
+        let stream = connect_tcp(addr, timeout).await?;
+        let (read, mut write) = stream.into_split();
+        let shared = std::sync::Arc::new(Pipeline {
+            waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
+            dead: std::sync::atomic::AtomicBool::new(false),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        });
+        let (requests, mut queued) =
+            tokio::sync::mpsc::unbounded_channel::<(i32, BytesMut, Waiting)>();
+        let writer_shared = shared.clone();
+        let writer = tokio::spawn(async move {
+            let mut out = BytesMut::new();
+            while let Some(first) = queued.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < PIPELINE_WRITE_BATCH {
+                    match queued.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                out.clear();
+                {
+                    let mut waiting = writer_shared
+                        .waiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    for (correlation, payload, reply) in batch {
+                        out.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+                        out.extend_from_slice(&payload);
+                        waiting.insert(correlation, reply);
+                    }
+                }
+                if write.write_all(&out).await.is_err() {
+                    writer_shared.kill();
+                    return;
+                }
+            }
+        });
+        let reader_shared = shared.clone();
+        let reader = tokio::spawn(async move {
+            let mut read = tokio::io::BufReader::new(read);
+            loop {
+                let frame = match read_frame(&mut read, MAX_RESPONSE_BYTES).await {
+                    Ok(Some(frame)) if frame.len() >= 4 => frame,
+                    _ => {
+                        reader_shared.kill();
+                        return;
+                    }
+                };
+                let correlation = i32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
+                let reply = reader_shared
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&correlation);
+                // A caller that gave up (timed out, dropped) has no one waiting.
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(frame));
+                }
+            }
+        });
+        shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([writer, reader]);
+        Ok(PipelinedClient {
+            addr: addr.to_string(),
+            client_id: StrBytes::from_string(client_id.to_string()),
+            next_correlation: std::sync::atomic::AtomicI32::new(1),
+            requests,
+            shared,
+        })
+    }
+
+    /// The address this client is connected to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// True once the connection has failed (or a call on it timed out).
+    pub fn is_dead(&self) -> bool {
+        self.shared.dead.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Ends the connection; calls in flight on it fail.
+    pub fn kill(&self) {
+        self.shared.kill();
+    }
+
+    /// Sends `request` at `version` and decodes its answer, waiting at most `timeout` (after
+    /// which the connection is killed: a server that does not answer one request in time is
+    /// not trusted with the others).
+    pub async fn send<R: Request>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> io::Result<R::Response> {
+        let closed = || {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the connection to {} failed", self.addr),
+            )
+        };
+        if self.is_dead() {
+            return Err(closed());
+        }
+        let correlation = self
+            .next_correlation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            & i32::MAX;
+        let payload = encode_request(request, version, correlation, &self.client_id)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((correlation, payload, tx))
+            .map_err(|_| closed())?;
+        let reply = match tokio::time::timeout(timeout, rx).await {
+            Err(_) => {
+                self.kill();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no reply from {}", self.addr),
+                ));
+            }
+            Ok(Err(_)) => return Err(closed()),
+            Ok(Ok(reply)) => reply?,
+        };
+        decode_response::<R>(reply, version, correlation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, ResponseHeader};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A server that reads `n` requests, then answers them in reverse order, each answer
+    /// naming the request's correlation id in its error code.
+    async fn reversing_server(n: usize) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let frame = read_frame(&mut stream, 1 << 20).await.unwrap().unwrap();
+                // Request header v1: api key, version, then the correlation id.
+                ids.push(i32::from_be_bytes(frame[4..8].try_into().unwrap()));
+            }
+            for id in ids.into_iter().rev() {
+                let mut out = BytesMut::new();
+                ResponseHeader::default()
+                    .with_correlation_id(id)
+                    .encode(&mut out, 0)
+                    .unwrap();
+                ApiVersionsResponse::default()
+                    .with_error_code(id as i16)
+                    .encode(&mut out, 0)
+                    .unwrap();
+                write_frame(&mut stream, &out).await.unwrap();
+            }
+            // Then the connection breaks.
+            let _ = stream.shutdown().await;
+        });
+        (addr, task)
+    }
+
+    /// Calls in flight together on one connection each get their own answer, whatever
+    /// order the server answers in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_pipelined_call_gets_its_own_answer_in_any_order() {
+        let (addr, server) = reversing_server(20).await;
+        let client = std::sync::Arc::new(
+            PipelinedClient::connect(&addr, "t", Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client
+                        .send(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
+                        .await
+                })
+            })
+            .collect();
+        let mut codes = Vec::new();
+        for call in calls {
+            codes.push(call.await.unwrap().expect("answered").error_code);
+        }
+        codes.sort_unstable();
+        assert_eq!(codes, (1..=20).collect::<Vec<i16>>());
+        server.await.unwrap();
+    }
+
+    /// When the connection breaks, every call waiting on it fails at once (its caller
+    /// retries elsewhere), and later calls fail without waiting for the timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_pipelined_connection_fails_every_call_waiting_on_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            for _ in 0..5 {
+                read_frame(&mut stream, 1 << 20).await.unwrap().unwrap();
+            }
+            // Five requests read, none answered: the server goes away.
+        });
+        let client = std::sync::Arc::new(
+            PipelinedClient::connect(&addr, "t", Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client
+                        .send(&ApiVersionsRequest::default(), 0, Duration::from_secs(30))
+                        .await
+                })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_err());
+        }
+        server.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited for the timeout"
+        );
+        assert!(client.is_dead());
+        assert!(client
+            .send(&ApiVersionsRequest::default(), 0, Duration::from_secs(30))
+            .await
+            .is_err());
+    }
+}

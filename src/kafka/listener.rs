@@ -4,7 +4,9 @@
 //! A malformed or hostile frame closes that one connection with a logged reason; nothing a
 //! client sends can stop the listener.
 
-use super::wire::{decode_request, read_frame, write_frame, ApiSet, Rejected, Request};
+use super::wire::{
+    decode_request, read_frame, write_frame, write_frames, ApiSet, Rejected, Request,
+};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -61,6 +63,10 @@ pub enum Pipelining {
     /// barrier): its effects and theirs touch different state, so the order in which they
     /// land is not observable. An OffsetCommit's key is its group.
     Key(String),
+    /// May run beside any earlier request but a barrier: its sender keeps the order of what
+    /// it puts in flight together (a broker forwarding its clients' writes to the controller
+    /// starts two that must land in order only one after the other).
+    Unordered,
 }
 
 /// Requests of one connection handled at once, at most.
@@ -79,10 +85,13 @@ fn may_start(new: &Slot, in_flight: &VecDeque<Slot>) -> bool {
         Slot::Free => true,
         Slot::Key(Pipelining::Barrier) => in_flight.is_empty(),
         Slot::Key(Pipelining::Key(k)) => in_flight.iter().all(|s| match s {
-            Slot::Free => true,
+            Slot::Free | Slot::Key(Pipelining::Unordered) => true,
             Slot::Key(Pipelining::Barrier) => false,
             Slot::Key(Pipelining::Key(other)) => other != k,
         }),
+        Slot::Key(Pipelining::Unordered) => in_flight
+            .iter()
+            .all(|s| !matches!(s, Slot::Key(Pipelining::Barrier))),
     }
 }
 
@@ -208,7 +217,7 @@ pub async fn serve_connection<S: Service>(
     service: Arc<S>,
     limits: Limits,
 ) {
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
     let _ = stream.set_nodelay(true);
     let peer_addr = stream.peer_addr().ok();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -244,18 +253,31 @@ pub async fn serve_connection<S: Service>(
             biased;
             Some(reply) = running.next(), if !running.is_empty() => {
                 slots.pop_front();
-                match reply {
-                    // An empty payload is no response at all (Produce with acks=0).
-                    Ok(payload) if payload.is_empty() => {}
-                    Ok(payload) => {
-                        if write_frame(&mut write, &payload).await.is_err() {
+                let mut reply = Some(reply);
+                let mut payloads = Vec::new();
+                // The answers ready now, in order, go out together.
+                while let Some(r) = reply.take() {
+                    match r {
+                        // An empty payload is no response at all (Produce with acks=0).
+                        Ok(payload) if payload.is_empty() => {}
+                        Ok(payload) => payloads.push(payload),
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "closing connection");
                             return;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "closing connection");
-                        return;
+                    if let Some(Some(next)) = running.next().now_or_never() {
+                        slots.pop_front();
+                        reply = Some(next);
                     }
+                }
+                let written = match payloads.as_slice() {
+                    [] => Ok(()),
+                    [one] => write_frame(&mut write, one).await,
+                    many => write_frames(&mut write, many).await,
+                };
+                if written.is_err() {
+                    return;
                 }
             }
             frame = frames.recv(), if reading && waiting.is_none() && slots.len() < MAX_PIPELINED => {
@@ -395,6 +417,7 @@ mod tests {
         fn pipelining(&self, request: &Request) -> Pipelining {
             match request.header.client_id.as_deref() {
                 Some("barrier") | None => Pipelining::Barrier,
+                Some("any") => Pipelining::Unordered,
                 Some(k) => Pipelining::Key(k.to_string()),
             }
         }
@@ -408,7 +431,9 @@ mod tests {
                 .to_string();
             {
                 let mut running = self.running.lock().unwrap();
-                if running.iter().any(|k| *k == key || k == "barrier")
+                if running
+                    .iter()
+                    .any(|k| (*k == key && key != "any") || k == "barrier")
                     || (key == "barrier" && !running.is_empty())
                 {
                     self.violations
@@ -436,6 +461,28 @@ mod tests {
     /// a barrier runs alone; and the answers come back in the order the requests were sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pipelined_requests_overlap_by_key_and_are_answered_in_order() {
+        let keys = [
+            "a", "b", "a", "c", "d", "barrier", "a", "b", "e", "f", "barrier", "g",
+        ];
+        let most = send_keyed_and_check_order(&keys).await;
+        assert!(most >= 3, "requests of different keys never ran at once");
+    }
+
+    /// Unordered requests (a broker's forwarded writes at the controller) run beside each
+    /// other and beside keyed ones, never beside a barrier; answers keep the order sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unordered_requests_overlap_all_but_a_barrier_and_are_answered_in_order() {
+        let keys = [
+            "any", "any", "any", "a", "any", "barrier", "any", "any", "a", "any", "barrier", "any",
+        ];
+        let most = send_keyed_and_check_order(&keys).await;
+        assert!(most >= 4, "unordered requests never ran at once");
+    }
+
+    /// Sends one request per key, back to back on one connection, and checks every answer
+    /// comes in order and no request started beside one it must not overlap. Returns the
+    /// most that ran at once.
+    async fn send_keyed_and_check_order(keys: &[&'static str]) -> usize {
         use kafka_protocol::protocol::StrBytes;
         use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -452,9 +499,6 @@ mod tests {
             Limits::default(),
             std::future::pending(),
         ));
-        let keys = [
-            "a", "b", "a", "c", "d", "barrier", "a", "b", "e", "f", "barrier", "g",
-        ];
         let mut out = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let frame = crate::kafka::client::encode_request(
@@ -478,13 +522,9 @@ mod tests {
             service.violations.lock().unwrap().clone(),
             Vec::<String>::new()
         );
-        assert!(
-            service
-                .most_at_once
-                .load(std::sync::atomic::Ordering::SeqCst)
-                >= 3,
-            "requests of different keys never ran at once"
-        );
+        service
+            .most_at_once
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     #[tokio::test]

@@ -78,6 +78,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Resu
     Ok(Some(Bytes::from(payload)))
 }
 
+/// Writes several frames (each with its size in front) with one write: answers ready
+/// together leave in one system call.
+pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, payloads: &[Bytes]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(payloads.iter().map(|p| p.len() + 4).sum());
+    for payload in payloads {
+        out.extend_from_slice(&(payload.len() as i32).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    w.write_all(&out).await
+}
+
 /// Writes one frame (the payload without its size prefix).
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> io::Result<()> {
     // The size and the payload in one vectored write: one system call (two, before, and two
