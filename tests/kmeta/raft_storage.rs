@@ -145,39 +145,28 @@ mod restart {
     #[tokio::test]
     async fn a_committed_hint_beyond_the_log_is_dropped_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let mut log = LogStore::open(dir.path()).unwrap();
-            log.append((1..=3).map(topic_entry), IOFlushed::noop())
-                .await
-                .unwrap();
-            log.save_committed(Some(log_id::<TypeConfig>(2, 1, 3)))
-                .await
-                .unwrap();
-        }
-        assert_eq!(
-            LogStore::open(dir.path())
-                .unwrap()
-                .read_committed()
-                .await
-                .unwrap(),
-            Some(log_id::<TypeConfig>(2, 1, 3))
-        );
+        let mut log = LogStore::open(dir.path()).unwrap();
+        log.append((1..=3).map(topic_entry), IOFlushed::noop())
+            .await
+            .unwrap();
+        drop(log);
+        let held = log_id::<TypeConfig>(2, 1, 3);
+        assert_eq!(reopened_with(dir.path(), held).await, Some(held));
         for beyond in [log_id::<TypeConfig>(2, 1, 4), log_id::<TypeConfig>(3, 1, 3)] {
-            LogStore::open(dir.path())
-                .unwrap()
-                .save_committed(Some(beyond))
-                .await
-                .unwrap();
-            assert_eq!(
-                LogStore::open(dir.path())
-                    .unwrap()
-                    .read_committed()
-                    .await
-                    .unwrap(),
-                None,
-                "{beyond:?}"
-            );
+            assert_eq!(reopened_with(dir.path(), beyond).await, None, "{beyond:?}");
         }
+    }
+
+    /// Saves `hint` as the committed log id in the log at `dir`, and reads back what a
+    /// reopened log takes from it.
+    async fn reopened_with(
+        dir: &std::path::Path,
+        hint: kmeta::raft::types::LogId,
+    ) -> Option<kmeta::raft::types::LogId> {
+        let mut log = LogStore::open(dir).unwrap();
+        log.save_committed(Some(hint)).await.unwrap();
+        drop(log);
+        LogStore::open(dir).unwrap().read_committed().await.unwrap()
     }
 
     /// Appends are reported durable in the order they were made, each after its flush, and
