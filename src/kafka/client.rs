@@ -1,7 +1,7 @@
 //! A small Kafka-protocol client: one connection, one request at a time, a timeout on every
 //! call. Brokers use it to talk to controllers; tests and admin commands use it too.
 
-use super::wire::{read_frame, write_frame, MAX_RESPONSE_BYTES};
+use super::wire::{put_frame, read_frame, write_frame, MAX_RESPONSE_BYTES};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
@@ -270,8 +270,7 @@ impl PipelinedClient {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner());
                     for (correlation, payload, reply) in batch {
-                        out.extend_from_slice(&(payload.len() as i32).to_be_bytes());
-                        out.extend_from_slice(&payload);
+                        put_frame(&mut out, &payload);
                         waiting.insert(correlation, reply);
                     }
                 }
@@ -413,6 +412,24 @@ mod tests {
         (addr, task)
     }
 
+    /// Starts `n` ApiVersions calls on `client` at once, each bounded by `timeout`.
+    fn spawn_calls(
+        client: &std::sync::Arc<PipelinedClient>,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<tokio::task::JoinHandle<io::Result<ApiVersionsResponse>>> {
+        (0..n)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    client
+                        .send(&ApiVersionsRequest::default(), 0, timeout)
+                        .await
+                })
+            })
+            .collect()
+    }
+
     /// Calls in flight together on one connection each get their own answer, whatever
     /// order the server answers in.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,16 +440,7 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let calls: Vec<_> = (0..20)
-            .map(|_| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    client
-                        .send(&ApiVersionsRequest::default(), 0, Duration::from_secs(5))
-                        .await
-                })
-            })
-            .collect();
+        let calls = spawn_calls(&client, 20, Duration::from_secs(5));
         let mut codes = Vec::new();
         for call in calls {
             codes.push(call.await.unwrap().expect("answered").error_code);
@@ -461,16 +469,7 @@ mod tests {
                 .unwrap(),
         );
         let started = std::time::Instant::now();
-        let calls: Vec<_> = (0..5)
-            .map(|_| {
-                let client = client.clone();
-                tokio::spawn(async move {
-                    client
-                        .send(&ApiVersionsRequest::default(), 0, Duration::from_secs(30))
-                        .await
-                })
-            })
-            .collect();
+        let calls = spawn_calls(&client, 5, Duration::from_secs(30));
         for call in calls {
             assert!(call.await.unwrap().is_err());
         }

@@ -508,8 +508,7 @@ mod tests {
                 &StrBytes::from_static_str(key),
             )
             .unwrap();
-            out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
-            out.extend_from_slice(&frame);
+            crate::kafka::wire::put_frame(&mut out, &frame);
         }
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(&out).await.unwrap();

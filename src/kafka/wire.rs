@@ -78,13 +78,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Resu
     Ok(Some(Bytes::from(payload)))
 }
 
+/// Appends one frame to `out`: the payload's size (a big-endian i32), then the payload.
+pub fn put_frame(out: &mut impl bytes::BufMut, payload: &[u8]) {
+    out.put_i32(payload.len() as i32);
+    out.put_slice(payload);
+}
+
 /// Writes several frames (each with its size in front) with one write: answers ready
 /// together leave in one system call.
 pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, payloads: &[Bytes]) -> io::Result<()> {
     let mut out = Vec::with_capacity(payloads.iter().map(|p| p.len() + 4).sum());
     for payload in payloads {
-        out.extend_from_slice(&(payload.len() as i32).to_be_bytes());
-        out.extend_from_slice(payload);
+        put_frame(&mut out, payload);
     }
     w.write_all(&out).await
 }

@@ -65,7 +65,7 @@ type FlushResult = Result<(), (io::ErrorKind, String)>;
 
 /// The thread that flushes appends (ends when the store is dropped).
 struct Flusher {
-    jobs: Mutex<std::sync::mpsc::Sender<Flush>>,
+    jobs: std::sync::mpsc::Sender<Flush>,
 }
 
 impl Flusher {
@@ -106,15 +106,11 @@ impl Flusher {
                 }
             })
             .expect("spawning the log flush thread");
-        Flusher {
-            jobs: Mutex::new(tx),
-        }
+        Flusher { jobs: tx }
     }
 
     fn send(&self, job: Flush) -> io::Result<()> {
         self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .send(job)
             .map_err(|_| io::Error::other("the log flush thread stopped"))
     }
@@ -309,7 +305,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let result = {
             let mut inner = self.lock();
-            let r = inner.log.append_unflushed(&refs);
+            let r = inner.log.append(&refs);
             if r.is_ok() {
                 inner.appended_bytes += bytes;
             }

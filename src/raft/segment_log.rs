@@ -8,9 +8,10 @@
 //! [body_len: u32 LE][crc32: u32 LE over body][body = index: u64 LE ++ payload]
 //! ```
 //!
-//! Durability: `append` writes a whole batch with one `write_all` and one `fdatasync`, so a
-//! batch costs one disk flush however many entries it holds. Truncation and segment deletion
-//! fsync the file and the directory.
+//! Durability: `append` writes a whole batch with one `write_all` and hands back the segment
+//! file it wrote to; the caller flushes it (`sync_data`, one flush per batch however many
+//! entries it holds, on a thread of its own in `log_store`). Truncation and segment deletion
+//! fsync the file and the directory themselves.
 //!
 //! Preallocation: a segment file is written full of zeros to `segment_bytes`, and flushed,
 //! before it takes entries (a background thread prepares the next one while the current one
@@ -262,19 +263,11 @@ impl SegmentLog {
     }
 
     /// Appends entries at consecutive indexes following the last one (any index to start an
-    /// empty log), then flushes them to disk with one fdatasync.
-    pub fn append(&mut self, entries: &[(u64, &[u8])]) -> io::Result<()> {
-        match self.append_unflushed(entries)? {
-            Some(file) => file.sync_data(),
-            None => Ok(()),
-        }
-    }
-
-    /// Appends entries as [`append`](Self::append) does, without flushing them: they are
-    /// readable at once, and durable once the returned file (the segment written to) has been
-    /// flushed with `sync_data`. A later segment's flush does not cover an earlier one's.
-    /// `None` when there was nothing to append.
-    pub fn append_unflushed(&mut self, entries: &[(u64, &[u8])]) -> io::Result<Option<Arc<File>>> {
+    /// empty log), without flushing them: they are readable at once, and durable once the
+    /// returned file (the segment written to) has been flushed with `sync_data`. A later
+    /// segment's flush does not cover an earlier one's. `None` when there was nothing to
+    /// append.
+    pub fn append(&mut self, entries: &[(u64, &[u8])]) -> io::Result<Option<Arc<File>>> {
         let Some(&(first, _)) = entries.first() else {
             return Ok(None);
         };
@@ -478,9 +471,12 @@ mod tests {
             .collect()
     }
 
+    /// Appends `list` and flushes it, as the log store's flush thread does.
     fn append(log: &mut SegmentLog, list: &[(u64, Vec<u8>)]) {
         let refs: Vec<(u64, &[u8])> = list.iter().map(|(i, d)| (*i, d.as_slice())).collect();
-        log.append(&refs).unwrap();
+        if let Some(file) = log.append(&refs).unwrap() {
+            file.sync_data().unwrap();
+        }
     }
 
     fn contents(log: &SegmentLog) -> Vec<(u64, Vec<u8>)> {

@@ -214,8 +214,8 @@ fn frame<R: kafka_protocol::protocol::Request>(
     let body =
         kmeta::kafka::client::encode_request(request, version, correlation, &sb("pipelined"))
             .unwrap();
-    let mut out = (body.len() as i32).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    kmeta::kafka::wire::put_frame(&mut out, &body);
     out
 }
 

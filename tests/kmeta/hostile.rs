@@ -34,8 +34,8 @@ fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as i32).to_be_bytes().to_vec();
-    f.extend_from_slice(payload);
+    let mut f = Vec::new();
+    kmeta::kafka::wire::put_frame(&mut f, payload);
     f
 }
 
