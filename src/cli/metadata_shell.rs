@@ -64,7 +64,7 @@ pub fn read(dir: &Path) -> Result<Offline, String> {
         if let Some(at) = snapshot_offset {
             image.for_each_record(|r| records.push((at, r)));
         }
-        let log = SegmentLog::open(copy.join("log").join("log"), u64::MAX)
+        let log = SegmentLog::open_read_only(copy.join("log").join("log"))
             .map_err(|e| format!("log: {e}"))?;
         // Entries past the committed point may not have committed: stop there.
         let committed = read_checked(&copy.join("log").join("raft-committed"))

@@ -57,7 +57,7 @@ enum Flush {
     /// Flush a segment's appends, then report them durable.
     Append(Arc<std::fs::File>, IOFlushed<TypeConfig>),
     /// Answer once everything asked before is flushed.
-    Barrier(std::sync::mpsc::SyncSender<()>),
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A flush's outcome, copied to each append it covered.
@@ -115,11 +115,12 @@ impl Flusher {
             .map_err(|_| io::Error::other("the log flush thread stopped"))
     }
 
-    /// Waits until every flush asked for before this call is done.
-    fn wait(&self) -> io::Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    /// Waits until every flush asked for before this call is done, without holding up the
+    /// runtime's thread (a flush can take long on a busy disk).
+    async fn wait(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Flush::Barrier(tx))?;
-        rx.recv()
+        rx.await
             .map_err(|_| io::Error::other("the log flush thread stopped"))
     }
 }
@@ -266,7 +267,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.flusher.wait()?;
+        self.flusher.wait().await?;
         let mut inner = self.lock();
         inner.state.vote = Some(*vote);
         inner.save_state()
@@ -315,7 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok(Some(file)) => self.flusher.send(Flush::Append(file, callback)),
             Ok(None) => {
                 // Nothing was written: durable once everything before it is.
-                self.flusher.wait()?;
+                self.flusher.wait().await?;
                 callback.io_completed(Ok(()));
                 Ok(())
             }
@@ -327,13 +328,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.flusher.wait()?;
+        self.flusher.wait().await?;
         let mut inner = self.lock();
         inner.log.truncate_after(last_log_id.map(|l| l.index()))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        self.flusher.wait()?;
+        self.flusher.wait().await?;
         let mut inner = self.lock();
         let index = log_id.index();
         inner.state.last_purged = Some(log_id);

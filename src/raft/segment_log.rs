@@ -14,11 +14,20 @@
 //! fsync the file and the directory themselves.
 //!
 //! Preallocation: a segment file is written full of zeros to `segment_bytes`, and flushed,
-//! before it takes entries (a background thread prepares the next one while the current one
-//! fills). An append then overwrites blocks the file already has, so its fdatasync flushes
-//! data only; appending past a file's end also changes its size, and ext4 commits that
-//! through its journal, shared by every process on the filesystem (measured in
-//! `docs/BENCHMARKS.md`, issue 14).
+//! before it takes entries. An append then overwrites blocks the file already has, so its
+//! fdatasync flushes data only; appending past a file's end also changes its size, and ext4
+//! commits that through its journal, shared by every process on the filesystem (measured in
+//! `docs/BENCHMARKS.md`, issue 14). The zeros are written into a spare file
+//! (`next-segment.*.zeros`, not a segment: its name does not end in `.log`) that is renamed
+//! into place when a segment begins:
+//! - a new, empty log writes its first spare while opening;
+//! - a background thread writes the next one once the current segment is half full;
+//! - a segment that begins while its spare is still being written begins empty instead (it
+//!   grows as it is appended to): an append never waits for zeros;
+//! - a spare left whole by an earlier run is used again; a partial one is deleted on open.
+//!
+//! A log opened only to be read ([`SegmentLog::open_read_only`], the metadata shell) writes
+//! nothing at all: no spare, and a torn tail is skipped instead of cut.
 //!
 //! Crash safety: on open every frame is checked (length bound, checksum, consecutive index).
 //! Where the frames end, the rest of the file must be zeros: what was never written. Anything
@@ -69,13 +78,34 @@ pub struct SegmentLog {
     /// The segment appended to, shared with whoever flushes its appends.
     active: Option<Arc<File>>,
     entries: BTreeMap<u64, Stored>,
-    /// The next segment's file, being filled with zeros in the background.
-    spare: Option<std::thread::JoinHandle<io::Result<PathBuf>>>,
+    /// The next segment's file of zeros, if one is made or being made.
+    spare: Option<Spare>,
+    /// Opened only to be read: nothing is written, cut or preallocated.
+    read_only: bool,
 }
 
-/// The file a background thread fills with zeros to become the next segment (not a segment
-/// until renamed: its name does not end in `.log`).
-const SPARE_NAME: &str = "next-segment.zeros";
+/// The file of zeros that becomes the next segment.
+#[derive(Debug)]
+enum Spare {
+    /// A background thread is writing it.
+    Zeroing(std::thread::JoinHandle<io::Result<PathBuf>>),
+    /// Written and flushed.
+    Ready(PathBuf),
+}
+
+const SPARE_PREFIX: &str = "next-segment.";
+const SPARE_SUFFIX: &str = ".zeros";
+/// Segments larger than this are not preallocated (the zeros would cost more than they save).
+const MAX_PREALLOCATED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A spare file name no other log in this process uses: a log dropped while its spare is
+/// still being written leaves that thread writing into its own file, never into one a log
+/// reopened on the same directory has made a segment.
+fn spare_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{SPARE_PREFIX}{}-{n}{SPARE_SUFFIX}", std::process::id())
+}
 
 /// Writes `path` full of `bytes` zeros and flushes it.
 fn write_zeros(path: &Path, bytes: u64) -> io::Result<()> {
@@ -92,16 +122,6 @@ fn write_zeros(path: &Path, bytes: u64) -> io::Result<()> {
         left -= n as u64;
     }
     file.sync_all()
-}
-
-impl Drop for SegmentLog {
-    /// Waits for the spare being zeroed: a log reopened in this process must not find the
-    /// old one's thread still writing zeros into a file it has since made a segment.
-    fn drop(&mut self) {
-        if let Some(spare) = self.spare.take() {
-            let _ = spare.join();
-        }
-    }
 }
 
 fn segment_name(first_index: u64) -> String {
@@ -127,6 +147,19 @@ impl SegmentLog {
     pub fn open(dir: impl Into<PathBuf>, segment_bytes: u64) -> io::Result<SegmentLog> {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
+        let mut log = Self::load(dir, segment_bytes, false)?;
+        log.open_active()?;
+        log.find_spare();
+        Ok(log)
+    }
+
+    /// Opens the log in `dir` to read it: writes nothing (a torn tail is left in place and
+    /// not read), and refuses appends.
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> io::Result<SegmentLog> {
+        Self::load(dir.into(), u64::MAX, true)
+    }
+
+    fn load(dir: PathBuf, segment_bytes: u64, read_only: bool) -> io::Result<SegmentLog> {
         let mut firsts: Vec<u64> = fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -142,37 +175,98 @@ impl SegmentLog {
             active: None,
             entries: BTreeMap::new(),
             spare: None,
+            read_only,
         };
         let count = firsts.len();
         for (i, first) in firsts.into_iter().enumerate() {
             log.load_segment(first, i + 1 == count)?;
         }
-        log.open_active()?;
-        log.prepare_spare();
         Ok(log)
     }
 
-    /// Starts filling the next segment's file with zeros in the background.
-    fn prepare_spare(&mut self) {
-        let path = self.dir.join(SPARE_NAME);
-        let bytes = self.segment_bytes;
-        self.spare = Some(std::thread::spawn(move || {
-            write_zeros(&path, bytes).map(|()| path)
-        }));
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "this metadata log was opened read-only",
+            ));
+        }
+        Ok(())
     }
 
-    /// The prepared spare file, waiting for it if it is still being written (only when a
-    /// segment filled faster than the disk wrote the next one's zeros), or `None` if it
-    /// could not be made (the segment then starts empty and grows as before).
+    fn preallocates(&self) -> bool {
+        !self.read_only && self.segment_bytes <= MAX_PREALLOCATED_BYTES
+    }
+
+    /// On open: keeps one whole spare an earlier run left and deletes the rest (partial ones,
+    /// or ones of another size); a log with no segment makes its first spare now, so its first
+    /// segment is preallocated too.
+    fn find_spare(&mut self) {
+        if !self.preallocates() {
+            return;
+        }
+        let names: Vec<String> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(SPARE_PREFIX) && n.ends_with(SPARE_SUFFIX))
+            .collect();
+        for name in names {
+            let path = self.dir.join(name);
+            let whole = fs::metadata(&path).is_ok_and(|m| m.len() == self.segment_bytes);
+            if whole && self.spare.is_none() {
+                self.spare = Some(Spare::Ready(path));
+            } else if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not delete a stale metadata log spare");
+            }
+        }
+        if self.spare.is_none() && self.segments.is_empty() {
+            let path = self.dir.join(spare_name());
+            match write_zeros(&path, self.segment_bytes) {
+                Ok(()) => self.spare = Some(Spare::Ready(path)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not preallocate the first metadata log segment");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        } else {
+            self.spare_if_half_full();
+        }
+    }
+
+    /// Starts writing the next segment's zeros in the background once the active segment is
+    /// half full (a short-lived log never writes a spare it will not use).
+    fn spare_if_half_full(&mut self) {
+        let half_full = self
+            .segments
+            .last()
+            .is_some_and(|s| s.len >= self.segment_bytes / 2);
+        if self.spare.is_none() && half_full && self.preallocates() {
+            let path = self.dir.join(spare_name());
+            let bytes = self.segment_bytes;
+            self.spare = Some(Spare::Zeroing(std::thread::spawn(move || {
+                write_zeros(&path, bytes).map(|()| path)
+            })));
+        }
+    }
+
+    /// The spare file if it is ready, never waiting for one still being written (it is kept
+    /// for the segment after); `None` if there is none (the segment then begins empty).
     fn take_spare(&mut self) -> Option<PathBuf> {
-        let handle = self.spare.take()?;
-        match handle.join() {
-            Ok(Ok(path)) => Some(path),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not preallocate the next metadata log segment");
+        match self.spare.take()? {
+            Spare::Ready(path) => Some(path),
+            Spare::Zeroing(handle) if !handle.is_finished() => {
+                self.spare = Some(Spare::Zeroing(handle));
                 None
             }
-            Err(_) => None,
+            Spare::Zeroing(handle) => match handle.join() {
+                Ok(Ok(path)) => Some(path),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not preallocate the next metadata log segment");
+                    None
+                }
+                Err(_) => None,
+            },
         }
     }
 
@@ -211,6 +305,8 @@ impl SegmentLog {
             if !is_last {
                 return Err(corrupt(&path, position as u64, why));
             }
+        }
+        if let Some(why) = fault.filter(|_| !self.read_only) {
             tracing::warn!(
                 path = %path.display(),
                 position,
@@ -271,6 +367,7 @@ impl SegmentLog {
         let Some(&(first, _)) = entries.first() else {
             return Ok(None);
         };
+        self.writable()?;
         let start = self.last_index().map_or(first, |last| last + 1);
         for (expected, (index, data)) in (start..).zip(entries) {
             if *index != expected {
@@ -317,6 +414,7 @@ impl SegmentLog {
                 },
             );
         }
+        self.spare_if_half_full();
         Ok(Some(file))
     }
 
@@ -334,7 +432,6 @@ impl SegmentLog {
                 .open(&path)?,
         };
         sync_dir(&self.dir)?;
-        self.prepare_spare();
         self.segments.push(Segment {
             first_index,
             path,
@@ -358,6 +455,7 @@ impl SegmentLog {
 
     /// Removes every entry after `index` (all of them for `None`), durably.
     pub fn truncate_after(&mut self, index: Option<u64>) -> io::Result<()> {
+        self.writable()?;
         let from = index.map_or(0, |i| i + 1);
         let Some(cut) = self.entries.range(from..).next().map(|(_, s)| s.clone()) else {
             return Ok(());
@@ -389,6 +487,7 @@ impl SegmentLog {
     /// The caller records the purge point durably first (entries at or below it in a kept
     /// segment may reappear on open and must be skipped by the caller).
     pub fn purge_upto(&mut self, index: u64) -> io::Result<()> {
+        self.writable()?;
         if self.last_index().is_none_or(|last| index >= last) {
             // Everything goes (e.g. a snapshot was installed past the log's end): the next
             // append starts a fresh segment at whatever index follows the snapshot.
@@ -566,6 +665,88 @@ mod tests {
         assert_eq!(contents(&log), entries(1..9));
         // Only segments end in `.log`: the spare being zeroed is not one.
         assert_eq!(log.segment_count(), 1);
+    }
+
+    /// Every file in `dir` with its contents, by name.
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn spares(dir: &Path) -> Vec<String> {
+        files(dir)
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|n| n.ends_with(SPARE_SUFFIX))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_opened_to_be_read_writes_nothing_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = entries(1..6);
+        {
+            let mut log = SegmentLog::open(dir.path(), 4096).unwrap();
+            append(&mut log, &all);
+        }
+        // A torn write after the last entry: a writer would cut it, a reader leaves it.
+        let path = dir.path().join(segment_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[*frame_ends(&all).last().unwrap() + 3] = 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let before = files(dir.path());
+        let mut log = SegmentLog::open_read_only(dir.path()).unwrap();
+        assert_eq!(contents(&log), all);
+        assert!(log.append(&[(6, b"x".as_slice())]).is_err());
+        assert!(log.truncate_after(Some(2)).is_err());
+        assert!(log.purge_upto(2).is_err());
+        drop(log);
+        assert_eq!(files(dir.path()), before, "the directory is as it was");
+    }
+
+    #[test]
+    fn a_whole_spare_left_by_an_earlier_run_becomes_the_next_segment_and_a_partial_one_goes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 4096;
+        {
+            let mut log = SegmentLog::open(dir.path(), bytes).unwrap();
+            append(&mut log, &entries(1..3));
+        }
+        assert!(spares(dir.path()).is_empty(), "a short log wrote no spare");
+        // What a run stopped while writing spares leaves behind.
+        let whole = dir.path().join("next-segment.1-0.zeros");
+        fs::write(&whole, vec![0u8; bytes as usize]).unwrap();
+        fs::write(dir.path().join("next-segment.1-1.zeros"), vec![0u8; 100]).unwrap();
+        let inode = fs::metadata(&whole).unwrap().ino();
+        let mut log = SegmentLog::open(dir.path(), bytes).unwrap();
+        assert_eq!(
+            spares(dir.path()),
+            vec!["next-segment.1-0.zeros".to_string()]
+        );
+        // Fill the first segment, then begin the second: it is the spare, renamed.
+        append(&mut log, &[(3, vec![7u8; bytes as usize])]);
+        append(&mut log, &entries(4..6));
+        assert_eq!(log.segment_count(), 2);
+        let second = dir.path().join(segment_name(4));
+        assert_eq!(fs::metadata(&second).unwrap().ino(), inode);
+        assert_eq!(fs::metadata(&second).unwrap().len(), bytes);
+        drop(log);
+        let log = SegmentLog::open(dir.path(), bytes).unwrap();
+        let mut expected = entries(1..3);
+        expected.push((3, vec![7u8; bytes as usize]));
+        expected.extend(entries(4..6));
+        assert_eq!(contents(&log), expected);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kmeta");
 
-/// Kills every child on drop, so a failing test leaves no process behind.
-struct Procs(BTreeMap<u64, Child>);
+/// The children by node id, and their log files. Kills every child on drop, so a failing
+/// test leaves no process behind; a failing test also prints the end of each log.
+struct Procs(BTreeMap<u64, Child>, Vec<PathBuf>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
@@ -19,7 +20,20 @@ impl Drop for Procs {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            for log in &self.1 {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+                eprintln!("--- the end of {} ---\n{tail}", log.display());
+            }
+        }
     }
+}
+
+/// Where a process started from `config` writes its log (each start appends to it).
+fn log_of(config: &Path) -> PathBuf {
+    config.with_extension("log")
 }
 
 fn write_config(dir: &Path, id: u64, ports: &BTreeMap<u64, u16>) -> PathBuf {
@@ -43,11 +57,16 @@ fn kmeta(args: &[&str]) -> std::process::Output {
 }
 
 fn spawn(config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_of(config))
+        .unwrap();
     Command::new(BIN)
         .args(["server", "--config", config.to_str().unwrap()])
-        .env("KMETA_LOG", "warn")
+        .env("KMETA_LOG", "info,openraft=warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
 }
@@ -136,7 +155,10 @@ async fn three_controller_processes_survive_kill_9_of_the_leader() {
     ]);
     assert!(!out.status.success());
 
-    let mut procs = Procs(configs.iter().map(|(id, c)| (*id, spawn(c))).collect());
+    let mut procs = Procs(
+        configs.iter().map(|(id, c)| (*id, spawn(c))).collect(),
+        configs.values().map(|c| log_of(c)).collect(),
+    );
     let all = [1, 2, 3];
     let first = agreed_leader(&ports, &all, Duration::from_secs(20)).await;
     let leader = first.values().next().unwrap().leader.unwrap();
@@ -326,7 +348,10 @@ async fn a_combined_broker_and_controller_node_serves_clients_and_stops_on_sigte
         id.trim(),
     ]);
     assert!(out.status.success(), "{out:?}");
-    let mut procs = Procs([(1, spawn(&config))].into_iter().collect());
+    let mut procs = Procs(
+        [(1, spawn(&config))].into_iter().collect(),
+        vec![log_of(&config)],
+    );
     let addr = format!("127.0.0.1:{broker}");
     let mut client = live_brokers(&addr, 1, Duration::from_secs(20)).await;
     let created = client

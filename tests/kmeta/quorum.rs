@@ -31,6 +31,11 @@ impl DerefMut for Cluster {
 
 impl Cluster {
     pub async fn start(n: u64) -> Cluster {
+        // The nodes' logs, printed with a failing test's output (elections, renounces).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("openraft=warn,kmeta=info")
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let config = ControllerConfig {
             cluster_id: "test-cluster".into(),
@@ -159,6 +164,31 @@ async fn a_new_leader_takes_over_and_a_restarted_node_catches_up_from_disk() {
         "all controllers hold the same image"
     );
     assert_eq!(cluster.nodes[&old].sm.image().features().len(), 10);
+    cluster.shutdown().await;
+}
+
+/// `kmeta metadata-shell` reads a stopped controller's directory and returns. Before, opening
+/// its copy of the log started writing a spare segment of zeros as large as the reader's
+/// unbounded segment size, and waited for it: the shell wrote until the disk was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metadata_shell_reads_a_stopped_controller_and_returns() {
+    let mut cluster = Cluster::start(3).await;
+    let mut last = 0;
+    for n in 0..5 {
+        last = cluster.write(n).await;
+    }
+    cluster.wait_applied(last).await;
+    cluster.stop_node(1).await;
+    let dir = cluster.dirs[&1].clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(kmeta::cli::metadata_shell::read(&dir));
+    });
+    let offline = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the shell returns within 30 s")
+        .expect("the shell reads the directory");
+    assert_eq!(offline.image.features().len(), 5);
     cluster.shutdown().await;
 }
 
@@ -320,10 +350,6 @@ async fn check_caught_up_by_snapshot(cluster: &Cluster, behind: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_controller_catches_up_by_snapshot() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("openraft=warn,kmeta=debug")
-        .with_test_writer()
-        .try_init();
     let mut cluster = Cluster::start(3).await;
     snapshot_and_purge_everywhere(&cluster).await;
     let victim = stop_a_follower(&mut cluster).await;
