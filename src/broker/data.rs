@@ -9,7 +9,7 @@ use super::partition::{Partition, Read};
 use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -442,6 +442,9 @@ impl BrokerService {
         let deadline = tokio::time::Instant::now() + max_wait;
         let replicas = &self.state().replicas;
         let mut changes = replicas.subscribe();
+        // What this fetch's answer will hold, by partition: each read with news (records, an
+        // error, a moved high watermark or log start) puts its latest here.
+        let mut pending: BTreeMap<super::fetch_session::Key, PartitionData> = BTreeMap::new();
         loop {
             changes.borrow_and_update();
             {
@@ -456,12 +459,12 @@ impl BrokerService {
             let mut total = 0usize;
             let mut urgent = false;
             let mut hw_changed = false;
-            let mut included: Vec<(Arc<str>, i32, PartitionData)> = Vec::new();
-            // The partitions read that are quiet: at the log end, nothing to send.
+            // The partitions read that are quiet: at the log end, nothing to send. What they
+            // have to say is settled until they change.
             let mut quiet: Vec<&super::fetch_session::Key> = Vec::new();
             for key in s.active.iter() {
                 let Some(c) = s.parts.get(key) else { continue };
-                let (topic, partition) = key;
+                let partition = key.1;
                 let mut at_end = false;
                 let room = (r.max_bytes.max(0) as usize).saturating_sub(total);
                 let max_bytes = (c.max_bytes.max(0) as usize).min(room);
@@ -487,7 +490,7 @@ impl BrokerService {
                         }),
                 };
                 let out = PartitionData::default()
-                    .with_partition_index(*partition)
+                    .with_partition_index(partition)
                     .with_records(Some(Bytes::new()));
                 let (out, bytes, stop) = partition_data(out, result);
                 total += bytes;
@@ -501,22 +504,28 @@ impl BrokerService {
                     quiet.push(key);
                 }
                 if news {
-                    included.push((topic.clone(), *partition, out));
+                    pending.insert(key.clone(), out);
+                } else {
+                    pending.remove(key);
                 }
             }
             if hw_changed {
                 replicas.changed();
             }
+            // A quiet partition is not read again, in this fetch or the next, until it
+            // changes (the refresh marks it active again); its news, if any, waits in
+            // `pending`. Each wake-up (any replica's change on this broker) re-read every
+            // one of them before: while topics were being created, a fetch re-read each new
+            // partition on every wake-up until its answer left.
+            let quiet: Vec<super::fetch_session::Key> = quiet.into_iter().cloned().collect();
+            for key in &quiet {
+                s.active.remove(key);
+            }
             let enough = total >= r.min_bytes.max(0) as usize && total > 0;
             if enough || urgent || max_wait.is_zero() || tokio::time::Instant::now() >= deadline {
-                // What this answer settles leaves the reads until it changes.
-                let quiet: Vec<super::fetch_session::Key> = quiet.into_iter().cloned().collect();
-                for key in &quiet {
-                    s.active.remove(key);
-                }
                 let mut responses: Vec<FetchableTopicResponse> = Vec::new();
-                for (topic, partition, out) in included {
-                    if let Some(c) = s.parts.get_mut(&(topic.clone(), partition)) {
+                for ((topic, _), out) in std::mem::take(&mut pending) {
+                    if let Some(c) = s.parts.get_mut(&(topic.clone(), out.partition_index)) {
                         c.sent_hw = out.high_watermark;
                         c.sent_log_start = out.log_start_offset;
                         if responses.last().is_none_or(|t| *t.topic.0 != *topic) {

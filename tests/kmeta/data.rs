@@ -604,6 +604,32 @@ async fn a_follower_session_names_only_what_changed_both_ways() {
     assert_eq!(wrong.error_code, ErrorCode::InvalidFetchSessionEpoch.code());
     let gone = f.send(&fetch(id, 3, &[], 0), 12).await.unwrap();
     assert_eq!(gone.error_code, ErrorCode::FetchSessionIdNotFound.code());
+
+    // A fetch that waits is woken by every change on the broker; a partition it has read is
+    // not read again until it changes, but what it had to say is still answered: an opening
+    // fetch waiting through another partition's writes is answered in full.
+    let named = &led[2..];
+    assert!(!named.is_empty(), "broker 1 leads {led:?}");
+    let opening = fetch(0, 0, named, 1_500);
+    let waiting = tokio::spawn(async move { f.send(&opening, 12).await });
+    for n in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let records = kmeta::broker::log::batch::build(&[b"w"], kmeta::controller::wall_ms(), None);
+        let produced = p
+            .send(
+                &kmeta::kafka::client::produce_one("quiet", led[1], 1, 10_000, records),
+                9,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            produced.responses[0].partition_responses[0].error_code, 0,
+            "write {n}"
+        );
+    }
+    let full = waiting.await.unwrap().unwrap();
+    assert_eq!(full.error_code, 0);
+    assert_eq!(count(&full), named.len(), "{full:?}");
 }
 
 /// Issue 13: a broker `kill -9`ed and restarted in the same boot of the machine (its files
