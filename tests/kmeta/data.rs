@@ -579,15 +579,20 @@ async fn a_follower_session_names_only_what_changed_both_ways() {
     let mut p = KafkaClient::connect(&b1, "producer", Duration::from_secs(10))
         .await
         .unwrap();
-    let records = kmeta::broker::log::batch::build(&[b"m"], kmeta::controller::wall_ms(), None);
-    let produced = p
-        .send(
-            &kmeta::kafka::client::produce_one("quiet", led[0], 1, 10_000, records),
-            9,
-        )
-        .await
-        .unwrap();
-    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    /// Writes one message to partition `partition` of "quiet"; its error code.
+    async fn produce(p: &mut KafkaClient, partition: i32, value: &[u8]) -> i16 {
+        let records =
+            kmeta::broker::log::batch::build(&[value], kmeta::controller::wall_ms(), None);
+        let produced = p
+            .send(
+                &kmeta::kafka::client::produce_one("quiet", partition, 1, 10_000, records),
+                9,
+            )
+            .await
+            .unwrap();
+        produced.responses[0].partition_responses[0].error_code
+    }
+    assert_eq!(produce(&mut p, led[0], b"m").await, 0);
     let news = f.send(&fetch(id, 2, &[], 2_000), 12).await.unwrap();
     assert_eq!(news.error_code, 0);
     let named: Vec<i32> = news
@@ -614,18 +619,7 @@ async fn a_follower_session_names_only_what_changed_both_ways() {
     let waiting = tokio::spawn(async move { f.send(&opening, 12).await });
     for n in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let records = kmeta::broker::log::batch::build(&[b"w"], kmeta::controller::wall_ms(), None);
-        let produced = p
-            .send(
-                &kmeta::kafka::client::produce_one("quiet", led[1], 1, 10_000, records),
-                9,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            produced.responses[0].partition_responses[0].error_code, 0,
-            "write {n}"
-        );
+        assert_eq!(produce(&mut p, led[1], b"w").await, 0, "write {n}");
     }
     let full = waiting.await.unwrap().unwrap();
     assert_eq!(full.error_code, 0);

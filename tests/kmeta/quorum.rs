@@ -78,6 +78,15 @@ impl Cluster {
         }
     }
 
+    /// Writes one batch for each of `ns` (see [`Cluster::write`]); the last one's index.
+    async fn write_range(&self, ns: std::ops::Range<u16>) -> u64 {
+        let mut last = 0;
+        for n in ns {
+            last = self.write(n).await;
+        }
+        last
+    }
+
     pub async fn wait_applied(&self, index: u64) {
         for (id, node) in &self.nodes {
             node.raft
@@ -103,10 +112,7 @@ impl Cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_to_every_controller() {
     let cluster = Cluster::start(3).await;
-    let mut last = 0;
-    for n in 0..20 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(0..20).await;
     cluster.wait_applied(last).await;
     let hashes = cluster.hashes();
     assert!(hashes.windows(2).all(|w| w[0] == w[1]));
@@ -125,10 +131,7 @@ async fn five_controllers_keep_committing_with_two_of_them_down() {
     let follower = *cluster.nodes.keys().find(|id| **id != leader).unwrap();
     cluster.stop_node(leader).await;
     cluster.stop_node(follower).await;
-    let mut last = 0;
-    for n in 3..8 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(3..8).await;
     cluster.restart_node(leader).await.unwrap();
     cluster.restart_node(follower).await.unwrap();
     cluster.wait_applied(last).await;
@@ -151,10 +154,7 @@ async fn a_new_leader_takes_over_and_a_restarted_node_catches_up_from_disk() {
     cluster.stop_node(old).await;
     let new = cluster.leader(Duration::from_secs(10)).await;
     assert_ne!(new, old);
-    let mut last = 0;
-    for n in 5..10 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(5..10).await;
     // The old leader comes back from its own directory and catches up.
     cluster.restart_node(old).await.unwrap();
     cluster.wait_applied(last).await;
@@ -173,10 +173,7 @@ async fn a_new_leader_takes_over_and_a_restarted_node_catches_up_from_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metadata_shell_reads_a_stopped_controller_and_returns() {
     let mut cluster = Cluster::start(3).await;
-    let mut last = 0;
-    for n in 0..5 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(0..5).await;
     cluster.wait_applied(last).await;
     cluster.stop_node(1).await;
     let dir = cluster.dirs[&1].clone();
@@ -281,10 +278,7 @@ async fn a_partitioned_minority_commits_nothing_and_converges_after_healing() {
 /// Writes 30 batches, then has every node snapshot and drop its log behind the snapshot, so
 /// that a node that lost its files can only catch up by snapshot. Returns the last index.
 async fn snapshot_and_purge_everywhere(cluster: &Cluster) -> u64 {
-    let mut last = 0;
-    for n in 0..30 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(0..30).await;
     cluster.wait_applied(last).await;
     for node in cluster.nodes.values() {
         node.raft.trigger().snapshot().await.unwrap();
@@ -379,10 +373,7 @@ async fn a_controller_whose_answers_are_slower_than_the_heartbeat_interval_still
     cluster.restart_node(victim).await.unwrap();
     check_caught_up_by_snapshot(&cluster, victim).await;
     // And by the log, entry by entry, over the same slow link.
-    let mut last = 0;
-    for n in 200..210 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(200..210).await;
     cluster.wait_applied(last).await;
     cluster.shutdown().await;
 }
@@ -390,10 +381,7 @@ async fn a_controller_whose_answers_are_slower_than_the_heartbeat_interval_still
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_controller_restarted_from_disk_comes_back_with_the_same_image() {
     let mut cluster = Cluster::start(3).await;
-    let mut last = 0;
-    for n in 0..15 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(0..15).await;
     cluster.wait_applied(last).await;
     let before = cluster.hashes();
     assert!(before.windows(2).all(|w| w[0] == w[1]));
@@ -439,10 +427,7 @@ async fn a_snapshot_is_taken_once_enough_log_bytes_accumulate() {
         0,
     ));
     assert_eq!(node.sm.snapshot_index(), None);
-    let mut last = 0;
-    for n in 0..40 {
-        last = cluster.write(n).await;
-    }
+    let last = cluster.write_range(0..40).await;
     cluster.wait_applied(last).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while node.sm.snapshot_index().is_none() {
@@ -463,10 +448,7 @@ async fn the_next_snapshot_waits_for_as_many_log_bytes_as_the_last_snapshot_hold
     let cluster = Cluster::start(3).await;
     let node = &cluster.nodes[&1];
     // A first snapshot of an image larger than the byte trigger.
-    let mut last = 0;
-    for n in 0..200 {
-        last = cluster.write(n).await;
-    }
+    let mut last = cluster.write_range(0..200).await;
     cluster.wait_applied(last).await;
     node.raft.trigger().snapshot().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
