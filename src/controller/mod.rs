@@ -384,7 +384,12 @@ impl EventLoop {
         mut jobs: mpsc::Receiver<Job>,
         mut failures: mpsc::UnboundedReceiver<Failure>,
     ) {
+        // Every metric moves on each append, commit and acknowledgement; the loop needs them
+        // only while this node leads and is not active yet (it becomes active once the log is
+        // applied). Otherwise it waits on the server's (state, vote, leader) alone: watching
+        // every metric woke each controller's loop several times per write to learn nothing.
         let mut metrics = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
         let mut ticker = tokio::time::interval(FENCE_CHECK_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let balance_every = Duration::from_millis(self.config.leader_balance_interval_ms.max(1));
@@ -426,7 +431,13 @@ impl EventLoop {
                     }
                     self.refresh_leadership().await;
                 }
-                changed = metrics.changed() => {
+                changed = metrics.changed(), if self.active.is_none() && self.leads(&server) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.refresh_leadership().await;
+                }
+                changed = server.changed() => {
                     if changed.is_err() {
                         return;
                     }
@@ -438,6 +449,18 @@ impl EventLoop {
 
     fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Whether the server's metrics say this node leads.
+    fn leads(
+        &self,
+        server: &openraft::type_config::alias::WatchReceiverOf<
+            TypeConfig,
+            openraft::metrics::RaftServerMetrics<TypeConfig>,
+        >,
+    ) -> bool {
+        let m = server.borrow_watched();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
     }
 
     /// Ends the session: parked replies fail with NOT_CONTROLLER, the speculative state is
