@@ -255,15 +255,17 @@ pub async fn serve_connection<S: Service>(
                 slots.pop_front();
                 let mut reply = Some(reply);
                 let mut payloads = Vec::new();
-                // The answers ready now, in order, go out together.
+                let mut failed = None;
+                // The answers ready now, in order, go out together; a failed one closes the
+                // connection after the answers before it.
                 while let Some(r) = reply.take() {
                     match r {
                         // An empty payload is no response at all (Produce with acks=0).
                         Ok(payload) if payload.is_empty() => {}
                         Ok(payload) => payloads.push(payload),
                         Err(e) => {
-                            tracing::warn!(%peer, error = %e, "closing connection");
-                            return;
+                            failed = Some(e);
+                            break;
                         }
                     }
                     if let Some(Some(next)) = running.next().now_or_never() {
@@ -276,6 +278,10 @@ pub async fn serve_connection<S: Service>(
                     [one] => write_frame(&mut write, one).await,
                     many => write_frames(&mut write, many).await,
                 };
+                if let Some(e) = failed {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                    return;
+                }
                 if written.is_err() {
                     return;
                 }
@@ -524,6 +530,68 @@ mod tests {
         service
             .most_at_once
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Fails a request whose client id is "fail" at once; answers the others after 100 ms.
+    struct FailsOne(ApiSet);
+
+    impl Service for FailsOne {
+        fn apis(&self) -> &ApiSet {
+            &self.0
+        }
+
+        fn pipelining(&self, _: &Request) -> Pipelining {
+            Pipelining::Unordered
+        }
+
+        async fn handle(&self, request: Request) -> Result<Bytes, String> {
+            if request.header.client_id.as_deref() == Some("fail") {
+                return Err("this request fails".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            versions_answer(&self.0, &request)
+        }
+    }
+
+    /// A request that fails closes its connection, but the answers to the requests before
+    /// it still go out, even when the failure is ready by the time they are.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_before_a_failed_request_are_sent_before_the_connection_closes() {
+        use kafka_protocol::protocol::StrBytes;
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = Arc::new(FailsOne(ApiSet::new(vec![(
+            ApiKey::ApiVersions,
+            ApiVersionsRequest::VERSIONS,
+        )])));
+        tokio::spawn(serve(
+            listener,
+            service,
+            Limits::default(),
+            std::future::pending(),
+        ));
+        let mut out = Vec::new();
+        for (correlation, client_id) in [(1, "ok"), (2, "fail")] {
+            let frame = crate::kafka::client::encode_request(
+                &ApiVersionsRequest::default(),
+                0,
+                correlation,
+                &StrBytes::from_static_str(client_id),
+            )
+            .unwrap();
+            crate::kafka::wire::put_frame(&mut out, &frame);
+        }
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&out).await.unwrap();
+        let answer = read_frame(&mut stream, 1 << 20)
+            .await
+            .unwrap()
+            .expect("the first request's answer");
+        crate::kafka::client::decode_response::<ApiVersionsRequest>(answer, 0, 1).unwrap();
+        assert!(read_frame(&mut stream, 1 << 20)
+            .await
+            .is_ok_and(|f| f.is_none()));
     }
 
     #[tokio::test]
