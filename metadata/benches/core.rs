@@ -207,10 +207,128 @@ fn main() {
     println!("|---|---|---|---|");
     // `cargo bench -p kmeta-metadata --bench core -- million` runs the 1,000,000-partition
     // cases alone (for a profile of them).
+    // `-- creates` runs the creation cases alone.
+    if std::env::args().any(|a| a == "creates") {
+        creates();
+        return;
+    }
     if !std::env::args().any(|a| a == "million") {
         small_cases();
+        creates();
     }
     million();
+}
+
+/// Runs of each creation case: `KMETA_BENCH_RUNS`, 5 unless set (more for a profile).
+fn runs() -> usize {
+    std::env::var("KMETA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// A scattered 64-bit value for the `i`th thing (splitmix64): topic ids and names as random
+/// as real ones, from no randomness.
+fn scatter(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49eb_133c_e111);
+    z ^ (z >> 31)
+}
+
+/// Creations as the cluster meets them under load (`kmeta bench compare --workloads create`):
+/// topics of one partition, RF 3, random ids and names, decided 32 to an entry, and each
+/// entry replayed onto a copy of the image the entry before left, which a reader still
+/// holds (as a controller's state machine and a broker's published image are): the cost per
+/// topic with `present` topics already there. Must not grow with `present`.
+fn creates() {
+    // `KMETA_BENCH_ORDERED_IDS=1`: topic ids that grow with creation (a time prefix, as
+    // UUIDv7), rather than random.
+    let ordered = std::env::var("KMETA_BENCH_ORDERED_IDS").is_ok_and(|v| v == "1");
+    for present in [100usize, 10_000, 100_000] {
+        let mut c = Cluster::new(3);
+        let mut n = 0u64;
+        let entry = |c: &mut Cluster, n: &mut u64, topics: usize| {
+            let creatable: Vec<CreatableTopic> = (0..topics)
+                .map(|_| {
+                    *n += 1;
+                    let id = scatter(*n);
+                    CreatableTopic {
+                        name: format!("c-{:016x}", scatter(id)),
+                        topic_id: if ordered {
+                            uuid::Uuid::from_u64_pair(*n, id)
+                        } else {
+                            uuid::Uuid::from_u64_pair(id, scatter(id ^ 1))
+                        },
+                        num_partitions: 1,
+                        replication_factor: 3,
+                        assignments: vec![],
+                        configs: vec![],
+                    }
+                })
+                .collect();
+            let r = create_topics(&c.image, &c.config, &creatable, false);
+            assert!(r.reply.iter().all(|t| t.error.is_none()));
+            r.records
+        };
+        while (n as usize) < present {
+            let records = entry(&mut c, &mut n, 100.min(present));
+            c.image.replay_batch(LogOffset(c.offset), &records).unwrap();
+            c.offset += 1;
+        }
+        let entries: Vec<Vec<MetadataRecord>> = {
+            let mut probe = c.image.clone();
+            let mut out = Vec::new();
+            for _ in 0..100 {
+                let mut scratch = Cluster {
+                    image: probe.clone(),
+                    ..Cluster::new(0)
+                };
+                let records = entry(&mut scratch, &mut n, 32);
+                probe.replay_batch(LogOffset(c.offset), &records).unwrap();
+                out.push(records);
+            }
+            out
+        };
+        measure(
+            &format!("create 3,200 topics (1 partition, RF 3), 32 an entry, with {present} present: replay each onto a held copy"),
+            runs(),
+            || {
+                let mut image = c.image.clone();
+                let mut held = Vec::new();
+                let start = Instant::now();
+                for records in &entries {
+                    let mut next = image.clone();
+                    next.replay_batch(LogOffset(c.offset), records).unwrap();
+                    held.push(std::mem::replace(&mut image, next));
+                    if held.len() > 1 {
+                        held.remove(0);
+                    }
+                }
+                let elapsed = start.elapsed();
+                std::hint::black_box((image, held));
+                elapsed
+            },
+        );
+        measure(
+            &format!("create 3,200 topics (1 partition, RF 3), 32 an entry, with {present} present: replay each in place"),
+            runs(),
+            || {
+                // A copy that shares nothing, as one a process has long owned alone.
+                let mut image = MetadataImage::new();
+                image
+                    .replay_batch(LogOffset(c.offset), &c.image.to_records())
+                    .unwrap();
+                let start = Instant::now();
+                for records in &entries {
+                    image.replay_batch(LogOffset(c.offset), records).unwrap();
+                }
+                let elapsed = start.elapsed();
+                std::hint::black_box(image);
+                elapsed
+            },
+        );
+    }
 }
 
 fn small_cases() {

@@ -254,7 +254,7 @@ impl Harness {
         }
     }
 
-    fn create(&mut self, t: CreatableTopic) -> TopicId {
+    pub fn create(&mut self, t: CreatableTopic) -> TopicId {
         let result = create_topics(&self.image, &self.config, &[t], false);
         let reply = self.commit(result);
         assert_eq!(reply[0].error, None, "{:?}", reply[0]);

@@ -13,6 +13,27 @@ use kmeta_metadata::record::*;
 use kmeta_metadata::*;
 
 #[test]
+fn topics_created_in_one_millisecond_spread_their_leaders_over_the_brokers() {
+    // The controller's topic ids begin with their creation time (UUIDv7): topics created in
+    // one millisecond share the first half of their ids; only the second is random.
+    let mut h = Harness::default();
+    h.active_brokers(&[0, 1, 2]);
+    let mut random = 0x1234_5678_9abc_def0u64;
+    for i in 0..300 {
+        random = random
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let mut t = h.creatable(&format!("t{i}"), 1, 3);
+        t.topic_id = uuid::Uuid::from_u64_pair(0x0193_0000_0000_7000, random);
+        h.create(t);
+    }
+    for b in 0..3 {
+        let led = h.image.leader_count(BrokerId(b));
+        assert!((70..=130).contains(&led), "broker {b} leads {led} of 300");
+    }
+}
+
+#[test]
 fn initial_isr_leaves_out_fenced_and_shutting_down_replicas() {
     let mut h = Harness::default();
     h.active_brokers(&[0, 1, 2, 3]);

@@ -183,13 +183,12 @@ fn create_one(
             r => r,
         };
         check_batch_size(partitions as usize + 1 + topic.configs.len())?;
-        let seed = topic.topic_id.as_u64_pair().0;
         place_replicas(
             &usable_brokers(image),
             0,
             partitions,
             rf,
-            seed,
+            placement_seed(&topic.topic_id),
             image.brokers().count(),
         )?
     } else {
@@ -461,7 +460,7 @@ fn create_partitions_one(
             current,
             added,
             rf as i16,
-            topic.id.as_u64_pair().0,
+            placement_seed(&topic.id),
             image.brokers().count(),
         )?,
     };
@@ -472,4 +471,12 @@ fn create_partitions_one(
             MetadataRecord::Partition(new_partition(image, topic.id, current + i as i32, replicas))
         })
         .collect())
+}
+/// The seed of a topic's replica placement: both halves of its id. Ids the controller makes
+/// begin with their creation time (UUIDv7, so that a new topic's entries go at the end of the
+/// maps keyed by topic id), and topics created in one millisecond share most of the first
+/// half; the second is random.
+fn placement_seed(id: &uuid::Uuid) -> u64 {
+    let (high, low) = id.as_u64_pair();
+    high ^ low
 }
