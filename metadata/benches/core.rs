@@ -239,8 +239,9 @@ fn scatter(i: u64) -> u64 {
 /// Creations as the cluster meets them under load (`kmeta bench compare --workloads create`):
 /// topics of one partition, RF 3, random ids and names, decided 32 to an entry, and each
 /// entry replayed onto a copy of the image the entry before left, which a reader still
-/// holds (as a controller's state machine and a broker's published image are): the cost per
-/// topic with `present` topics already there. Must not grow with `present`.
+/// holds (as a broker's published image is, and a controller's was), or in place: the cost
+/// per topic with `present` topics already there. Topic ids random (`KMETA_BENCH_ORDERED_IDS=1`:
+/// time first, as the controller makes them), topic names random.
 fn creates() {
     // `KMETA_BENCH_ORDERED_IDS=1`: topic ids that grow with creation (a time prefix, as
     // UUIDv7), rather than random.
