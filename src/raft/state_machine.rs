@@ -749,11 +749,10 @@ mod tests {
             err.is_err(),
             "a committed record that does not replay is fatal"
         );
-        let snapshot = sm.build_snapshot().await;
-        let why = snapshot
-            .err()
-            .expect("no snapshot of a half-replayed image")
-            .to_string();
+        let Err(why) = sm.build_snapshot().await else {
+            panic!("a snapshot of a half-replayed image");
+        };
+        let why = why.to_string();
         assert!(why.contains("broker 7 is not registered"), "{why}");
         assert!(
             !dir.path().join("snapshot").exists(),
