@@ -279,10 +279,13 @@ pub struct MetadataImage {
     offset: Option<LogOffset>,
     brokers: OrdMap<BrokerId, Arc<BrokerRegistration>>,
     topics: OrdMap<TopicId, Arc<TopicImage>>,
-    topic_ids: OrdMap<String, TopicId>,
+    /// Names as `Arc<str>` here and in the offsets and their index: a replay onto an image
+    /// a reader still holds copies the path to each key it changes, keys and all, and a
+    /// `String` key allocates as it is copied.
+    topic_ids: OrdMap<Arc<str>, TopicId>,
     configs: OrdMap<ConfigResource, OrdMap<String, String>>,
     features: OrdMap<String, u16>,
-    offsets: OrdMap<String, OrdMap<TopicIdPartition, OffsetValue>>,
+    offsets: OrdMap<Arc<str>, OrdMap<TopicIdPartition, OffsetValue>>,
     /// The first producer id not yet handed to a broker.
     next_producer_id: i64,
     // Derived indexes, maintained by replay.
@@ -293,12 +296,12 @@ pub struct MetadataImage {
     /// How many partitions each broker leads (no entry for none), so a heartbeat asks whether
     /// a broker leads anything without a scan of its partitions.
     leader_counts: OrdMap<BrokerId, usize>,
-    groups_by_topic: OrdMap<TopicId, OrdSet<String>>,
+    groups_by_topic: OrdMap<TopicId, OrdSet<Arc<str>>>,
     /// Topic names holding '.' or '_', by [`collision_key`], with how many topics have each
     /// key: CreateTopics refuses a name that collides with one of them without reading every
     /// topic's name (which made each creation cost the active controller time in proportion
     /// to the topics there are).
-    collision_keys: OrdMap<String, u32>,
+    collision_keys: OrdMap<Arc<str>, u32>,
     partition_count: usize,
     /// Partitions whose ISR is smaller than their replica set, so that the gauge of them is
     /// read without a scan.
@@ -400,7 +403,10 @@ impl MetadataImage {
     /// topic names that differ only in '.' and '_' (both become '_' in metric names). A topic
     /// named exactly `name` counts too; callers check for it first.
     pub fn has_colliding_topic(&self, name: &str) -> bool {
-        has_collision_chars(name) && self.collision_keys.contains_key(&collision_key(name))
+        has_collision_chars(name)
+            && self
+                .collision_keys
+                .contains_key(collision_key(name).as_str())
     }
 
     /// All topics, ordered by name.
@@ -558,7 +564,7 @@ impl MetadataImage {
 
     /// All groups that have committed offsets, ordered.
     pub fn groups(&self) -> impl Iterator<Item = &str> + '_ {
-        self.offsets.keys().map(String::as_str)
+        self.offsets.keys().map(|g| &**g)
     }
 
     /// Applies one record at `offset`. On error the image is unchanged.
@@ -799,7 +805,7 @@ impl MetadataImage {
     }
 
     fn replay_topic(&mut self, r: &TopicRecord) -> Result<(), String> {
-        if let Some(id) = self.topic_ids.get(&r.name) {
+        if let Some(id) = self.topic_ids.get(r.name.as_str()) {
             return Err(format!("topic {} already exists with id {id}", r.name));
         }
         if let Some(t) = self.topics.get(&r.topic_id) {
@@ -811,11 +817,12 @@ impl MetadataImage {
         if r.topic_id.is_nil() {
             return Err("nil topic id".into());
         }
-        self.topic_ids.insert(r.name.clone(), r.topic_id);
+        self.topic_ids
+            .insert(Arc::from(r.name.as_str()), r.topic_id);
         if has_collision_chars(&r.name) {
             *self
                 .collision_keys
-                .entry(collision_key(&r.name))
+                .entry(Arc::from(collision_key(&r.name)))
                 .or_insert(0) += 1;
         }
         self.topics.insert(
@@ -1067,15 +1074,15 @@ impl MetadataImage {
             .topics
             .remove(&r.topic_id)
             .ok_or_else(|| format!("removal of unknown topic id {}", r.topic_id))?;
-        self.topic_ids.remove(&topic.name);
+        self.topic_ids.remove(topic.name.as_str());
         if has_collision_chars(&topic.name) {
             let key = collision_key(&topic.name);
-            match self.collision_keys.get(&key) {
+            match self.collision_keys.get(key.as_str()) {
                 Some(n) if *n > 1 => {
-                    self.collision_keys.insert(key, n - 1);
+                    self.collision_keys.insert(Arc::from(key), n - 1);
                 }
                 _ => {
-                    self.collision_keys.remove(&key);
+                    self.collision_keys.remove(key.as_str());
                 }
             }
         }
@@ -1097,7 +1104,7 @@ impl MetadataImage {
         self.configs.remove(&ConfigResource::topic(&topic.name));
         if let Some(groups) = self.groups_by_topic.remove(&r.topic_id) {
             for group in groups.iter() {
-                if let Some(offsets) = self.offsets.get_mut(group) {
+                if let Some(offsets) = self.offsets.get_mut(&**group) {
                     let low = TopicIdPartition {
                         topic_id: r.topic_id,
                         partition: i32::MIN,
@@ -1112,7 +1119,7 @@ impl MetadataImage {
                         offsets.remove(&tp);
                     }
                     if offsets.is_empty() {
-                        self.offsets.remove(group);
+                        self.offsets.remove(&**group);
                     }
                 }
             }
@@ -1122,7 +1129,9 @@ impl MetadataImage {
 
     fn replay_config(&mut self, r: &ConfigRecord) -> Result<(), String> {
         if r.resource.resource_type == ConfigResourceType::Topic
-            && !self.topic_ids.contains_key(&r.resource.resource_name)
+            && !self
+                .topic_ids
+                .contains_key(r.resource.resource_name.as_str())
         {
             return Err(format!(
                 "config for unknown topic {}",
@@ -1163,25 +1172,39 @@ impl MetadataImage {
                 topic_id: c.topic_id,
                 partition: c.partition,
             };
-            self.offsets.entry(c.group_id.clone()).or_default().insert(
-                tp,
-                OffsetValue {
-                    offset: c.offset,
-                    leader_epoch: c.leader_epoch,
-                    metadata: c.metadata.clone(),
-                    commit_timestamp_ms: c.commit_timestamp_ms,
-                },
-            );
-            self.groups_by_topic
-                .entry(c.topic_id)
+            let value = OffsetValue {
+                offset: c.offset,
+                leader_epoch: c.leader_epoch,
+                metadata: c.metadata.clone(),
+                commit_timestamp_ms: c.commit_timestamp_ms,
+            };
+            // The group's name is allocated once, when it first commits, and shared by the
+            // index of groups by topic; a commit of a group already indexed under its topic
+            // leaves that index untouched (an insert would copy its path anyway).
+            let group: Arc<str> = match self.offsets.get_key_value(c.group_id.as_str()) {
+                Some((group, _)) => group.clone(),
+                None => Arc::from(c.group_id.as_str()),
+            };
+            self.offsets
+                .entry(group.clone())
                 .or_default()
-                .insert(c.group_id.clone());
+                .insert(tp, value);
+            let indexed = self
+                .groups_by_topic
+                .get(&c.topic_id)
+                .is_some_and(|groups| groups.contains(&group));
+            if !indexed {
+                self.groups_by_topic
+                    .entry(c.topic_id)
+                    .or_default()
+                    .insert(group);
+            }
         }
         Ok(())
     }
 
     fn replay_offset_delete(&mut self, r: &OffsetDeleteRecord) {
-        let Some(offsets) = self.offsets.get_mut(&r.group_id) else {
+        let Some(offsets) = self.offsets.get_mut(r.group_id.as_str()) else {
             return;
         };
         let gone: Vec<TopicIdPartition> = match &r.partitions {
@@ -1193,12 +1216,12 @@ impl MetadataImage {
         }
         let left: OrdSet<TopicId> = offsets.keys().map(|tp| tp.topic_id).collect();
         if offsets.is_empty() {
-            self.offsets.remove(&r.group_id);
+            self.offsets.remove(r.group_id.as_str());
         }
         for tp in gone {
             if !left.contains(&tp.topic_id) {
                 if let Some(groups) = self.groups_by_topic.get_mut(&tp.topic_id) {
-                    groups.remove(&r.group_id);
+                    groups.remove(r.group_id.as_str());
                     if groups.is_empty() {
                         self.groups_by_topic.remove(&tp.topic_id);
                     }
@@ -1262,7 +1285,7 @@ impl MetadataImage {
             let all: Vec<CommittedOffset> = offsets
                 .iter()
                 .map(|(tp, v)| CommittedOffset {
-                    group_id: group.clone(),
+                    group_id: group.to_string(),
                     topic_id: tp.topic_id,
                     partition: tp.partition,
                     offset: v.offset,
@@ -1322,7 +1345,7 @@ pub(crate) struct DerivedIndexes<'a> {
     pub imbalanced: &'a OrdSet<TopicIdPartition>,
     pub leaderless: &'a OrdSet<TopicIdPartition>,
     pub leader_counts: &'a OrdMap<BrokerId, usize>,
-    pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<String>>,
+    pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<Arc<str>>>,
     pub partition_count: usize,
     pub under_replicated_count: usize,
 }
