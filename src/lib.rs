@@ -90,6 +90,32 @@ pub(crate) fn heavy_to_replay(records: &[kmeta_metadata::record::MetadataRecord]
         })
 }
 
+/// The first of `n` consecutive free ports on 127.0.0.1 for servers started later, none handed
+/// out before by this process. From 20000-32767, below Linux's ephemeral range: an ephemeral
+/// port can be taken by a started server's outgoing connection between this check and a later
+/// server's bind (a bench broker once failed to bind its metrics port so). The start is random,
+/// since tests pick ports in parallel processes.
+pub fn free_ports(n: u16) -> Result<u16, String> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_768;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        let base = rand::random_range(LOW..HIGH - n);
+        let free = (base..base + n)
+            .all(|p| !given.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            given.extend(base..base + n);
+            return Ok(base);
+        }
+    }
+    Err(format!(
+        "no {n} free consecutive ports in {LOW}-{}",
+        HIGH - 1
+    ))
+}
+
 /// A new cluster id: a random UUID in Kafka's URL-safe base64 form (22 characters). Like
 /// Kafka's `Uuid.randomUuid`, it never starts with `-`, which a command line would take for a
 /// flag (`--cluster-id -abc...`).

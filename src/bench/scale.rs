@@ -20,7 +20,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -132,23 +132,6 @@ pub(super) fn pid_cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
-/// A free port on 127.0.0.1 for a server started later, never one handed out before in this
-/// process. From 20000-32767, below Linux's ephemeral range: an ephemeral port can be taken
-/// by a started node's outgoing connection between this check and a later node's bind (a
-/// broker once failed to bind its metrics port so, and the run waited out its 60 s).
-pub(super) fn free_port() -> Result<u16, String> {
-    static GIVEN: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..10_000 {
-        let port = rand::random_range(20_000..32_768u16);
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.insert(port);
-            return Ok(port);
-        }
-    }
-    Err("no free port in 20000-32767".into())
-}
-
 impl Nodes {
     fn config_path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("node-{id}.properties"))
@@ -209,11 +192,11 @@ impl Nodes {
             .map_err(|e| format!("creating {}: {e}", o.data_dir.display()))?;
         let mut ports = BTreeMap::new();
         for id in CONTROLLERS.iter().chain(&BROKERS) {
-            ports.insert(*id, free_port()?);
+            ports.insert(*id, crate::free_ports(1)?);
         }
         let mut metrics_ports = BTreeMap::new();
         for id in BROKERS {
-            metrics_ports.insert(id, free_port()?);
+            metrics_ports.insert(id, crate::free_ports(1)?);
         }
         let mut nodes = Nodes {
             dir: o.data_dir.clone(),

@@ -13,29 +13,9 @@ pub fn free_port() -> u16 {
     free_ports(1)
 }
 
-/// The first of `n` consecutive free ports on 127.0.0.1. Ports come from 20000-32767, below
-/// Linux's ephemeral range, so the clients' own outgoing connections never take one between
-/// this check and the server's bind; tests run in parallel processes, so the start is random.
+/// The first of `n` consecutive free ports on 127.0.0.1 ([`kmeta::free_ports`]).
 pub fn free_ports(n: u16) -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        ^ ((std::process::id() as u64) << 20);
-    loop {
-        let mut x = seed.wrapping_add(NEXT.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed));
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        let base = 20_000 + (x % (32_767 - 20_000 - n as u64)) as u16;
-        let all_free =
-            (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
+    kmeta::free_ports(n).expect("free ports")
 }
 
 pub struct ProcessCluster {

@@ -233,7 +233,7 @@ fn spawn(mut command: Command, log: PathBuf) -> Result<Child, String> {
 }
 
 fn ports(n: usize) -> Result<Vec<u16>, String> {
-    (0..n).map(|_| scale::free_port()).collect()
+    (0..n).map(|_| crate::free_ports(1)).collect()
 }
 
 fn start_etcd(dir: PathBuf, keep: bool) -> Result<Servers, String> {

@@ -472,6 +472,7 @@ fn create_partitions_one(
         })
         .collect())
 }
+
 /// The seed of a topic's replica placement: both halves of its id. Ids the controller makes
 /// begin with their creation time (UUIDv7, so that a new topic's entries go at the end of the
 /// maps keyed by topic id), and topics created in one millisecond share most of the first
