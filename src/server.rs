@@ -185,15 +185,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 /// Resolves when this node's Raft has stopped on a fatal error, with the reason.
-async fn raft_stopped(raft: Raft) -> String {
+///
+/// It waits on the server metrics (state, vote, leader), which change at elections, not on
+/// the full metrics, which openraft sends after every batch of its commands: a task waiting
+/// on those woke several times per entry. The core sets the full metrics' running state to
+/// its error and then drops every metrics sender as its task ends, so the server metrics'
+/// channel closing is the signal, and the full metrics then hold the reason.
+pub async fn raft_stopped(raft: Raft) -> String {
     use openraft::async_runtime::WatchReceiver;
-    let mut metrics = raft.metrics();
+    let mut server = raft.server_metrics();
     loop {
-        if let Err(e) = &metrics.borrow_watched().running_state {
+        if let Err(e) = &raft.metrics().borrow_watched().running_state {
             return e.to_string();
         }
-        if metrics.changed().await.is_err() {
-            return "raft stopped".to_string();
+        if server.changed().await.is_err() {
+            return match &raft.metrics().borrow_watched().running_state {
+                Err(e) => e.to_string(),
+                Ok(()) => "raft stopped".to_string(),
+            };
         }
     }
 }

@@ -499,3 +499,50 @@ async fn the_next_snapshot_waits_for_as_many_log_bytes_as_the_last_snapshot_hold
     policy.abort();
     cluster.shutdown().await;
 }
+
+/// A future that counts how often it is polled: each poll after the first is a wake-up.
+struct CountPolls<F> {
+    inner: std::pin::Pin<Box<F>>,
+    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<F: std::future::Future> std::future::Future for CountPolls<F> {
+    type Output = F::Output;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_for_a_stopped_raft_sleeps_through_writes_and_wakes_when_it_stops() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    cluster.write_range(0..5).await;
+    let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = tokio::spawn(CountPolls {
+        inner: Box::pin(kmeta::server::raft_stopped(cluster.nodes[&leader].raft.clone())),
+        polls: polls.clone(),
+    });
+    let last = cluster.write_range(5..105).await;
+    cluster.wait_applied(last).await;
+    let woken = polls.load(std::sync::atomic::Ordering::Relaxed);
+    // openraft publishes its full metrics several times per entry; a watch on those woke for
+    // each. Elections are the only thing this watch may wake for, and there were none.
+    assert!(
+        woken <= 3,
+        "the watch was polled {woken} times over 100 entries"
+    );
+    assert!(!watch.is_finished(), "the watch resolved while raft runs");
+    let _ = cluster.nodes[&leader].raft.shutdown().await;
+    let why = tokio::time::timeout(Duration::from_secs(5), watch)
+        .await
+        .expect("the watch resolves once raft stops")
+        .unwrap();
+    assert!(!why.is_empty());
+    cluster.shutdown().await;
+}
