@@ -525,7 +525,9 @@ async fn the_watch_for_a_stopped_raft_sleeps_through_writes_and_wakes_when_it_st
     cluster.write_range(0..5).await;
     let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let watch = tokio::spawn(CountPolls {
-        inner: Box::pin(kmeta::server::raft_stopped(cluster.nodes[&leader].raft.clone())),
+        inner: Box::pin(kmeta::server::raft_stopped(
+            cluster.nodes[&leader].raft.clone(),
+        )),
         polls: polls.clone(),
     });
     let last = cluster.write_range(5..105).await;
