@@ -523,6 +523,14 @@ async fn the_watch_for_a_stopped_raft_sleeps_through_writes_and_wakes_when_it_st
     let cluster = Cluster::start(3).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     cluster.write_range(0..5).await;
+    let term = || {
+        cluster.nodes[&leader]
+            .raft
+            .metrics()
+            .borrow_watched()
+            .current_term
+    };
+    let term_before = term();
     let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let watch = tokio::spawn(CountPolls {
         inner: Box::pin(kmeta::server::raft_stopped(
@@ -532,12 +540,14 @@ async fn the_watch_for_a_stopped_raft_sleeps_through_writes_and_wakes_when_it_st
     });
     let last = cluster.write_range(5..105).await;
     cluster.wait_applied(last).await;
-    let woken = polls.load(std::sync::atomic::Ordering::Relaxed);
+    let woken = polls.load(std::sync::atomic::Ordering::Relaxed) as u64;
     // openraft publishes its full metrics several times per entry; a watch on those woke for
-    // each. Elections are the only thing this watch may wake for, and there were none.
+    // each (408 polls here). Elections are the only thing this watch may wake for: a few
+    // wake-ups each, should a slow machine see one.
+    let elections = term() - term_before;
     assert!(
-        woken <= 3,
-        "the watch was polled {woken} times over 100 entries"
+        woken <= 3 + 10 * elections,
+        "the watch was polled {woken} times over 100 entries and {elections} elections"
     );
     assert!(!watch.is_finished(), "the watch resolved while raft runs");
     let _ = cluster.nodes[&leader].raft.shutdown().await;
