@@ -446,6 +446,11 @@ enum BenchCommand {
         /// Seconds of load before the window.
         #[arg(long, default_value_t = 3)]
         warmup: u64,
+        /// Seconds of unmeasured update load on each system right after it starts, before
+        /// its first run (a JVM's ZooKeeper runs its first seconds slower while it compiles);
+        /// 0 for none.
+        #[arg(long, default_value_t = 30)]
+        start_warmup: u64,
         /// Seconds measured.
         #[arg(long, default_value_t = 12)]
         seconds: u64,
@@ -800,6 +805,7 @@ fn main() -> ExitCode {
                     workers,
                     connections,
                     warmup,
+                    start_warmup,
                     seconds,
                     json,
                     data_dir,
@@ -834,6 +840,7 @@ fn main() -> ExitCode {
                 workers,
                 connections,
                 warmup: std::time::Duration::from_secs(warmup),
+                start_warmup: std::time::Duration::from_secs(start_warmup),
                 window: std::time::Duration::from_secs(seconds),
                 data_dir,
                 keep,
