@@ -756,7 +756,7 @@ pub async fn compare(o: &CompareOptions) -> Result<Vec<Row>, String> {
                 "  warmed up: {} {}, {workers} workers for {} s, unmeasured",
                 system.name(),
                 Workload::Update.name(),
-                o.start_warmup.as_secs() + 1,
+                (warm.warmup + warm.window).as_secs(),
             );
         }
         for &workload in &o.workloads {
