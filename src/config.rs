@@ -91,7 +91,25 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("group.min.session.timeout.ms", Some("6000")),
     ("group.max.session.timeout.ms", Some("1800000")),
     ("group.initial.rebalance.delay.ms", Some("3000")),
+    // Security (issue 15, src/tls.rs): the `ssl.*` keys are in `crate::tls::SSL_KEYS`.
+    ("listener.security.protocol.map", None),
 ];
+
+/// Whether kmeta reads `key`.
+fn is_known_key(key: &str) -> bool {
+    KNOWN_KEYS.iter().any(|(known, _)| *known == key)
+        || crate::tls::SSL_KEYS.contains(&key)
+        || crate::tls::is_listener_ssl_key(key)
+}
+
+/// How one listener is secured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSecurity {
+    /// Its protocol, from `listener.security.protocol.map`.
+    pub protocol: crate::tls::SecurityProtocol,
+    /// Its TLS settings, for SSL and SASL_SSL.
+    pub ssl: Option<crate::tls::SslConfig>,
+}
 
 /// A parsed and validated node configuration.
 #[derive(Clone, Debug)]
@@ -104,6 +122,8 @@ pub struct NodeConfig {
     pub voters: BTreeMap<u64, String>,
     /// `listeners`.
     pub listeners: Vec<Listener>,
+    /// Each listener's security, by listener name.
+    pub security: BTreeMap<String, ListenerSecurity>,
     /// `advertised.listeners` (defaults to `listeners`).
     pub advertised_listeners: Vec<Listener>,
     /// `controller.listener.names` (first name).
@@ -207,6 +227,65 @@ fn parse_listeners(key: &str, value: &str) -> Result<Vec<Listener>, ConfigError>
         .collect()
 }
 
+/// Each listener's protocol and TLS settings. Every listener must be named in
+/// `listener.security.protocol.map` (Kafka's default map when the key is absent).
+fn listener_security(
+    props: &BTreeMap<String, String>,
+    listeners: &[Listener],
+    roles: Roles,
+    controller_listener: &str,
+    broker_listener: &str,
+) -> Result<BTreeMap<String, ListenerSecurity>, ConfigError> {
+    use crate::tls::SecurityProtocol;
+    let map = crate::tls::parse_protocol_map(
+        props
+            .get("listener.security.protocol.map")
+            .map(String::as_str),
+    )?;
+    let mut out = BTreeMap::new();
+    for l in listeners {
+        let protocol = *map.get(&l.name).ok_or_else(|| {
+            ConfigError(format!(
+                "listener.security.protocol.map: listener {} has no security protocol (add {}:PLAINTEXT, {}:SSL, ...)",
+                l.name, l.name, l.name
+            ))
+        })?;
+        if matches!(
+            protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        ) {
+            return Err(ConfigError(format!(
+                "listener.security.protocol.map: listener {} is {}, but SASL is not available yet (issue 15); use SSL or PLAINTEXT",
+                l.name,
+                protocol.name()
+            )));
+        }
+        // TLS on the connections kmeta opens itself (to the controllers, between brokers)
+        // comes with the client side (issue 15): until then those listeners stay plaintext.
+        let internal = if roles.controller && l.name == controller_listener {
+            Some("the controller listener (controller.listener.names)")
+        } else if roles.broker && l.name == broker_listener {
+            Some("the inter-broker listener (inter.broker.listener.name)")
+        } else {
+            None
+        };
+        if let (true, Some(what)) = (protocol != SecurityProtocol::Plaintext, internal) {
+            return Err(ConfigError(format!(
+                "listener.security.protocol.map: listener {} is {}, but {what} is PLAINTEXT only for now; put TLS on a client listener",
+                l.name,
+                protocol.name()
+            )));
+        }
+        let ssl = if protocol.uses_tls() {
+            Some(crate::tls::SslConfig::from_properties(props, &l.name)?)
+        } else {
+            None
+        };
+        out.insert(l.name.clone(), ListenerSecurity { protocol, ssl });
+    }
+    Ok(out)
+}
+
 fn parse_voters(value: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut voters = BTreeMap::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -265,11 +344,7 @@ impl NodeConfig {
 
     /// Validates properties into a configuration.
     pub fn from_properties(props: &BTreeMap<String, String>) -> Result<NodeConfig, ConfigError> {
-        let unknown_keys = props
-            .keys()
-            .filter(|k| !KNOWN_KEYS.iter().any(|(known, _)| known == k))
-            .cloned()
-            .collect();
+        let unknown_keys = props.keys().filter(|k| !is_known_key(k)).cloned().collect();
         let node_id: u64 = number(props, "node.id", 0)?;
         let roles_raw = props.get("process.roles").ok_or_else(|| {
             ConfigError(
@@ -317,6 +392,17 @@ impl NodeConfig {
             .get("controller.listener.names")
             .map(|v| v.split(',').next().unwrap_or("").trim().to_string())
             .unwrap_or_else(|| "CONTROLLER".into());
+        let broker_listener_name = props
+            .get("inter.broker.listener.name")
+            .cloned()
+            .unwrap_or_else(|| "PLAINTEXT".into());
+        let security = listener_security(
+            props,
+            &listeners,
+            roles,
+            &controller_listener_name,
+            &broker_listener_name,
+        )?;
         if roles.controller {
             if !voters.contains_key(&node_id) {
                 return Err(ConfigError(format!(
@@ -413,6 +499,7 @@ impl NodeConfig {
             roles,
             voters,
             listeners,
+            security,
             advertised_listeners,
             controller_listener_name,
             log_dir,
@@ -447,10 +534,7 @@ impl NodeConfig {
                 .map(|v| crate::metrics::parse_listener(v))
                 .transpose()
                 .map_err(ConfigError)?,
-            broker_listener_name: props
-                .get("inter.broker.listener.name")
-                .cloned()
-                .unwrap_or_else(|| "PLAINTEXT".into()),
+            broker_listener_name,
             limits: crate::kafka::listener::Limits {
                 max_request_bytes: number(props, "socket.request.max.bytes", 64usize)?,
                 max_connections: number(props, "max.connections", 1usize)?,
@@ -534,6 +618,59 @@ some.future.key=1
             .unwrap_err()
             .0
             .contains("controller.quorum.voters"));
+    }
+
+    #[test]
+    fn every_listener_needs_a_security_protocol_and_tls_ones_their_keys() {
+        const BROKER: &str = "
+node.id=1
+process.roles=broker
+controller.quorum.voters=101@127.0.0.1:9093
+log.dirs=/tmp/kmeta-1
+";
+        let with = |extra: &str| {
+            let mut p = props(BROKER);
+            p.extend(props(extra));
+            NodeConfig::from_properties(&p)
+        };
+        let c = with("listeners=PLAINTEXT://127.0.0.1:9092,SSL://127.0.0.1:9094\nssl.keystore.location=/k.pem")
+            .unwrap();
+        assert_eq!(
+            c.security["SSL"].protocol,
+            crate::tls::SecurityProtocol::Ssl
+        );
+        assert!(c.security["SSL"].ssl.is_some());
+        assert_eq!(
+            c.security["PLAINTEXT"].protocol,
+            crate::tls::SecurityProtocol::Plaintext
+        );
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        // A name Kafka's default map lacks must be mapped, as Kafka requires.
+        let err =
+            with("listeners=PLAINTEXT://127.0.0.1:9092,EXTERNAL://127.0.0.1:9094").unwrap_err();
+        assert!(err.0.contains("listener.security.protocol.map") && err.0.contains("EXTERNAL"));
+        let c = with("listeners=PLAINTEXT://127.0.0.1:9092,EXTERNAL://127.0.0.1:9094\nlistener.security.protocol.map=PLAINTEXT:PLAINTEXT,EXTERNAL:SSL\nlistener.name.external.ssl.keystore.location=/k.pem").unwrap();
+        assert_eq!(
+            c.security["EXTERNAL"].protocol,
+            crate::tls::SecurityProtocol::Ssl
+        );
+        // An SSL listener without a keystore.
+        let err = with("listeners=PLAINTEXT://127.0.0.1:9092,SSL://127.0.0.1:9094").unwrap_err();
+        assert!(err.0.contains("ssl.keystore.location"), "{err}");
+        // Not yet: SASL, and TLS on the connections kmeta opens itself.
+        let err =
+            with("listeners=PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094").unwrap_err();
+        assert!(err.0.contains("SASL"), "{err}");
+        let err = with("listeners=SSL://127.0.0.1:9094\ninter.broker.listener.name=SSL\nssl.keystore.location=/k.pem").unwrap_err();
+        assert!(err.0.contains("inter.broker.listener.name"), "{err}");
+        let mut p = props(GOOD);
+        p.insert(
+            "listener.security.protocol.map".into(),
+            "CONTROLLER:SSL".into(),
+        );
+        p.insert("ssl.keystore.location".into(), "/k.pem".into());
+        let err = NodeConfig::from_properties(&p).unwrap_err();
+        assert!(err.0.contains("controller.listener.names"), "{err}");
     }
 
     #[test]

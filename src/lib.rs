@@ -25,6 +25,7 @@ pub mod raft;
 pub mod server;
 pub mod sim;
 pub mod storage;
+pub mod tls;
 
 /// Runs `f`, a stretch of synchronous work that may take long (a large change replayed or
 /// applied), letting a multi-thread runtime hand this worker's other tasks to another thread

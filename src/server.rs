@@ -275,8 +275,8 @@ fn metrics_render(
     })
 }
 
-/// A broker's bound listeners: the inter-broker one, and further client listeners by name.
-type BrokerListeners = (TcpListener, Vec<(String, TcpListener)>);
+/// A broker's bound listeners: the inter-broker one, and further client listeners.
+type BrokerListeners = (TcpListener, Vec<crate::broker::BoundListener>);
 
 async fn broker_setup(
     config: &NodeConfig,
@@ -307,11 +307,28 @@ async fn broker_setup(
             .iter()
             .find(|a| a.name == l.name)
             .unwrap_or(l);
+        let security = config
+            .security
+            .get(&l.name)
+            .expect("validated: every listener has a security protocol");
+        let tls = match &security.ssl {
+            Some(ssl) => Some(crate::tls::ServerTls::load(ssl.clone())?),
+            None => None,
+        };
         let bound = TcpListener::bind(l.addr())
             .await
             .map_err(|e| format!("listeners: cannot bind {}: {e}", l.addr()))?;
-        extra.push((l.name.clone(), bound));
-        extra_listeners.push((l.name.clone(), advertised.host.clone(), advertised.port));
+        extra.push(crate::broker::BoundListener {
+            name: l.name.clone(),
+            listener: bound,
+            tls,
+        });
+        extra_listeners.push(crate::broker::AdvertisedListener {
+            name: l.name.clone(),
+            host: advertised.host.clone(),
+            port: advertised.port,
+            protocol: security.protocol,
+        });
     }
     let node_id = i32::try_from(config.node_id)
         .map_err(|_| format!("node.id: {} is too large for a broker id", config.node_id))?;

@@ -65,9 +65,9 @@ pub struct BrokerConfig {
     pub heartbeat_interval: Duration,
     /// `broker.session.timeout.ms` (bounds how long a controlled shutdown may take).
     pub session_timeout: Duration,
-    /// Further client listeners: `(name, advertised host, port)`. Clients connecting to one
+    /// Further client listeners, as advertised. Clients connecting to one
     /// are told each broker's endpoint on that listener (Kafka's rule).
-    pub extra_listeners: Vec<(String, String, u16)>,
+    pub extra_listeners: Vec<AdvertisedListener>,
     /// Listener limits.
     pub limits: Limits,
     /// Partition logs and replication settings.
@@ -350,16 +350,25 @@ async fn register_once(
         .with_cluster_id(sb(&c.cluster_id))
         .with_incarnation_id(incarnation)
         .with_listeners(
-            std::iter::once((&c.listener_name, &c.advertised_host, c.advertised_port))
-                .chain(c.extra_listeners.iter().map(|(n, h, p)| (n, h, *p)))
-                .map(|(name, host, port)| {
-                    Listener::default()
-                        .with_name(sb(name))
-                        .with_host(sb(host))
-                        .with_port(port)
-                        .with_security_protocol(0)
-                })
-                .collect(),
+            std::iter::once((
+                &c.listener_name,
+                &c.advertised_host,
+                c.advertised_port,
+                crate::tls::SecurityProtocol::Plaintext,
+            ))
+            .chain(
+                c.extra_listeners
+                    .iter()
+                    .map(|l| (&l.name, &l.host, l.port, l.protocol)),
+            )
+            .map(|(name, host, port, protocol)| {
+                Listener::default()
+                    .with_name(sb(name))
+                    .with_host(sb(host))
+                    .with_port(port)
+                    .with_security_protocol(protocol.id())
+            })
+            .collect(),
         )
         .with_features(vec![Feature::default()
             .with_name(sb("metadata.version"))
@@ -621,12 +630,35 @@ async fn run_coordinator(state: Arc<BrokerState>) {
     }
 }
 
+/// Where clients reach one of a broker's further listeners, registered with the controllers.
+#[derive(Clone, Debug)]
+pub struct AdvertisedListener {
+    /// The listener's name.
+    pub name: String,
+    /// The advertised host.
+    pub host: String,
+    /// The advertised port.
+    pub port: u16,
+    /// Its security protocol.
+    pub protocol: crate::tls::SecurityProtocol,
+}
+
+/// One of a broker's further client listeners, bound.
+pub struct BoundListener {
+    /// The listener's name.
+    pub name: String,
+    /// Its socket.
+    pub listener: TcpListener,
+    /// Its TLS, for SSL listeners.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+}
+
 /// Runs the broker whose state is `state` (see [`run`]) on its inter-broker `listener` and
-/// the `extra` client listeners, by name.
+/// the `extra` client listeners.
 pub async fn run_with(
     state: Arc<BrokerState>,
     listener: TcpListener,
-    extra: Vec<(String, TcpListener)>,
+    extra: Vec<BoundListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let _lock = lock_log_dir(&state.config.data.log_dir)?;
@@ -642,13 +674,19 @@ pub async fn run_with(
     let limits = state.config.limits;
     let mut servers = Vec::new();
     let main_name = state.config.listener_name.clone();
-    for (name, l) in std::iter::once((main_name, listener)).chain(extra) {
-        let service = Arc::new(api::BrokerService::new(state.clone(), name));
+    let main = BoundListener {
+        name: main_name,
+        listener,
+        tls: None,
+    };
+    for l in std::iter::once(main).chain(extra) {
+        let service = Arc::new(api::BrokerService::new(state.clone(), l.name));
         let mut stop = server_stop_rx.clone();
         servers.push(tokio::spawn(crate::kafka::listener::serve(
-            l,
+            l.listener,
             service,
             limits,
+            l.tls,
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

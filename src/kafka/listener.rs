@@ -2,7 +2,9 @@
 //! and answers requests one at a time per connection, in order (as Kafka does).
 //!
 //! A malformed or hostile frame closes that one connection with a logged reason; nothing a
-//! client sends can stop the listener.
+//! client sends can stop the listener. A listener with TLS (`crate::tls`) runs each
+//! connection's handshake in that connection's task; a client that fails it (no certificate
+//! where one is required, plaintext on a TLS port) is closed and the others are served on.
 
 use super::wire::{
     decode_request, read_frame, write_frame, write_frames, ApiSet, Rejected, Request,
@@ -10,11 +12,53 @@ use super::wire::{
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The half requests are read from.
+    type Read: AsyncRead + Send + Unpin + 'static;
+    /// The half answers are written to.
+    type Write: AsyncWrite + Send + Unpin + 'static;
+
+    /// The TCP socket under the stream.
+    fn tcp(&self) -> &TcpStream;
+
+    /// Splits the stream into halves that a reader and a writer task can own.
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+impl Stream for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -116,10 +160,12 @@ async fn answer<S: Service>(
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves; open connections are closed then.
+/// With `tls`, every connection runs inside TLS.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
     limits: Limits,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -136,8 +182,16 @@ pub async fn serve<S: Service>(
                     continue;
                 };
                 let service = service.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    serve_connection(stream, None, service, limits).await;
+                    match tls {
+                        None => serve_connection(stream, None, service, limits).await,
+                        Some(tls) => {
+                            if let Some(stream) = tls_handshake(&tls, stream, peer, limits).await {
+                                serve_connection(stream, None, service, limits).await;
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -154,6 +208,29 @@ pub async fn serve<S: Service>(
     connections.detach_all();
 }
 
+/// Runs the server side of a TLS handshake on a new connection, bounded by the idle timeout.
+/// A client that fails it is logged, as Kafka logs a failed authentication, and closed.
+pub async fn tls_handshake(
+    tls: &crate::tls::ServerTls,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    limits: Limits,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    // The handshake's small messages must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    match tokio::time::timeout(limits.idle_timeout, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, listener = %tls.config().listener, error = %e, "failed authentication (TLS handshake failed): closing connection");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, listener = %tls.config().listener, "TLS handshake not finished within connections.max.idle.ms: closing connection");
+            None
+        }
+    }
+}
+
 /// How long a stopping listener waits for its cancelled connection tasks to end.
 const CONNECTIONS_DRAIN_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -163,8 +240,9 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Reads a connection's frames (`first`, already read, then the rest) and passes them on,
 /// reading ahead of the requests in flight. Ends at the end of the stream, an error, the idle
 /// timeout, or a frame whose client has already closed the connection.
-async fn read_frames(
-    read: tokio::net::tcp::OwnedReadHalf,
+async fn read_frames<R: AsyncRead + Unpin>(
+    read: R,
+    socket: RawFd,
     mut first: Option<Bytes>,
     frames: tokio::sync::mpsc::Sender<Bytes>,
     limits: Limits,
@@ -198,7 +276,7 @@ async fn read_frames(
         // later: a broker that was paused or cut off still finds the request in its socket,
         // with the client's FIN behind it. Acting on it could let a stale write land after
         // the client's next one.
-        if closed_by_peer(read.get_ref().as_ref()) {
+        if closed_by_peer(socket) {
             tracing::info!(%peer, "dropping a request whose client closed the connection");
             return;
         }
@@ -211,23 +289,27 @@ async fn read_frames(
 /// Answers requests on one connection, in the order they came. `first` is a frame already
 /// read from it. A request starts when the service's [`Service::pipelining`] allows it beside
 /// those in flight (by default only when none is), at most [`MAX_PIPELINED`] at once.
-pub async fn serve_connection<S: Service>(
-    stream: TcpStream,
+pub async fn serve_connection<S: Service, T: Stream>(
+    stream: T,
     first: Option<Bytes>,
     service: Arc<S>,
     limits: Limits,
 ) {
     use futures_util::{FutureExt, StreamExt};
-    let _ = stream.set_nodelay(true);
-    let peer_addr = stream.peer_addr().ok();
+    let tcp = stream.tcp();
+    let _ = tcp.set_nodelay(true);
+    // Valid while the stream lives, which its read half keeps alive in the reader task.
+    let socket = tcp.as_raw_fd();
+    let peer_addr = tcp.peer_addr().ok();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let client_host = peer_addr
         .map(|a| format!("/{}", a.ip()))
         .unwrap_or_default();
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = stream.split();
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Bytes>(MAX_PIPELINED);
     let _reader = AbortOnDrop(tokio::spawn(read_frames(
         read,
+        socket,
         first,
         frames_tx,
         limits,
@@ -308,20 +390,28 @@ pub async fn serve_connection<S: Service>(
     }
 }
 
-/// Whether the peer has already closed its side (a FIN is waiting), without reading data.
-fn closed_by_peer(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut byte = [0u8; 1];
-    // SAFETY: a one-byte peek into a local buffer on a socket this function borrows.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+/// Whether the peer has already closed its side (its FIN has arrived, or it reset the
+/// connection), whatever is still unread before that: the socket's TCP state, not a peek at
+/// its data, so that a TLS client's closing alert in front of its FIN does not hide it.
+fn closed_by_peer(socket: RawFd) -> bool {
+    // Linux's TCP states (include/net/tcp_states.h).
+    const TCP_CLOSE: u8 = 7;
+    const TCP_CLOSE_WAIT: u8 = 8;
+    // SAFETY: an all-zero tcp_info is a valid value of this plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info`, a local of that size, on a
+    // socket the caller's stream keeps open.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
         )
     };
-    n == 0
+    rc == 0 && matches!(info.tcpi_state, TCP_CLOSE | TCP_CLOSE_WAIT)
 }
 
 #[cfg(test)]
@@ -384,7 +474,7 @@ mod tests {
             entered: entered.clone(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, service, Limits::default(), async {
+        let served = tokio::spawn(serve(listener, service, Limits::default(), None, async {
             let _ = stopped.await;
         }));
         let mut client = KafkaClient::connect(&addr, "stuck", Duration::from_secs(5))
@@ -503,6 +593,7 @@ mod tests {
             listener,
             service.clone(),
             Limits::default(),
+            None,
             std::future::pending(),
         ));
         let mut out = Vec::new();
@@ -569,6 +660,7 @@ mod tests {
             listener,
             service,
             Limits::default(),
+            None,
             std::future::pending(),
         ));
         let mut out = Vec::new();
@@ -606,7 +698,13 @@ mod tests {
             max_connections: 2,
             ..Limits::default()
         };
-        tokio::spawn(serve(listener, service, limits, std::future::pending()));
+        tokio::spawn(serve(
+            listener,
+            service,
+            limits,
+            None,
+            std::future::pending(),
+        ));
         let timeout = Duration::from_secs(5);
         let mut a = KafkaClient::connect(&addr, "a", timeout).await.unwrap();
         let mut b = KafkaClient::connect(&addr, "b", timeout).await.unwrap();

@@ -91,7 +91,9 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, payloads: &[Bytes]) 
     for payload in payloads {
         put_frame(&mut out, payload);
     }
-    w.write_all(&out).await
+    w.write_all(&out).await?;
+    // A no-op on TCP; TLS sends its buffered records here.
+    w.flush().await
 }
 
 /// Writes one frame (the payload without its size prefix).

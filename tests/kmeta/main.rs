@@ -12,5 +12,6 @@ mod hostile;
 mod processes;
 mod quorum;
 mod raft_storage;
+mod security;
 mod sim;
 mod versions;

@@ -1,0 +1,383 @@
+//! TLS on the Kafka listeners (issue 15): who gets in, who is refused, and certificates
+//! replaced without a restart.
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, ResponseKind};
+use kafka_protocol::protocol::{Message, StrBytes};
+use kmeta::kafka::client::{decode_response, encode_request};
+use kmeta::kafka::listener::{serve, Limits, Service};
+use kmeta::kafka::wire::{encode_response, read_frame, write_frame, ApiSet, Request};
+use kmeta::tls::ca::{Authority, Issued};
+use kmeta::tls::{ServerTls, SslConfig};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Answers ApiVersions.
+struct Versions(ApiSet);
+
+impl Service for Versions {
+    fn apis(&self) -> &ApiSet {
+        &self.0
+    }
+
+    async fn handle(&self, request: Request) -> Result<Bytes, String> {
+        versions_answer(&self.0, request)
+    }
+}
+
+/// The ApiVersions answer of a listener serving `apis`.
+fn versions_answer(apis: &ApiSet, request: Request) -> Result<Bytes, String> {
+    let response: ResponseKind = apis.api_versions_response().into();
+    encode_response(
+        request.header.correlation_id,
+        request.api_key,
+        request.version,
+        &response,
+    )
+}
+
+/// The TLS settings of listener `SSL` from properties text.
+fn ssl_config(text: &str) -> SslConfig {
+    let props: BTreeMap<String, String> = kmeta::config::parse_properties(text).unwrap();
+    SslConfig::from_properties(&props, "SSL").unwrap()
+}
+
+/// Serves ApiVersions with `tls` on a new port; returns its address.
+async fn serve_tls(tls: Arc<ServerTls>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let service = Arc::new(Versions(ApiSet::new(vec![(
+        ApiKey::ApiVersions,
+        ApiVersionsRequest::VERSIONS,
+    )])));
+    tokio::spawn(serve(
+        listener,
+        service,
+        Limits::default(),
+        Some(tls),
+        std::future::pending(),
+    ));
+    addr
+}
+
+type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection to `addr` trusting `ca_pem`, presenting `cert` if given.
+async fn tls_connect(addr: &str, ca_pem: &str, cert: Option<&Issued>) -> io::Result<ClientStream> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(kmeta::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match cert {
+        Some(c) => {
+            let chain = CertificateDer::pem_slice_iter(c.chain_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+}
+
+/// One ApiVersions exchange on `stream`, bounded by 5 s.
+async fn api_versions<S>(stream: &mut S) -> io::Result<ApiVersionsResponse>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = encode_request(
+        &ApiVersionsRequest::default(),
+        3,
+        7,
+        &StrBytes::from_static_str("security-test"),
+    )?;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        write_frame(stream, &request).await?;
+        let reply = read_frame(stream, 1 << 20)
+            .await?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "closed"))?;
+        decode_response::<ApiVersionsRequest>(reply, 3, 7)
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
+}
+
+/// Connects and asks for ApiVersions: whether the listener answered.
+async fn answered(addr: &str, ca_pem: &str, cert: Option<&Issued>) -> bool {
+    match tls_connect(addr, ca_pem, cert).await {
+        Ok(mut s) => api_versions(&mut s).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A CA, its certificate in `dir/ca.crt`, and a server certificate for 127.0.0.1 in
+/// `dir/server.pem`.
+fn authority(dir: &Path) -> Authority {
+    let ca = Authority::new("kmeta test CA").unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+    ca.server("broker", &["127.0.0.1", "localhost"])
+        .unwrap()
+        .write(dir, "server")
+        .unwrap();
+    ca
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_listener_requiring_certificates_serves_trusted_clients_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path());
+    let tls = ServerTls::load(ssl_config(&format!(
+        "ssl.keystore.type=PEM\nssl.keystore.location={}\nssl.truststore.type=PEM\nssl.truststore.location={}\nssl.client.auth=required\n",
+        dir.path().join("server.pem").display(),
+        dir.path().join("ca.crt").display(),
+    )))
+    .unwrap();
+    let addr = serve_tls(tls).await;
+    let ca_pem = ca.cert_pem();
+    let trusted = ca.client("alice").unwrap();
+    let stranger = Authority::new("another CA")
+        .unwrap()
+        .client("mallory")
+        .unwrap();
+
+    assert!(answered(&addr, &ca_pem, Some(&trusted)).await);
+    assert!(
+        !answered(&addr, &ca_pem, None).await,
+        "a client without a certificate was served"
+    );
+    assert!(
+        !answered(&addr, &ca_pem, Some(&stranger)).await,
+        "a client whose certificate another CA signed was served"
+    );
+    // A plaintext Kafka client on the TLS port gets no Kafka answer.
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    assert!(api_versions(&mut plain).await.is_err());
+    // A client that does not trust the listener's CA refuses it.
+    let other_ca = Authority::new("not the broker's CA").unwrap().cert_pem();
+    assert!(tls_connect(&addr, &other_ca, Some(&trusted)).await.is_err());
+    // None of them stopped the listener.
+    assert!(answered(&addr, &ca_pem, Some(&trusted)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_requesting_certificates_also_serves_clients_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path());
+    let tls = ServerTls::load(ssl_config(&format!(
+        "listener.name.ssl.ssl.keystore.location={}\nssl.keystore.location=/nonexistent\nssl.truststore.location={}\nssl.client.auth=requested\n",
+        dir.path().join("server.pem").display(),
+        dir.path().join("ca.crt").display(),
+    )))
+    .unwrap();
+    let addr = serve_tls(tls).await;
+    let ca_pem = ca.cert_pem();
+    assert!(answered(&addr, &ca_pem, None).await);
+    assert!(answered(&addr, &ca_pem, Some(&ca.client("alice").unwrap())).await);
+    let stranger = Authority::new("another CA")
+        .unwrap()
+        .client("mallory")
+        .unwrap();
+    assert!(
+        !answered(&addr, &ca_pem, Some(&stranger)).await,
+        "a certificate that is offered must still be trusted"
+    );
+}
+
+/// The certificate a TLS connection's server presented.
+fn presented(stream: &ClientStream) -> Vec<u8> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf_der(issued: &Issued) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_reaches_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::new("kmeta test CA").unwrap();
+    let first = ca.server("broker", &["127.0.0.1"]).unwrap();
+    let keystore = first.write(dir.path(), "server").unwrap();
+    let tls = ServerTls::load(ssl_config(&format!(
+        "ssl.keystore.location={}\n",
+        keystore.display()
+    )))
+    .unwrap();
+    let addr = serve_tls(tls).await;
+    let ca_pem = ca.cert_pem();
+
+    let mut old = tls_connect(&addr, &ca_pem, None).await.unwrap();
+    assert_eq!(presented(&old), leaf_der(&first));
+
+    // The operator renews the certificate in place.
+    let second = ca.server("broker", &["127.0.0.1"]).unwrap();
+    second.write(dir.path(), "server").unwrap();
+    let renewed = async {
+        loop {
+            let s = tls_connect(&addr, &ca_pem, None).await.unwrap();
+            if presented(&s) == leaf_der(&second) {
+                return s;
+            }
+            assert_eq!(presented(&s), leaf_der(&first));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut new = tokio::time::timeout(Duration::from_secs(5), renewed)
+        .await
+        .expect("the renewed certificate was not served within 5 s");
+    api_versions(&mut new).await.unwrap();
+    // The connection made before the renewal carries on.
+    api_versions(&mut old).await.unwrap();
+
+    // A half-written or broken file leaves the last good certificate in place.
+    std::fs::write(&keystore, "-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap();
+    tokio::time::sleep(kmeta::tls::RELOAD_CHECK + Duration::from_millis(300)).await;
+    let mut after = tls_connect(&addr, &ca_pem, None).await.unwrap();
+    assert_eq!(presented(&after), leaf_der(&second));
+    api_versions(&mut after).await.unwrap();
+}
+
+#[test]
+fn tls_settings_fail_start_up_naming_the_key_at_fault() {
+    let cases = [
+        ("", "ssl.keystore.location"),
+        (
+            "ssl.keystore.type=JKS\nssl.keystore.location=/k",
+            "ssl.keystore.type",
+        ),
+        (
+            "ssl.keystore.location=/k\nssl.client.auth=required",
+            "ssl.truststore.location",
+        ),
+        (
+            "ssl.keystore.location=/k\nssl.client.auth=always",
+            "ssl.client.auth",
+        ),
+        (
+            "ssl.keystore.location=/k\nssl.key.password=secret",
+            "ssl.key.password",
+        ),
+        ("ssl.keystore.certificate.chain=x", "ssl.keystore.key"),
+        (
+            "ssl.keystore.location=/k\nssl.enabled.protocols=TLSv1.1",
+            "ssl.enabled.protocols",
+        ),
+    ];
+    for (text, key) in cases {
+        let props = kmeta::config::parse_properties(text).unwrap();
+        let err = SslConfig::from_properties(&props, "SSL").unwrap_err();
+        assert!(err.0.contains(key), "{text:?}: {err}");
+    }
+    // The files are read when the listener starts: a missing one names its key and path.
+    let props =
+        kmeta::config::parse_properties("ssl.keystore.location=/nonexistent/k.pem").unwrap();
+    let err = ServerTls::load(SslConfig::from_properties(&props, "SSL").unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("ssl.keystore.location") && err.contains("/nonexistent/k.pem"),
+        "{err}"
+    );
+}
+
+/// Counts the requests it handles.
+struct Counting(ApiSet, std::sync::atomic::AtomicUsize);
+
+impl Service for Counting {
+    fn apis(&self) -> &ApiSet {
+        &self.0
+    }
+
+    async fn handle(&self, request: Request) -> Result<Bytes, String> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        versions_answer(&self.0, request)
+    }
+}
+
+/// 40 ApiVersions requests of about 1 KiB each, framed back to back: more than one read
+/// of the listener's buffer, and more than TLS reads at once.
+fn many_requests() -> Vec<u8> {
+    let name = "x".repeat(1000);
+    let mut out = Vec::new();
+    for i in 0..40 {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_string(name.clone()))
+            .with_client_software_version(StrBytes::from_static_str("1"));
+        let frame = encode_request(&request, 3, i, &StrBytes::from_static_str("closing")).unwrap();
+        kmeta::kafka::wire::put_frame(&mut out, &frame);
+    }
+    out
+}
+
+/// Serves one accepted connection whose client has already sent its requests and closed;
+/// returns how many requests were acted on.
+async fn acted_on_after_close<T: kmeta::kafka::listener::Stream>(stream: T) -> usize {
+    let service = Arc::new(Counting(
+        ApiSet::new(vec![(ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS)]),
+        Default::default(),
+    ));
+    // Everything the client sent, and its FIN, are in the socket by now.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kmeta::kafka::listener::serve_connection(stream, None, service.clone(), Limits::default())
+        .await;
+    service.1.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A client that gave up (timed out, then closed) must not have its requests acted on
+/// later: a paused broker still finds them in its socket, with the FIN behind them, and
+/// acting on them could land a stale write after the client's next one. Over TLS the
+/// client's closing alert comes before its FIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_the_socket_of_a_client_that_closed_are_not_acted_on_over_tcp_or_tls() {
+    use tokio::io::AsyncWriteExt;
+    let requests = many_requests();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut client = TcpStream::connect(&addr).await.unwrap();
+    client.write_all(&requests).await.unwrap();
+    client.shutdown().await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    assert_eq!(acted_on_after_close(accepted).await, 0, "over TCP");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path());
+    let tls = ServerTls::load(ssl_config(&format!(
+        "ssl.keystore.location={}\n",
+        dir.path().join("server.pem").display()
+    )))
+    .unwrap();
+    let ca_pem = ca.cert_pem();
+    let client = tokio::spawn(async move {
+        let mut s = tls_connect(&addr, &ca_pem, None).await.unwrap();
+        s.write_all(&requests).await.unwrap();
+        s.shutdown().await.unwrap();
+        s
+    });
+    let (accepted, peer) = listener.accept().await.unwrap();
+    let stream = kmeta::kafka::listener::tls_handshake(&tls, accepted, peer, Limits::default())
+        .await
+        .unwrap();
+    let _client = client.await.unwrap();
+    assert_eq!(acted_on_after_close(stream).await, 0, "over TLS");
+}
