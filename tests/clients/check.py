@@ -208,6 +208,210 @@ def aiokafka_check(args):
     print(json.dumps(asyncio.run(run())))
 
 
+# ---------------------------------------------------------------------------- security
+def security_conf(args, lib):
+    """The client settings for --security-protocol and the --ssl-* files, in lib's spelling."""
+    proto = args.security_protocol
+    if proto == "PLAINTEXT":
+        return {}
+    if lib in ("kcat", "confluent"):
+        c = {"security.protocol": proto.lower()}
+        if args.ssl_ca:
+            c["ssl.ca.location"] = args.ssl_ca
+        if args.ssl_cert:
+            c["ssl.certificate.location"] = args.ssl_cert
+            c["ssl.key.location"] = args.ssl_key
+        return c
+    if lib == "kafka-python":
+        c = {"security_protocol": proto, "ssl_cafile": args.ssl_ca or None}
+        if args.ssl_cert:
+            c.update(ssl_certfile=args.ssl_cert, ssl_keyfile=args.ssl_key)
+        return c
+    if lib == "aiokafka":
+        from aiokafka.helpers import create_ssl_context
+        ctx = create_ssl_context(cafile=args.ssl_ca or None, certfile=args.ssl_cert or None,
+                                 keyfile=args.ssl_key or None)
+        return {"security_protocol": proto, "ssl_context": ctx}
+    fail(f"no security settings for {lib}")
+
+
+def kcat_x(conf):
+    return [a for k, v in conf.items() for a in ("-X", f"{k}={v}")]
+
+
+def secure_refused(args):
+    """The client must fail to fetch metadata: no certificate where one is required, a
+    plaintext client on a TLS port, or a server it does not trust."""
+    lib = args.client
+    started = time.time()
+    try:
+        if lib == "kcat":
+            out = subprocess.run(["kcat", "-b", args.bootstrap, "-L", "-J", "-m", "5"]
+                                 + kcat_x(security_conf(args, "kcat")),
+                                 capture_output=True, text=True, timeout=30)
+            check(out.returncode != 0, f"kcat listed metadata: {out.stdout[:200]}")
+            err = out.stderr.strip().splitlines()[-1:]
+        elif lib == "confluent":
+            from confluent_kafka.admin import AdminClient
+            admin = AdminClient({"bootstrap.servers": args.bootstrap, **security_conf(args, lib)})
+            try:
+                md = admin.list_topics(timeout=5)
+                fail(f"confluent listed metadata: brokers {list(md.brokers)}")
+            except Exception as e:
+                err = str(e)
+        elif lib == "kafka-python":
+            from kafka import KafkaAdminClient
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=5000,
+                                         bootstrap_timeout_ms=5000, **security_conf(args, lib))
+                brokers = admin.describe_cluster()["brokers"]
+                fail(f"kafka-python described the cluster: {brokers}")
+            except Exception as e:
+                err = repr(e)
+        elif lib == "aiokafka":
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            async def run():
+                admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=5000,
+                                            **security_conf(args, lib))
+                try:
+                    await asyncio.wait_for(admin.start(), 15)
+                    return await asyncio.wait_for(admin.list_topics(), 10)
+                finally:
+                    await admin.close()
+            try:
+                topics = asyncio.run(run())
+                fail(f"aiokafka listed topics: {topics}")
+            except SystemExit:
+                raise
+            except BaseException as e:
+                err = repr(e)
+    except subprocess.TimeoutExpired:
+        err = "timed out"
+    # Refused by the connection, not by a mistake in this script's settings.
+    expected = {"kcat": "transport failure", "confluent": "_TRANSPORT",
+                "kafka-python": "Unable to bootstrap", "aiokafka": "Unable to bootstrap"}[lib]
+    check(expected in str(err), f"{lib} failed, but not at the connection: {err}")
+    print(json.dumps({"client": lib, "refused": True, "seconds": round(time.time() - started, 1),
+                      "error": str(err)[:300]}))
+
+
+def secure(args):
+    """Over the given security settings: list the brokers, create a topic, produce
+    --count messages, read them back in a group, and commit and read back an offset."""
+    if args.expect_refused:
+        return secure_refused(args)
+    lib, t, n = args.client, args.topic, args.count
+    sent = [f"{lib}-{i}" for i in range(n)]
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": args.bootstrap, **security_conf(args, "confluent")})
+    if lib != "kafka-python" and lib != "aiokafka":
+        for _, f in admin.create_topics([NewTopic(t, 2, 3)]).items():
+            f.result(timeout=30)
+        until(lambda: t in admin.list_topics(timeout=10).topics
+              and admin.list_topics(topic=t, timeout=10).topics[t].error is None, 10, f"{t} in metadata")
+    got, committed, brokers = [], None, None
+    if lib == "kcat":
+        conf = kcat_x(security_conf(args, "kcat"))
+        md = subprocess.run(["kcat", "-b", args.bootstrap, "-L", "-J", "-m", "10"] + conf,
+                            capture_output=True, text=True, timeout=30)
+        check(md.returncode == 0, f"kcat -L: {md.stderr}")
+        brokers = sorted(b["id"] for b in json.loads(md.stdout)["brokers"])
+        p = subprocess.run(["kcat", "-b", args.bootstrap, "-P", "-t", t, "-X", "acks=all"] + conf,
+                           input="\n".join(sent) + "\n", capture_output=True, text=True, timeout=60)
+        check(p.returncode == 0, f"kcat -P: {p.stderr}")
+        c = subprocess.run(["kcat", "-b", args.bootstrap, "-C", "-t", t, "-o", "beginning", "-e", "-q"] + conf,
+                           capture_output=True, text=True, timeout=60)
+        check(c.returncode == 0, f"kcat -C: {c.stderr}")
+        got = [line for line in c.stdout.splitlines() if line]
+    elif lib == "confluent":
+        from confluent_kafka import Consumer, Producer, TopicPartition
+        conf = security_conf(args, lib)
+        brokers = sorted(admin.list_topics(timeout=10).brokers)
+        prod = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", **conf})
+        for m in sent:
+            prod.produce(t, m.encode())
+        check(prod.flush(30) == 0, "confluent: messages left unsent")
+        c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": f"{lib}-secure",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False, **conf})
+        c.subscribe([t])
+        deadline = time.time() + 60
+        while len(got) < n and time.time() < deadline:
+            m = c.poll(1.0)
+            if m is not None and m.error() is None:
+                got.append(m.value().decode())
+        c.commit(offsets=[TopicPartition(t, 0, 5)], asynchronous=False)
+        committed = c.committed([TopicPartition(t, 0)], timeout=10)[0].offset
+        c.close()
+    elif lib == "kafka-python":
+        from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+        from kafka.admin import NewTopic as KNewTopic
+        from kafka.structs import OffsetAndMetadata
+        conf = security_conf(args, lib)
+        kadmin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=30000, **conf)
+        brokers = sorted(b["broker_id"] for b in kadmin.describe_cluster()["brokers"])
+        kadmin.create_topics([KNewTopic(t, num_partitions=2, replication_factor=3)])
+        until(lambda: t in kadmin.list_topics(), 10, f"{t} listed")
+        kadmin.close()
+        prod = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", **conf)
+        for m in sent:
+            prod.send(t, m.encode())
+        prod.flush(30)
+        prod.close()
+        c = KafkaConsumer(t, bootstrap_servers=args.bootstrap, group_id=f"{lib}-secure",
+                          auto_offset_reset="earliest", enable_auto_commit=False, **conf)
+        deadline = time.time() + 60
+        while len(got) < n and time.time() < deadline:
+            for recs in c.poll(timeout_ms=1000).values():
+                got.extend(r.value.decode() for r in recs)
+        tp = TopicPartition(t, 0)
+        c.commit({tp: OffsetAndMetadata(5, "", -1)})
+        committed = c.committed(tp)
+        c.close()
+    elif lib == "aiokafka":
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic as ANewTopic
+
+        async def run():
+            conf = security_conf(args, lib)
+            aadmin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap, **conf)
+            await aadmin.start()
+            try:
+                desc = await aadmin.describe_cluster()
+                bs = sorted(b["node_id"] for b in desc["brokers"])
+                await aadmin.create_topics([ANewTopic(t, num_partitions=2, replication_factor=3)])
+                await async_until(lambda: aadmin.list_topics(), lambda ts: t in ts, f"{t} listed")
+            finally:
+                await aadmin.close()
+            prod = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", **conf)
+            await prod.start()
+            try:
+                for m in sent:
+                    await prod.send_and_wait(t, m.encode())
+            finally:
+                await prod.stop()
+            c = AIOKafkaConsumer(t, bootstrap_servers=args.bootstrap, group_id=f"{lib}-secure",
+                                 auto_offset_reset="earliest", enable_auto_commit=False, **conf)
+            await c.start()
+            out = []
+            try:
+                deadline = time.time() + 60
+                while len(out) < n and time.time() < deadline:
+                    for recs in (await c.getmany(timeout_ms=1000)).values():
+                        out.extend(r.value.decode() for r in recs)
+                tp = TopicPartition(t, 0)
+                await c.commit({tp: 5})
+                done = await c.committed(tp)
+            finally:
+                await c.stop()
+            return bs, out, done
+        brokers, got, committed = asyncio.run(run())
+    check(brokers == list(range(1, args.brokers + 1)), f"{lib} sees brokers {brokers}")
+    check(sorted(got) == sorted(sent), f"{lib} read back {len(got)} of {n} messages")
+    check(lib == "kcat" or committed == 5, f"{lib} committed {committed}")
+    print(json.dumps({"client": lib, "brokers": brokers, "messages": len(got), "committed": committed}))
+
+
 # ---------------------------------------------------------------------------- helpers for other tests
 def leaders(args):
     """Prints {partition: leader} for a topic, as confluent-kafka's metadata shows it."""
@@ -599,6 +803,7 @@ SCENARIOS = {
     "create": create,
     "produce-spread": produce_spread,
     "group-member": group_member,
+    "secure": secure,
 }
 
 if __name__ == "__main__":
@@ -621,5 +826,11 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--assignor", default="", help="confluent partition.assignment.strategy")
     ap.add_argument("--instance", default="", help="group.instance.id (static membership)")
+    ap.add_argument("--security-protocol", default="PLAINTEXT", choices=["PLAINTEXT", "SSL"])
+    ap.add_argument("--ssl-ca", default="", help="PEM file of the CA the client trusts")
+    ap.add_argument("--ssl-cert", default="", help="PEM file of the client's certificate")
+    ap.add_argument("--ssl-key", default="", help="PEM file of the client's private key")
+    ap.add_argument("--expect-refused", action="store_true",
+                    help="secure: the client must fail to connect")
     a = ap.parse_args()
     SCENARIOS[a.scenario](a)

@@ -46,6 +46,17 @@ impl ProcessCluster {
     /// Formats and starts `controllers` controllers and `brokers` brokers; `extra` lines are
     /// added to every config file.
     pub fn start(controllers: u64, brokers: u64, extra: &str) -> ProcessCluster {
+        Self::start_with(controllers, brokers, extra, &|_, _| String::new())
+    }
+
+    /// [`ProcessCluster::start`], with `broker_extra(id, port)` lines added to broker `id`'s
+    /// config after `extra` (a later line wins: `listeners=...` adds listeners).
+    pub fn start_with(
+        controllers: u64,
+        brokers: u64,
+        extra: &str,
+        broker_extra: &dyn Fn(u64, u16) -> String,
+    ) -> ProcessCluster {
         let dir = tempfile::tempdir().unwrap();
         let cports: BTreeMap<u64, u16> = (101..101 + controllers)
             .map(|id| (id, free_port()))
@@ -78,8 +89,9 @@ impl ProcessCluster {
         for (id, port) in &bports {
             let extra = extra_for(id);
             let text = format!(
-                "node.id={id}\nprocess.roles=broker\ncontroller.quorum.voters={voters}\nlisteners=PLAINTEXT://127.0.0.1:{port}\nlog.dirs={}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000\n{extra}\n",
-                dir.path().join(format!("data-{id}")).display()
+                "node.id={id}\nprocess.roles=broker\ncontroller.quorum.voters={voters}\nlisteners=PLAINTEXT://127.0.0.1:{port}\nlog.dirs={}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms=3000\n{extra}\n{}\n",
+                dir.path().join(format!("data-{id}")).display(),
+                broker_extra(*id, *port),
             );
             configs.insert(
                 *id,

@@ -381,3 +381,127 @@ async fn requests_in_the_socket_of_a_client_that_closed_are_not_acted_on_over_tc
     let _client = client.await.unwrap();
     assert_eq!(acted_on_after_close(stream).await, 0, "over TLS");
 }
+
+/// Three controllers and three brokers, each broker with a PLAINTEXT listener for
+/// replication and an SSL one for clients (`ssl.client.auth=required`). Returns the cluster,
+/// the SSL bootstrap list, and the directory of the CA, server and client files.
+fn ssl_cluster() -> (
+    crate::cluster::ProcessCluster,
+    String,
+    tempfile::TempDir,
+    Authority,
+) {
+    let files = tempfile::tempdir().unwrap();
+    let ca = authority(files.path());
+    ca.client("alice")
+        .unwrap()
+        .write(files.path(), "alice")
+        .unwrap();
+    let ssl_ports: BTreeMap<u64, u16> = (1..=3)
+        .map(|id| (id, crate::cluster::free_port()))
+        .collect();
+    let extra = format!(
+        "ssl.keystore.type=PEM\nssl.keystore.location={}\nssl.truststore.type=PEM\nssl.truststore.location={}\nssl.client.auth=required",
+        files.path().join("server.pem").display(),
+        files.path().join("ca.crt").display(),
+    );
+    let c = crate::cluster::ProcessCluster::start_with(3, 3, &extra, &|id, port| {
+        format!(
+            "listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{}",
+            ssl_ports[&id]
+        )
+    });
+    let bootstrap = ssl_ports
+        .values()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (c, bootstrap, files, ca)
+}
+
+#[test]
+fn real_clients_work_over_ssl_with_a_client_certificate_and_are_refused_without_one() {
+    use crate::cluster::{client, until};
+    let (c, ssl, files, _ca) = ssl_cluster();
+    let f = |name: &str| files.path().join(name).display().to_string();
+    let (ca, cert, key) = (f("ca.crt"), f("alice.crt"), f("alice.key"));
+    let b = c.bootstrap();
+    until(Duration::from_secs(60), "three live brokers", || {
+        crate::cluster::try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
+            .0
+            .then_some(())
+    });
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        let topic = format!("ssl-{lib}");
+        let out = client(&[
+            "secure",
+            "--client",
+            lib,
+            "--bootstrap",
+            &ssl,
+            "--topic",
+            &topic,
+            "--count",
+            "50",
+            "--security-protocol",
+            "SSL",
+            "--ssl-ca",
+            &ca,
+            "--ssl-cert",
+            &cert,
+            "--ssl-key",
+            &key,
+        ]);
+        eprintln!("{out}");
+        assert!(out.contains("\"messages\": 50"), "{lib}: {out}");
+    }
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        // No client certificate, where one is required.
+        let out = client(&[
+            "secure",
+            "--client",
+            lib,
+            "--bootstrap",
+            &ssl,
+            "--expect-refused",
+            "--security-protocol",
+            "SSL",
+            "--ssl-ca",
+            &ca,
+        ]);
+        eprintln!("without a certificate: {out}");
+        // A plaintext client on the TLS port.
+        let out = client(&[
+            "secure",
+            "--client",
+            lib,
+            "--bootstrap",
+            &ssl,
+            "--expect-refused",
+        ]);
+        eprintln!("plaintext on the TLS port: {out}");
+    }
+    // The brokers served the refused clients' attempts and carry on.
+    let out = client(&[
+        "secure",
+        "--client",
+        "confluent",
+        "--bootstrap",
+        &ssl,
+        "--topic",
+        "ssl-after",
+        "--count",
+        "10",
+        "--security-protocol",
+        "SSL",
+        "--ssl-ca",
+        &ca,
+        "--ssl-cert",
+        &cert,
+        "--ssl-key",
+        &key,
+    ]);
+    assert!(out.contains("\"messages\": 10"), "{out}");
+    // Every broker logged the refusals as failed authentications.
+    assert!((1..=3).any(|id| c.log_contains(id, "failed authentication")));
+}
