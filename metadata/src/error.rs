@@ -73,6 +73,10 @@ pub enum ErrorCode {
     FencedInstanceId,
     NonEmptyGroup,
     GroupSubscribedToTopic,
+    UnsupportedSaslMechanism,
+    ResourceNotFound,
+    DuplicateResource,
+    UnacceptableCredential,
 }
 
 impl ErrorCode {
@@ -144,6 +148,10 @@ impl ErrorCode {
             FencedInstanceId => 82,
             NonEmptyGroup => 68,
             GroupSubscribedToTopic => 86,
+            UnsupportedSaslMechanism => 33,
+            ResourceNotFound => 91,
+            DuplicateResource => 92,
+            UnacceptableCredential => 93,
         }
     }
 }

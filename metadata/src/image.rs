@@ -288,6 +288,8 @@ pub struct MetadataImage {
     offsets: OrdMap<Arc<str>, OrdMap<TopicIdPartition, OffsetValue>>,
     /// The first producer id not yet handed to a broker.
     next_producer_id: i64,
+    /// SCRAM credentials, by user and mechanism.
+    scram: OrdMap<(String, ScramMechanism), Arc<UserScramCredentialRecord>>,
     // Derived indexes, maintained by replay.
     partitions_by_broker: OrdMap<BrokerId, BrokerPartitions>,
     reassigning: OrdSet<TopicIdPartition>,
@@ -330,6 +332,7 @@ impl MetadataImage {
             features,
             offsets,
             next_producer_id,
+            scram,
             partitions_by_broker,
             reassigning,
             imbalanced,
@@ -348,6 +351,7 @@ impl MetadataImage {
             && features.ptr_eq(&other.features)
             && offsets.ptr_eq(&other.offsets)
             && *next_producer_id == other.next_producer_id
+            && scram.ptr_eq(&other.scram)
             && partitions_by_broker.ptr_eq(&other.partitions_by_broker)
             && reassigning.ptr_eq(&other.reassigning)
             && imbalanced.ptr_eq(&other.imbalanced)
@@ -367,6 +371,22 @@ impl MetadataImage {
     /// The first producer id not yet handed to a broker (0 before any).
     pub fn next_producer_id(&self) -> i64 {
         self.next_producer_id
+    }
+
+    /// `user`'s SCRAM credential for `mechanism`.
+    pub fn scram_credential(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Option<&UserScramCredentialRecord> {
+        self.scram
+            .get(&(user.to_string(), mechanism))
+            .map(|c| c.as_ref())
+    }
+
+    /// Every SCRAM credential, by user then mechanism.
+    pub fn scram_credentials(&self) -> impl Iterator<Item = &UserScramCredentialRecord> + '_ {
+        self.scram.values().map(|c| c.as_ref())
     }
 
     /// A registered broker.
@@ -614,6 +634,22 @@ impl MetadataImage {
                 self.replay_offset_delete(r);
                 Ok(())
             }
+            MetadataRecord::UserScramCredential(r) => {
+                self.scram
+                    .insert((r.name.clone(), r.mechanism), Arc::new(r.clone()));
+                Ok(())
+            }
+            MetadataRecord::RemoveUserScramCredential(r) => self
+                .scram
+                .remove(&(r.name.clone(), r.mechanism))
+                .map(|_| ())
+                .ok_or_else(|| {
+                    format!(
+                        "no {} credential of user {:?} to remove",
+                        r.mechanism.name(),
+                        r.name
+                    )
+                }),
             MetadataRecord::ProducerIds(r) => {
                 if r.next_producer_id <= self.next_producer_id {
                     Err(format!(
@@ -1279,6 +1315,9 @@ impl MetadataImage {
                     next_producer_id: self.next_producer_id,
                 },
             ));
+        }
+        for c in self.scram.values() {
+            f(MetadataRecord::UserScramCredential(c.as_ref().clone()));
         }
         const OFFSETS_PER_RECORD: usize = 1000;
         for (group, offsets) in self.offsets.iter() {

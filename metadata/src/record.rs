@@ -272,6 +272,81 @@ pub struct ProducerIdsRecord {
     pub next_producer_id: i64,
 }
 
+/// A SCRAM mechanism (Kafka's `ScramMechanism`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ScramMechanism {
+    /// SCRAM-SHA-256 (RFC 7677).
+    Sha256,
+    /// SCRAM-SHA-512.
+    Sha512,
+}
+
+impl ScramMechanism {
+    /// Both, in Kafka's order.
+    pub const ALL: [ScramMechanism; 2] = [ScramMechanism::Sha256, ScramMechanism::Sha512];
+
+    /// Kafka's wire id (1 and 2).
+    pub fn id(self) -> i8 {
+        match self {
+            ScramMechanism::Sha256 => 1,
+            ScramMechanism::Sha512 => 2,
+        }
+    }
+
+    /// The mechanism with Kafka's wire id `id`.
+    pub fn from_id(id: i8) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.id() == id)
+    }
+
+    /// The SASL mechanism name (`SCRAM-SHA-256`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScramMechanism::Sha256 => "SCRAM-SHA-256",
+            ScramMechanism::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    /// The mechanism named `name`.
+    pub fn from_name(name: &str) -> Option<ScramMechanism> {
+        ScramMechanism::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The least and most iterations Kafka accepts for a credential.
+    pub const MIN_ITERATIONS: u32 = 4096;
+    /// See [`Self::MIN_ITERATIONS`].
+    pub const MAX_ITERATIONS: u32 = 16384;
+}
+
+/// A user's SCRAM credential for one mechanism (Kafka api key 11,
+/// `UserScramCredentialRecord`). It holds what RFC 5802 lets a server keep, never the password:
+/// the salt, the iteration count, StoredKey = H(HMAC(SaltedPassword, "Client Key")) and
+/// ServerKey = HMAC(SaltedPassword, "Server Key").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserScramCredentialRecord {
+    /// The user name (the principal is `User:<name>`).
+    pub name: String,
+    /// The mechanism.
+    pub mechanism: ScramMechanism,
+    /// The salt.
+    pub salt: Vec<u8>,
+    /// StoredKey.
+    pub stored_key: Vec<u8>,
+    /// ServerKey.
+    pub server_key: Vec<u8>,
+    /// The PBKDF2 iteration count.
+    pub iterations: u32,
+}
+
+/// A user's SCRAM credential for one mechanism is removed (Kafka api key 22,
+/// `RemoveUserScramCredentialRecord`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveUserScramCredentialRecord {
+    /// The user name.
+    pub name: String,
+    /// The mechanism.
+    pub mechanism: ScramMechanism,
+}
+
 /// Which of a broker's partitions a [`BrokerPartitionsRecord`] changes, and how.
 /// `Leadership`, `Led`, `Followed` and `LeadershipExcept` take the broker out of leaderships
 /// or ISRs (it is never an acceptable leader for them, [`BrokerScope::removes`]);
@@ -391,6 +466,10 @@ pub enum MetadataRecord {
     OffsetDelete(OffsetDeleteRecord),
     /// See [`BrokerPartitionsRecord`].
     BrokerPartitions(BrokerPartitionsRecord),
+    /// See [`UserScramCredentialRecord`].
+    UserScramCredential(UserScramCredentialRecord),
+    /// See [`RemoveUserScramCredentialRecord`].
+    RemoveUserScramCredential(RemoveUserScramCredentialRecord),
 }
 
 /// Why bytes could not be decoded into a record.
@@ -437,8 +516,12 @@ pub mod record_type {
     pub const REMOVE_TOPIC: u16 = 9;
     /// FeatureLevelRecord.
     pub const FEATURE_LEVEL: u16 = 12;
+    /// UserScramCredentialRecord.
+    pub const USER_SCRAM_CREDENTIAL: u16 = 11;
     /// ProducerIdsRecord.
     pub const PRODUCER_IDS: u16 = 15;
+    /// RemoveUserScramCredentialRecord.
+    pub const REMOVE_USER_SCRAM_CREDENTIAL: u16 = 22;
     /// BrokerRegistrationChangeRecord.
     pub const BROKER_REGISTRATION_CHANGE: u16 = 17;
     /// NoOpRecord.
@@ -473,6 +556,8 @@ impl MetadataRecord {
             MetadataRecord::ProducerIds(_) => PRODUCER_IDS,
             MetadataRecord::OffsetDelete(_) => OFFSET_DELETE,
             MetadataRecord::BrokerPartitions(_) => BROKER_PARTITIONS,
+            MetadataRecord::UserScramCredential(_) => USER_SCRAM_CREDENTIAL,
+            MetadataRecord::RemoveUserScramCredential(_) => REMOVE_USER_SCRAM_CREDENTIAL,
         }
     }
 
@@ -497,6 +582,10 @@ impl MetadataRecord {
             MetadataRecord::ProducerIds(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::OffsetDelete(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::BrokerPartitions(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::UserScramCredential(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::RemoveUserScramCredential(r) => {
+                postcard::to_extend(r, std::mem::take(out))
+            }
         };
         // Serializing plain structs into a Vec cannot fail: postcard only errors on
         // unsupported serde features (none used here) or a full fixed buffer (not a Vec).
@@ -567,6 +656,10 @@ impl MetadataRecord {
             PRODUCER_IDS => MetadataRecord::ProducerIds(parse(payload, t, v)?),
             OFFSET_DELETE => MetadataRecord::OffsetDelete(parse(payload, t, v)?),
             BROKER_PARTITIONS => MetadataRecord::BrokerPartitions(parse(payload, t, v)?),
+            USER_SCRAM_CREDENTIAL => MetadataRecord::UserScramCredential(parse(payload, t, v)?),
+            REMOVE_USER_SCRAM_CREDENTIAL => {
+                MetadataRecord::RemoveUserScramCredential(parse(payload, t, v)?)
+            }
             _ => {
                 return Err(DecodeError::UnknownType {
                     record_type,
@@ -647,6 +740,18 @@ mod tests {
                 broker_id: BrokerId(3),
                 scope: BrokerScope::LeadershipExcept(vec![BrokerId(1), BrokerId(2)]),
                 unclean_default: false,
+            }),
+            MetadataRecord::UserScramCredential(UserScramCredentialRecord {
+                name: "alice".into(),
+                mechanism: ScramMechanism::Sha512,
+                salt: vec![1, 2, 3],
+                stored_key: vec![4; 64],
+                server_key: vec![5; 64],
+                iterations: 8192,
+            }),
+            MetadataRecord::RemoveUserScramCredential(RemoveUserScramCredentialRecord {
+                name: "alice".into(),
+                mechanism: ScramMechanism::Sha256,
             }),
         ]
     }

@@ -19,6 +19,7 @@ pub mod partition_change;
 pub mod placement;
 pub mod producer_ids;
 pub mod replication;
+pub mod scram;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::image::MetadataImage;
