@@ -100,6 +100,10 @@ fn is_known_key(key: &str) -> bool {
     KNOWN_KEYS.iter().any(|(known, _)| *known == key)
         || crate::tls::SSL_KEYS.contains(&key)
         || crate::tls::is_listener_ssl_key(key)
+        || key == "sasl.enabled.mechanisms"
+        || key
+            .strip_prefix("listener.name.")
+            .is_some_and(|k| k.ends_with(".sasl.enabled.mechanisms"))
 }
 
 /// How one listener is secured.
@@ -109,6 +113,8 @@ pub struct ListenerSecurity {
     pub protocol: crate::tls::SecurityProtocol,
     /// Its TLS settings, for SSL and SASL_SSL.
     pub ssl: Option<crate::tls::SslConfig>,
+    /// Its SASL mechanisms, for SASL_PLAINTEXT and SASL_SSL.
+    pub sasl: Option<Vec<crate::sasl::Mechanism>>,
 }
 
 /// A parsed and validated node configuration.
@@ -250,16 +256,6 @@ fn listener_security(
                 l.name, l.name, l.name
             ))
         })?;
-        if matches!(
-            protocol,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        ) {
-            return Err(ConfigError(format!(
-                "listener.security.protocol.map: listener {} is {}, but SASL is not available yet (issue 15); use SSL or PLAINTEXT",
-                l.name,
-                protocol.name()
-            )));
-        }
         // TLS on the connections kmeta opens itself (to the controllers, between brokers)
         // comes with the client side (issue 15): until then those listeners stay plaintext.
         let internal = if roles.controller && l.name == controller_listener {
@@ -281,7 +277,19 @@ fn listener_security(
         } else {
             None
         };
-        out.insert(l.name.clone(), ListenerSecurity { protocol, ssl });
+        let sasl = if protocol.uses_sasl() {
+            Some(crate::sasl::enabled_mechanisms(props, &l.name)?)
+        } else {
+            None
+        };
+        out.insert(
+            l.name.clone(),
+            ListenerSecurity {
+                protocol,
+                ssl,
+                sasl,
+            },
+        );
     }
     Ok(out)
 }
@@ -657,10 +665,17 @@ log.dirs=/tmp/kmeta-1
         // An SSL listener without a keystore.
         let err = with("listeners=PLAINTEXT://127.0.0.1:9092,SSL://127.0.0.1:9094").unwrap_err();
         assert!(err.0.contains("ssl.keystore.location"), "{err}");
-        // Not yet: SASL, and TLS on the connections kmeta opens itself.
-        let err =
-            with("listeners=PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094").unwrap_err();
-        assert!(err.0.contains("SASL"), "{err}");
+        let c =
+            with("listeners=PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9094").unwrap();
+        use crate::sasl::Mechanism::Scram;
+        use kmeta_metadata::record::ScramMechanism::{Sha256, Sha512};
+        assert_eq!(
+            c.security["SASL_PLAINTEXT"].sasl,
+            Some(vec![Scram(Sha256), Scram(Sha512)])
+        );
+        let err = with("listeners=PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094\nssl.keystore.location=/k.pem\nsasl.enabled.mechanisms=GSSAPI").unwrap_err();
+        assert!(err.0.contains("sasl.enabled.mechanisms"), "{err}");
+        // Not yet: security on the connections kmeta opens itself.
         let err = with("listeners=SSL://127.0.0.1:9094\ninter.broker.listener.name=SSL\nssl.keystore.location=/k.pem").unwrap_err();
         assert!(err.0.contains("inter.broker.listener.name"), "{err}");
         let mut p = props(GOOD);

@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod local;
 pub mod metrics;
 pub mod raft;
+pub mod sasl;
 pub mod server;
 pub mod sim;
 pub mod storage;

@@ -322,6 +322,7 @@ async fn broker_setup(
             name: l.name.clone(),
             listener: bound,
             tls,
+            sasl: security.sasl.clone(),
         });
         extra_listeners.push(crate::broker::AdvertisedListener {
             name: l.name.clone(),

@@ -129,6 +129,18 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
         // Answered by the active controller (the broker relays it), as Kafka brokers do for
         // kafka-metadata-quorum.sh --bootstrap-server.
         (ApiKey::DescribeQuorum, versions::<DescribeQuorumRequest>()),
+        // SASL (src/sasl): answered by the listener. After a v0 handshake the tokens come as
+        // bare frames (src/kafka/listener.rs); librdkafka wants v0 listed to use SASL at all.
+        (ApiKey::SaslHandshake, versions::<SaslHandshakeRequest>()),
+        (
+            ApiKey::SaslAuthenticate,
+            versions::<SaslAuthenticateRequest>(),
+        ),
+        // From the image; AlterUserScramCredentials is forwarded.
+        (
+            ApiKey::DescribeUserScramCredentials,
+            versions::<DescribeUserScramCredentialsRequest>(),
+        ),
     ];
     // Admin requests and offset commits: forwarded to the active controller, which serves
     // the same versions.
@@ -162,6 +174,72 @@ impl BrokerService {
             apis: ApiSet::new(broker_apis()),
             forwarded: ApiSet::new(forwardable_apis()),
         }
+    }
+
+    /// DescribeUserScramCredentials from the image: each user's mechanisms and iteration
+    /// counts (never a salt or key); all users when none is named.
+    fn describe_scram(
+        &self,
+        r: DescribeUserScramCredentialsRequest,
+    ) -> DescribeUserScramCredentialsResponse {
+        use describe_user_scram_credentials_response::{
+            CredentialInfo, DescribeUserScramCredentialsResult,
+        };
+        let published = self.state.image();
+        let image = &published.image;
+        let mut users: std::collections::BTreeMap<String, Vec<CredentialInfo>> = Default::default();
+        for c in image.scram_credentials() {
+            users.entry(c.name.clone()).or_default().push(
+                CredentialInfo::default()
+                    .with_mechanism(c.mechanism.id())
+                    .with_iterations(c.iterations as i32),
+            );
+        }
+        let results = match r.users {
+            None => users
+                .into_iter()
+                .map(|(user, infos)| {
+                    DescribeUserScramCredentialsResult::default()
+                        .with_user(sb(user))
+                        .with_credential_infos(infos)
+                })
+                .collect(),
+            Some(asked) => {
+                let mut seen = std::collections::BTreeSet::new();
+                let duplicated: std::collections::BTreeSet<String> = asked
+                    .iter()
+                    .filter(|u| !seen.insert(u.name.to_string()))
+                    .map(|u| u.name.to_string())
+                    .collect();
+                let mut done = std::collections::BTreeSet::new();
+                asked
+                    .iter()
+                    .filter(|u| done.insert(u.name.to_string()))
+                    .map(|u| {
+                        let out =
+                            DescribeUserScramCredentialsResult::default().with_user(u.name.clone());
+                        if duplicated.contains(&*u.name) {
+                            return out
+                                .with_error_code(ErrorCode::DuplicateResource.code())
+                                .with_error_message(Some(sb(format!(
+                                    "user {:?} is named more than once",
+                                    &*u.name
+                                ))));
+                        }
+                        match users.get(&*u.name) {
+                            Some(infos) => out.with_credential_infos(infos.clone()),
+                            None => out
+                                .with_error_code(ErrorCode::ResourceNotFound.code())
+                                .with_error_message(Some(sb(format!(
+                                    "user {:?} has no SCRAM credential",
+                                    &*u.name
+                                )))),
+                        }
+                    })
+                    .collect()
+            }
+        };
+        DescribeUserScramCredentialsResponse::default().with_results(results)
     }
 
     /// The listener this service answers on.
@@ -537,6 +615,7 @@ impl Service for BrokerService {
             body,
             raw,
             client_host,
+            principal: _,
         } = request;
         // Nothing is answered before the broker has registered and caught up: the
         // connection is open, its requests wait (as on a Kafka broker before it enables
@@ -595,6 +674,7 @@ impl Service for BrokerService {
             RequestKind::DescribeClientQuotas(_) => DescribeClientQuotasResponse::default()
                 .with_entries(Some(Vec::new()))
                 .into(),
+            RequestKind::DescribeUserScramCredentials(r) => self.describe_scram(r).into(),
             other => return Err(format!("unexpected request {other:?}")),
         };
         encode_response(header.correlation_id, api_key, version, &response)

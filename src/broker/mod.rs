@@ -649,8 +649,27 @@ pub struct BoundListener {
     pub name: String,
     /// Its socket.
     pub listener: TcpListener,
-    /// Its TLS, for SSL listeners.
+    /// Its TLS, for SSL and SASL_SSL listeners.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Its SASL mechanisms, for SASL_PLAINTEXT and SASL_SSL listeners.
+    pub sasl: Option<Vec<crate::sasl::Mechanism>>,
+}
+
+/// A broker checks SASL credentials against its metadata image.
+struct ImageCredentials(Arc<BrokerState>);
+
+impl crate::sasl::Credentials for ImageCredentials {
+    fn scram(
+        &self,
+        user: &str,
+        mechanism: kmeta_metadata::record::ScramMechanism,
+    ) -> Option<kmeta_metadata::record::UserScramCredentialRecord> {
+        self.0
+            .image()
+            .image
+            .scram_credential(user, mechanism)
+            .cloned()
+    }
 }
 
 /// Runs the broker whose state is `state` (see [`run`]) on its inter-broker `listener` and
@@ -678,6 +697,7 @@ pub async fn run_with(
         name: main_name,
         listener,
         tls: None,
+        sasl: None,
     };
     for l in std::iter::once(main).chain(extra) {
         let service = Arc::new(api::BrokerService::new(state.clone(), l.name));
@@ -686,7 +706,15 @@ pub async fn run_with(
             l.listener,
             service,
             limits,
-            l.tls,
+            crate::kafka::listener::Security {
+                tls: l.tls,
+                sasl: l.sasl.map(|mechanisms| {
+                    Arc::new(crate::sasl::SaslServer::new(
+                        mechanisms,
+                        Arc::new(ImageCredentials(state.clone())),
+                    ))
+                }),
+            },
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

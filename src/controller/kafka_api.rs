@@ -94,6 +94,10 @@ pub fn forwardable_apis() -> Vec<(ApiKey, VersionRange)> {
             ApiKey::IncrementalAlterConfigs,
             versions::<IncrementalAlterConfigsRequest>(),
         ),
+        (
+            ApiKey::AlterUserScramCredentials,
+            versions::<AlterUserScramCredentialsRequest>(),
+        ),
     ]
 }
 
@@ -208,6 +212,7 @@ impl ControllerService {
             RequestKind::DeleteGroups(r) => written(self.delete_groups(r, coordinator).await),
             RequestKind::OffsetDelete(r) => written(self.offset_delete(r, coordinator).await),
             RequestKind::IncrementalAlterConfigs(r) => written(self.alter_configs(r).await),
+            RequestKind::AlterUserScramCredentials(r) => written(self.alter_scram(r).await),
             other => return Err(format!("unexpected request {other:?}")),
         })
     }
@@ -1119,6 +1124,104 @@ impl ControllerService {
             .collect();
         (
             IncrementalAlterConfigsResponse::default().with_responses(responses),
+            at,
+        )
+    }
+
+    /// AlterUserScramCredentials: the keys are derived here from the salted password the
+    /// client sent (which is never stored or logged); the core decides per user.
+    async fn alter_scram(
+        &self,
+        r: AlterUserScramCredentialsRequest,
+    ) -> (AlterUserScramCredentialsResponse, Option<u64>) {
+        use alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
+        use kmeta_metadata::controller::scram::{alter_scram_credentials, ScramAlteration};
+        use kmeta_metadata::record::{ScramMechanism, UserScramCredentialRecord};
+        let mut refused: std::collections::BTreeMap<String, ApiError> = Default::default();
+        let mut alterations = Vec::new();
+        let mut unknown = |name: &str, id: i8| {
+            refused.insert(
+                name.to_string(),
+                ApiError::new(
+                    ErrorCode::UnsupportedSaslMechanism,
+                    format!("unknown SCRAM mechanism {id}"),
+                ),
+            );
+        };
+        for d in &r.deletions {
+            match ScramMechanism::from_id(d.mechanism) {
+                Some(mechanism) => alterations.push(ScramAlteration::Delete {
+                    name: d.name.to_string(),
+                    mechanism,
+                }),
+                None => unknown(&d.name, d.mechanism),
+            }
+        }
+        for u in &r.upsertions {
+            let Some(mechanism) = ScramMechanism::from_id(u.mechanism) else {
+                unknown(&u.name, u.mechanism);
+                continue;
+            };
+            let (stored_key, server_key) = crate::sasl::scram::keys(mechanism, &u.salted_password);
+            let iterations = u32::try_from(u.iterations).unwrap_or(0);
+            alterations.push(ScramAlteration::Upsert(UserScramCredentialRecord {
+                name: u.name.to_string(),
+                mechanism,
+                salt: if u.salted_password.is_empty() {
+                    Vec::new()
+                } else {
+                    u.salt.to_vec()
+                },
+                stored_key,
+                server_key,
+                iterations,
+            }));
+        }
+        // A user with an unknown mechanism fails as a whole.
+        alterations.retain(|a| {
+            let name = match a {
+                ScramAlteration::Upsert(r) => &r.name,
+                ScramAlteration::Delete { name, .. } => name,
+            };
+            !refused.contains_key(name)
+        });
+        let result = self
+            .controller
+            .submit_at(move |ctx| {
+                let (records, outcomes) = alter_scram_credentials(ctx.image, &alterations);
+                kmeta_metadata::controller::check_batch_size(records.len())?;
+                Ok(ControllerResult::atomic(records, outcomes))
+            })
+            .await;
+        let (outcomes, at) = match result {
+            Ok((o, at)) => (o, Some(at)),
+            Err(e) => {
+                let users = r
+                    .deletions
+                    .iter()
+                    .map(|d| d.name.to_string())
+                    .chain(r.upsertions.iter().map(|u| u.name.to_string()));
+                (users.map(|u| (u, Some(e.clone()))).collect(), None)
+            }
+        };
+        let mut all: std::collections::BTreeMap<String, Option<ApiError>> = outcomes;
+        for (user, e) in refused {
+            all.insert(user, Some(e));
+        }
+        let results = all
+            .into_iter()
+            .map(|(user, e)| {
+                let out = AlterUserScramCredentialsResult::default().with_user(sb(user));
+                match e {
+                    Some(e) => out
+                        .with_error_code(e.code.code())
+                        .with_error_message(msg(&e)),
+                    None => out,
+                }
+            })
+            .collect();
+        (
+            AlterUserScramCredentialsResponse::default().with_results(results),
             at,
         )
     }

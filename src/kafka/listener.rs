@@ -60,6 +60,15 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// How a listener's connections are secured: TLS, SASL, both or neither.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// TLS, for SSL and SASL_SSL listeners.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// SASL, for SASL_PLAINTEXT and SASL_SSL listeners.
+    pub sasl: Option<Arc<crate::sasl::SaslServer>>,
+}
+
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -160,12 +169,13 @@ async fn answer<S: Service>(
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves; open connections are closed then.
-/// With `tls`, every connection runs inside TLS.
+/// With `security.tls`, every connection runs inside TLS; with `security.sasl`, every
+/// connection authenticates before its other requests are served.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
     limits: Limits,
-    tls: Option<Arc<crate::tls::ServerTls>>,
+    security: Security,
     shutdown: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -182,13 +192,13 @@ pub async fn serve<S: Service>(
                     continue;
                 };
                 let service = service.clone();
-                let tls = tls.clone();
+                let Security { tls, sasl } = security.clone();
                 connections.spawn(async move {
                     match tls {
-                        None => serve_connection(stream, None, service, limits).await,
+                        None => serve_connection(stream, None, service, limits, sasl).await,
                         Some(tls) => {
                             if let Some(stream) = tls_handshake(&tls, stream, peer, limits).await {
-                                serve_connection(stream, None, service, limits).await;
+                                serve_connection(stream, None, service, limits, sasl).await;
                             }
                         }
                     }
@@ -288,12 +298,14 @@ async fn read_frames<R: AsyncRead + Unpin>(
 
 /// Answers requests on one connection, in the order they came. `first` is a frame already
 /// read from it. A request starts when the service's [`Service::pipelining`] allows it beside
-/// those in flight (by default only when none is), at most [`MAX_PIPELINED`] at once.
+/// those in flight (by default only when none is), at most [`MAX_PIPELINED`] at once. With
+/// `sasl`, the client authenticates first ([`authenticate`]).
 pub async fn serve_connection<S: Service, T: Stream>(
     stream: T,
     first: Option<Bytes>,
     service: Arc<S>,
     limits: Limits,
+    sasl: Option<Arc<crate::sasl::SaslServer>>,
 ) {
     use futures_util::{FutureExt, StreamExt};
     let tcp = stream.tcp();
@@ -315,6 +327,15 @@ pub async fn serve_connection<S: Service, T: Stream>(
         limits,
         peer.clone(),
     )));
+    let principal: Arc<str> = match &sasl {
+        None => Arc::from(super::wire::ANONYMOUS),
+        Some(sasl) => {
+            match authenticate(&mut frames, &mut write, service.as_ref(), sasl, &peer).await {
+                Some(principal) => principal,
+                None => return,
+            }
+        }
+    };
     let mut running = futures_util::stream::FuturesOrdered::new();
     let mut slots: VecDeque<Slot> = VecDeque::new();
     let mut waiting: Option<(Slot, Result<Request, Bytes>)> = None;
@@ -375,8 +396,19 @@ pub async fn serve_connection<S: Service, T: Stream>(
                     continue;
                 };
                 waiting = Some(match decode_request(frame, service.apis()) {
+                    Ok(request) if is_sasl(request.api_key) => {
+                        // Authentication happens once, first, or not at all on this listener.
+                        match illegal_sasl_state(&request) {
+                            Ok(reply) => (Slot::Free, Err(reply)),
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "closing connection");
+                                return;
+                            }
+                        }
+                    }
                     Ok(mut request) => {
                         request.client_host.clone_from(&client_host);
+                        request.principal = principal.clone();
                         (Slot::Key(service.pipelining(&request)), Ok(request))
                     }
                     Err(Rejected::Reply(payload)) => (Slot::Free, Err(payload)),
@@ -386,6 +418,205 @@ pub async fn serve_connection<S: Service, T: Stream>(
                     }
                 });
             }
+        }
+    }
+}
+
+fn is_sasl(key: kafka_protocol::messages::ApiKey) -> bool {
+    use kafka_protocol::messages::ApiKey;
+    matches!(key, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+}
+
+/// The answer to a SaslHandshake or SaslAuthenticate where none is expected (Kafka's
+/// ILLEGAL_SASL_STATE).
+fn illegal_sasl_state(request: &Request) -> Result<Bytes, String> {
+    use kafka_protocol::messages::{ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse};
+    const ILLEGAL_SASL_STATE: i16 = 34;
+    let why = "SASL authentication is not expected on this connection now";
+    let response: ResponseKind =
+        if request.api_key == kafka_protocol::messages::ApiKey::SaslHandshake {
+            SaslHandshakeResponse::default()
+                .with_error_code(ILLEGAL_SASL_STATE)
+                .into()
+        } else {
+            SaslAuthenticateResponse::default()
+                .with_error_code(ILLEGAL_SASL_STATE)
+                .with_error_message(Some(super::wire::sb(why)))
+                .into()
+        };
+    super::wire::encode_response(
+        request.header.correlation_id,
+        request.api_key,
+        request.version,
+        &response,
+    )
+}
+
+/// Kafka's message for a failed SASL authentication.
+fn authentication_failed(mechanism: &str) -> String {
+    format!("Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}")
+}
+
+/// What follows an answer during authentication.
+enum Then {
+    /// Read the client's next request.
+    Continue,
+    /// The client is this principal.
+    Authenticated(Arc<str>),
+    /// Close the connection once the answer is written.
+    Close,
+}
+
+/// Runs a connection's SASL authentication: ApiVersions, SaslHandshake (v1) and
+/// SaslAuthenticate are answered, one at a time; any other request, a failed exchange or a
+/// closed connection ends it. Returns the authenticated principal (`User:<name>`).
+async fn authenticate<S: Service, W: AsyncWrite + Unpin>(
+    frames: &mut tokio::sync::mpsc::Receiver<Bytes>,
+    write: &mut W,
+    service: &S,
+    sasl: &crate::sasl::SaslServer,
+    peer: &str,
+) -> Option<Arc<str>> {
+    use super::wire::sb;
+    use kafka_protocol::messages::{
+        RequestKind, ResponseKind, SaslAuthenticateResponse, SaslHandshakeResponse,
+    };
+    const UNSUPPORTED_SASL_MECHANISM: i16 = 33;
+    const SASL_AUTHENTICATION_FAILED: i16 = 58;
+    let mut exchange: Option<crate::sasl::Exchange> = None;
+    // After a SaslHandshake v0, the exchange's tokens come as bare frames, outside Kafka's
+    // request framing, and a failure can only close the connection.
+    let mut bare_tokens = false;
+    loop {
+        let frame = frames.recv().await?;
+        if bare_tokens {
+            let x = exchange.as_mut()?;
+            let mechanism = x.mechanism();
+            match sasl.step(x, &frame) {
+                Ok(crate::sasl::scram::Step::Continue(bytes)) => {
+                    write_frame(write, &bytes).await.ok()?;
+                }
+                Ok(crate::sasl::scram::Step::Authenticated { user, reply }) => {
+                    if !reply.is_empty() {
+                        write_frame(write, &reply).await.ok()?;
+                    }
+                    return Some(Arc::from(format!("User:{user}")));
+                }
+                Err(crate::sasl::scram::Failed(why)) => {
+                    tracing::info!(%peer, mechanism, reason = %why, "failed authentication");
+                    return None;
+                }
+            }
+            continue;
+        }
+        let request = match decode_request(frame, service.apis()) {
+            Ok(r) => r,
+            Err(Rejected::Reply(reply)) => {
+                write_frame(write, &reply).await.ok()?;
+                continue;
+            }
+            Err(Rejected::Close(reason)) => {
+                tracing::warn!(%peer, %reason, "closing connection");
+                return None;
+            }
+        };
+        if matches!(request.body, RequestKind::ApiVersions(_)) {
+            match service.handle(request).await {
+                Ok(reply) => {
+                    write_frame(write, &reply).await.ok()?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing connection");
+                    return None;
+                }
+            }
+        }
+        let encode = |response: ResponseKind| {
+            super::wire::encode_response(
+                request.header.correlation_id,
+                request.api_key,
+                request.version,
+                &response,
+            )
+        };
+        let (reply, then) = match &request.body {
+            RequestKind::SaslHandshake(h) => {
+                let names = sasl.mechanism_names();
+                let response = SaslHandshakeResponse::default()
+                    .with_mechanisms(names.iter().map(|n| sb(*n)).collect());
+                match sasl.start(&h.mechanism) {
+                    Some(x) => {
+                        exchange = Some(x);
+                        bare_tokens = request.version == 0;
+                        (encode(response.into()), Then::Continue)
+                    }
+                    None => {
+                        tracing::info!(%peer, mechanism = %&*h.mechanism, "failed authentication: SASL mechanism not enabled");
+                        (
+                            encode(response.with_error_code(UNSUPPORTED_SASL_MECHANISM).into()),
+                            Then::Close,
+                        )
+                    }
+                }
+            }
+            RequestKind::SaslAuthenticate(a) => match exchange.as_mut() {
+                None => (illegal_sasl_state(&request), Then::Close),
+                Some(x) => {
+                    let mechanism = x.mechanism();
+                    match sasl.step(x, &a.auth_bytes) {
+                        Ok(crate::sasl::scram::Step::Continue(bytes)) => (
+                            encode(
+                                SaslAuthenticateResponse::default()
+                                    .with_auth_bytes(bytes.into())
+                                    .into(),
+                            ),
+                            Then::Continue,
+                        ),
+                        Ok(crate::sasl::scram::Step::Authenticated { user, reply }) => {
+                            tracing::debug!(%peer, %user, mechanism, "authenticated");
+                            (
+                                encode(
+                                    SaslAuthenticateResponse::default()
+                                        .with_auth_bytes(reply.into())
+                                        .into(),
+                                ),
+                                Then::Authenticated(Arc::from(format!("User:{user}"))),
+                            )
+                        }
+                        Err(crate::sasl::scram::Failed(why)) => {
+                            tracing::info!(%peer, mechanism, reason = %why, "failed authentication");
+                            (
+                                encode(
+                                    SaslAuthenticateResponse::default()
+                                        .with_error_code(SASL_AUTHENTICATION_FAILED)
+                                        .with_error_message(Some(sb(authentication_failed(
+                                            mechanism,
+                                        ))))
+                                        .into(),
+                                ),
+                                Then::Close,
+                            )
+                        }
+                    }
+                }
+            },
+            _ => {
+                tracing::warn!(%peer, api = ?request.api_key, "closing connection: a request before SASL authentication");
+                return None;
+            }
+        };
+        match reply {
+            Ok(bytes) => write_frame(write, &bytes).await.ok()?,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing connection");
+                return None;
+            }
+        }
+        match then {
+            Then::Continue => {}
+            Then::Authenticated(principal) => return Some(principal),
+            Then::Close => return None,
         }
     }
 }
@@ -474,9 +705,15 @@ mod tests {
             entered: entered.clone(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, service, Limits::default(), None, async {
-            let _ = stopped.await;
-        }));
+        let served = tokio::spawn(serve(
+            listener,
+            service,
+            Limits::default(),
+            Security::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let mut client = KafkaClient::connect(&addr, "stuck", Duration::from_secs(5))
             .await
             .unwrap();
@@ -593,7 +830,7 @@ mod tests {
             listener,
             service.clone(),
             Limits::default(),
-            None,
+            Security::default(),
             std::future::pending(),
         ));
         let mut out = Vec::new();
@@ -660,7 +897,7 @@ mod tests {
             listener,
             service,
             Limits::default(),
-            None,
+            Security::default(),
             std::future::pending(),
         ));
         let mut out = Vec::new();
@@ -702,7 +939,7 @@ mod tests {
             listener,
             service,
             limits,
-            None,
+            Security::default(),
             std::future::pending(),
         ));
         let timeout = Duration::from_secs(5);

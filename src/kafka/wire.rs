@@ -130,7 +130,13 @@ pub struct Request {
     pub raw: Bytes,
     /// The client's address as Kafka shows it ("/127.0.0.1"), set by the listener.
     pub client_host: String,
+    /// Who sent it (`User:alice`, or `User:ANONYMOUS` on an unauthenticated listener), set
+    /// by the listener.
+    pub principal: std::sync::Arc<str>,
 }
+
+/// The principal of a client that did not authenticate (Kafka's `KafkaPrincipal.ANONYMOUS`).
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
 
 /// What to do with a frame that is not a request this listener serves.
 #[derive(Debug)]
@@ -232,6 +238,7 @@ pub fn decode_request(payload: Bytes, apis: &ApiSet) -> Result<Request, Rejected
         body,
         raw: payload,
         client_host: String::new(),
+        principal: std::sync::Arc::from(ANONYMOUS),
     })
 }
 

@@ -464,8 +464,14 @@ pub async fn serve<S: Service>(
                     }
                 }
                 Ok(Ok(Some(frame))) => {
-                    crate::kafka::listener::serve_connection(stream, Some(frame), kafka, limits)
-                        .await
+                    crate::kafka::listener::serve_connection(
+                        stream,
+                        Some(frame),
+                        kafka,
+                        limits,
+                        None,
+                    )
+                    .await
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::warn!(%peer, error = %e, "closing connection"),

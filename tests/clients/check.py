@@ -214,24 +214,40 @@ def security_conf(args, lib):
     proto = args.security_protocol
     if proto == "PLAINTEXT":
         return {}
+    tls = proto in ("SSL", "SASL_SSL")
+    sasl = proto.startswith("SASL_")
     if lib in ("kcat", "confluent"):
         c = {"security.protocol": proto.lower()}
-        if args.ssl_ca:
+        if tls and args.ssl_ca:
             c["ssl.ca.location"] = args.ssl_ca
-        if args.ssl_cert:
+        if tls and args.ssl_cert:
             c["ssl.certificate.location"] = args.ssl_cert
             c["ssl.key.location"] = args.ssl_key
+        if sasl:
+            c.update({"sasl.mechanism": args.sasl_mechanism, "sasl.username": args.user,
+                      "sasl.password": args.password})
         return c
     if lib == "kafka-python":
-        c = {"security_protocol": proto, "ssl_cafile": args.ssl_ca or None}
-        if args.ssl_cert:
+        c = {"security_protocol": proto}
+        if tls:
+            c["ssl_cafile"] = args.ssl_ca or None
+        if tls and args.ssl_cert:
             c.update(ssl_certfile=args.ssl_cert, ssl_keyfile=args.ssl_key)
+        if sasl:
+            c.update(sasl_mechanism=args.sasl_mechanism, sasl_plain_username=args.user,
+                     sasl_plain_password=args.password)
         return c
     if lib == "aiokafka":
-        from aiokafka.helpers import create_ssl_context
-        ctx = create_ssl_context(cafile=args.ssl_ca or None, certfile=args.ssl_cert or None,
-                                 keyfile=args.ssl_key or None)
-        return {"security_protocol": proto, "ssl_context": ctx}
+        c = {"security_protocol": proto}
+        if tls:
+            from aiokafka.helpers import create_ssl_context
+            c["ssl_context"] = create_ssl_context(cafile=args.ssl_ca or None,
+                                                  certfile=args.ssl_cert or None,
+                                                  keyfile=args.ssl_key or None)
+        if sasl:
+            c.update(sasl_mechanism=args.sasl_mechanism, sasl_plain_username=args.user,
+                     sasl_plain_password=args.password)
+        return c
     fail(f"no security settings for {lib}")
 
 
@@ -242,23 +258,36 @@ def kcat_x(conf):
 def secure_refused(args):
     """The client must fail to fetch metadata: no certificate where one is required, a
     plaintext client on a TLS port, or a server it does not trust."""
+    import logging
     lib = args.client
     started = time.time()
+    # What the client reported along the way (its log, its error callback): the reason a
+    # broker gave is there, while the call itself fails with a generic "no brokers".
+    reported = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            reported.append(record.getMessage())
+    logging.getLogger().addHandler(Collect())
+    logging.getLogger().setLevel(logging.INFO)
     try:
         if lib == "kcat":
             out = subprocess.run(["kcat", "-b", args.bootstrap, "-L", "-J", "-m", "5"]
                                  + kcat_x(security_conf(args, "kcat")),
                                  capture_output=True, text=True, timeout=30)
             check(out.returncode != 0, f"kcat listed metadata: {out.stdout[:200]}")
-            err = out.stderr.strip().splitlines()[-1:]
+            err = out.stderr.strip()
         elif lib == "confluent":
             from confluent_kafka.admin import AdminClient
-            admin = AdminClient({"bootstrap.servers": args.bootstrap, **security_conf(args, lib)})
+            admin = AdminClient({"bootstrap.servers": args.bootstrap, **security_conf(args, lib),
+                                 "error_cb": lambda e: reported.append(str(e)),
+                                 "logger": logging.getLogger("rdkafka")})
             try:
                 md = admin.list_topics(timeout=5)
                 fail(f"confluent listed metadata: brokers {list(md.brokers)}")
             except Exception as e:
                 err = str(e)
+            admin.poll(1)  # serves the error and log callbacks
         elif lib == "kafka-python":
             from kafka import KafkaAdminClient
             try:
@@ -288,12 +317,31 @@ def secure_refused(args):
                 err = repr(e)
     except subprocess.TimeoutExpired:
         err = "timed out"
+    err = f"{err} | reported: {' / '.join(dict.fromkeys(reported))}"
     # Refused by the connection, not by a mistake in this script's settings.
-    expected = {"kcat": "transport failure", "confluent": "_TRANSPORT",
-                "kafka-python": "Unable to bootstrap", "aiokafka": "Unable to bootstrap"}[lib]
-    check(expected in str(err), f"{lib} failed, but not at the connection: {err}")
+    expected = args.refusal or {"kcat": "transport failure", "confluent": "_TRANSPORT",
+                                "kafka-python": "Unable to bootstrap",
+                                "aiokafka": "Unable to bootstrap"}[lib]
+    check(expected in str(err), f"{lib} failed, but not with {expected!r}: {err}")
+    at = str(err).find(expected)
     print(json.dumps({"client": lib, "refused": True, "seconds": round(time.time() - started, 1),
-                      "error": str(err)[:300]}))
+                      "error": str(err)[max(0, at - 150):at + 150]}))
+
+
+def add_scram_user(args):
+    """Sets --user's --password for SCRAM-SHA-256 and SCRAM-SHA-512 with confluent-kafka's
+    AlterUserScramCredentials, then describes it."""
+    from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                       UserScramCredentialUpsertion)
+    admin = AdminClient({"bootstrap.servers": args.bootstrap, **security_conf(args, "confluent")})
+    ups = [UserScramCredentialUpsertion(args.user, ScramCredentialInfo(m, 4096), args.password.encode())
+           for m in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512)]
+    for _, f in admin.alter_user_scram_credentials(ups).items():
+        f.result(timeout=30)
+    described = until(lambda: admin.describe_user_scram_credentials([args.user])[args.user].result(timeout=10),
+                      10, f"{args.user}'s credentials")
+    mechs = sorted(str(c.mechanism) for c in described.scram_credential_infos)
+    print(json.dumps({"user": args.user, "mechanisms": mechs}))
 
 
 def secure(args):
@@ -804,6 +852,7 @@ SCENARIOS = {
     "produce-spread": produce_spread,
     "group-member": group_member,
     "secure": secure,
+    "add-scram-user": add_scram_user,
 }
 
 if __name__ == "__main__":
@@ -826,7 +875,12 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--assignor", default="", help="confluent partition.assignment.strategy")
     ap.add_argument("--instance", default="", help="group.instance.id (static membership)")
-    ap.add_argument("--security-protocol", default="PLAINTEXT", choices=["PLAINTEXT", "SSL"])
+    ap.add_argument("--security-protocol", default="PLAINTEXT",
+                    choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"])
+    ap.add_argument("--sasl-mechanism", default="SCRAM-SHA-256")
+    ap.add_argument("--user", default="")
+    ap.add_argument("--password", default="")
+    ap.add_argument("--refusal", default="", help="secure: text the refusal must contain")
     ap.add_argument("--ssl-ca", default="", help="PEM file of the CA the client trusts")
     ap.add_argument("--ssl-cert", default="", help="PEM file of the client's certificate")
     ap.add_argument("--ssl-key", default="", help="PEM file of the client's private key")

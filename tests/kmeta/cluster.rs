@@ -34,6 +34,21 @@ impl Drop for ProcessCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // KMETA_KEEP_LOGS=DIR keeps the nodes' logs for a look after the test.
+        if let Some(keep) = std::env::var_os("KMETA_KEEP_LOGS") {
+            let keep = Path::new(&keep);
+            let _ = std::fs::create_dir_all(keep);
+            for entry in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name();
+                if name.to_string_lossy().ends_with(".log") {
+                    let _ = std::fs::copy(entry.path(), keep.join(name));
+                }
+            }
+        }
     }
 }
 

@@ -58,7 +58,10 @@ async fn serve_tls(tls: Arc<ServerTls>) -> String {
         listener,
         service,
         Limits::default(),
-        Some(tls),
+        kmeta::kafka::listener::Security {
+            tls: Some(tls),
+            sasl: None,
+        },
         std::future::pending(),
     ));
     addr
@@ -338,8 +341,14 @@ async fn acted_on_after_close<T: kmeta::kafka::listener::Stream>(stream: T) -> u
     ));
     // Everything the client sent, and its FIN, are in the socket by now.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    kmeta::kafka::listener::serve_connection(stream, None, service.clone(), Limits::default())
-        .await;
+    kmeta::kafka::listener::serve_connection(
+        stream,
+        None,
+        service.clone(),
+        Limits::default(),
+        None,
+    )
+    .await;
     service.1.load(std::sync::atomic::Ordering::SeqCst)
 }
 
@@ -504,4 +513,191 @@ fn real_clients_work_over_ssl_with_a_client_certificate_and_are_refused_without_
     assert!(out.contains("\"messages\": 10"), "{out}");
     // Every broker logged the refusals as failed authentications.
     assert!((1..=3).any(|id| c.log_contains(id, "failed authentication")));
+}
+
+/// Three controllers and three brokers, each broker with a PLAINTEXT listener (replication,
+/// and the operator setting users up), a SASL_SSL one and a SASL_PLAINTEXT one. Returns the
+/// cluster, the files, and the SASL_SSL and SASL_PLAINTEXT bootstrap lists.
+fn sasl_cluster() -> (
+    crate::cluster::ProcessCluster,
+    tempfile::TempDir,
+    String,
+    String,
+) {
+    let files = tempfile::tempdir().unwrap();
+    authority(files.path());
+    let ports: BTreeMap<u64, (u16, u16)> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                (crate::cluster::free_port(), crate::cluster::free_port()),
+            )
+        })
+        .collect();
+    let extra = format!(
+        "ssl.keystore.location={}\nsasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        files.path().join("server.pem").display(),
+    );
+    let c = crate::cluster::ProcessCluster::start_with(3, 3, &extra, &|id, port| {
+        format!(
+            "listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{},SASL_PLAINTEXT://127.0.0.1:{}",
+            ports[&id].0, ports[&id].1
+        )
+    });
+    let list = |f: fn(&(u16, u16)) -> u16| {
+        ports
+            .values()
+            .map(|p| format!("127.0.0.1:{}", f(p)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (c, files, list(|p| p.0), list(|p| p.1))
+}
+
+#[test]
+fn real_clients_authenticate_with_scram_and_plain_and_a_wrong_password_is_refused() {
+    use crate::cluster::{client, try_client, until};
+    let (c, files, sasl_ssl, sasl_plain) = sasl_cluster();
+    let ca = files.path().join("ca.crt").display().to_string();
+    let b = c.bootstrap();
+    until(Duration::from_secs(60), "three live brokers", || {
+        try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
+            .0
+            .then_some(())
+    });
+    let out = client(&[
+        "add-scram-user",
+        "--bootstrap",
+        &b,
+        "--user",
+        "alice",
+        "--password",
+        "alice-secret",
+    ]);
+    eprintln!("{out}");
+    assert!(
+        out.contains("SCRAM_SHA_256") && out.contains("SCRAM_SHA_512"),
+        "{out}"
+    );
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let topic = format!("sasl-{lib}-{}", &mechanism[10..]);
+            let out = client(&[
+                "secure",
+                "--client",
+                lib,
+                "--bootstrap",
+                &sasl_ssl,
+                "--topic",
+                &topic,
+                "--count",
+                "20",
+                "--security-protocol",
+                "SASL_SSL",
+                "--ssl-ca",
+                &ca,
+                "--sasl-mechanism",
+                mechanism,
+                "--user",
+                "alice",
+                "--password",
+                "alice-secret",
+            ]);
+            eprintln!("{mechanism}: {out}");
+            assert!(out.contains("\"messages\": 20"), "{lib} {mechanism}: {out}");
+        }
+    }
+    let out = client(&[
+        "secure",
+        "--client",
+        "confluent",
+        "--bootstrap",
+        &sasl_plain,
+        "--topic",
+        "sasl-plain",
+        "--count",
+        "20",
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        "PLAIN",
+        "--user",
+        "alice",
+        "--password",
+        "alice-secret",
+    ]);
+    assert!(out.contains("\"messages\": 20"), "PLAIN: {out}");
+    // Refused with Kafka's error, which each client reports (librdkafka in its log and error
+    // callback, the Python clients in their logs).
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        let out = client(&[
+            "secure",
+            "--client",
+            lib,
+            "--bootstrap",
+            &sasl_ssl,
+            "--expect-refused",
+            "--refusal",
+            "invalid credentials with SASL mechanism SCRAM-SHA-512",
+            "--security-protocol",
+            "SASL_SSL",
+            "--ssl-ca",
+            &ca,
+            "--sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--user",
+            "alice",
+            "--password",
+            "wrong",
+        ]);
+        eprintln!("wrong password: {out}");
+        let out = client(&[
+            "secure",
+            "--client",
+            lib,
+            "--bootstrap",
+            &sasl_plain,
+            "--expect-refused",
+            "--refusal",
+            "invalid credentials with SASL mechanism SCRAM-SHA-256",
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--sasl-mechanism",
+            "SCRAM-SHA-256",
+            "--user",
+            "mallory",
+            "--password",
+            "alice-secret",
+        ]);
+        eprintln!("unknown user: {out}");
+    }
+    // A client that skips SASL on a SASL port gets nothing, and the brokers serve on.
+    client(&[
+        "secure",
+        "--client",
+        "confluent",
+        "--bootstrap",
+        &sasl_plain,
+        "--expect-refused",
+    ]);
+    let out = client(&[
+        "secure",
+        "--client",
+        "kafka-python",
+        "--bootstrap",
+        &sasl_plain,
+        "--topic",
+        "sasl-after",
+        "--count",
+        "5",
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        "SCRAM-SHA-256",
+        "--user",
+        "alice",
+        "--password",
+        "alice-secret",
+    ]);
+    assert!(out.contains("\"messages\": 5"), "{out}");
 }
