@@ -138,7 +138,7 @@ async fn run_in(
     }
     let cluster_id = cluster_id.unwrap_or_else(crate::random_cluster_id);
     for c in configs.values() {
-        crate::storage::format(c, &cluster_id, true)?;
+        crate::storage::format(c, &cluster_id, true, &[])?;
     }
     tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "starting a local cluster");
 

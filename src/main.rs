@@ -112,6 +112,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// SCRAM users (SASL credentials), like kafka-configs.sh --entity-type users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Consumer groups, like kafka-consumer-groups.sh.
     Groups {
         #[command(subcommand)]
@@ -329,6 +336,52 @@ enum GroupsCommand {
 }
 
 #[derive(Subcommand)]
+enum UsersCommand {
+    /// Set a user's password (its SCRAM credentials; PLAIN checks against them too).
+    Add {
+        /// The user name (the principal is User:NAME).
+        #[arg(long)]
+        user: String,
+        /// The password; `-` reads one line from standard input (kept out of `ps`).
+        #[arg(long)]
+        password: String,
+        /// SCRAM-SHA-256, SCRAM-SHA-512 or all.
+        #[arg(long, default_value = "all")]
+        mechanism: String,
+        /// PBKDF2 iterations (Kafka accepts 4096 to 16384).
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+    },
+    /// Remove a user's credentials.
+    Remove {
+        /// The user name.
+        #[arg(long)]
+        user: String,
+        /// SCRAM-SHA-256, SCRAM-SHA-512 or all.
+        #[arg(long, default_value = "all")]
+        mechanism: String,
+    },
+    /// Users with credentials, their mechanisms and iteration counts.
+    List {
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+/// `--password -` reads the password from standard input.
+fn password_arg(password: String) -> Result<String, String> {
+    if password != "-" {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+#[derive(Subcommand)]
 enum BrokersCommand {
     /// Every broker: endpoint, rack, state, epoch, last heartbeat.
     List,
@@ -516,6 +569,11 @@ enum StorageCommand {
         /// Override a config key: key=value (repeatable).
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// A SCRAM user the new cluster starts with, as kafka-storage format takes it:
+        /// 'SCRAM-SHA-256=[name=admin,password=admin-secret]' (iterations=N optional;
+        /// repeatable). Written by the first active controller; give it to every controller.
+        #[arg(long, value_name = "MECHANISM=[name=..,password=..]")]
+        add_scram: Vec<String>,
     },
 }
 
@@ -582,13 +640,25 @@ fn main() -> ExitCode {
                     cluster_id,
                     ignore_formatted,
                     overrides,
+                    add_scram,
                 },
         } => {
             let config = match NodeConfig::load(&config, &overrides) {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            match kmeta::storage::format(&config, &cluster_id, ignore_formatted) {
+            let bootstrap: Result<Vec<_>, String> = add_scram
+                .iter()
+                .map(|spec| {
+                    kmeta::sasl::parse_add_scram(spec)
+                        .map(kmeta_metadata::MetadataRecord::UserScramCredential)
+                })
+                .collect();
+            let bootstrap = match bootstrap {
+                Ok(b) => b,
+                Err(e) => return fail(e),
+            };
+            match kmeta::storage::format(&config, &cluster_id, ignore_formatted, &bootstrap) {
                 Ok(message) => {
                     println!("{message}");
                     ExitCode::SUCCESS
@@ -991,6 +1061,27 @@ fn main() -> ExitCode {
             admin,
         } => admin_command(admin, move |a, out| {
             Box::pin(async move { kmeta::cli::brokers::list(a, out).await })
+        }),
+        Command::Users { command, admin } => admin_command(admin, move |a, out| {
+            Box::pin(async move {
+                use kmeta::cli::users;
+                match command {
+                    UsersCommand::Add {
+                        user,
+                        password,
+                        mechanism,
+                        iterations,
+                    } => {
+                        let password = password_arg(password)?;
+                        let mechanisms = users::mechanisms(&mechanism)?;
+                        users::add(a, &user, &password, &mechanisms, iterations, out).await
+                    }
+                    UsersCommand::Remove { user, mechanism } => {
+                        users::remove(a, &user, &users::mechanisms(&mechanism)?, out).await
+                    }
+                    UsersCommand::List { user } => users::list(a, user.as_deref(), out).await,
+                }
+            })
         }),
         Command::Groups { command, admin } => admin_command(admin, move |a, out| {
             Box::pin(async move {

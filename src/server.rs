@@ -448,6 +448,8 @@ async fn start_controller(
         raft.clone(),
         sm.clone(),
     ));
+    let bootstrap = crate::storage::read_bootstrap(&config.log_dir)?;
+    let bootstrap = tokio::spawn(write_bootstrap(controller.clone(), sm.clone(), bootstrap));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         listener,
@@ -465,6 +467,48 @@ async fn start_controller(
         controller,
         stop_tx,
         server,
-        tasks: vec![snapshots, controller_task],
+        tasks: vec![snapshots, controller_task, bootstrap],
     })
+}
+
+/// Writes this controller's bootstrap records (`kmeta storage format --add-scram`) once it
+/// is active, unless the log already has them (another controller wrote them first); ends
+/// once the image shows them written.
+async fn write_bootstrap(
+    controller: Controller,
+    sm: StateMachine,
+    records: Vec<kmeta_metadata::MetadataRecord>,
+) {
+    use kmeta_metadata::controller::scram::{bootstrap, BOOTSTRAP_FEATURE};
+    if records.is_empty() {
+        return;
+    }
+    loop {
+        if sm.image().features().contains_key(BOOTSTRAP_FEATURE) {
+            return;
+        }
+        let records = records.clone();
+        let written = controller
+            .submit(move |ctx| {
+                let records = bootstrap(ctx.image, &records)?;
+                Ok(kmeta_metadata::controller::ControllerResult::atomic(
+                    records,
+                    (),
+                ))
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                tracing::info!("bootstrap records written");
+                return;
+            }
+            // Not the active controller (yet): another may write them, or this one later.
+            Err(e) if e.code == kmeta_metadata::ErrorCode::NotController => {}
+            Err(e) => {
+                tracing::error!(error = %e, "bootstrap records refused");
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

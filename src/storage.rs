@@ -64,12 +64,74 @@ pub fn validate_cluster_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Formats the node's log directory for `cluster_id`. Formatting again for the same cluster
-/// and node is refused unless `ignore_formatted`; another cluster's directory always is.
+fn bootstrap_path(log_dir: &Path) -> PathBuf {
+    log_dir.join("bootstrap.records")
+}
+
+const BOOTSTRAP_MAGIC: &[u8; 8] = b"KMBOOT01";
+
+/// Writes the records a new cluster starts with (`--add-scram`): a magic, each record's
+/// length and encoding, and a CRC-32 of all before it. The first active controller appends
+/// them to the log once (`kmeta_metadata::controller::scram::bootstrap`).
+pub fn write_bootstrap(
+    log_dir: &Path,
+    records: &[kmeta_metadata::MetadataRecord],
+) -> Result<(), String> {
+    let mut out = BOOTSTRAP_MAGIC.to_vec();
+    for r in records {
+        let bytes = r.encode();
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let path = bootstrap_path(log_dir);
+    crate::raft::state_file::write_plain_atomic(&path, &out)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The bootstrap records of a formatted directory (none when it has no file).
+pub fn read_bootstrap(log_dir: &Path) -> Result<Vec<kmeta_metadata::MetadataRecord>, String> {
+    let path = bootstrap_path(log_dir);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let bad = |why: &str| format!("{} is damaged: {why}", path.display());
+    if bytes.len() < BOOTSTRAP_MAGIC.len() + 4 || !bytes.starts_with(BOOTSTRAP_MAGIC) {
+        return Err(bad("no bootstrap header"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut rest = &body[BOOTSTRAP_MAGIC.len()..];
+    let mut records = Vec::new();
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(bad("a truncated length"));
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(bad("a truncated record"));
+        }
+        let record = kmeta_metadata::MetadataRecord::decode(&tail[..len])
+            .map_err(|e| bad(&e.to_string()))?;
+        records.push(record);
+        rest = &tail[len..];
+    }
+    Ok(records)
+}
+
+/// Formats the node's log directory for `cluster_id`, with `bootstrap` records for a new
+/// cluster (`--add-scram`). Formatting again for the same cluster and node is refused unless
+/// `ignore_formatted`; another cluster's directory always is.
 pub fn format(
     config: &NodeConfig,
     cluster_id: &str,
     ignore_formatted: bool,
+    bootstrap: &[kmeta_metadata::MetadataRecord],
 ) -> Result<String, String> {
     validate_cluster_id(cluster_id)?;
     let dir = &config.log_dir;
@@ -100,6 +162,10 @@ pub fn format(
         config.node_id,
         crate::random_cluster_id()
     );
+    if !bootstrap.is_empty() {
+        write_bootstrap(dir, bootstrap)?;
+    }
+    // meta.properties last: a directory is formatted once everything is in it.
     crate::raft::state_file::write_plain_atomic(&meta_path(dir), text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", meta_path(dir).display()))?;
     Ok(format!(
@@ -127,4 +193,39 @@ pub fn check_formatted(config: &NodeConfig) -> Result<MetaProperties, String> {
         ));
     }
     Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_records_read_back_and_a_damaged_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_bootstrap(dir.path()).unwrap(), Vec::new());
+        let records = vec![
+            kmeta_metadata::MetadataRecord::UserScramCredential(crate::sasl::scram::credential(
+                kmeta_metadata::record::ScramMechanism::Sha256,
+                "admin",
+                "secret",
+                4096,
+            )),
+            kmeta_metadata::MetadataRecord::NoOp,
+        ];
+        write_bootstrap(dir.path(), &records).unwrap();
+        assert_eq!(read_bootstrap(dir.path()).unwrap(), records);
+        let path = bootstrap_path(dir.path());
+        let mut bytes = fs::read(&path).unwrap();
+        for at in [0, 9, bytes.len() / 2, bytes.len() - 1] {
+            bytes[at] ^= 1;
+            fs::write(&path, &bytes).unwrap();
+            assert!(
+                read_bootstrap(dir.path()).is_err(),
+                "a flipped byte at {at}"
+            );
+            bytes[at] ^= 1;
+        }
+        fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(read_bootstrap(dir.path()).is_err());
+    }
 }

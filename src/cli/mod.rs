@@ -8,6 +8,7 @@ pub mod metadata_shell;
 pub mod quorum;
 pub mod reassign;
 pub mod topics;
+pub mod users;
 
 use crate::kafka::client::KafkaClient;
 use kafka_protocol::messages::metadata_response::MetadataResponseTopic;

@@ -41,6 +41,35 @@ impl Mechanism {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_scram_takes_kafka_storage_formats_syntax() {
+        let c = parse_add_scram("SCRAM-SHA-512=[name=admin,password=\"a,b]c\",iterations=8192]")
+            .unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.mechanism, c.iterations),
+            ("admin", ScramMechanism::Sha512, 8192)
+        );
+        assert!(scram::password_matches(&c, "a,b]c"));
+        let c = parse_add_scram("SCRAM-SHA-256=[name=alice,password=secret]").unwrap();
+        assert_eq!(c.iterations, 4096);
+        assert!(scram::password_matches(&c, "secret"));
+        for bad in [
+            "SCRAM-SHA-1=[name=a,password=b]",
+            "SCRAM-SHA-256=name=a,password=b",
+            "SCRAM-SHA-256=[name=a]",
+            "SCRAM-SHA-256=[password=b]",
+            "SCRAM-SHA-256=[name=a,password=b,iterations=10]",
+            "SCRAM-SHA-256=[name=a,password=b,salt=x]",
+        ] {
+            assert!(parse_add_scram(bad).is_err(), "{bad}");
+        }
+    }
+}
+
 /// `sasl.enabled.mechanisms` (or `listener.name.<name>.sasl.enabled.mechanisms`) of listener
 /// `name`. Kafka's default is GSSAPI, which kmeta does not offer; kmeta's default is both
 /// SCRAM mechanisms.
@@ -78,6 +107,70 @@ pub fn enabled_mechanisms(
         )));
     }
     Ok(out)
+}
+
+/// Parses one `--add-scram` value of `kmeta storage format`, as `kafka-storage format` takes
+/// it: `SCRAM-SHA-256=[name=alice,password=alice-secret]`, with `iterations=N` (default 4096)
+/// optional; a value may be double-quoted to hold ',' or ']'. The password is salted here.
+pub fn parse_add_scram(spec: &str) -> Result<UserScramCredentialRecord, String> {
+    let bad = |why: &str| format!("--add-scram {spec:?}: {why}");
+    let (mechanism, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected MECHANISM=[name=...,password=...]"))?;
+    let mechanism = ScramMechanism::from_name(mechanism.trim())
+        .ok_or_else(|| bad("the mechanism is not SCRAM-SHA-256 or SCRAM-SHA-512"))?;
+    let inner = rest
+        .trim()
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| bad("the settings must be in [ ]"))?;
+    let mut fields = BTreeMap::new();
+    let mut chars = inner.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '"' {
+                    break;
+                }
+                value.push(c);
+            }
+            if chars.peek() == Some(&',') {
+                chars.next();
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ',').collect();
+        }
+        if fields.insert(key.trim().to_string(), value).is_some() {
+            return Err(bad(&format!("{} is given twice", key.trim())));
+        }
+    }
+    let name = fields
+        .remove("name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| bad("name= is required"))?;
+    let password = fields
+        .remove("password")
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("password= is required"))?;
+    let iterations = match fields.remove("iterations") {
+        None => ScramMechanism::MIN_ITERATIONS,
+        Some(i) => i
+            .parse::<u32>()
+            .ok()
+            .filter(|i| {
+                (ScramMechanism::MIN_ITERATIONS..=ScramMechanism::MAX_ITERATIONS).contains(i)
+            })
+            .ok_or_else(|| bad("iterations= must be a number from 4096 to 16384"))?,
+    };
+    if let Some(other) = fields.keys().next() {
+        return Err(bad(&format!(
+            "{other}= is not known (name, password, iterations)"
+        )));
+    }
+    Ok(scram::credential(mechanism, &name, &password, iterations))
 }
 
 /// Where a listener finds users' credentials (a broker: its metadata image).

@@ -61,16 +61,18 @@ impl ProcessCluster {
     /// Formats and starts `controllers` controllers and `brokers` brokers; `extra` lines are
     /// added to every config file.
     pub fn start(controllers: u64, brokers: u64, extra: &str) -> ProcessCluster {
-        Self::start_with(controllers, brokers, extra, &|_, _| String::new())
+        Self::start_with(controllers, brokers, extra, &|_, _| String::new(), &[])
     }
 
     /// [`ProcessCluster::start`], with `broker_extra(id, port)` lines added to broker `id`'s
-    /// config after `extra` (a later line wins: `listeners=...` adds listeners).
+    /// config after `extra` (a later line wins: `listeners=...` adds listeners), and
+    /// `format_args` given to every node's `kmeta storage format`.
     pub fn start_with(
         controllers: u64,
         brokers: u64,
         extra: &str,
         broker_extra: &dyn Fn(u64, u16) -> String,
+        format_args: &[&str],
     ) -> ProcessCluster {
         let dir = tempfile::tempdir().unwrap();
         let cports: BTreeMap<u64, u16> = (101..101 + controllers)
@@ -128,6 +130,7 @@ impl ProcessCluster {
                     "--cluster-id",
                     &cluster_id,
                 ])
+                .args(format_args)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");

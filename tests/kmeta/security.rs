@@ -414,12 +414,18 @@ fn ssl_cluster() -> (
         files.path().join("server.pem").display(),
         files.path().join("ca.crt").display(),
     );
-    let c = crate::cluster::ProcessCluster::start_with(3, 3, &extra, &|id, port| {
-        format!(
-            "listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{}",
-            ssl_ports[&id]
-        )
-    });
+    let c = crate::cluster::ProcessCluster::start_with(
+        3,
+        3,
+        &extra,
+        &|id, port| {
+            format!(
+                "listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{}",
+                ssl_ports[&id]
+            )
+        },
+        &[],
+    );
     let bootstrap = ssl_ports
         .values()
         .map(|p| format!("127.0.0.1:{p}"))
@@ -517,8 +523,11 @@ fn real_clients_work_over_ssl_with_a_client_certificate_and_are_refused_without_
 
 /// Three controllers and three brokers, each broker with a PLAINTEXT listener (replication,
 /// and the operator setting users up), a SASL_SSL one and a SASL_PLAINTEXT one. Returns the
-/// cluster, the files, and the SASL_SSL and SASL_PLAINTEXT bootstrap lists.
-fn sasl_cluster() -> (
+/// cluster, the files, and the SASL_SSL and SASL_PLAINTEXT bootstrap lists. `format_args` go
+/// to every node's `kmeta storage format`.
+fn sasl_cluster(
+    format_args: &[&str],
+) -> (
     crate::cluster::ProcessCluster,
     tempfile::TempDir,
     String,
@@ -538,12 +547,18 @@ fn sasl_cluster() -> (
         "ssl.keystore.location={}\nsasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
         files.path().join("server.pem").display(),
     );
-    let c = crate::cluster::ProcessCluster::start_with(3, 3, &extra, &|id, port| {
-        format!(
+    let c = crate::cluster::ProcessCluster::start_with(
+        3,
+        3,
+        &extra,
+        &|id, port| {
+            format!(
             "listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{},SASL_PLAINTEXT://127.0.0.1:{}",
             ports[&id].0, ports[&id].1
         )
-    });
+        },
+        format_args,
+    );
     let list = |f: fn(&(u16, u16)) -> u16| {
         ports
             .values()
@@ -557,7 +572,7 @@ fn sasl_cluster() -> (
 #[test]
 fn real_clients_authenticate_with_scram_and_plain_and_a_wrong_password_is_refused() {
     use crate::cluster::{client, try_client, until};
-    let (c, files, sasl_ssl, sasl_plain) = sasl_cluster();
+    let (c, files, sasl_ssl, sasl_plain) = sasl_cluster(&[]);
     let ca = files.path().join("ca.crt").display().to_string();
     let b = c.bootstrap();
     until(Duration::from_secs(60), "three live brokers", || {
@@ -700,4 +715,131 @@ fn real_clients_authenticate_with_scram_and_plain_and_a_wrong_password_is_refuse
         "alice-secret",
     ]);
     assert!(out.contains("\"messages\": 5"), "{out}");
+}
+
+/// `kmeta storage format --add-scram` gives a new cluster its first user, written once by the
+/// first active controller; `kmeta users` adds, lists and removes more.
+#[test]
+fn a_user_given_at_format_time_gets_in_and_kmeta_users_manages_the_rest() {
+    use crate::cluster::{try_client, until, BIN};
+    let (c, _files, _, sasl_plain) = sasl_cluster(&[
+        "--add-scram",
+        "SCRAM-SHA-512=[name=admin,password=\"admin,secret\",iterations=8192]",
+    ]);
+    let b = c.bootstrap();
+    until(Duration::from_secs(60), "three live brokers", || {
+        try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
+            .0
+            .then_some(())
+    });
+    let sasl = |mechanism: &str, user: &str, password: &str, topic: &str| {
+        try_client(&[
+            "secure",
+            "--client",
+            "confluent",
+            "--bootstrap",
+            &sasl_plain,
+            "--topic",
+            topic,
+            "--count",
+            "5",
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--sasl-mechanism",
+            mechanism,
+            "--user",
+            user,
+            "--password",
+            password,
+        ])
+    };
+    // The bootstrap credential, before anyone called AlterUserScramCredentials.
+    let (ok, out) = sasl("SCRAM-SHA-512", "admin", "admin,secret", "boot-admin");
+    assert!(ok, "{out}");
+    let users = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("users")
+            .args(args)
+            .args(["--bootstrap-server", &b])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let add = std::process::Command::new(BIN)
+        .args([
+            "users",
+            "add",
+            "--user",
+            "bob",
+            "--password",
+            "-",
+            "--bootstrap-server",
+            &b,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"bob-secret\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(add.status.success(), "{add:?}");
+    let (ok, listed) = users(&["list", "--output", "json"]);
+    assert!(ok, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([
+            {"user": "admin", "mechanism": "SCRAM-SHA-512", "iterations": 8192},
+            {"user": "bob", "mechanism": "SCRAM-SHA-256", "iterations": 4096},
+            {"user": "bob", "mechanism": "SCRAM-SHA-512", "iterations": 4096},
+        ])
+    );
+    let (ok, out) = sasl("PLAIN", "bob", "bob-secret", "boot-bob");
+    assert!(ok, "{out}");
+    // Bad input gets Kafka's error and changes nothing.
+    let (ok, out) = users(&[
+        "add",
+        "--user",
+        "carol",
+        "--password",
+        "x",
+        "--iterations",
+        "100",
+    ]);
+    assert!(!ok && out.contains("UnacceptableCredential"), "{out}");
+    let (ok, out) = users(&["remove", "--user", "carol"]);
+    assert!(!ok && out.contains("ResourceNotFound"), "{out}");
+    let (ok, out) = users(&["remove", "--user", "bob", "--mechanism", "SCRAM-SHA-256"]);
+    assert!(ok, "{out}");
+    let (ok, out) = users(&["list", "--user", "bob", "--output", "json"]);
+    assert!(
+        ok && out.contains("SCRAM-SHA-512") && !out.contains("SCRAM-SHA-256"),
+        "{out}"
+    );
+    // A restart of every node keeps the users, and the bootstrap is not written again.
+    let mut c = c;
+    c.restart_all();
+    until(Duration::from_secs(60), "three live brokers again", || {
+        try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
+            .0
+            .then_some(())
+    });
+    let (ok, out) = sasl("SCRAM-SHA-512", "bob", "bob-secret", "boot-bob-again");
+    assert!(ok, "{out}");
+    let written = c
+        .controllers
+        .keys()
+        .filter(|id| c.log_contains(**id, "bootstrap records written"))
+        .count();
+    assert_eq!(
+        written, 0,
+        "the bootstrap was written again after a restart"
+    );
 }

@@ -437,6 +437,41 @@ async fn send(
             .await
             .map(drop)
             .map_err(e),
+        // On a listener without SASL: answered ILLEGAL_SASL_STATE.
+        ApiKey::SaslHandshake => c
+            .send(
+                &SaslHandshakeRequest::default().with_mechanism(sb("SCRAM-SHA-256")),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::SaslAuthenticate => c
+            .send(
+                &SaslAuthenticateRequest::default()
+                    .with_auth_bytes(bytes::Bytes::from_static(b"n,,n=a,r=b")),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::DescribeUserScramCredentials => c
+            .send(&DescribeUserScramCredentialsRequest::default(), v)
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::AlterUserScramCredentials => {
+            let d = alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                .with_name(sb("nobody"))
+                .with_mechanism(1);
+            c.send(
+                &AlterUserScramCredentialsRequest::default().with_deletions(vec![d]),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e)
+        }
         other => Err(format!("the sweep has no sample request for {other:?}")),
     }
 }

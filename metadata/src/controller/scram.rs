@@ -136,6 +136,40 @@ fn user_records(
     Ok(records)
 }
 
+/// The feature that records a cluster's bootstrap records as written (`kmeta storage format
+/// --add-scram`).
+pub const BOOTSTRAP_FEATURE: &str = "kmeta.bootstrap";
+
+/// The records a new cluster starts with (`kmeta storage format --add-scram`), and the marker
+/// that they were written, unless the image already holds the marker: the first active
+/// controller writes them once, whichever controller that is. Only SCRAM credentials are
+/// accepted.
+pub fn bootstrap(
+    image: &MetadataImage,
+    records: &[MetadataRecord],
+) -> Result<Vec<MetadataRecord>, ApiError> {
+    if records.is_empty() || image.features().contains_key(BOOTSTRAP_FEATURE) {
+        return Ok(Vec::new());
+    }
+    if let Some(other) = records
+        .iter()
+        .find(|r| !matches!(r, MetadataRecord::UserScramCredential(_)))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("a bootstrap record must be a SCRAM credential, not {other:?}"),
+        ));
+    }
+    let mut out = records.to_vec();
+    out.push(MetadataRecord::FeatureLevel(
+        crate::record::FeatureLevelRecord {
+            name: BOOTSTRAP_FEATURE.to_string(),
+            level: 1,
+        },
+    ));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +191,24 @@ mod tests {
             let next = LogOffset(image.offset().0 + 1);
             image.replay(next, r).unwrap();
         }
+    }
+
+    #[test]
+    fn bootstrap_records_are_written_once() {
+        let mut image = MetadataImage::new();
+        let ScramAlteration::Upsert(admin) = credential("admin", ScramMechanism::Sha256, 4096)
+        else {
+            unreachable!()
+        };
+        let records = vec![MetadataRecord::UserScramCredential(admin)];
+        let first = bootstrap(&image, &records).unwrap();
+        assert_eq!(first.len(), 2);
+        replayed(&mut image, &first);
+        assert!(image
+            .scram_credential("admin", ScramMechanism::Sha256)
+            .is_some());
+        assert_eq!(bootstrap(&image, &records).unwrap(), Vec::new());
+        assert!(bootstrap(&MetadataImage::new(), &[MetadataRecord::NoOp]).is_err());
     }
 
     #[test]
