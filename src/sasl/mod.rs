@@ -41,35 +41,6 @@ impl Mechanism {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn add_scram_takes_kafka_storage_formats_syntax() {
-        let c = parse_add_scram("SCRAM-SHA-512=[name=admin,password=\"a,b]c\",iterations=8192]")
-            .unwrap();
-        assert_eq!(
-            (c.name.as_str(), c.mechanism, c.iterations),
-            ("admin", ScramMechanism::Sha512, 8192)
-        );
-        assert!(scram::password_matches(&c, "a,b]c"));
-        let c = parse_add_scram("SCRAM-SHA-256=[name=alice,password=secret]").unwrap();
-        assert_eq!(c.iterations, 4096);
-        assert!(scram::password_matches(&c, "secret"));
-        for bad in [
-            "SCRAM-SHA-1=[name=a,password=b]",
-            "SCRAM-SHA-256=name=a,password=b",
-            "SCRAM-SHA-256=[name=a]",
-            "SCRAM-SHA-256=[password=b]",
-            "SCRAM-SHA-256=[name=a,password=b,iterations=10]",
-            "SCRAM-SHA-256=[name=a,password=b,salt=x]",
-        ] {
-            assert!(parse_add_scram(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// `sasl.enabled.mechanisms` (or `listener.name.<name>.sasl.enabled.mechanisms`) of listener
 /// `name`. Kafka's default is GSSAPI, which kmeta does not offer; kmeta's default is both
 /// SCRAM mechanisms.
@@ -275,6 +246,35 @@ impl SaslServer {
                     None => Err(scram::Failed(format!("unknown user {user:?}"))),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_scram_takes_kafka_storage_formats_syntax() {
+        let c = parse_add_scram("SCRAM-SHA-512=[name=admin,password=\"a,b]c\",iterations=8192]")
+            .unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.mechanism, c.iterations),
+            ("admin", ScramMechanism::Sha512, 8192)
+        );
+        assert!(scram::password_matches(&c, "a,b]c"));
+        let c = parse_add_scram("SCRAM-SHA-256=[name=alice,password=secret]").unwrap();
+        assert_eq!(c.iterations, 4096);
+        assert!(scram::password_matches(&c, "secret"));
+        for bad in [
+            "SCRAM-SHA-1=[name=a,password=b]",
+            "SCRAM-SHA-256=name=a,password=b",
+            "SCRAM-SHA-256=[name=a]",
+            "SCRAM-SHA-256=[password=b]",
+            "SCRAM-SHA-256=[name=a,password=b,iterations=10]",
+            "SCRAM-SHA-256=[name=a,password=b,salt=x]",
+        ] {
+            assert!(parse_add_scram(bad).is_err(), "{bad}");
         }
     }
 }
