@@ -200,6 +200,11 @@ struct AdminArgs {
     /// table or json.
     #[arg(long, global = true, value_enum, default_value = "table")]
     output: kmeta::cli::Output,
+    /// Client security settings, as Kafka's tools take them: a properties file with
+    /// security.protocol, ssl.truststore.location, ssl.keystore.location, sasl.mechanism,
+    /// sasl.jaas.config (docs/SECURITY.md).
+    #[arg(long, global = true)]
+    command_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -402,7 +407,19 @@ where
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        let mut admin = kmeta::cli::Admin::connect(&args.bootstrap_server).await?;
+        let security = match &args.command_config {
+            None => Default::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("--command-config: cannot read {}: {e}", path.display())
+                })?;
+                let props = kmeta::config::parse_properties(&text)
+                    .map_err(|e| format!("--command-config {}: {e}", path.display()))?;
+                kmeta::kafka::connect::ClientSecurity::from_properties(&props)
+                    .map_err(|e| format!("--command-config {}: {e}", path.display()))?
+            }
+        };
+        let mut admin = kmeta::cli::Admin::connect_with(&args.bootstrap_server, &security).await?;
         f(&mut admin, args.output).await
     });
     match result {

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Connects to the coordinator of `group`, as every group request must.
 async fn coordinator(admin: &mut Admin, group: &str) -> Result<(i32, Admin), String> {
     let (id, addr) = admin.group_coordinator(group).await?;
-    Ok((id, Admin::connect(&addr).await?))
+    Ok((id, admin.connect_like(&addr).await?))
 }
 
 /// `host:port` of every broker in Metadata, by id.
@@ -36,7 +36,7 @@ async fn brokers(admin: &mut Admin) -> Result<BTreeMap<i32, String>, String> {
 pub async fn list(admin: &mut Admin, output: Output) -> Result<(), String> {
     let mut rows: Vec<(String, String, String, i32)> = Vec::new();
     for (id, addr) in brokers(admin).await? {
-        let mut b = Admin::connect(&addr).await?;
+        let mut b = admin.connect_like(&addr).await?;
         let r = b.send(&ListGroupsRequest::default(), 4).await?;
         if r.error_code != 0 {
             return Err(format!("broker {id}: {}", error_text(r.error_code, None)));
@@ -194,7 +194,7 @@ async fn list_offsets(
                     })
                     .collect(),
             );
-        let r = Admin::connect(addr).await?.send(&request, 5).await?;
+        let r = admin.connect_like(addr).await?.send(&request, 5).await?;
         for t in r.topics {
             for p in t.partitions {
                 if p.error_code != 0 {

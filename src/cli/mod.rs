@@ -31,23 +31,47 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A connection to one reachable broker of `--bootstrap-server`.
 pub struct Admin {
     client: KafkaClient,
+    security: crate::kafka::connect::ClientSecurity,
 }
 
 impl Admin {
     /// Connects to the first reachable address of a comma-separated list.
     pub async fn connect(bootstrap: &str) -> Result<Admin, String> {
+        Self::connect_with(bootstrap, &Default::default()).await
+    }
+
+    /// Connects to the first reachable address of a comma-separated list, secured as
+    /// `security` says (`--command-config`).
+    pub async fn connect_with(
+        bootstrap: &str,
+        security: &crate::kafka::connect::ClientSecurity,
+    ) -> Result<Admin, String> {
         let mut last = String::from("no address given");
         for addr in bootstrap
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match KafkaClient::connect(addr, "kmeta-admin", ADMIN_TIMEOUT).await {
-                Ok(client) => return Ok(Admin { client }),
+            match KafkaClient::connect_with(addr, "kmeta-admin", ADMIN_TIMEOUT, security).await {
+                Ok(client) => {
+                    return Ok(Admin {
+                        client,
+                        security: security.clone(),
+                    })
+                }
+                // A refused login is not a reason to try another broker.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(format!("{addr}: {e}"))
+                }
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
         Err(format!("cannot reach the cluster at {bootstrap} ({last})"))
+    }
+
+    /// Another connection, to `addr`, secured as this one is.
+    pub async fn connect_like(&self, addr: &str) -> Result<Admin, String> {
+        Self::connect_with(addr, &self.security).await
     }
 
     /// Sends one request.

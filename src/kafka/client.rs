@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 /// One connection to a Kafka-protocol server.
 pub struct KafkaClient {
     /// Read through a buffer (a response's size and body in one system call).
-    stream: tokio::io::BufReader<TcpStream>,
+    stream: tokio::io::BufReader<super::connect::ClientStream>,
     next_correlation: i32,
     client_id: StrBytes,
     timeout: Duration,
@@ -75,13 +75,38 @@ impl KafkaClient {
     /// Connects to `addr`, waiting at most `timeout`; every later call has the same bound.
     pub async fn connect(addr: &str, client_id: &str, timeout: Duration) -> io::Result<Self> {
         let stream = connect_tcp(addr, timeout).await?;
-        Ok(KafkaClient {
+        Ok(Self::over(
+            super::connect::ClientStream::Plain(stream),
+            addr,
+            client_id,
+            timeout,
+        ))
+    }
+
+    /// Connects to `addr` secured as `security` says (TLS, SASL), waiting at most `timeout`.
+    pub async fn connect_with(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        security: &super::connect::ClientSecurity,
+    ) -> io::Result<Self> {
+        let stream = super::connect::connect(addr, timeout, security).await?;
+        Ok(Self::over(stream, addr, client_id, timeout))
+    }
+
+    fn over(
+        stream: super::connect::ClientStream,
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Self {
+        KafkaClient {
             stream: tokio::io::BufReader::new(stream),
             next_correlation: 1,
             client_id: StrBytes::from_string(client_id.to_string()),
             timeout,
             addr: addr.to_string(),
-        })
+        }
     }
 
     /// The address this client is connected to.

@@ -517,6 +517,31 @@ fn real_clients_work_over_ssl_with_a_client_certificate_and_are_refused_without_
         &key,
     ]);
     assert!(out.contains("\"messages\": 10"), "{out}");
+    // The operator commands present a client certificate as Kafka's tools do.
+    let config = files.path().join("client.properties");
+    std::fs::write(
+        &config,
+        format!(
+            "security.protocol=SSL\nssl.truststore.location={ca}\nssl.keystore.location={}\n",
+            f("alice.pem")
+        ),
+    )
+    .unwrap();
+    let topics = std::process::Command::new(crate::cluster::BIN)
+        .args([
+            "topics",
+            "list",
+            "--bootstrap-server",
+            &ssl,
+            "--command-config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        topics.status.success() && String::from_utf8_lossy(&topics.stdout).contains("ssl-after"),
+        "{topics:?}"
+    );
     // Every broker logged the refusals as failed authentications.
     assert!((1..=3).any(|id| c.log_contains(id, "failed authentication")));
 }
@@ -722,7 +747,7 @@ fn real_clients_authenticate_with_scram_and_plain_and_a_wrong_password_is_refuse
 #[test]
 fn a_user_given_at_format_time_gets_in_and_kmeta_users_manages_the_rest() {
     use crate::cluster::{try_client, until, BIN};
-    let (c, _files, _, sasl_plain) = sasl_cluster(&[
+    let (c, files, sasl_ssl, sasl_plain) = sasl_cluster(&[
         "--add-scram",
         "SCRAM-SHA-512=[name=admin,password=\"admin,secret\",iterations=8192]",
     ]);
@@ -821,6 +846,47 @@ fn a_user_given_at_format_time_gets_in_and_kmeta_users_manages_the_rest() {
     let (ok, out) = users(&["list", "--user", "bob", "--output", "json"]);
     assert!(
         ok && out.contains("SCRAM-SHA-512") && !out.contains("SCRAM-SHA-256"),
+        "{out}"
+    );
+    // The operator commands log in as Kafka's tools do (--command-config).
+    let config = |password: &str| {
+        let path = files
+            .path()
+            .join(format!("admin-{}.properties", password.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "security.protocol=SASL_SSL\nssl.truststore.location={}\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"{password}\";\n",
+                files.path().join("ca.crt").display()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let secured = |password: &str| {
+        let out = std::process::Command::new(BIN)
+            .args([
+                "users",
+                "list",
+                "--output",
+                "json",
+                "--bootstrap-server",
+                &sasl_ssl,
+            ])
+            .args(["--command-config", &config(password)])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = secured("admin,secret");
+    assert!(ok && out.contains("\"bob\""), "{out}");
+    let (ok, out) = secured("wrong");
+    assert!(
+        !ok && out.contains("invalid credentials with SASL mechanism SCRAM-SHA-512"),
         "{out}"
     );
     // A restart of every node keeps the users, and the bootstrap is not written again.
