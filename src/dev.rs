@@ -29,6 +29,56 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     /// `key=value` settings applied to every node.
     pub overrides: Vec<String>,
+    /// Brokers also serve clients on SASL_SSL listeners (ports S, S+1, ...), with a CA, a
+    /// broker certificate and an `admin` user made for the cluster (`docs/SECURITY.md`).
+    pub secure: Option<u16>,
+}
+
+/// What `--secure` made: where its files are, and the admin's password.
+struct Secure {
+    dir: PathBuf,
+    password: String,
+}
+
+/// The CA, the brokers' certificate, the admin's password and the client settings of a
+/// `--secure` cluster, in `dir/secure`; kept ones (a kept `--data-dir`) are used again.
+fn prepare_secure(dir: &Path, host: &str) -> Result<Secure, String> {
+    let secure = dir.join("secure");
+    let io = |e: std::io::Error| format!("{}: {e}", secure.display());
+    std::fs::create_dir_all(&secure).map_err(io)?;
+    let password_file = secure.join("admin.password");
+    let password = match std::fs::read_to_string(&password_file) {
+        Ok(p) => p.trim().to_string(),
+        Err(_) => {
+            let p: String = crate::sasl::scram::random_bytes(12)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            std::fs::write(&password_file, &p).map_err(io)?;
+            p
+        }
+    };
+    if !secure.join("broker.pem").exists() {
+        let ca = crate::tls::ca::Authority::new("kmeta dev CA")?;
+        std::fs::write(secure.join("ca.crt"), ca.cert_pem()).map_err(io)?;
+        let mut hosts = vec![host, "localhost", "127.0.0.1"];
+        hosts.dedup();
+        ca.server("kmeta-dev-broker", &hosts)?
+            .write(&secure, "broker")
+            .map_err(io)?;
+    }
+    std::fs::write(
+        secure.join("client.properties"),
+        format!(
+            "# kmeta dev --secure: for kmeta's commands (--command-config) and Kafka's tools\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"admin\" password=\"{password}\";\nssl.truststore.type=PEM\nssl.truststore.location={}\n",
+            secure.join("ca.crt").display()
+        ),
+    )
+    .map_err(io)?;
+    Ok(Secure {
+        dir: secure,
+        password,
+    })
 }
 
 /// The first controller's node id (brokers are numbered from 1, as clients see them).
@@ -74,10 +124,23 @@ fn node_properties(
         p.insert("node.id".into(), id.to_string());
         p.insert("process.roles".into(), "broker".into());
         p.insert("controller.quorum.voters".into(), voters.clone());
-        p.insert(
-            "listeners".into(),
-            format!("PLAINTEXT://{}:{}", o.host, port(o.broker_port, id - 1)?),
-        );
+        let mut listeners = format!("PLAINTEXT://{}:{}", o.host, port(o.broker_port, id - 1)?);
+        if let Some(secure_port) = o.secure {
+            listeners.push_str(&format!(
+                ",SASL_SSL://{}:{}",
+                o.host,
+                port(secure_port, id - 1)?
+            ));
+            p.insert(
+                "ssl.keystore.location".into(),
+                dir.join("secure/broker.pem").display().to_string(),
+            );
+            p.insert(
+                "sasl.enabled.mechanisms".into(),
+                "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
+            );
+        }
+        p.insert("listeners".into(), listeners);
         p.insert(
             "log.dirs".into(),
             dir.join(format!("broker-{id}")).display().to_string(),
@@ -136,9 +199,30 @@ async fn run_in(
             cluster_id = Some(meta.cluster_id);
         }
     }
+    let new_cluster = cluster_id.is_none();
     let cluster_id = cluster_id.unwrap_or_else(crate::random_cluster_id);
+    let secure = match o.secure {
+        Some(_) => Some(prepare_secure(dir, &o.host)?),
+        None => None,
+    };
+    // A new secured cluster starts with its admin user (both SCRAM mechanisms).
+    let users: Vec<kmeta_metadata::MetadataRecord> =
+        match &secure {
+            Some(s) => kmeta_metadata::record::ScramMechanism::ALL
+                .into_iter()
+                .map(|m| {
+                    kmeta_metadata::MetadataRecord::UserScramCredential(
+                        crate::sasl::scram::credential(m, "admin", &s.password, 4096),
+                    )
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+    if secure.is_some() && !new_cluster {
+        tracing::warn!("--secure on a kept --data-dir: the admin user exists only if the cluster was first started with --secure");
+    }
     for c in configs.values() {
-        crate::storage::format(c, &cluster_id, true, &[])?;
+        crate::storage::format(c, &cluster_id, true, &users)?;
     }
     tracing::info!(cluster_id = %cluster_id, dir = %dir.display(), "starting a local cluster");
 
@@ -184,6 +268,29 @@ async fn run_in(
     };
     if outcome.is_ok() {
         println!("bootstrap.servers={}", bootstrap.join(","));
+        if let (Some(s), Some(secure_port)) = (&secure, o.secure) {
+            let secured: Vec<String> = (0..o.brokers)
+                .map(|i| format!("{}:{}", o.host, secure_port + i as u16))
+                .collect();
+            let ca = s.dir.join("ca.crt");
+            println!("secure.bootstrap.servers={}", secured.join(","));
+            println!(
+                "client settings (SASL_SSL, SCRAM-SHA-512, user admin): {}",
+                s.dir.join("client.properties").display()
+            );
+            println!(
+                "  kmeta topics list --bootstrap-server {} --command-config {}",
+                secured[0],
+                s.dir.join("client.properties").display()
+            );
+            println!(
+                "  kcat -b {} -X security.protocol=sasl_ssl -X sasl.mechanism=SCRAM-SHA-512 -X sasl.username=admin -X sasl.password={} -X ssl.ca.location={} -L",
+                secured[0],
+                s.password,
+                ca.display()
+            );
+            println!("  (the PLAINTEXT listeners stay open: brokers replicate over them until TLS between nodes exists)");
+        }
         tokio::select! {
             _ = &mut shutdown => {}
             Some(e) = failed.recv() => tracing::error!(error = %e, "a node stopped"),

@@ -66,6 +66,10 @@ enum Command {
         /// A config setting for every node, key=value (repeatable).
         #[arg(long = "override", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Also serve clients on SASL_SSL listeners from port S (S, S+1, ...), with a CA,
+        /// certificates and an `admin` user made for the cluster; prints the client settings.
+        #[arg(long, value_name = "S", num_args = 0..=1, default_missing_value = "9392")]
+        secure: Option<u16>,
     },
     /// Create, list, describe, delete and alter topics.
     Topics {
@@ -500,7 +504,8 @@ enum BenchCommand {
     /// latency and server CPU per write, every acknowledged write read back. Needs `etcd`
     /// and Debian's `zookeeper` (bench/compare.sh installs them).
     Compare {
-        /// The systems, in the order run: kmeta, etcd, zookeeper.
+        /// The systems, in the order run: kmeta, kmeta-sasl-ssl (clients on a SASL_SSL
+        /// listener), etcd, zookeeper.
         #[arg(long, value_delimiter = ',', default_value = "kmeta,etcd,zookeeper")]
         systems: Vec<String>,
         /// The workloads: update (OffsetCommit / put / setData of the worker's own key),
@@ -845,6 +850,7 @@ fn main() -> ExitCode {
                     samples,
                     keep,
                     node_log: node_log.clone(),
+                    secure: false,
                 };
                 match runtime.block_on(kmeta::bench::scale::scale(&options)) {
                     Ok(report) => {
@@ -1147,6 +1153,7 @@ fn main() -> ExitCode {
             controller_port,
             data_dir,
             overrides,
+            secure,
         } => {
             init_logging();
             let runtime = server_runtime();
@@ -1158,6 +1165,7 @@ fn main() -> ExitCode {
                 controller_port,
                 data_dir,
                 overrides,
+                secure,
             };
             match runtime.block_on(kmeta::dev::run(options, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -76,6 +76,7 @@ pub async fn failover(trials: usize, data_dir: PathBuf, keep: bool) -> Result<Ve
         samples: 0,
         keep,
         node_log: "info,openraft=warn".into(),
+        secure: false,
     })?;
     scale::until_all(&nodes, &scale::BROKERS, Duration::from_secs(60), |s| {
         s.live_brokers == 3

@@ -47,6 +47,25 @@ pub struct ScaleOptions {
     pub keep: bool,
     /// The nodes' log filter (`KMETA_LOG`).
     pub node_log: String,
+    /// Brokers also serve clients on a SASL_SSL listener (TLS 1.3, SCRAM-SHA-256, a CA made
+    /// for the run), which [`Nodes::client_addr`] names.
+    pub secure: bool,
+}
+
+/// The benchmark's user on a secured cluster.
+const BENCH_USER: (&str, &str) = ("bench", "bench-secret");
+
+/// The client settings for the secured cluster started last (`ScaleOptions::secure`).
+static BENCH_SECURITY: std::sync::Mutex<Option<crate::kafka::connect::ClientSecurity>> =
+    std::sync::Mutex::new(None);
+
+/// The client settings of the secured cluster started last.
+pub fn bench_client_security() -> Result<crate::kafka::connect::ClientSecurity, String> {
+    BENCH_SECURITY
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| "no secured cluster was started".to_string())
 }
 
 /// One figure: its name and its value (`None`: not reached within its bound).
@@ -103,6 +122,8 @@ pub(super) struct Nodes {
     /// The highest resident memory (`VmHWM`) each node reached, over all its processes so
     /// far: read before each kill and at the end.
     peak_rss_mib: BTreeMap<u64, f64>,
+    /// Each broker's SASL_SSL port, on a secured cluster.
+    secure_ports: BTreeMap<u64, u16>,
 }
 
 impl Drop for Nodes {
@@ -158,8 +179,15 @@ impl Nodes {
             Some(port) => format!("metrics.listener=http://127.0.0.1:{port}\n"),
             None => String::new(),
         };
+        let secure = match self.secure_ports.get(&id) {
+            Some(port) => format!(
+                ",SASL_SSL://127.0.0.1:{port}\nssl.keystore.location={}\nsasl.enabled.mechanisms=SCRAM-SHA-256",
+                self.dir.join("broker.pem").display()
+            ),
+            None => String::new(),
+        };
         format!(
-            "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={}\nlisteners={listener}://127.0.0.1:{}\nlog.dirs={}\nbroker.session.timeout.ms={}\nmetadata.log.max.record.bytes.between.snapshots={}\n{metrics}",
+            "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={}\nlisteners={listener}://127.0.0.1:{}{secure}\nlog.dirs={}\nbroker.session.timeout.ms={}\nmetadata.log.max.record.bytes.between.snapshots={}\n{metrics}",
             voters.join(","),
             self.ports[&id],
             self.data_path(id).display(),
@@ -175,6 +203,17 @@ impl Nodes {
             .args(["storage", "format", "--config"])
             .arg(self.config_path(id))
             .args(["--cluster-id", &self.cluster_id])
+            .args(if self.secure_ports.is_empty() {
+                Vec::new()
+            } else {
+                vec![
+                    "--add-scram".to_string(),
+                    format!(
+                        "SCRAM-SHA-256=[name={},password={}]",
+                        BENCH_USER.0, BENCH_USER.1
+                    ),
+                ]
+            })
             .output()
             .map_err(|e| format!("kmeta storage format: {e}"))?;
         if !out.status.success() {
@@ -198,6 +237,31 @@ impl Nodes {
         for id in BROKERS {
             metrics_ports.insert(id, crate::free_ports(1)?);
         }
+        let mut secure_ports = BTreeMap::new();
+        if o.secure {
+            for id in BROKERS {
+                secure_ports.insert(id, crate::free_ports(1)?);
+            }
+            let ca = crate::tls::ca::Authority::new("kmeta bench CA")?;
+            ca.server("broker", &["127.0.0.1", "localhost"])?
+                .write(&o.data_dir, "broker")
+                .map_err(|e| format!("writing the bench certificates: {e}"))?;
+            let ca_path = o.data_dir.join("ca.crt");
+            std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;
+            let props: std::collections::BTreeMap<String, String> = [
+                ("security.protocol", "SASL_SSL".to_string()),
+                ("ssl.truststore.location", ca_path.display().to_string()),
+                ("sasl.mechanism", "SCRAM-SHA-256".to_string()),
+                ("sasl.username", BENCH_USER.0.to_string()),
+                ("sasl.password", BENCH_USER.1.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            *BENCH_SECURITY.lock().unwrap_or_else(|p| p.into_inner()) = Some(
+                crate::kafka::connect::ClientSecurity::from_properties(&props)?,
+            );
+        }
         let mut nodes = Nodes {
             dir: o.data_dir.clone(),
             binary: std::env::current_exe().map_err(|e| format!("this binary: {e}"))?,
@@ -210,6 +274,7 @@ impl Nodes {
             partitions: o.partitions,
             node_log: o.node_log.clone(),
             peak_rss_mib: BTreeMap::new(),
+            secure_ports,
         };
         for id in CONTROLLERS.iter().chain(&BROKERS) {
             nodes.format(*id)?;
@@ -373,6 +438,15 @@ impl Nodes {
 
     pub(super) fn addr(&self, id: u64) -> String {
         format!("127.0.0.1:{}", self.ports[&id])
+    }
+
+    /// Where clients reach broker `id`: its SASL_SSL listener on a secured cluster, else
+    /// [`Nodes::addr`].
+    pub(super) fn client_addr(&self, id: u64) -> String {
+        match self.secure_ports.get(&id) {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => self.addr(id),
+        }
     }
 
     /// When a controller logged that `broker`'s session expired (wall-clock ms), newest.

@@ -354,7 +354,7 @@ def secure(args):
     from confluent_kafka.admin import AdminClient, NewTopic
     admin = AdminClient({"bootstrap.servers": args.bootstrap, **security_conf(args, "confluent")})
     if lib != "kafka-python" and lib != "aiokafka":
-        for _, f in admin.create_topics([NewTopic(t, 2, 3)]).items():
+        for _, f in admin.create_topics([NewTopic(t, 2, args.rf)]).items():
             f.result(timeout=30)
         until(lambda: t in admin.list_topics(timeout=10).topics
               and admin.list_topics(topic=t, timeout=10).topics[t].error is None, 10, f"{t} in metadata")
@@ -398,7 +398,7 @@ def secure(args):
         conf = security_conf(args, lib)
         kadmin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=30000, **conf)
         brokers = sorted(b["broker_id"] for b in kadmin.describe_cluster()["brokers"])
-        kadmin.create_topics([KNewTopic(t, num_partitions=2, replication_factor=3)])
+        kadmin.create_topics([KNewTopic(t, num_partitions=2, replication_factor=args.rf)])
         until(lambda: t in kadmin.list_topics(), 10, f"{t} listed")
         kadmin.close()
         prod = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", **conf)
@@ -427,7 +427,7 @@ def secure(args):
             try:
                 desc = await aadmin.describe_cluster()
                 bs = sorted(b["node_id"] for b in desc["brokers"])
-                await aadmin.create_topics([ANewTopic(t, num_partitions=2, replication_factor=3)])
+                await aadmin.create_topics([ANewTopic(t, num_partitions=2, replication_factor=args.rf)])
                 await async_until(lambda: aadmin.list_topics(), lambda ts: t in ts, f"{t} listed")
             finally:
                 await aadmin.close()

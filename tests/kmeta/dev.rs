@@ -86,3 +86,98 @@ fn kmeta_dev_prints_bootstrap_servers_serves_three_brokers_and_stops_cleanly_on_
         );
     }
 }
+
+/// `kmeta dev --secure`: brokers also on SASL_SSL, a CA and an admin user made for the
+/// cluster, and the client settings printed; they work for kmeta's commands and for kcat.
+#[test]
+fn kmeta_dev_secure_prints_client_settings_that_work_over_sasl_ssl() {
+    let broker_port = free_ports(3);
+    let controller_port = free_ports(3);
+    let secure_port = free_ports(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["dev", "--broker-port", &broker_port.to_string()])
+        .args(["--controller-port", &controller_port.to_string()])
+        .args(["--secure", &secure_port.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KMETA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        lines.push(
+            rx.recv_timeout(Duration::from_secs(60))
+                .expect("kmeta dev --secure printed too little"),
+        );
+    }
+    assert!(lines[0].starts_with("bootstrap.servers="), "{lines:?}");
+    let secured = lines[1]
+        .strip_prefix("secure.bootstrap.servers=")
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_string();
+    let settings = lines[2].rsplit(' ').next().unwrap().to_string();
+    let text = std::fs::read_to_string(&settings).unwrap();
+    let password = text
+        .split("password=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let ca = dir.path().join("secure/ca.crt").display().to_string();
+    let listed = Command::new(BIN)
+        .args(["brokers", "list", "--bootstrap-server", &secured])
+        .args(["--command-config", &settings])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|l| l.contains("active"))
+            .count(),
+        3
+    );
+    let out = client(&[
+        "secure",
+        "--client",
+        "kcat",
+        "--bootstrap",
+        &secured,
+        "--topic",
+        "dev-secure",
+        "--count",
+        "10",
+        "--security-protocol",
+        "SASL_SSL",
+        "--ssl-ca",
+        &ca,
+        "--sasl-mechanism",
+        "SCRAM-SHA-512",
+        "--user",
+        "admin",
+        "--password",
+        &password,
+    ]);
+    assert!(out.contains("\"messages\": 10"), "{out}");
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("kmeta dev --secure did not stop within 20 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -10,14 +10,57 @@ use std::time::Duration;
 
 /// Sends raw bytes and returns what comes back before the server closes or goes quiet.
 fn exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap();
+    let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    exchange_on(s, addr, bytes)
+}
+
+/// Like [`exchange`], inside TLS (trusting `ca_pem`).
+fn tls_exchange(addr: &str, ca_pem: &str, bytes: &[u8]) -> Vec<u8> {
+    exchange_on(tls_stream(addr, ca_pem), addr, bytes)
+}
+
+/// A TLS connection to `addr`, trusting `ca_pem`, with a 3 s read timeout.
+fn tls_stream(
+    addr: &str,
+    ca_pem: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(kmeta::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    rustls::StreamOwned::new(connection, s)
+}
+
+fn exchange_on(mut s: impl Read + Write, addr: &str, bytes: &[u8]) -> Vec<u8> {
     let _ = s.write_all(bytes);
+    let _ = s.flush();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
             Ok(0) => return out,
+            // A TLS peer that closed without its closing alert, or reset the connection.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return out
+            }
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
                 // One whole frame is enough.
@@ -101,15 +144,19 @@ fn hostile_frames() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 fn assert_survives(addr: &str) {
+    assert_survives_with(&|bytes| exchange(addr, bytes));
+}
+
+fn assert_survives_with(exchange: &dyn Fn(&[u8]) -> Vec<u8>) {
     for (what, bytes) in hostile_frames() {
-        let reply = exchange(addr, &bytes);
+        let reply = exchange(&bytes);
         // An error reply (a whole frame) or a closed connection; never a hang.
         if !reply.is_empty() {
             assert!(reply.len() >= 8, "{what}: a partial reply {reply:?}");
         }
     }
     // ApiVersions at a version from the future: a v0 reply with UNSUPPORTED_VERSION (35).
-    let reply = exchange(addr, &frame(&[header(18, 99), vec![0]].concat()));
+    let reply = exchange(&frame(&[header(18, 99), vec![0]].concat()));
     assert!(reply.len() >= 10, "{reply:?}");
     assert_eq!(i32::from_be_bytes(reply[4..8].try_into().unwrap()), 7);
     assert_eq!(i16::from_be_bytes(reply[8..10].try_into().unwrap()), 35);
@@ -163,4 +210,140 @@ fn hostile_frames_never_stop_a_broker_or_a_controller() {
         let md = k.send(&MetadataRequest::default(), 12).await.unwrap();
         assert_eq!(md.brokers.len(), 1);
     });
+}
+
+/// The same frames inside TLS, on an SSL listener and on a SASL_SSL one (where they come
+/// before authentication), and malformed SASL exchanges: each gets an error or a closed
+/// connection, and the broker serves real clients after.
+#[test]
+fn hostile_frames_and_sasl_messages_never_stop_a_tls_or_sasl_listener() {
+    let files = tempfile::tempdir().unwrap();
+    let ca = crate::security::authority(files.path()).cert_pem();
+    let (ssl, sasl) = (crate::cluster::free_port(), crate::cluster::free_port());
+    let extra = format!(
+        "ssl.keystore.location={}",
+        files.path().join("server.pem").display()
+    );
+    let c = ProcessCluster::start_with(
+        3,
+        1,
+        &extra,
+        &|_, port| {
+            format!("listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl}")
+        },
+        &[
+            "--add-scram",
+            "SCRAM-SHA-256=[name=alice,password=alice-secret]",
+        ],
+    );
+    let b = c.bootstrap();
+    until(Duration::from_secs(30), "a live broker", || {
+        try_client(&["kcat", "--bootstrap", &b, "--brokers", "1"])
+            .0
+            .then_some(())
+    });
+    let ssl_addr = format!("127.0.0.1:{ssl}");
+    let sasl_addr = format!("127.0.0.1:{sasl}");
+    assert_survives_with(&|bytes| tls_exchange(&ssl_addr, &ca, bytes));
+    assert_survives_with(&|bytes| tls_exchange(&sasl_addr, &ca, bytes));
+    // Before authentication, a request other than ApiVersions and SASL closes the
+    // connection unanswered.
+    let metadata = frame(&[header(3, 12), vec![0, 0, 0, 0, 0, 0, 0]].concat());
+    assert!(tls_exchange(&sasl_addr, &ca, &metadata).is_empty());
+    // Malformed SASL: a SaslAuthenticate before the handshake (ILLEGAL_SASL_STATE, 34),
+    // garbage and oversized tokens after it (SASL_AUTHENTICATION_FAILED, 58).
+    let handshake = |mechanism: &str| {
+        let mut h = header(17, 1);
+        h.extend_from_slice(&(mechanism.len() as i16).to_be_bytes());
+        h.extend_from_slice(mechanism.as_bytes());
+        frame(&h)
+    };
+    let authenticate = |token: &[u8]| {
+        let mut a = header(36, 0);
+        a.extend_from_slice(&(token.len() as i32).to_be_bytes());
+        a.extend_from_slice(token);
+        frame(&a)
+    };
+    let error_of =
+        |reply: &[u8], at: usize| i16::from_be_bytes(reply[at..at + 2].try_into().unwrap());
+    let reply = tls_exchange(&sasl_addr, &ca, &authenticate(b"n,,n=alice,r=x"));
+    assert_eq!(error_of(&reply, 8), 34, "{reply:?}");
+    // An unknown mechanism: UNSUPPORTED_SASL_MECHANISM (33).
+    let reply = tls_exchange(&sasl_addr, &ca, &handshake("GSSAPI"));
+    assert_eq!(error_of(&reply, 8), 33, "{reply:?}");
+    for token in [&b"garbage"[..], &[0xff; 3], &vec![b'n'; 100_000]] {
+        // The handshake's answer, then the failed authentication's.
+        let bytes = [handshake("SCRAM-SHA-256"), authenticate(token)].concat();
+        let reply = tls_exchange_frames(&sasl_addr, &ca, &bytes, 2);
+        assert_eq!(reply.len(), 2, "{token:?}: {reply:?}");
+        assert_eq!(error_of(&reply[1], 4), 58, "{:?}", reply[1]);
+    }
+    // Real clients still get in.
+    client(&[
+        "secure",
+        "--client",
+        "confluent",
+        "--bootstrap",
+        &sasl_addr,
+        "--topic",
+        "after-sasl-attack",
+        "--count",
+        "5",
+        "--security-protocol",
+        "SASL_SSL",
+        "--ssl-ca",
+        &files.path().join("ca.crt").display().to_string(),
+        "--sasl-mechanism",
+        "SCRAM-SHA-256",
+        "--user",
+        "alice",
+        "--password",
+        "alice-secret",
+        "--rf",
+        "1",
+        "--brokers",
+        "1",
+    ]);
+}
+
+/// Sends `bytes` inside TLS and reads up to `n` whole answer frames (payloads without sizes)
+/// before the server closes.
+fn tls_exchange_frames(addr: &str, ca_pem: &str, bytes: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let mut raw = tls_exchange_all(addr, ca_pem, bytes);
+    let mut frames = Vec::new();
+    while frames.len() < n && raw.len() >= 4 {
+        let len = i32::from_be_bytes(raw[..4].try_into().unwrap()) as usize;
+        if raw.len() < 4 + len {
+            break;
+        }
+        frames.push(raw[4..4 + len].to_vec());
+        raw.drain(..4 + len);
+    }
+    frames
+}
+
+/// Everything the server sends back until it closes.
+fn tls_exchange_all(addr: &str, ca_pem: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = tls_stream(addr, ca_pem);
+    let _ = s.write_all(bytes);
+    let _ = s.flush();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return out
+            }
+            Err(e) => panic!("{addr} neither answered nor closed the connection: {e}"),
+        }
+    }
 }

@@ -130,7 +130,7 @@ async fn answered(addr: &str, ca_pem: &str, cert: Option<&Issued>) -> bool {
 
 /// A CA, its certificate in `dir/ca.crt`, and a server certificate for 127.0.0.1 in
 /// `dir/server.pem`.
-fn authority(dir: &Path) -> Authority {
+pub(crate) fn authority(dir: &Path) -> Authority {
     let ca = Authority::new("kmeta test CA").unwrap();
     std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
     ca.server("broker", &["127.0.0.1", "localhost"])

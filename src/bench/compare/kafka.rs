@@ -25,6 +25,21 @@ impl KafkaPipe {
         })
     }
 
+    /// Connects to the broker at `addr`, secured as `security` says (TLS, then SASL).
+    pub async fn connect_secure(
+        addr: &str,
+        timeout: Duration,
+        security: &crate::kafka::connect::ClientSecurity,
+    ) -> io::Result<KafkaPipe> {
+        let stream = crate::kafka::connect::connect(addr, timeout, security).await?;
+        let (read, write) = tokio::io::split(stream);
+        Ok(KafkaPipe {
+            pipe: Pipe::over_halves(read, write, timeout, |_| false),
+            correlation: AtomicI32::new(1),
+            client_id: StrBytes::from_static_str("kmeta-bench-compare"),
+        })
+    }
+
     /// Sends `request` at `version` and decodes its answer.
     pub async fn send<R: Request>(&self, request: &R, version: i16) -> io::Result<R::Response> {
         let correlation_id = self.correlation.fetch_add(1, Ordering::Relaxed);

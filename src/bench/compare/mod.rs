@@ -55,6 +55,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum System {
     /// 3 controllers + 3 brokers; clients talk to the brokers.
     Kmeta,
+    /// The same, clients on a SASL_SSL listener (TLS 1.3, SCRAM-SHA-256): what security
+    /// costs.
+    KmetaSaslSsl,
     /// 3 etcd members.
     Etcd,
     /// 3 ZooKeeper servers.
@@ -66,6 +69,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Kmeta => "kmeta",
+            System::KmetaSaslSsl => "kmeta-sasl-ssl",
             System::Etcd => "etcd",
             System::ZooKeeper => "zookeeper",
         }
@@ -73,16 +77,30 @@ impl System {
 
     /// Parses a name as [`System::name`] spells it.
     pub fn parse(s: &str) -> Result<System, String> {
-        [System::Kmeta, System::Etcd, System::ZooKeeper]
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown system {s:?} (kmeta, etcd, zookeeper)"))
+        [
+            System::Kmeta,
+            System::KmetaSaslSsl,
+            System::Etcd,
+            System::ZooKeeper,
+        ]
+        .into_iter()
+        .find(|x| x.name() == s)
+        .ok_or_else(|| format!("unknown system {s:?} (kmeta, kmeta-sasl-ssl, etcd, zookeeper)"))
+    }
+
+    /// kmeta, secured or not.
+    fn is_kmeta(self) -> bool {
+        matches!(self, System::Kmeta | System::KmetaSaslSsl)
     }
 
     fn write_name(self, w: Workload) -> &'static str {
         match (self, w) {
-            (System::Kmeta, Workload::Update) => "OffsetCommit of 1 partition",
-            (System::Kmeta, Workload::Create) => "CreateTopics of 1 topic (1 partition, RF 3)",
+            (System::Kmeta | System::KmetaSaslSsl, Workload::Update) => {
+                "OffsetCommit of 1 partition"
+            }
+            (System::Kmeta | System::KmetaSaslSsl, Workload::Create) => {
+                "CreateTopics of 1 topic (1 partition, RF 3)"
+            }
             (System::Etcd, Workload::Update) => "put of the worker's key",
             (System::Etcd, Workload::Create) => "put of a new key",
             (System::ZooKeeper, Workload::Update) => "setData of the worker's znode",
@@ -197,7 +215,7 @@ impl Drop for Servers {
 impl Cluster {
     fn addrs(&self) -> Vec<String> {
         match self {
-            Cluster::Kmeta(n) => scale::BROKERS.iter().map(|id| n.addr(*id)).collect(),
+            Cluster::Kmeta(n) => scale::BROKERS.iter().map(|id| n.client_addr(*id)).collect(),
             Cluster::Other(s) => s.addrs.clone(),
         }
     }
@@ -347,6 +365,11 @@ async fn connect(system: System, addr: &str) -> Result<Conn, String> {
     Ok(match system {
         System::Kmeta => Conn::Kafka(Arc::new(
             KafkaPipe::connect(addr, CALL_TIMEOUT).await.map_err(e)?,
+        )),
+        System::KmetaSaslSsl => Conn::Kafka(Arc::new(
+            KafkaPipe::connect_secure(addr, CALL_TIMEOUT, &scale::bench_client_security()?)
+                .await
+                .map_err(e)?,
         )),
         System::Etcd => Conn::Etcd(Etcd::connect(addr, CALL_TIMEOUT).await.map_err(e)?),
         System::ZooKeeper => Conn::Zk(Arc::new(Zk::connect(addr, CALL_TIMEOUT).await.map_err(e)?)),
@@ -589,7 +612,7 @@ async fn run(
             Workload::Create => match system {
                 System::Etcd => format!("bench/c/{run}/{w}"),
                 System::ZooKeeper => format!("/c-{run}-{w}"),
-                System::Kmeta => format!("c-{run}-{w}"),
+                System::Kmeta | System::KmetaSaslSsl => format!("c-{run}-{w}"),
             },
         });
     }
@@ -699,19 +722,20 @@ async fn start(system: System, o: &CompareOptions) -> Result<Cluster, String> {
     let dir = o.data_dir.join(system.name());
     let _ = std::fs::remove_dir_all(&dir);
     let cluster = match system {
-        System::Kmeta => Cluster::Kmeta(Nodes::start(&ScaleOptions {
+        System::Kmeta | System::KmetaSaslSsl => Cluster::Kmeta(Nodes::start(&ScaleOptions {
             partitions: 1,
             data_dir: dir,
             session_timeout_ms: 9_000,
             samples: 0,
             keep: o.keep,
             node_log: "info,openraft=warn".into(),
+            secure: system == System::KmetaSaslSsl,
         })?),
         System::Etcd => Cluster::Other(start_etcd(dir, o.keep)?),
         System::ZooKeeper => Cluster::Other(start_zookeeper(dir, o.keep)?),
     };
     until_serving(system, &cluster).await?;
-    if system == System::Kmeta {
+    if system.is_kmeta() {
         let Conn::Kafka(k) = connect(system, &cluster.addrs()[0]).await? else {
             unreachable!("kmeta connections are Kafka connections")
         };

@@ -41,7 +41,21 @@ impl Pipe {
 
     /// A pipe over an established stream (after a handshake done by the caller).
     pub fn over(stream: TcpStream, timeout: Duration, unsolicited: fn(&[u8]) -> bool) -> Pipe {
-        let (mut read, mut write) = stream.into_split();
+        let (read, write) = stream.into_split();
+        Self::over_halves(read, write, timeout, unsolicited)
+    }
+
+    /// A pipe over the two halves of a stream (a TLS one, split by `tokio::io::split`).
+    pub fn over_halves<R, W>(
+        mut read: R,
+        mut write: W,
+        timeout: Duration,
+        unsolicited: fn(&[u8]) -> bool,
+    ) -> Pipe
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let waiting: Arc<Mutex<VecDeque<Waiter>>> = Arc::default();
         let (queue, mut requests) = mpsc::unbounded_channel::<(Bytes, Waiter)>();
         let w = waiting.clone();
@@ -55,7 +69,7 @@ impl Pipe {
                     w.lock().expect("pipe lock").push_back(waiter);
                     next = requests.try_recv().ok();
                 }
-                if write.write_all(&out).await.is_err() {
+                if write.write_all(&out).await.is_err() || write.flush().await.is_err() {
                     break;
                 }
                 out.clear();
