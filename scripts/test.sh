@@ -76,6 +76,10 @@ if [ "$(id -u)" -eq 0 ] && ip netns add kmeta-probe-$$ 2>/dev/null; then
   timeout 900 ./target/release/kmeta faults --schedules "${KMETA_FAULT_SCHEDULES:-4}" \
     --first-seed "${KMETA_FAULT_FIRST_SEED:-1}" --seconds 10 --jobs 2 --data-dir target/faults \
     | grep -v '^  fault'
+  # The same faults with the clients on SASL_SSL listeners (docs/SECURITY.md).
+  timeout 600 ./target/release/kmeta faults --secure --schedules 2 \
+    --first-seed "$(( ${KMETA_FAULT_FIRST_SEED:-1} + 1000 ))" --seconds 10 --jobs 2 \
+    --data-dir target/faults-secure | grep -v '^  fault'
 else
   printf '\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n'
   printf '!!! SKIPPED: the fault suite needs root and network namespaces.\n'

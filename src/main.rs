@@ -188,6 +188,10 @@ enum Command {
         /// The kmeta binary to run as the nodes (default: this one), e.g. an older build.
         #[arg(long)]
         node_binary: Option<PathBuf>,
+        /// The workload and the checks reach the brokers on SASL_SSL listeners (TLS 1.3,
+        /// SCRAM-SHA-512, a CA made for the run).
+        #[arg(long)]
+        secure: bool,
     },
     /// Benchmarks (results in docs/BENCHMARKS.md).
     Bench {
@@ -711,6 +715,7 @@ fn main() -> ExitCode {
             jobs,
             data_dir,
             node_binary,
+            secure,
         } => {
             let binary = match node_binary.map_or_else(std::env::current_exe, Ok) {
                 Ok(b) => b,
@@ -721,6 +726,7 @@ fn main() -> ExitCode {
                 binary,
                 fault_secs: seconds,
                 dir: data_dir,
+                secure,
             };
             match kmeta::faults::run_many(first_seed, schedules, jobs.max(1), &options) {
                 Ok(summary) => {

@@ -46,8 +46,7 @@ pub async fn create_topic(brokers: &[String]) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         for addr in brokers {
-            let Ok(mut c) =
-                KafkaClient::connect(addr, "kmeta-faults", Duration::from_secs(5)).await
+            let Ok(mut c) = super::connect(addr, "kmeta-faults", Duration::from_secs(5)).await
             else {
                 continue;
             };
@@ -78,8 +77,7 @@ pub async fn create_topic(brokers: &[String]) -> Result<(), String> {
 /// The leader of `partition` and its leader epoch, asked of any broker.
 pub async fn leader_of(brokers: &[String], partition: i32) -> Option<i32> {
     for addr in brokers {
-        let Ok(mut c) = KafkaClient::connect(addr, "kmeta-faults", Duration::from_secs(3)).await
-        else {
+        let Ok(mut c) = super::connect(addr, "kmeta-faults", Duration::from_secs(3)).await else {
             continue;
         };
         let r =
@@ -105,8 +103,7 @@ pub async fn leader_of(brokers: &[String], partition: i32) -> Option<i32> {
 
 async fn init_producer_id(brokers: &[String]) -> Option<(i64, i16)> {
     for addr in brokers {
-        let Ok(mut c) = KafkaClient::connect(addr, "kmeta-faults", Duration::from_secs(3)).await
-        else {
+        let Ok(mut c) = super::connect(addr, "kmeta-faults", Duration::from_secs(3)).await else {
             continue;
         };
         let r = InitProducerIdRequest::default()
@@ -167,8 +164,7 @@ pub async fn producer(
                 continue;
             };
             let addr = &brokers[(leader - 1) as usize % brokers.len()];
-            match KafkaClient::connect(addr, "kmeta-faults-producer", Duration::from_secs(3)).await
-            {
+            match super::connect(addr, "kmeta-faults-producer", Duration::from_secs(3)).await {
                 Ok(mut c) => {
                     c.set_timeout(PRODUCE_TIMEOUT);
                     conn = Some(c);
@@ -249,7 +245,7 @@ fn records(bytes: &[u8], below: i64) -> Result<Vec<(i64, String)>, String> {
 
 /// Reads a partition from its leader as a consumer, from the start to the HW.
 async fn read_partition(addr: &str, partition: i32) -> Result<(i64, Vec<(i64, String)>), String> {
-    let mut c = KafkaClient::connect(addr, "kmeta-faults-check", Duration::from_secs(3))
+    let mut c = super::connect(addr, "kmeta-faults-check", Duration::from_secs(3))
         .await
         .map_err(|e| e.to_string())?;
     let mut out: Vec<(i64, String)> = Vec::new();

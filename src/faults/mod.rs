@@ -34,6 +34,57 @@ const CONTROLLERS: [u64; 3] = [101, 102, 103];
 const BROKERS: [u64; 3] = [1, 2, 3];
 const CONTROLLER_PORT: u16 = 9093;
 const BROKER_PORT: u16 = 9092;
+/// The brokers' SASL_SSL listener, where the clients go with `--secure`.
+const SECURE_PORT: u16 = 9093;
+/// The clients' user with `--secure`.
+const FAULT_USER: (&str, &str) = ("faults", "faults-secret");
+
+/// With `--secure`: the client settings (SASL_SSL, the run's CA) for addresses on
+/// [`SECURE_PORT`].
+static CLIENT_SECURITY: std::sync::OnceLock<crate::kafka::connect::ClientSecurity> =
+    std::sync::OnceLock::new();
+
+/// A connection to a node: secured when `addr` is a broker's SASL_SSL listener.
+pub(crate) async fn connect(
+    addr: &str,
+    client_id: &str,
+    timeout: Duration,
+) -> std::io::Result<KafkaClient> {
+    match CLIENT_SECURITY.get() {
+        Some(security) if addr.ends_with(&format!(":{SECURE_PORT}")) => {
+            KafkaClient::connect_with(addr, client_id, timeout, security).await
+        }
+        _ => KafkaClient::connect(addr, client_id, timeout).await,
+    }
+}
+
+/// Makes the run's CA and the brokers' certificate in `dir` (clients check the chain, not
+/// the name: the namespaces' addresses vary), and the clients' settings.
+fn prepare_secure(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca = crate::tls::ca::Authority::new("kmeta faults CA")?;
+    ca.server("broker", &["localhost"])?
+        .write(dir, "broker")
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("ca.crt"), ca.cert_pem()).map_err(|e| e.to_string())?;
+    let props: BTreeMap<String, String> = [
+        ("security.protocol", "SASL_SSL".to_string()),
+        (
+            "ssl.truststore.location",
+            dir.join("ca.crt").display().to_string(),
+        ),
+        ("ssl.endpoint.identification.algorithm", String::new()),
+        ("sasl.mechanism", "SCRAM-SHA-512".to_string()),
+        ("sasl.username", FAULT_USER.0.to_string()),
+        ("sasl.password", FAULT_USER.1.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let security = crate::kafka::connect::ClientSecurity::from_properties(&props)?;
+    let _ = CLIENT_SECURITY.set(security);
+    Ok(())
+}
 const SESSION_TIMEOUT_MS: u64 = 3_000;
 /// How long a client waits for an answer before it gives up (and closes the connection).
 /// Longer than a broker's forwarding deadline (`FORWARD_TIMEOUT`, 30 s, Kafka's default
@@ -56,6 +107,9 @@ pub struct FaultOptions {
     pub fault_secs: u64,
     /// Where schedules keep their data (removed afterwards).
     pub dir: PathBuf,
+    /// The clients (the workload and the checks) reach the brokers on SASL_SSL listeners
+    /// (TLS 1.3, SCRAM-SHA-512); the nodes still talk to each other in plaintext.
+    pub secure: bool,
 }
 
 /// What one schedule did and found.
@@ -86,6 +140,9 @@ pub fn run_many(
     options: &FaultOptions,
 ) -> Result<String, String> {
     Netns::remove_stale();
+    if options.secure {
+        prepare_secure(&options.dir.join("secure"))?;
+    }
     let started = Instant::now();
     let options = options.clone();
     let reports = crate::sim::run_seeds(first, count, jobs, move |seed, slot| {
@@ -159,7 +216,8 @@ pub fn run_schedule(seed: u64, slot: u8, options: &FaultOptions) -> ScheduleRepo
         .build()
         .expect("a tokio runtime");
     let result = (|| -> Result<(), String> {
-        let mut cluster = Cluster::start(slot, &dir, &options.binary)?;
+        let secure = options.secure.then(|| options.dir.join("secure"));
+        let mut cluster = Cluster::start(slot, &dir, &options.binary, secure.as_deref())?;
         let outcome = runtime.block_on(schedule(seed, &mut cluster, options, &mut report));
         cluster.stop();
         outcome
@@ -188,6 +246,8 @@ struct Cluster {
     /// Nodes stopped with SIGSTOP.
     stopped: BTreeSet<u64>,
     isolated: BTreeSet<u64>,
+    /// Clients use the brokers' SASL_SSL listeners.
+    secure: bool,
 }
 
 fn all_nodes() -> Vec<u64> {
@@ -195,7 +255,14 @@ fn all_nodes() -> Vec<u64> {
 }
 
 impl Cluster {
-    fn start(slot: u8, dir: &Path, binary: &Path) -> Result<Cluster, String> {
+    /// Starts the nodes; with `secure` (the directory of the run's CA and broker
+    /// certificate), brokers also serve SASL_SSL and the cluster has the clients' user.
+    fn start(
+        slot: u8,
+        dir: &Path,
+        binary: &Path,
+        secure: Option<&Path>,
+    ) -> Result<Cluster, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let net = Netns::create(slot, &all_nodes())?;
         let voters: Vec<String> = CONTROLLERS
@@ -211,10 +278,15 @@ impl Cluster {
                     format!("CONTROLLER://{}:{CONTROLLER_PORT}", net.addr(id)),
                 )
             } else {
-                (
-                    "broker",
-                    format!("PLAINTEXT://{}:{BROKER_PORT}", net.addr(id)),
-                )
+                let mut listeners = format!("PLAINTEXT://{}:{BROKER_PORT}", net.addr(id));
+                if let Some(secure) = secure {
+                    listeners.push_str(&format!(
+                        ",SASL_SSL://{}:{SECURE_PORT}\nssl.keystore.location={}\nsasl.enabled.mechanisms=SCRAM-SHA-512",
+                        net.addr(id),
+                        secure.join("broker.pem").display()
+                    ));
+                }
+                ("broker", listeners)
             };
             let text = format!(
                 "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={voters}\nlisteners={listener}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms={ELECTION_TIMEOUT_MS}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms={SESSION_TIMEOUT_MS}\n",
@@ -230,6 +302,16 @@ impl Cluster {
                 .args(["storage", "format", "--config"])
                 .arg(config)
                 .args(["--cluster-id", &cluster_id])
+                .args(match secure {
+                    Some(_) => vec![
+                        "--add-scram".to_string(),
+                        format!(
+                            "SCRAM-SHA-512=[name={},password={}]",
+                            FAULT_USER.0, FAULT_USER.1
+                        ),
+                    ],
+                    None => Vec::new(),
+                })
                 .output()
                 .map_err(|e| e.to_string())?;
             if !out.status.success() {
@@ -247,6 +329,7 @@ impl Cluster {
             procs: BTreeMap::new(),
             stopped: BTreeSet::new(),
             isolated: BTreeSet::new(),
+            secure: secure.is_some(),
         };
         for id in all_nodes() {
             cluster.spawn(id)?;
@@ -364,7 +447,12 @@ impl Cluster {
     }
 
     fn broker_addr(&self, id: u64) -> String {
-        format!("{}:{BROKER_PORT}", self.net.addr(id))
+        let port = if self.secure {
+            SECURE_PORT
+        } else {
+            BROKER_PORT
+        };
+        format!("{}:{port}", self.net.addr(id))
     }
 
     fn controller_addr(&self, id: u64) -> String {
@@ -434,7 +522,7 @@ fn indeterminate(code: i16) -> bool {
 /// fetches must go to it).
 async fn coordinator_client(via: &mut KafkaClient, group: &str) -> Option<KafkaClient> {
     let (_, addr) = via.find_group_coordinator(group).await.ok()?;
-    let mut c = KafkaClient::connect(&addr, "kmeta-faults", Duration::from_secs(5))
+    let mut c = connect(&addr, "kmeta-faults", Duration::from_secs(5))
         .await
         .ok()?;
     c.set_timeout(CLIENT_TIMEOUT);
@@ -443,7 +531,7 @@ async fn coordinator_client(via: &mut KafkaClient, group: &str) -> Option<KafkaC
 
 async fn client_for(addrs: &[String], rng: &Mutex<StdRng>) -> Option<KafkaClient> {
     let i = rng.lock().ok()?.random_range(0..addrs.len());
-    let mut c = KafkaClient::connect(&addrs[i], "kmeta-faults", Duration::from_secs(5))
+    let mut c = connect(&addrs[i], "kmeta-faults", Duration::from_secs(5))
         .await
         .ok()?;
     c.set_timeout(CLIENT_TIMEOUT);
@@ -1054,7 +1142,7 @@ async fn check(cluster: &mut Cluster, ledger: &Ledger) -> Vec<String> {
 /// A broker's metadata, canonically printed, every ledger property it breaks, and how many
 /// committed offsets it checked (those of the groups it coordinates).
 async fn broker_view(addr: &str, ledger: &Ledger) -> Result<(String, Vec<String>, usize), String> {
-    let mut c = KafkaClient::connect(addr, "kmeta-faults-check", Duration::from_secs(3))
+    let mut c = connect(addr, "kmeta-faults-check", Duration::from_secs(3))
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let meta = c
