@@ -25,18 +25,22 @@ pub fn mechanisms(name: &str) -> Result<Vec<ScramMechanism>, String> {
         .ok_or_else(|| format!("--mechanism: {name:?} is not SCRAM-SHA-256, SCRAM-SHA-512 or all"))
 }
 
-fn check(
-    results: impl IntoIterator<Item = (String, i16, Option<String>)>,
+/// Sends AlterUserScramCredentials; the users it changed, or the first user's refusal.
+async fn alter(
+    admin: &mut Admin,
+    request: AlterUserScramCredentialsRequest,
 ) -> Result<Vec<String>, String> {
+    let response = admin.send(&request, 0).await?;
     let mut done = Vec::new();
-    for (user, code, message) in results {
-        if code != 0 {
+    for r in response.results {
+        if r.error_code != 0 {
             return Err(format!(
-                "user {user}: {}",
-                super::error_text(code, message.as_deref().map(sb).as_ref())
+                "user {}: {}",
+                &*r.user,
+                super::error_text(r.error_code, r.error_message.as_ref())
             ));
         }
-        done.push(user);
+        done.push(r.user.to_string());
     }
     Ok(done)
 }
@@ -67,19 +71,11 @@ pub async fn add(
                 .with_salted_password(salted.into())
         })
         .collect();
-    let response = admin
-        .send(
-            &AlterUserScramCredentialsRequest::default().with_upsertions(upsertions),
-            0,
-        )
-        .await?;
-    let done = check(response.results.into_iter().map(|r| {
-        (
-            r.user.to_string(),
-            r.error_code,
-            r.error_message.map(|m| m.to_string()),
-        )
-    }))?;
+    let done = alter(
+        admin,
+        AlterUserScramCredentialsRequest::default().with_upsertions(upsertions),
+    )
+    .await?;
     let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
     match output {
         Output::Json => print_json(&json!({"users": done, "mechanisms": names})),
@@ -103,19 +99,11 @@ pub async fn remove(
                 .with_mechanism(m.id())
         })
         .collect();
-    let response = admin
-        .send(
-            &AlterUserScramCredentialsRequest::default().with_deletions(deletions),
-            0,
-        )
-        .await?;
-    let done = check(response.results.into_iter().map(|r| {
-        (
-            r.user.to_string(),
-            r.error_code,
-            r.error_message.map(|m| m.to_string()),
-        )
-    }))?;
+    let done = alter(
+        admin,
+        AlterUserScramCredentialsRequest::default().with_deletions(deletions),
+    )
+    .await?;
     let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
     match output {
         Output::Json => print_json(&json!({"removed": done, "mechanisms": names})),

@@ -233,13 +233,16 @@ impl SaslServer {
                 let known = ScramMechanism::ALL
                     .into_iter()
                     .find_map(|m| self.credentials.scram(user, m));
+                // PBKDF2 of 4096 or more rounds: milliseconds, off this runtime thread's
+                // other tasks.
+                let matches = |c: &UserScramCredentialRecord| {
+                    crate::cpu_bound(|| scram::password_matches(c, password))
+                };
                 match known {
-                    Some(c) if scram::password_matches(&c, password) => {
-                        Ok(scram::Step::Authenticated {
-                            user: user.to_string(),
-                            reply: Vec::new(),
-                        })
-                    }
+                    Some(c) if matches(&c) => Ok(scram::Step::Authenticated {
+                        user: user.to_string(),
+                        reply: Vec::new(),
+                    }),
                     Some(_) => Err(scram::Failed(format!(
                         "invalid credentials for user {user:?}"
                     ))),

@@ -46,33 +46,39 @@ fn exchange_on(mut s: impl Read + Write, addr: &str, bytes: &[u8]) -> Vec<u8> {
     let _ = s.write_all(bytes);
     let _ = s.flush();
     let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            // A TLS peer that closed without its closing alert, or reset the connection.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                return out
+    while read_more(&mut s, addr, &mut out) {
+        // One whole frame is enough.
+        if out.len() >= 4 {
+            let len = i32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+            if out.len() >= 4 + len {
+                break;
             }
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                // One whole frame is enough.
-                if out.len() >= 4 {
-                    let len = i32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
-                    if out.len() >= 4 + len {
-                        return out;
-                    }
-                }
-            }
-            Err(e) => panic!("{addr} neither answered nor closed the connection: {e}"),
         }
+    }
+    out
+}
+
+/// Reads what comes next into `out`; false once the server closed (a TLS peer may close
+/// without its closing alert, or reset). Panics if it neither answers nor closes in time.
+fn read_more(s: &mut impl Read, addr: &str, out: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            out.extend_from_slice(&buf[..n]);
+            true
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("{addr} neither answered nor closed the connection: {e}"),
     }
 }
 
@@ -328,22 +334,6 @@ fn tls_exchange_all(addr: &str, ca_pem: &str, bytes: &[u8]) -> Vec<u8> {
     let _ = s.write_all(bytes);
     let _ = s.flush();
     let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                return out
-            }
-            Err(e) => panic!("{addr} neither answered nor closed the connection: {e}"),
-        }
-    }
+    while read_more(&mut s, addr, &mut out) {}
+    out
 }
