@@ -497,9 +497,8 @@ async fn authenticate<S: Service, W: AsyncWrite + Unpin>(
                     write_frame(write, &bytes).await.ok()?;
                 }
                 Ok(crate::sasl::scram::Step::Authenticated { user, reply }) => {
-                    if !reply.is_empty() {
-                        write_frame(write, &reply).await.ok()?;
-                    }
+                    // Even an empty one (PLAIN's): the client waits for the frame.
+                    write_frame(write, &reply).await.ok()?;
                     return Some(Arc::from(format!("User:{user}")));
                 }
                 Err(crate::sasl::scram::Failed(why)) => {

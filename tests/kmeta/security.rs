@@ -909,3 +909,117 @@ fn a_user_given_at_format_time_gets_in_and_kmeta_users_manages_the_rest() {
         "the bootstrap was written again after a restart"
     );
 }
+
+/// Credentials of one user, for listener-level tests.
+struct OneUser(kmeta_metadata::record::UserScramCredentialRecord);
+
+impl kmeta::sasl::Credentials for OneUser {
+    fn scram(
+        &self,
+        user: &str,
+        mechanism: kmeta_metadata::record::ScramMechanism,
+    ) -> Option<kmeta_metadata::record::UserScramCredentialRecord> {
+        (user == self.0.name && mechanism == self.0.mechanism).then(|| self.0.clone())
+    }
+}
+
+/// Both SASL framings: after SaslHandshake v1 the tokens ride in SaslAuthenticate requests;
+/// after v0 (what older clients send) they come as bare frames and each answer is a bare
+/// frame, an empty one for PLAIN. Either way the connection then serves requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    use kmeta::sasl::{Mechanism, SaslServer};
+    use kmeta_metadata::record::ScramMechanism;
+    let credential = kmeta::sasl::scram::credential(ScramMechanism::Sha256, "alice", "pw", 4096);
+    let sasl = Arc::new(SaslServer::new(
+        vec![Mechanism::Plain, Mechanism::Scram(ScramMechanism::Sha256)],
+        Arc::new(OneUser(credential)),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let service = Arc::new(Versions(ApiSet::new(vec![
+        (ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS),
+        (ApiKey::SaslHandshake, SaslHandshakeRequest::VERSIONS),
+        (ApiKey::SaslAuthenticate, SaslAuthenticateRequest::VERSIONS),
+        // Served, so that only the rule of authenticating first refuses it below.
+        (
+            ApiKey::Metadata,
+            kafka_protocol::messages::MetadataRequest::VERSIONS,
+        ),
+    ])));
+    tokio::spawn(serve(
+        listener,
+        service,
+        Limits::default(),
+        kmeta::kafka::listener::Security {
+            tls: None,
+            sasl: Some(sasl),
+        },
+        std::future::pending(),
+    ));
+    let id = StrBytes::from_static_str("framing-test");
+    /// Sends a frame and reads the answer frame (`None`: closed), within 5 s.
+    async fn send(s: &mut TcpStream, payload: Vec<u8>) -> Option<Bytes> {
+        write_frame(s, &payload).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), read_frame(s, 1 << 20))
+            .await
+            .expect("no answer within 5 s")
+            .unwrap()
+    }
+    // v0: the handshake, then PLAIN's token bare; an empty bare frame answers it.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let handshake = |version| {
+        encode_request(
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+            version,
+            1,
+            &id,
+        )
+        .unwrap()
+        .to_vec()
+    };
+    let answer = send(&mut s, handshake(0)).await.unwrap();
+    let r = decode_response::<SaslHandshakeRequest>(answer, 0, 1).unwrap();
+    assert_eq!(r.error_code, 0);
+    let answer = send(&mut s, b"\0alice\0pw".to_vec()).await.unwrap();
+    assert!(answer.is_empty(), "{answer:?}");
+    api_versions(&mut s).await.unwrap();
+    // v0 with a wrong password: the connection is closed.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    send(&mut s, handshake(0)).await.unwrap();
+    assert!(send(&mut s, b"\0alice\0nope".to_vec()).await.is_none());
+    // v1: the token inside SaslAuthenticate.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let answer = send(&mut s, handshake(1)).await.unwrap();
+    assert_eq!(
+        decode_response::<SaslHandshakeRequest>(answer, 1, 1)
+            .unwrap()
+            .error_code,
+        0
+    );
+    let token = SaslAuthenticateRequest::default()
+        .with_auth_bytes(bytes::Bytes::from_static(b"\0alice\0pw"));
+    let answer = send(&mut s, encode_request(&token, 2, 2, &id).unwrap().to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        decode_response::<SaslAuthenticateRequest>(answer, 2, 2)
+            .unwrap()
+            .error_code,
+        0
+    );
+    api_versions(&mut s).await.unwrap();
+    // Before authenticating, only ApiVersions and SASL are answered.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    api_versions(&mut s).await.unwrap();
+    let metadata = encode_request(
+        &kafka_protocol::messages::MetadataRequest::default(),
+        12,
+        3,
+        &id,
+    )
+    .unwrap()
+    .to_vec();
+    assert!(send(&mut s, metadata).await.is_none());
+}
