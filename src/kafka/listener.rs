@@ -32,6 +32,11 @@ pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
 
     /// Splits the stream into halves that a reader and a writer task can own.
     fn split(self) -> (Self::Read, Self::Write);
+
+    /// The principal of a client that presented a certificate (`User:CN=...`).
+    fn tls_principal(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Stream for TcpStream {
@@ -57,6 +62,11 @@ impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
 
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
+    }
+
+    fn tls_principal(&self) -> Option<String> {
+        let certificate = self.get_ref().1.peer_certificates()?.first()?;
+        crate::tls::principal::of_certificate(certificate)
     }
 }
 
@@ -314,6 +324,8 @@ pub async fn serve_connection<S: Service, T: Stream>(
     let socket = tcp.as_raw_fd();
     let peer_addr = tcp.peer_addr().ok();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
+    // SASL's principal, once authenticated, wins over a certificate's (as in Kafka).
+    let tls_principal = stream.tls_principal();
     let client_host = peer_addr
         .map(|a| format!("/{}", a.ip()))
         .unwrap_or_default();
@@ -328,7 +340,7 @@ pub async fn serve_connection<S: Service, T: Stream>(
         peer.clone(),
     )));
     let principal: Arc<str> = match &sasl {
-        None => Arc::from(super::wire::ANONYMOUS),
+        None => Arc::from(tls_principal.as_deref().unwrap_or(super::wire::ANONYMOUS)),
         Some(sasl) => {
             match authenticate(&mut frames, &mut write, service.as_ref(), sasl, &peer).await {
                 Some(principal) => principal,

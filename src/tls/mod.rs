@@ -9,6 +9,7 @@
 //! longer load leave the last good configuration in place, with a warning.
 
 pub mod ca;
+pub mod principal;
 
 use crate::config::ConfigError;
 use rustls::server::WebPkiClientVerifier;

@@ -1023,3 +1023,54 @@ async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
     .to_vec();
     assert!(send(&mut s, metadata).await.is_none());
 }
+
+/// Records the principal of each request it answers.
+struct Principals(ApiSet, std::sync::Mutex<Vec<String>>);
+
+impl Service for Principals {
+    fn apis(&self) -> &ApiSet {
+        &self.0
+    }
+
+    async fn handle(&self, request: Request) -> Result<Bytes, String> {
+        self.1.lock().unwrap().push(request.principal.to_string());
+        versions_answer(&self.0, request)
+    }
+}
+
+/// A client that presents a certificate is `User:` and its subject (Kafka's default
+/// principal mapping); one without is `User:ANONYMOUS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificates_subject_is_its_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path());
+    let tls = ServerTls::load(ssl_config(&format!(
+        "ssl.keystore.location={}\nssl.truststore.location={}\nssl.client.auth=requested\n",
+        dir.path().join("server.pem").display(),
+        dir.path().join("ca.crt").display(),
+    )))
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let service = Arc::new(Principals(
+        ApiSet::new(vec![(ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS)]),
+        Default::default(),
+    ));
+    tokio::spawn(serve(
+        listener,
+        service.clone(),
+        Limits::default(),
+        kmeta::kafka::listener::Security {
+            tls: Some(tls),
+            sasl: None,
+        },
+        std::future::pending(),
+    ));
+    let ca_pem = ca.cert_pem();
+    assert!(answered(&addr, &ca_pem, Some(&ca.client("alice").unwrap())).await);
+    assert!(answered(&addr, &ca_pem, None).await);
+    assert_eq!(
+        *service.1.lock().unwrap(),
+        vec!["User:CN=alice".to_string(), "User:ANONYMOUS".to_string()]
+    );
+}
