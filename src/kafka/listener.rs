@@ -552,6 +552,10 @@ async fn authenticate<S: Service, W: AsyncWrite + Unpin>(
             )
         };
         let (reply, then) = match &request.body {
+            // One handshake per connection.
+            RequestKind::SaslHandshake(_) if exchange.is_some() => {
+                (illegal_sasl_state(&request), Then::Close)
+            }
             RequestKind::SaslHandshake(h) => {
                 let names = sasl.mechanism_names();
                 let response = SaslHandshakeResponse::default()

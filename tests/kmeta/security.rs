@@ -959,13 +959,14 @@ async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
         std::future::pending(),
     ));
     let id = StrBytes::from_static_str("framing-test");
-    /// Sends a frame and reads the answer frame (`None`: closed), within 5 s.
+    /// Sends a frame and reads the answer frame (`None`: closed or reset), within 5 s.
     async fn send(s: &mut TcpStream, payload: Vec<u8>) -> Option<Bytes> {
-        write_frame(s, &payload).await.unwrap();
+        write_frame(s, &payload).await.ok()?;
         tokio::time::timeout(Duration::from_secs(5), read_frame(s, 1 << 20))
             .await
             .expect("no answer within 5 s")
-            .unwrap()
+            .ok()
+            .flatten()
     }
     // v0: the handshake, then PLAIN's token bare; an empty bare frame answers it.
     let mut s = TcpStream::connect(&addr).await.unwrap();
@@ -1010,6 +1011,17 @@ async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
         0
     );
     api_versions(&mut s).await.unwrap();
+    // A second handshake in one exchange: ILLEGAL_SASL_STATE (34), and the connection ends.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    send(&mut s, handshake(1)).await.unwrap();
+    let answer = send(&mut s, handshake(1)).await.unwrap();
+    assert_eq!(
+        decode_response::<SaslHandshakeRequest>(answer, 1, 1)
+            .unwrap()
+            .error_code,
+        34
+    );
+    assert!(send(&mut s, handshake(1)).await.is_none());
     // Before authenticating, only ApiVersions and SASL are answered.
     let mut s = TcpStream::connect(&addr).await.unwrap();
     api_versions(&mut s).await.unwrap();
