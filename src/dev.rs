@@ -259,7 +259,18 @@ async fn run_in(
     let bootstrap: Vec<String> = (0..o.brokers)
         .map(|i| format!("{}:{}", o.host, o.broker_port + i as u16))
         .collect();
-    let ready = wait_ready(&bootstrap[0], o.brokers as usize);
+    let secured = secure.is_some();
+    let ready = async {
+        wait_ready(&bootstrap[0], o.brokers as usize).await?;
+        if secured {
+            // The admin user is written by the first active controller after the start:
+            // the settings are printed once every broker knows it.
+            for addr in &bootstrap {
+                wait_for_user(addr, "admin").await?;
+            }
+        }
+        Ok::<(), String>(())
+    };
     tokio::pin!(shutdown);
     let outcome = tokio::select! {
         r = ready => r,
@@ -315,6 +326,31 @@ async fn run_in(
         Ok(())
     } else {
         Err(errors.join("; "))
+    }
+}
+
+/// Waits until the broker at `addr` knows `user`'s SCRAM credentials (at most a minute).
+async fn wait_for_user(addr: &str, user: &str) -> Result<(), String> {
+    use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+    use kafka_protocol::messages::DescribeUserScramCredentialsRequest;
+    let start = Instant::now();
+    let request = DescribeUserScramCredentialsRequest::default().with_users(Some(vec![
+        UserName::default().with_name(crate::kafka::wire::sb(user)),
+    ]));
+    loop {
+        if let Ok(mut c) = KafkaClient::connect(addr, "kmeta-dev", Duration::from_secs(2)).await {
+            if let Ok(r) = c.send(&request, 0).await {
+                if r.results.first().is_some_and(|u| u.error_code == 0) {
+                    return Ok(());
+                }
+            }
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!(
+                "the broker at {addr} did not learn user {user} within a minute"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -63,6 +63,9 @@ pub const ENVELOPE_COORDINATOR_TAG: i32 = 10_002;
 /// a restart shown by `PreviousBrokerEpoch` keeps its ISR memberships.
 pub const LOG_DIR_INTACT_TAG: i32 = 10_000;
 
+/// The longest a forwarded request waits for a newly elected leader to become active.
+const ACTIVATION_WAIT: Duration = Duration::from_secs(1);
+
 /// The longest a broker's metadata fetch waits for new entries.
 pub const MAX_FETCH_WAIT: Duration = Duration::from_secs(10);
 
@@ -218,7 +221,18 @@ impl ControllerService {
     }
 
     async fn envelope(&self, envelope: EnvelopeRequest) -> Result<EnvelopeResponse, String> {
-        if !self.is_leader() {
+        // A newly elected leader becomes active once it has applied the log's tail, within
+        // milliseconds. A forwarded request waits for that rather than being decided now and
+        // refused inside its answer (NOT_CONTROLLER in the client's own response, which
+        // kmeta's commands do not retry); past the wait the broker retries the envelope.
+        let waiting_since = std::time::Instant::now();
+        while self.is_leader() && !self.controller.is_active() {
+            if waiting_since.elapsed() > ACTIVATION_WAIT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !self.is_leader() || !self.controller.is_active() {
             return Ok(EnvelopeResponse::default().with_error_code(ErrorCode::NotController.code()));
         }
         let inner = match decode_request(envelope.request_data, &self.forwardable) {

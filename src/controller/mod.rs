@@ -128,6 +128,8 @@ pub struct Controller {
     metrics: crate::metrics::ControllerMetrics,
     tracker: Arc<Mutex<BrokerHeartbeatTracker>>,
     clock: Instant,
+    /// Whether the loop is active (it leads and has applied the whole log).
+    active: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Controller {
@@ -145,7 +147,9 @@ impl Controller {
         let tracker = Arc::new(Mutex::new(BrokerHeartbeatTracker::new()));
         let clock = Instant::now();
         let metrics = crate::metrics::ControllerMetrics::default();
+        let active = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let event_loop = EventLoop {
+            active_flag: active.clone(),
             metrics: metrics.clone(),
             node_id,
             raft,
@@ -167,9 +171,17 @@ impl Controller {
                 metrics,
                 tracker,
                 clock,
+                active,
             },
             task,
         )
+    }
+
+    /// Whether this node is the active controller now: it leads and has applied the whole
+    /// log, so its decisions are not refused as NOT_CONTROLLER (a new leader is not active
+    /// until it has applied what the old one committed).
+    pub fn is_active(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn now_ms(&self) -> u64 {
@@ -360,6 +372,8 @@ struct Active {
 type Failure = (SessionId, String);
 
 struct EventLoop {
+    /// Shared with [`Controller::is_active`].
+    active_flag: Arc<std::sync::atomic::AtomicBool>,
     metrics: crate::metrics::ControllerMetrics,
     node_id: u64,
     raft: Raft,
@@ -475,6 +489,8 @@ impl EventLoop {
                 "renouncing: no longer the active controller"
             );
             self.metrics.renounces.inc();
+            self.active_flag
+                .store(false, std::sync::atomic::Ordering::Release);
             active.renounced.send_replace(true);
             self.sm.forget_expected();
         }
@@ -530,6 +546,8 @@ impl EventLoop {
             "active controller"
         );
         self.metrics.elections.inc();
+        self.active_flag
+            .store(true, std::sync::atomic::Ordering::Release);
         self.active = Some(Active {
             leader_id,
             session,
