@@ -225,15 +225,18 @@ impl ControllerService {
         // milliseconds. A forwarded request waits for that rather than being decided now and
         // refused inside its answer (NOT_CONTROLLER in the client's own response, which
         // kmeta's commands do not retry); past the wait the broker retries the envelope.
+        // The common case costs one look at the Raft metrics and one atomic load.
+        let not_controller =
+            || Ok(EnvelopeResponse::default().with_error_code(ErrorCode::NotController.code()));
+        if !self.is_leader() {
+            return not_controller();
+        }
         let waiting_since = std::time::Instant::now();
-        while self.is_leader() && !self.controller.is_active() {
-            if waiting_since.elapsed() > ACTIVATION_WAIT {
-                break;
+        while !self.controller.is_active() {
+            if waiting_since.elapsed() > ACTIVATION_WAIT || !self.is_leader() {
+                return not_controller();
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if !self.is_leader() || !self.controller.is_active() {
-            return Ok(EnvelopeResponse::default().with_error_code(ErrorCode::NotController.code()));
         }
         let inner = match decode_request(envelope.request_data, &self.forwardable) {
             Ok(r) => r,
