@@ -1154,54 +1154,53 @@ impl ControllerService {
         use alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
         use kmeta_metadata::controller::scram::{alter_scram_credentials, ScramAlteration};
         use kmeta_metadata::record::{ScramMechanism, UserScramCredentialRecord};
+        // Users refused here: an unknown mechanism, or no salted password to derive keys from.
         let mut refused: std::collections::BTreeMap<String, ApiError> = Default::default();
-        let mut alterations = Vec::new();
-        let mut unknown = |name: &str, id: i8| {
-            refused.insert(
-                name.to_string(),
-                ApiError::new(
-                    ErrorCode::UnsupportedSaslMechanism,
-                    format!("unknown SCRAM mechanism {id}"),
-                ),
-            );
+        let unknown = |id: i8| {
+            ApiError::new(
+                ErrorCode::UnsupportedSaslMechanism,
+                format!("unknown SCRAM mechanism {id}"),
+            )
         };
+        let mut alterations = Vec::new();
         for d in &r.deletions {
             match ScramMechanism::from_id(d.mechanism) {
                 Some(mechanism) => alterations.push(ScramAlteration::Delete {
                     name: d.name.to_string(),
                     mechanism,
                 }),
-                None => unknown(&d.name, d.mechanism),
+                None => {
+                    refused.insert(d.name.to_string(), unknown(d.mechanism));
+                }
             }
         }
         for u in &r.upsertions {
             let Some(mechanism) = ScramMechanism::from_id(u.mechanism) else {
-                unknown(&u.name, u.mechanism);
+                refused.insert(u.name.to_string(), unknown(u.mechanism));
                 continue;
             };
+            if u.salted_password.is_empty() {
+                refused.insert(
+                    u.name.to_string(),
+                    ApiError::new(
+                        ErrorCode::UnacceptableCredential,
+                        "the salt or the salted password is empty",
+                    ),
+                );
+                continue;
+            }
             let (stored_key, server_key) = crate::sasl::scram::keys(mechanism, &u.salted_password);
-            let iterations = u32::try_from(u.iterations).unwrap_or(0);
             alterations.push(ScramAlteration::Upsert(UserScramCredentialRecord {
                 name: u.name.to_string(),
                 mechanism,
-                salt: if u.salted_password.is_empty() {
-                    Vec::new()
-                } else {
-                    u.salt.to_vec()
-                },
+                salt: u.salt.to_vec(),
                 stored_key,
                 server_key,
-                iterations,
+                iterations: u32::try_from(u.iterations).unwrap_or(0),
             }));
         }
-        // A user with an unknown mechanism fails as a whole.
-        alterations.retain(|a| {
-            let name = match a {
-                ScramAlteration::Upsert(r) => &r.name,
-                ScramAlteration::Delete { name, .. } => name,
-            };
-            !refused.contains_key(name)
-        });
+        // A user refused here fails as a whole.
+        alterations.retain(|a| !refused.contains_key(a.user()));
         let result = self
             .controller
             .submit_at(move |ctx| {

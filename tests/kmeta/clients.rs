@@ -1,7 +1,7 @@
 //! Real Kafka clients (kcat, confluent-kafka, kafka-python, aiokafka) against a cluster of
 //! real `kmeta server` processes: 3 controllers and 3 brokers.
 
-use crate::cluster::{client, try_client, until, ProcessCluster};
+use crate::cluster::{client, try_client, until, wait_for_brokers, ProcessCluster};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,18 +9,6 @@ use std::time::{Duration, Instant};
 fn json(text: &str) -> Value {
     serde_json::from_str(text.lines().last().unwrap_or(""))
         .unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// Waits until a client sees `n` live brokers.
-fn wait_for_brokers(c: &ProcessCluster, n: usize) {
-    let b = c.bootstrap();
-    let want = n.to_string();
-    // 60 s: on 2 cores, next to the data-plane tests, registration can take a while.
-    until(Duration::from_secs(60), "live brokers", || {
-        try_client(&["kcat", "--bootstrap", &b, "--brokers", &want])
-            .0
-            .then_some(())
-    });
 }
 
 /// Each partition's `(leader, replicas, isr)`, by partition index.

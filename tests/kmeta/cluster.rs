@@ -248,6 +248,18 @@ fn unsafe_sigterm(pid: u32) {
         .status();
 }
 
+/// Waits until a client (kcat) sees `n` live brokers of `c`.
+pub fn wait_for_brokers(c: &ProcessCluster, n: usize) {
+    let b = c.bootstrap();
+    let want = n.to_string();
+    // 60 s: on 2 cores, next to the data-plane tests, registration can take a while.
+    until(Duration::from_secs(60), "live brokers", || {
+        try_client(&["kcat", "--bootstrap", &b, "--brokers", &want])
+            .0
+            .then_some(())
+    });
+}
+
 /// Runs a scenario of `tests/clients/check.py` with the Python that has the client libraries
 /// (`KMETA_PYTHON`, set by `scripts/test.sh`). Returns its JSON line, or panics with its error.
 pub fn client(args: &[&str]) -> String {

@@ -436,16 +436,11 @@ fn ssl_cluster() -> (
 
 #[test]
 fn real_clients_work_over_ssl_with_a_client_certificate_and_are_refused_without_one() {
-    use crate::cluster::{client, until};
+    use crate::cluster::client;
     let (c, ssl, files, _ca) = ssl_cluster();
     let f = |name: &str| files.path().join(name).display().to_string();
     let (ca, cert, key) = (f("ca.crt"), f("alice.crt"), f("alice.key"));
-    let b = c.bootstrap();
-    until(Duration::from_secs(60), "three live brokers", || {
-        crate::cluster::try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
-            .0
-            .then_some(())
-    });
+    crate::cluster::wait_for_brokers(&c, 3);
     for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
         let topic = format!("ssl-{lib}");
         let out = client(&[
@@ -596,15 +591,11 @@ fn sasl_cluster(
 
 #[test]
 fn real_clients_authenticate_with_scram_and_plain_and_a_wrong_password_is_refused() {
-    use crate::cluster::{client, try_client, until};
+    use crate::cluster::client;
     let (c, files, sasl_ssl, sasl_plain) = sasl_cluster(&[]);
     let ca = files.path().join("ca.crt").display().to_string();
     let b = c.bootstrap();
-    until(Duration::from_secs(60), "three live brokers", || {
-        try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
-            .0
-            .then_some(())
-    });
+    crate::cluster::wait_for_brokers(&c, 3);
     let out = client(&[
         "add-scram-user",
         "--bootstrap",
@@ -746,17 +737,13 @@ fn real_clients_authenticate_with_scram_and_plain_and_a_wrong_password_is_refuse
 /// first active controller; `kmeta users` adds, lists and removes more.
 #[test]
 fn a_user_given_at_format_time_gets_in_and_kmeta_users_manages_the_rest() {
-    use crate::cluster::{try_client, until, BIN};
+    use crate::cluster::{try_client, BIN};
     let (c, files, sasl_ssl, sasl_plain) = sasl_cluster(&[
         "--add-scram",
         "SCRAM-SHA-512=[name=admin,password=\"admin,secret\",iterations=8192]",
     ]);
     let b = c.bootstrap();
-    until(Duration::from_secs(60), "three live brokers", || {
-        try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
-            .0
-            .then_some(())
-    });
+    crate::cluster::wait_for_brokers(&c, 3);
     let sasl = |mechanism: &str, user: &str, password: &str, topic: &str| {
         try_client(&[
             "secure",
@@ -892,11 +879,7 @@ fn a_user_given_at_format_time_gets_in_and_kmeta_users_manages_the_rest() {
     // A restart of every node keeps the users, and the bootstrap is not written again.
     let mut c = c;
     c.restart_all();
-    until(Duration::from_secs(60), "three live brokers again", || {
-        try_client(&["kcat", "--bootstrap", &b, "--brokers", "3"])
-            .0
-            .then_some(())
-    });
+    crate::cluster::wait_for_brokers(&c, 3);
     let (ok, out) = sasl("SCRAM-SHA-512", "bob", "bob-secret", "boot-bob-again");
     assert!(ok, "{out}");
     let written = c

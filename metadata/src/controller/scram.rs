@@ -24,7 +24,8 @@ pub enum ScramAlteration {
 }
 
 impl ScramAlteration {
-    fn user(&self) -> &str {
+    /// The user it alters.
+    pub fn user(&self) -> &str {
         match self {
             ScramAlteration::Upsert(r) => &r.name,
             ScramAlteration::Delete { name, .. } => name,
