@@ -77,6 +77,10 @@ pub enum ErrorCode {
     ResourceNotFound,
     DuplicateResource,
     UnacceptableCredential,
+    TopicAuthorizationFailed,
+    GroupAuthorizationFailed,
+    ClusterAuthorizationFailed,
+    SecurityDisabled,
 }
 
 impl ErrorCode {
@@ -152,6 +156,10 @@ impl ErrorCode {
             ResourceNotFound => 91,
             DuplicateResource => 92,
             UnacceptableCredential => 93,
+            TopicAuthorizationFailed => 29,
+            GroupAuthorizationFailed => 30,
+            ClusterAuthorizationFailed => 31,
+            SecurityDisabled => 54,
         }
     }
 }

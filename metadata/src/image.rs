@@ -273,6 +273,21 @@ pub fn collision_key(name: &str) -> String {
     name.replace('.', "_")
 }
 
+/// An access control entry's place in the index by resource: type, pattern type, name, id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct AclKey(AclResourceType, AclPatternType, String, uuid::Uuid);
+
+impl AclKey {
+    fn of(r: &AccessControlEntryRecord) -> AclKey {
+        AclKey(
+            r.resource_type,
+            r.pattern_type,
+            r.resource_name.clone(),
+            r.id,
+        )
+    }
+}
+
 /// The whole metadata state at one log offset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetadataImage {
@@ -290,6 +305,8 @@ pub struct MetadataImage {
     next_producer_id: i64,
     /// SCRAM credentials, by user and mechanism.
     scram: OrdMap<(String, ScramMechanism), Arc<UserScramCredentialRecord>>,
+    /// Access control entries, by id.
+    acls: OrdMap<uuid::Uuid, Arc<AccessControlEntryRecord>>,
     // Derived indexes, maintained by replay.
     partitions_by_broker: OrdMap<BrokerId, BrokerPartitions>,
     reassigning: OrdSet<TopicIdPartition>,
@@ -304,6 +321,9 @@ pub struct MetadataImage {
     /// topic's name (which made each creation cost the active controller time in proportion
     /// to the topics there are).
     collision_keys: OrdMap<Arc<str>, u32>,
+    /// The access control entries by the resources they name: a check looks up the name,
+    /// `*` and each prefix of the name, never every entry.
+    acls_by_resource: OrdMap<AclKey, Arc<AccessControlEntryRecord>>,
     partition_count: usize,
     /// Partitions whose ISR is smaller than their replica set, so that the gauge of them is
     /// read without a scan.
@@ -333,6 +353,7 @@ impl MetadataImage {
             offsets,
             next_producer_id,
             scram,
+            acls,
             partitions_by_broker,
             reassigning,
             imbalanced,
@@ -340,6 +361,7 @@ impl MetadataImage {
             leader_counts,
             groups_by_topic,
             collision_keys,
+            acls_by_resource,
             partition_count,
             under_replicated_count,
         } = self;
@@ -352,6 +374,8 @@ impl MetadataImage {
             && offsets.ptr_eq(&other.offsets)
             && *next_producer_id == other.next_producer_id
             && scram.ptr_eq(&other.scram)
+            && acls.ptr_eq(&other.acls)
+            && acls_by_resource.ptr_eq(&other.acls_by_resource)
             && partitions_by_broker.ptr_eq(&other.partitions_by_broker)
             && reassigning.ptr_eq(&other.reassigning)
             && imbalanced.ptr_eq(&other.imbalanced)
@@ -387,6 +411,72 @@ impl MetadataImage {
     /// Every SCRAM credential, by user then mechanism.
     pub fn scram_credentials(&self) -> impl Iterator<Item = &UserScramCredentialRecord> + '_ {
         self.scram.values().map(|c| c.as_ref())
+    }
+
+    /// Every access control entry, by id.
+    pub fn acls(&self) -> impl Iterator<Item = &AccessControlEntryRecord> + '_ {
+        self.acls.values().map(|a| a.as_ref())
+    }
+
+    /// The access control entry `id`.
+    pub fn acl(&self, id: uuid::Uuid) -> Option<&AccessControlEntryRecord> {
+        self.acls.get(&id).map(|a| a.as_ref())
+    }
+
+    /// The entries whose pattern is exactly (`resource_type`, `pattern_type`, `name`).
+    pub fn acls_on<'a>(
+        &'a self,
+        resource_type: AclResourceType,
+        pattern_type: AclPatternType,
+        name: &str,
+    ) -> impl Iterator<Item = &'a AccessControlEntryRecord> + 'a {
+        let key = |id| AclKey(resource_type, pattern_type, name.to_string(), id);
+        self.acls_by_resource
+            .range(key(uuid::Uuid::nil())..=key(uuid::Uuid::max()))
+            .map(|(_, a)| a.as_ref())
+    }
+
+    /// The entries that apply to the resource `name` of `resource_type`: LITERAL ones naming
+    /// it or `*`, and PREFIXED ones naming a prefix of it (itself included).
+    pub fn acls_matching<'a>(
+        &'a self,
+        resource_type: AclResourceType,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a AccessControlEntryRecord> + 'a {
+        let literal = self
+            .acls_on(resource_type, AclPatternType::Literal, name)
+            .chain(
+                (name != "*")
+                    .then(|| self.acls_on(resource_type, AclPatternType::Literal, "*"))
+                    .into_iter()
+                    .flatten(),
+            );
+        let prefixes = name
+            .char_indices()
+            .map(|(i, _)| i)
+            .skip(1)
+            .chain(std::iter::once(name.len()))
+            .filter(|&end| end > 0);
+        literal.chain(prefixes.flat_map(move |end| {
+            self.acls_on(resource_type, AclPatternType::Prefixed, &name[..end])
+        }))
+    }
+
+    /// The access control entries on resources of `resource_type`.
+    pub fn acls_of_type(
+        &self,
+        resource_type: AclResourceType,
+    ) -> impl Iterator<Item = &AccessControlEntryRecord> + '_ {
+        let from = AclKey(
+            resource_type,
+            AclPatternType::Literal,
+            String::new(),
+            uuid::Uuid::nil(),
+        );
+        self.acls_by_resource
+            .range(from..)
+            .take_while(move |(k, _)| k.0 == resource_type)
+            .map(|(_, a)| a.as_ref())
     }
 
     /// A registered broker.
@@ -650,6 +740,23 @@ impl MetadataImage {
                         r.name
                     )
                 }),
+            MetadataRecord::AccessControlEntry(r) => {
+                if self.acls.contains_key(&r.id) {
+                    Err(format!("access control entry {} exists", r.id))
+                } else {
+                    let acl = Arc::new(r.clone());
+                    self.acls_by_resource.insert(AclKey::of(r), acl.clone());
+                    self.acls.insert(r.id, acl);
+                    Ok(())
+                }
+            }
+            MetadataRecord::RemoveAccessControlEntry(r) => match self.acls.remove(&r.id) {
+                Some(acl) => {
+                    self.acls_by_resource.remove(&AclKey::of(&acl));
+                    Ok(())
+                }
+                None => Err(format!("no access control entry {} to remove", r.id)),
+            },
             MetadataRecord::ProducerIds(r) => {
                 if r.next_producer_id <= self.next_producer_id {
                     Err(format!(
@@ -1318,6 +1425,9 @@ impl MetadataImage {
         }
         for c in self.scram.values() {
             f(MetadataRecord::UserScramCredential(c.as_ref().clone()));
+        }
+        for a in self.acls.values() {
+            f(MetadataRecord::AccessControlEntry(a.as_ref().clone()));
         }
         const OFFSETS_PER_RECORD: usize = 1000;
         for (group, offsets) in self.offsets.iter() {

@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod controller;
 pub mod delta;
 pub mod error;

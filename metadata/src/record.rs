@@ -347,6 +347,264 @@ pub struct RemoveUserScramCredentialRecord {
     pub mechanism: ScramMechanism,
 }
 
+/// The kind of resource an ACL protects (Kafka's `ResourceType`, with its wire ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AclResourceType {
+    /// A topic, by name.
+    Topic,
+    /// A consumer group, by id.
+    Group,
+    /// The cluster (its one name is `kafka-cluster`).
+    Cluster,
+    /// A transactional id.
+    TransactionalId,
+    /// A delegation token.
+    DelegationToken,
+    /// A user (for quotas and delegation tokens).
+    User,
+}
+
+impl AclResourceType {
+    /// Every type, in Kafka's id order.
+    pub const ALL: [AclResourceType; 6] = [
+        AclResourceType::Topic,
+        AclResourceType::Group,
+        AclResourceType::Cluster,
+        AclResourceType::TransactionalId,
+        AclResourceType::DelegationToken,
+        AclResourceType::User,
+    ];
+
+    /// Kafka's wire id (TOPIC is 2, ... USER 7; 0 is UNKNOWN and 1 ANY).
+    pub fn id(self) -> i8 {
+        match self {
+            AclResourceType::Topic => 2,
+            AclResourceType::Group => 3,
+            AclResourceType::Cluster => 4,
+            AclResourceType::TransactionalId => 5,
+            AclResourceType::DelegationToken => 6,
+            AclResourceType::User => 7,
+        }
+    }
+
+    /// The type with wire id `id` (not ANY or UNKNOWN).
+    pub fn from_id(id: i8) -> Option<AclResourceType> {
+        AclResourceType::ALL.into_iter().find(|t| t.id() == id)
+    }
+
+    /// Kafka's name (`TOPIC`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AclResourceType::Topic => "TOPIC",
+            AclResourceType::Group => "GROUP",
+            AclResourceType::Cluster => "CLUSTER",
+            AclResourceType::TransactionalId => "TRANSACTIONAL_ID",
+            AclResourceType::DelegationToken => "DELEGATION_TOKEN",
+            AclResourceType::User => "USER",
+        }
+    }
+}
+
+/// How an ACL's resource name matches (Kafka's `PatternType`, LITERAL or PREFIXED).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AclPatternType {
+    /// The name itself, or every name when it is `*`.
+    Literal,
+    /// Every name that starts with it.
+    Prefixed,
+}
+
+impl AclPatternType {
+    /// Kafka's wire id (LITERAL 3, PREFIXED 4).
+    pub fn id(self) -> i8 {
+        match self {
+            AclPatternType::Literal => 3,
+            AclPatternType::Prefixed => 4,
+        }
+    }
+
+    /// The pattern type with wire id `id`.
+    pub fn from_id(id: i8) -> Option<AclPatternType> {
+        match id {
+            3 => Some(AclPatternType::Literal),
+            4 => Some(AclPatternType::Prefixed),
+            _ => None,
+        }
+    }
+
+    /// Kafka's name (`LITERAL`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AclPatternType::Literal => "LITERAL",
+            AclPatternType::Prefixed => "PREFIXED",
+        }
+    }
+}
+
+/// What an ACL allows or denies (Kafka's `AclOperation`, with its wire ids).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AclOperation {
+    /// Every operation.
+    All,
+    /// Read (consume a topic, use a group).
+    Read,
+    /// Write (produce).
+    Write,
+    /// Create (topics).
+    Create,
+    /// Delete (topics, groups, offsets).
+    Delete,
+    /// Alter (partitions, reassignments, ACLs, credentials).
+    Alter,
+    /// Describe (see it exists, its metadata and offsets).
+    Describe,
+    /// Brokers' own requests (replica fetches).
+    ClusterAction,
+    /// Read configs.
+    DescribeConfigs,
+    /// Change configs.
+    AlterConfigs,
+    /// Idempotent produce.
+    IdempotentWrite,
+    /// Create delegation tokens.
+    CreateTokens,
+    /// Describe delegation tokens.
+    DescribeTokens,
+}
+
+impl AclOperation {
+    /// Every operation, in Kafka's id order.
+    pub const ALL: [AclOperation; 13] = [
+        AclOperation::All,
+        AclOperation::Read,
+        AclOperation::Write,
+        AclOperation::Create,
+        AclOperation::Delete,
+        AclOperation::Alter,
+        AclOperation::Describe,
+        AclOperation::ClusterAction,
+        AclOperation::DescribeConfigs,
+        AclOperation::AlterConfigs,
+        AclOperation::IdempotentWrite,
+        AclOperation::CreateTokens,
+        AclOperation::DescribeTokens,
+    ];
+
+    /// Kafka's wire id (ALL is 2, ... DESCRIBE_TOKENS 14; 0 is UNKNOWN and 1 ANY).
+    pub fn id(self) -> i8 {
+        AclOperation::ALL
+            .iter()
+            .position(|o| *o == self)
+            .expect("every operation is listed") as i8
+            + 2
+    }
+
+    /// The operation with wire id `id` (not ANY or UNKNOWN).
+    pub fn from_id(id: i8) -> Option<AclOperation> {
+        usize::try_from(id - 2)
+            .ok()
+            .and_then(|i| AclOperation::ALL.get(i).copied())
+    }
+
+    /// Kafka's name (`DESCRIBE_CONFIGS`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AclOperation::All => "ALL",
+            AclOperation::Read => "READ",
+            AclOperation::Write => "WRITE",
+            AclOperation::Create => "CREATE",
+            AclOperation::Delete => "DELETE",
+            AclOperation::Alter => "ALTER",
+            AclOperation::Describe => "DESCRIBE",
+            AclOperation::ClusterAction => "CLUSTER_ACTION",
+            AclOperation::DescribeConfigs => "DESCRIBE_CONFIGS",
+            AclOperation::AlterConfigs => "ALTER_CONFIGS",
+            AclOperation::IdempotentWrite => "IDEMPOTENT_WRITE",
+            AclOperation::CreateTokens => "CREATE_TOKENS",
+            AclOperation::DescribeTokens => "DESCRIBE_TOKENS",
+        }
+    }
+
+    /// The operation named `name`, in Kafka's form (`DESCRIBE_CONFIGS`) or the tools' form
+    /// (`DescribeConfigs`), any case.
+    pub fn from_name(name: &str) -> Option<AclOperation> {
+        let plain: String = name
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_uppercase();
+        AclOperation::ALL
+            .into_iter()
+            .find(|o| o.name().replace('_', "") == plain)
+    }
+}
+
+/// Whether an ACL allows or denies (Kafka's `AclPermissionType`: DENY 2, ALLOW 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AclPermission {
+    /// Denies; a matching deny wins over any allow.
+    Deny,
+    /// Allows.
+    Allow,
+}
+
+impl AclPermission {
+    /// Kafka's wire id.
+    pub fn id(self) -> i8 {
+        match self {
+            AclPermission::Deny => 2,
+            AclPermission::Allow => 3,
+        }
+    }
+
+    /// The permission with wire id `id`.
+    pub fn from_id(id: i8) -> Option<AclPermission> {
+        match id {
+            2 => Some(AclPermission::Deny),
+            3 => Some(AclPermission::Allow),
+            _ => None,
+        }
+    }
+
+    /// Kafka's name (`ALLOW`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AclPermission::Deny => "DENY",
+            AclPermission::Allow => "ALLOW",
+        }
+    }
+}
+
+/// One access control entry (Kafka api key 6, `AccessControlEntryRecord`): `principal` from
+/// `host` is allowed or denied `operation` on the resources `pattern_type` and
+/// `resource_name` match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessControlEntryRecord {
+    /// Its id, chosen by the controller that created it.
+    pub id: uuid::Uuid,
+    /// The kind of resource.
+    pub resource_type: AclResourceType,
+    /// The name, prefix, or `*` (every name, literal only).
+    pub resource_name: String,
+    /// How the name matches.
+    pub pattern_type: AclPatternType,
+    /// `User:alice`, or `User:*` for every principal.
+    pub principal: String,
+    /// The client's address, or `*` for any.
+    pub host: String,
+    /// The operation.
+    pub operation: AclOperation,
+    /// Allow or deny.
+    pub permission: AclPermission,
+}
+
+/// An access control entry is removed (Kafka api key 7, `RemoveAccessControlEntryRecord`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveAccessControlEntryRecord {
+    /// The entry's id.
+    pub id: uuid::Uuid,
+}
+
 /// Which of a broker's partitions a [`BrokerPartitionsRecord`] changes, and how.
 /// `Leadership`, `Led`, `Followed` and `LeadershipExcept` take the broker out of leaderships
 /// or ISRs (it is never an acceptable leader for them, [`BrokerScope::removes`]);
@@ -470,6 +728,10 @@ pub enum MetadataRecord {
     UserScramCredential(UserScramCredentialRecord),
     /// See [`RemoveUserScramCredentialRecord`].
     RemoveUserScramCredential(RemoveUserScramCredentialRecord),
+    /// See [`AccessControlEntryRecord`].
+    AccessControlEntry(AccessControlEntryRecord),
+    /// See [`RemoveAccessControlEntryRecord`].
+    RemoveAccessControlEntry(RemoveAccessControlEntryRecord),
 }
 
 /// Why bytes could not be decoded into a record.
@@ -512,6 +774,10 @@ pub mod record_type {
     pub const CONFIG: u16 = 4;
     /// PartitionChangeRecord.
     pub const PARTITION_CHANGE: u16 = 5;
+    /// AccessControlEntryRecord.
+    pub const ACCESS_CONTROL_ENTRY: u16 = 6;
+    /// RemoveAccessControlEntryRecord.
+    pub const REMOVE_ACCESS_CONTROL_ENTRY: u16 = 7;
     /// RemoveTopicRecord.
     pub const REMOVE_TOPIC: u16 = 9;
     /// FeatureLevelRecord.
@@ -558,6 +824,8 @@ impl MetadataRecord {
             MetadataRecord::BrokerPartitions(_) => BROKER_PARTITIONS,
             MetadataRecord::UserScramCredential(_) => USER_SCRAM_CREDENTIAL,
             MetadataRecord::RemoveUserScramCredential(_) => REMOVE_USER_SCRAM_CREDENTIAL,
+            MetadataRecord::AccessControlEntry(_) => ACCESS_CONTROL_ENTRY,
+            MetadataRecord::RemoveAccessControlEntry(_) => REMOVE_ACCESS_CONTROL_ENTRY,
         }
     }
 
@@ -584,6 +852,10 @@ impl MetadataRecord {
             MetadataRecord::BrokerPartitions(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::UserScramCredential(r) => postcard::to_extend(r, std::mem::take(out)),
             MetadataRecord::RemoveUserScramCredential(r) => {
+                postcard::to_extend(r, std::mem::take(out))
+            }
+            MetadataRecord::AccessControlEntry(r) => postcard::to_extend(r, std::mem::take(out)),
+            MetadataRecord::RemoveAccessControlEntry(r) => {
                 postcard::to_extend(r, std::mem::take(out))
             }
         };
@@ -659,6 +931,10 @@ impl MetadataRecord {
             USER_SCRAM_CREDENTIAL => MetadataRecord::UserScramCredential(parse(payload, t, v)?),
             REMOVE_USER_SCRAM_CREDENTIAL => {
                 MetadataRecord::RemoveUserScramCredential(parse(payload, t, v)?)
+            }
+            ACCESS_CONTROL_ENTRY => MetadataRecord::AccessControlEntry(parse(payload, t, v)?),
+            REMOVE_ACCESS_CONTROL_ENTRY => {
+                MetadataRecord::RemoveAccessControlEntry(parse(payload, t, v)?)
             }
             _ => {
                 return Err(DecodeError::UnknownType {
@@ -752,6 +1028,19 @@ mod tests {
             MetadataRecord::RemoveUserScramCredential(RemoveUserScramCredentialRecord {
                 name: "alice".into(),
                 mechanism: ScramMechanism::Sha256,
+            }),
+            MetadataRecord::AccessControlEntry(AccessControlEntryRecord {
+                id: uuid::Uuid::from_u128(9),
+                resource_type: AclResourceType::Topic,
+                resource_name: "orders-".into(),
+                pattern_type: AclPatternType::Prefixed,
+                principal: "User:alice".into(),
+                host: "*".into(),
+                operation: AclOperation::DescribeConfigs,
+                permission: AclPermission::Deny,
+            }),
+            MetadataRecord::RemoveAccessControlEntry(RemoveAccessControlEntryRecord {
+                id: uuid::Uuid::from_u128(9),
             }),
         ]
     }

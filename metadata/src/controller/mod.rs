@@ -11,6 +11,7 @@
 //! [`replication`] (topics, partitions, elections, ISR, reassignment), [`configs`],
 //! [`offsets`]. [`partition_change`] is the one place a partition change record is built.
 
+pub mod acls;
 pub mod cluster;
 pub mod configs;
 pub mod heartbeat;
