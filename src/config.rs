@@ -93,7 +93,13 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("group.initial.rebalance.delay.ms", Some("3000")),
     // Security (issue 15, src/tls.rs): the `ssl.*` keys are in `crate::tls::SSL_KEYS`.
     ("listener.security.protocol.map", None),
+    ("authorizer.class.name", Some("")),
+    ("super.users", Some("")),
+    ("allow.everyone.if.no.acl.found", Some("false")),
 ];
+
+/// The authorizer kmeta implements (`authorizer.class.name`), Kafka's for KRaft clusters.
+pub const STANDARD_AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
 
 /// Whether kmeta reads `key`.
 fn is_known_key(key: &str) -> bool {
@@ -172,6 +178,59 @@ pub struct NodeConfig {
     pub data: crate::broker::replicas::DataConfig,
     /// The group coordinator's keys (`group.*`).
     pub groups: crate::broker::group::GroupConfig,
+    /// The authorizer, when `authorizer.class.name` names the StandardAuthorizer; without
+    /// one every request is allowed.
+    pub authorizer: Option<kmeta_metadata::acl::Authorizer>,
+}
+
+/// `authorizer.class.name`, `super.users` and `allow.everyone.if.no.acl.found`.
+fn parse_authorizer(
+    props: &BTreeMap<String, String>,
+) -> Result<Option<kmeta_metadata::acl::Authorizer>, ConfigError> {
+    let class = props.get("authorizer.class.name").map_or("", |v| v.trim());
+    if class.is_empty() {
+        return Ok(None);
+    }
+    if class != STANDARD_AUTHORIZER {
+        return Err(ConfigError(format!(
+            "authorizer.class.name: {class:?} is not available; kmeta implements {STANDARD_AUTHORIZER}"
+        )));
+    }
+    let mut super_users = std::collections::BTreeSet::new();
+    for p in props
+        .get("super.users")
+        .map_or("", String::as_str)
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match p.split_once(':') {
+            Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                super_users.insert(p.to_string());
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "super.users: {p:?} is not a principal (Type:name, e.g. User:admin)"
+                )))
+            }
+        }
+    }
+    let allow_everyone_if_no_acl_found = match props
+        .get("allow.everyone.if.no.acl.found")
+        .map(|v| v.trim())
+    {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "allow.everyone.if.no.acl.found: {other:?} is not true or false"
+            )))
+        }
+    };
+    Ok(Some(kmeta_metadata::acl::Authorizer {
+        super_users,
+        allow_everyone_if_no_acl_found,
+    }))
 }
 
 /// Parses properties text: `key=value` (or `key: value`) lines, `#`/`!` comments.
@@ -500,9 +559,11 @@ impl NodeConfig {
                 groups.max_session_ms, groups.min_session_ms
             )));
         }
+        let authorizer = parse_authorizer(props)?;
         Ok(NodeConfig {
             data,
             groups,
+            authorizer,
             node_id,
             roles,
             voters,
@@ -697,5 +758,35 @@ log.dirs=/tmp/kmeta-1
             3000
         );
         assert!(apply_overrides(&mut p, &["nonsense".into()]).is_err());
+    }
+
+    #[test]
+    fn the_standard_authorizer_is_configured_with_kafkas_keys() {
+        let with = |extra: &str| NodeConfig::from_properties(&props(&format!("{GOOD}{extra}")));
+        assert_eq!(with("").unwrap().authorizer, None);
+        let auth = with(&format!(
+            "authorizer.class.name={STANDARD_AUTHORIZER}\nsuper.users=User:admin; User:CN=broker\n"
+        ))
+        .unwrap()
+        .authorizer
+        .unwrap();
+        assert_eq!(
+            auth.super_users.iter().collect::<Vec<_>>(),
+            ["User:CN=broker", "User:admin"]
+        );
+        assert!(!auth.allow_everyone_if_no_acl_found);
+        let open = with(&format!(
+            "authorizer.class.name={STANDARD_AUTHORIZER}\nallow.everyone.if.no.acl.found=true\n"
+        ))
+        .unwrap();
+        assert!(open.authorizer.unwrap().allow_everyone_if_no_acl_found);
+        let err =
+            with("authorizer.class.name=kafka.security.authorizer.AclAuthorizer\n").unwrap_err();
+        assert!(err.0.contains("authorizer.class.name"), "{err}");
+        let err = with(&format!(
+            "authorizer.class.name={STANDARD_AUTHORIZER}\nsuper.users=admin\n"
+        ))
+        .unwrap_err();
+        assert!(err.0.contains("super.users"), "{err}");
     }
 }

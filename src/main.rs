@@ -123,6 +123,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Access control entries (ACLs), like kafka-acls.sh.
+    Acls {
+        #[command(subcommand)]
+        command: AclsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Consumer groups, like kafka-consumer-groups.sh.
     Groups {
         #[command(subcommand)]
@@ -380,6 +387,65 @@ enum UsersCommand {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AclsCommand {
+    /// Allow or deny principals operations on a topic, a group or the cluster.
+    Add(AclArgs),
+    /// Remove the entries that match (on a resource, of a principal, of an operation).
+    Remove(AclArgs),
+    /// List the entries that match (every entry by default).
+    List(AclArgs),
+}
+
+#[derive(clap::Args)]
+struct AclArgs {
+    /// A principal to allow (User:alice, or User:* for everyone); repeatable.
+    #[arg(long)]
+    allow_principal: Vec<String>,
+    /// A principal to deny; repeatable. A deny wins over every allow.
+    #[arg(long)]
+    deny_principal: Vec<String>,
+    /// The client address the entry is for (default: any, `*`).
+    #[arg(long)]
+    host: Option<String>,
+    /// Read, Write, Create, Delete, Alter, Describe, ClusterAction, DescribeConfigs,
+    /// AlterConfigs, IdempotentWrite or All (add's default); repeatable.
+    #[arg(long)]
+    operation: Vec<String>,
+    /// A topic (`*` for every topic).
+    #[arg(long)]
+    topic: Option<String>,
+    /// A consumer group (`*` for every group).
+    #[arg(long)]
+    group: Option<String>,
+    /// The cluster.
+    #[arg(long)]
+    cluster: bool,
+    /// literal (add's default) or prefixed; list and remove also take any (their default)
+    /// and match.
+    #[arg(long)]
+    resource_pattern_type: Option<String>,
+}
+
+impl AclArgs {
+    fn split(self) -> (kmeta::cli::acls::Resource, kmeta::cli::acls::Entry) {
+        (
+            kmeta::cli::acls::Resource {
+                topic: self.topic,
+                group: self.group,
+                cluster: self.cluster,
+                pattern_type: self.resource_pattern_type,
+            },
+            kmeta::cli::acls::Entry {
+                allow_principals: self.allow_principal,
+                deny_principals: self.deny_principal,
+                host: self.host,
+                operations: self.operation,
+            },
+        )
+    }
 }
 
 /// `--password -` reads the password from standard input.
@@ -1109,6 +1175,25 @@ fn main() -> ExitCode {
                         users::remove(a, &user, &users::mechanisms(&mechanism)?, out).await
                     }
                     UsersCommand::List { user } => users::list(a, user.as_deref(), out).await,
+                }
+            })
+        }),
+        Command::Acls { command, admin } => admin_command(admin, move |a, out| {
+            Box::pin(async move {
+                use kmeta::cli::acls;
+                match command {
+                    AclsCommand::Add(args) => {
+                        let (resource, entry) = args.split();
+                        acls::add(a, &resource, &entry, out).await
+                    }
+                    AclsCommand::Remove(args) => {
+                        let (resource, entry) = args.split();
+                        acls::remove(a, &resource, &entry, out).await
+                    }
+                    AclsCommand::List(args) => {
+                        let (resource, entry) = args.split();
+                        acls::list(a, &resource, &entry, out).await
+                    }
                 }
             })
         }),

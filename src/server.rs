@@ -347,6 +347,7 @@ async fn broker_setup(
             limits: config.listener_limits(),
             data: config.data.clone(),
             groups: config.groups,
+            authorizer: config.authorizer.clone().map(Arc::new),
             extra_listeners,
         },
         (listener, extra),
@@ -442,12 +443,10 @@ async fn start_controller(
     // The active-controller loop runs on every controller and acts only while it leads.
     let (controller, controller_task) =
         Controller::start(config.node_id, raft.clone(), sm.clone(), controller_config);
-    let kafka = Arc::new(ControllerService::new(
-        config.node_id,
-        controller.clone(),
-        raft.clone(),
-        sm.clone(),
-    ));
+    let kafka = Arc::new(
+        ControllerService::new(config.node_id, controller.clone(), raft.clone(), sm.clone())
+            .with_authorizer(config.authorizer.clone().map(Arc::new)),
+    );
     let bootstrap = crate::storage::read_bootstrap(&config.log_dir)?;
     let bootstrap = tokio::spawn(write_bootstrap(controller.clone(), sm.clone(), bootstrap));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -120,6 +120,7 @@ pub async fn start_cluster(
                 extra_listeners: Vec::new(),
                 data: crate::broker::replicas::DataConfig::new(dir.join(format!("broker-{id}"))),
                 groups: crate::broker::group::GroupConfig::default(),
+                authorizer: None,
             },
             listener,
         );

@@ -1,6 +1,7 @@
 //! The client-facing Kafka API of a broker, answered from the local image; writes are
 //! forwarded to the active controller inside Envelope.
 
+use super::authz::{Caller, Post};
 use super::BrokerState;
 use crate::controller::kafka_api::{
     forwardable_apis, ENVELOPE_COORDINATOR_TAG, ENVELOPE_DEADLINE_TAG, ENVELOPE_OFFSET_TAG,
@@ -12,7 +13,7 @@ use bytes::BytesMut;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::VersionRange;
 use kafka_protocol::protocol::{Decodable, Encodable, Request as KafkaRequest};
-use kmeta_metadata::record::ConfigResource;
+use kmeta_metadata::record::{AclOperation, AclResourceType, ConfigResource};
 use kmeta_metadata::{ErrorCode, MetadataImage};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +142,8 @@ fn broker_apis() -> Vec<(ApiKey, VersionRange)> {
             ApiKey::DescribeUserScramCredentials,
             versions::<DescribeUserScramCredentialsRequest>(),
         ),
+        // From the image; CreateAcls and DeleteAcls are forwarded.
+        (ApiKey::DescribeAcls, versions::<DescribeAclsRequest>()),
     ];
     // Admin requests and offset commits: forwarded to the active controller, which serves
     // the same versions.
@@ -278,8 +281,8 @@ impl BrokerService {
         asked > 100 && self.state.image().image.partition_count() > LARGE
     }
 
-    fn metadata(&self, r: MetadataRequest, version: i16) -> MetadataResponse {
-        let (head, topics) = self.metadata_parts(r, version);
+    fn metadata(&self, r: MetadataRequest, version: i16, caller: &Caller) -> MetadataResponse {
+        let (head, topics) = self.metadata_parts(r, version, caller);
         head.with_topics(topics.collect())
     }
 
@@ -289,6 +292,7 @@ impl BrokerService {
         &self,
         r: MetadataRequest,
         version: i16,
+        caller: &Caller,
     ) -> (
         MetadataResponse,
         impl ExactSizeIterator<Item = metadata_response::MetadataResponseTopic>,
@@ -351,11 +355,38 @@ impl BrokerService {
             None => true,
             Some(t) => t.is_empty() && version == 0,
         };
+        // Topics the caller may not describe: left out of an all-topics answer, refused by
+        // name (TOPIC_AUTHORIZATION_FAILED) when asked for.
+        let hidden: std::collections::HashSet<String> = match &self.state.config.authorizer {
+            None => Default::default(),
+            Some(_) => {
+                let names: Box<dyn Iterator<Item = String>> = if all {
+                    Box::new(published.image.topics_by_name().map(|t| t.name.clone()))
+                } else {
+                    Box::new(r.topics.iter().flatten().filter_map(|t| match &t.name {
+                        Some(n) => Some(n.0.to_string()),
+                        None => published.image.topic(&t.topic_id).map(|t| t.name.clone()),
+                    }))
+                };
+                names
+                    .filter(|n| {
+                        !self.may(
+                            &published.image,
+                            caller,
+                            AclOperation::Describe,
+                            AclResourceType::Topic,
+                            n,
+                        )
+                    })
+                    .collect()
+            }
+        };
         // What to describe, in order: a topic by name, or one asked for by an id.
         let asked: Vec<Result<String, uuid::Uuid>> = if all {
             published
                 .image
                 .topics_by_name()
+                .filter(|t| !hidden.contains(&t.name))
                 .map(|t| Ok(t.name.clone()))
                 .collect()
         } else {
@@ -368,11 +399,19 @@ impl BrokerService {
                 })
                 .collect()
         };
+        let denied = |name: &str, id: uuid::Uuid| {
+            MetadataResponseTopic::default()
+                .with_name(Some(TopicName(sb(name))))
+                .with_topic_id(id)
+                .with_error_code(ErrorCode::TopicAuthorizationFailed.code())
+        };
         let topics = asked.into_iter().map(move |t| {
             let image = &published.image;
             match t {
+                Ok(name) if hidden.contains(&name) => denied(&name, uuid::Uuid::nil()),
                 Ok(name) => describe(image, &name),
                 Err(id) => match image.topic(&id) {
+                    Some(topic) if hidden.contains(&topic.name) => denied(&topic.name, id),
                     Some(topic) => describe(image, &topic.name),
                     None => MetadataResponseTopic::default()
                         .with_topic_id(id)
@@ -499,14 +538,25 @@ impl BrokerService {
     ///
     /// `coordinator`: this broker's id when it checked the request as the group's coordinator
     /// (the controller refuses it if this broker no longer coordinates the group).
-    async fn forward(&self, raw: Bytes, coordinator: Option<i32>) -> Result<Bytes, String> {
+    async fn forward(
+        &self,
+        raw: Bytes,
+        coordinator: Option<i32>,
+        caller: &Caller,
+    ) -> Result<Bytes, String> {
         let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
         // The controller must not decide this request after the broker has given up on it
         // (Kafka clients' request.timeout.ms is 30 s by default, like FORWARD_TIMEOUT).
         let deadline_ms = crate::controller::wall_ms() + FORWARD_TIMEOUT.as_millis() as i64;
+        let address = match caller.host.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => Bytes::copy_from_slice(&a.octets()),
+            Ok(std::net::IpAddr::V6(a)) => Bytes::copy_from_slice(&a.octets()),
+            Err(_) => Bytes::from_static(&[127, 0, 0, 1]),
+        };
         let mut envelope = EnvelopeRequest::default()
             .with_request_data(raw)
-            .with_client_host_address(Bytes::from_static(&[127, 0, 0, 1]));
+            .with_request_principal(Some(Bytes::copy_from_slice(caller.principal.as_bytes())))
+            .with_client_host_address(address);
         envelope.unknown_tagged_fields.insert(
             ENVELOPE_DEADLINE_TAG,
             Bytes::copy_from_slice(&deadline_ms.to_be_bytes()),
@@ -566,6 +616,7 @@ impl BrokerService {
         &self,
         request: &R,
         version: i16,
+        caller: &Caller,
     ) -> Result<R::Response, String> {
         let api_key = ApiKey::try_from(R::KEY).map_err(|_| "unknown api key".to_string())?;
         let mut raw = BytesMut::new();
@@ -578,7 +629,9 @@ impl BrokerService {
         request
             .encode(&mut raw, version)
             .map_err(|e| format!("encoding a forwarded {api_key:?}: {e:#}"))?;
-        let mut reply = self.forward(raw.freeze(), Some(self.state.node_id)).await?;
+        let mut reply = self
+            .forward(raw.freeze(), Some(self.state.node_id), caller)
+            .await?;
         ResponseHeader::decode(&mut reply, api_key.response_header_version(version))
             .map_err(|e| format!("decoding a forwarded {api_key:?} reply header: {e:#}"))?;
         R::Response::decode(&mut reply, version)
@@ -612,33 +665,48 @@ impl Service for BrokerService {
             header,
             api_key,
             version,
-            body,
+            mut body,
             raw,
             client_host,
-            principal: _,
+            principal,
         } = request;
         // Nothing is answered before the broker has registered and caught up: the
         // connection is open, its requests wait (as on a Kafka broker before it enables
         // request processing).
         self.state.wait_until_serving().await;
-        // Admin requests go to the active controller as they came; group writes are checked
-        // by the group's coordinator first (groups.rs).
+        let caller = Caller::new(principal, &client_host);
+        // Admin requests go to the active controller as they came, which authorizes them;
+        // group writes are checked by the group's coordinator first (groups.rs).
         if self.forwarded.versions(api_key).is_some() && !super::groups::is_group_write(api_key) {
-            return self.forward(raw, None).await;
+            return self.forward(raw, None, &caller).await;
         }
+        let post = match self.authorize(&caller, &mut body) {
+            Ok(post) => post,
+            Err(refused) => {
+                return encode_response(header.correlation_id, api_key, version, &refused)
+            }
+        };
+        // A read whose answer is filtered keeps what it asked for.
+        let asked = matches!(post, Post::Filter)
+            .then(|| match &body {
+                RequestKind::FindCoordinator(r) => Some(RequestKind::FindCoordinator(r.clone())),
+                RequestKind::OffsetFetch(r) => Some(RequestKind::OffsetFetch(r.clone())),
+                _ => None,
+            })
+            .flatten();
         let client_id = header.client_id.as_deref().unwrap_or_default();
-        let response: ResponseKind = match body {
+        let mut response: ResponseKind = match body {
             RequestKind::ApiVersions(_) => self.apis.api_versions_response().into(),
             RequestKind::Metadata(r) if self.is_large_metadata(&r) => {
                 // Hundreds of milliseconds to build and encode at a million partitions, more
                 // on a saturated machine: the runtime's other tasks (heartbeats, a shutdown
                 // waiting on its listeners) move to another thread meanwhile.
                 return crate::cpu_bound(|| {
-                    let (head, topics) = self.metadata_parts(r, version);
+                    let (head, topics) = self.metadata_parts(r, version, &caller);
                     encode_metadata_streamed(header.correlation_id, version, head, topics)
                 });
             }
-            RequestKind::Metadata(r) => self.metadata(r, version).into(),
+            RequestKind::Metadata(r) => self.metadata(r, version, &caller).into(),
             RequestKind::DescribeCluster(r) => self.describe_cluster(r).into(),
             RequestKind::FindCoordinator(r) => self.find_coordinator(r, version).into(),
             RequestKind::OffsetFetch(r) => self.offset_fetch(r, version).into(),
@@ -650,9 +718,9 @@ impl Service for BrokerService {
             RequestKind::SyncGroup(r) => self.sync_group(r).await.into(),
             RequestKind::Heartbeat(r) => self.heartbeat(r).into(),
             RequestKind::LeaveGroup(r) => self.leave_group(r, version).into(),
-            RequestKind::OffsetCommit(r) => self.offset_commit(r, version).await?.into(),
-            RequestKind::DeleteGroups(r) => self.delete_groups(r, version).await?.into(),
-            RequestKind::OffsetDelete(r) => self.offset_delete(r, version).await?.into(),
+            RequestKind::OffsetCommit(r) => self.offset_commit(r, version, &caller).await?.into(),
+            RequestKind::DeleteGroups(r) => self.delete_groups(r, version, &caller).await?.into(),
+            RequestKind::OffsetDelete(r) => self.offset_delete(r, version, &caller).await?.into(),
             RequestKind::DescribeGroups(r) => self.describe_groups(r, version).into(),
             RequestKind::DescribeConfigs(r) => self.describe_configs(r).into(),
             RequestKind::ListOffsets(r) => self.list_offsets(r, version).into(),
@@ -675,8 +743,10 @@ impl Service for BrokerService {
                 .with_entries(Some(Vec::new()))
                 .into(),
             RequestKind::DescribeUserScramCredentials(r) => self.describe_scram(r).into(),
+            RequestKind::DescribeAcls(r) => self.describe_acls(r).into(),
             other => return Err(format!("unexpected request {other:?}")),
         };
+        self.restrict(&caller, post, asked.as_ref(), &mut response);
         encode_response(header.correlation_id, api_key, version, &response)
     }
 }

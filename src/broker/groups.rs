@@ -242,6 +242,7 @@ impl BrokerService {
         &self,
         r: OffsetCommitRequest,
         version: i16,
+        caller: &super::authz::Caller,
     ) -> Result<OffsetCommitResponse, String> {
         let verdict = self.coordinates_now(&r.group_id).and_then(|()| {
             self.state().groups.validate_commit(
@@ -254,7 +255,7 @@ impl BrokerService {
         if let Err(code) = verdict {
             return Ok(offset_commit_response(&r, |_, _| code.code()));
         }
-        self.forward_as_coordinator(&r, version).await
+        self.forward_as_coordinator(&r, version, caller).await
     }
 
     pub(super) fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
@@ -499,6 +500,7 @@ impl BrokerService {
         &self,
         r: DeleteGroupsRequest,
         version: i16,
+        caller: &super::authz::Caller,
     ) -> Result<DeleteGroupsResponse, String> {
         use delete_groups_response::DeletableGroupResult;
         let published = self.state().image();
@@ -527,7 +529,9 @@ impl BrokerService {
         }
         if !forwarded.is_empty() {
             let request = DeleteGroupsRequest::default().with_groups_names(forwarded);
-            let reply = self.forward_as_coordinator(&request, version).await?;
+            let reply = self
+                .forward_as_coordinator(&request, version, caller)
+                .await?;
             for result in reply.results {
                 if result.error_code == 0 {
                     groups.remove(&result.group_id);
@@ -544,6 +548,7 @@ impl BrokerService {
         &self,
         r: OffsetDeleteRequest,
         version: i16,
+        caller: &super::authz::Caller,
     ) -> Result<OffsetDeleteResponse, String> {
         use offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
         let published = self.state().image();
@@ -586,7 +591,9 @@ impl BrokerService {
             let request = OffsetDeleteRequest::default()
                 .with_group_id(r.group_id.clone())
                 .with_topics(free);
-            let reply = self.forward_as_coordinator(&request, version).await?;
+            let reply = self
+                .forward_as_coordinator(&request, version, caller)
+                .await?;
             if reply.error_code != 0 {
                 return Ok(reply);
             }

@@ -9,6 +9,7 @@
 //! away) and stop once the controller allows it.
 
 pub mod api;
+mod authz;
 pub mod changes;
 pub mod controllers;
 pub mod coordinator;
@@ -74,6 +75,8 @@ pub struct BrokerConfig {
     pub data: replicas::DataConfig,
     /// Group coordinator settings.
     pub groups: group::GroupConfig,
+    /// The authorizer (`authorizer.class.name`); `None` allows every request.
+    pub authorizer: Option<Arc<kmeta_metadata::acl::Authorizer>>,
 }
 
 /// The image as published to request handlers.

@@ -1,6 +1,7 @@
 //! Operator commands: Kafka-protocol requests to `--bootstrap-server`, printed as a table or,
 //! with `--output json`, as JSON. Every failure is one line and a non-zero exit status.
 
+pub mod acls;
 pub mod brokers;
 pub mod elect;
 pub mod groups;

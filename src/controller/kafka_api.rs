@@ -101,6 +101,8 @@ pub fn forwardable_apis() -> Vec<(ApiKey, VersionRange)> {
             ApiKey::AlterUserScramCredentials,
             versions::<AlterUserScramCredentialsRequest>(),
         ),
+        (ApiKey::CreateAcls, versions::<CreateAclsRequest>()),
+        (ApiKey::DeleteAcls, versions::<DeleteAclsRequest>()),
     ]
 }
 
@@ -152,11 +154,12 @@ fn msg(e: &ApiError) -> Option<StrBytes> {
 /// The controller's Kafka service.
 pub struct ControllerService {
     node_id: u64,
-    controller: Controller,
+    pub(super) controller: Controller,
     raft: Raft,
     sm: StateMachine,
     apis: ApiSet,
     forwardable: ApiSet,
+    authorizer: Option<std::sync::Arc<kmeta_metadata::acl::Authorizer>>,
 }
 
 impl ControllerService {
@@ -169,7 +172,27 @@ impl ControllerService {
             sm,
             apis: ApiSet::new(controller_apis()),
             forwardable: ApiSet::new(forwardable_apis()),
+            authorizer: None,
         }
+    }
+
+    /// This service with `authorizer` deciding forwarded requests (`authorizer.class.name`).
+    pub fn with_authorizer(
+        mut self,
+        authorizer: Option<std::sync::Arc<kmeta_metadata::acl::Authorizer>>,
+    ) -> Self {
+        self.authorizer = authorizer;
+        self
+    }
+
+    /// The authorizer, if one is configured.
+    pub(super) fn authorizer(&self) -> Option<&kmeta_metadata::acl::Authorizer> {
+        self.authorizer.as_deref()
+    }
+
+    /// The image this controller has applied.
+    pub(super) fn image(&self) -> kmeta_metadata::MetadataImage {
+        self.sm.image()
     }
 
     fn leader(&self) -> (Option<u64>, u64) {
@@ -216,6 +239,8 @@ impl ControllerService {
             RequestKind::OffsetDelete(r) => written(self.offset_delete(r, coordinator).await),
             RequestKind::IncrementalAlterConfigs(r) => written(self.alter_configs(r).await),
             RequestKind::AlterUserScramCredentials(r) => written(self.alter_scram(r).await),
+            RequestKind::CreateAcls(r) => written(self.create_acls(r).await),
+            RequestKind::DeleteAcls(r) => written(self.delete_acls(r).await),
             other => return Err(format!("unexpected request {other:?}")),
         })
     }
@@ -238,7 +263,8 @@ impl ControllerService {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let inner = match decode_request(envelope.request_data, &self.forwardable) {
+        let caller = super::authz::envelope_caller(&envelope);
+        let mut inner = match decode_request(envelope.request_data, &self.forwardable) {
             Ok(r) => r,
             Err(Rejected::Reply(bytes)) => {
                 return Ok(EnvelopeResponse::default().with_response_data(Some(bytes)))
@@ -265,8 +291,20 @@ impl ControllerService {
             .get(&ENVELOPE_COORDINATOR_TAG)
             .filter(|t| t.len() == 4)
             .map(|t| i32::from_be_bytes(t[..4].try_into().expect("4 bytes")));
+        let denied = match self.authorize_forwarded(&caller, &mut inner.body) {
+            Ok(denied) => denied,
+            Err(refused) => {
+                let data = encode_response(
+                    inner.header.correlation_id,
+                    inner.api_key,
+                    inner.version,
+                    &refused,
+                )?;
+                return Ok(EnvelopeResponse::default().with_response_data(Some(data)));
+            }
+        };
         let dispatch = self.dispatch(inner.body, inner.version, coordinator);
-        let (response, at) = match deadline_ms {
+        let (mut response, at) = match deadline_ms {
             Some(d) => {
                 crate::controller::WRITE_DEADLINE_MS
                     .scope(d, dispatch)
@@ -274,6 +312,7 @@ impl ControllerService {
             }
             None => dispatch.await?,
         };
+        Self::add_denied(denied, &mut response);
         let data = encode_response(
             inner.header.correlation_id,
             inner.api_key,
@@ -1455,10 +1494,24 @@ impl Service for ControllerService {
             api_key,
             version,
             body,
+            client_host,
+            principal,
             ..
         } = request;
         let response: ResponseKind = match body {
             RequestKind::Envelope(envelope) => self.envelope(envelope).await?.into(),
+            // An admin request sent here directly is authorized as its connection's.
+            mut other if self.forwardable.versions(api_key).is_some() => {
+                let caller = crate::kafka::wire::Caller::new(principal, &client_host);
+                match self.authorize_forwarded(&caller, &mut other) {
+                    Err(refused) => refused,
+                    Ok(denied) => {
+                        let mut response = self.dispatch(other, version, None).await?.0;
+                        Self::add_denied(denied, &mut response);
+                        response
+                    }
+                }
+            }
             other => self.dispatch(other, version, None).await?.0,
         };
         encode_response(header.correlation_id, api_key, version, &response)

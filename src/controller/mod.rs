@@ -27,6 +27,7 @@
 //! the session live (`Controller::heartbeat`). A timer fences one
 //! expired broker per tick.
 
+mod authz;
 pub mod kafka_api;
 
 use crate::raft::network::Raft;

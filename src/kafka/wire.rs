@@ -135,6 +135,25 @@ pub struct Request {
     pub principal: std::sync::Arc<str>,
 }
 
+/// Who sent a request, as authorization sees it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// `User:alice`.
+    pub principal: std::sync::Arc<str>,
+    /// The client's address, without Kafka's leading '/'.
+    pub host: String,
+}
+
+impl Caller {
+    /// The caller of a request with `principal` from `client_host` ("/127.0.0.1").
+    pub fn new(principal: std::sync::Arc<str>, client_host: &str) -> Caller {
+        Caller {
+            principal,
+            host: client_host.trim_start_matches('/').to_string(),
+        }
+    }
+}
+
 /// The principal of a client that did not authenticate (Kafka's `KafkaPrincipal.ANONYMOUS`).
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
 

@@ -39,6 +39,7 @@ fn broker_one(
         extra_listeners: Vec::new(),
         data: kmeta::broker::replicas::DataConfig::new(dir.join("broker-1")),
         groups: kmeta::broker::group::GroupConfig::default(),
+        authorizer: None,
     }
 }
 
