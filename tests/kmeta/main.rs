@@ -1,5 +1,6 @@
 //! kmeta's one integration-test binary.
 
+mod acls;
 mod admin;
 mod brokers;
 mod clients;
