@@ -274,6 +274,9 @@ impl BrokerService {
         request: Option<&RequestKind>,
         response: &mut ResponseKind,
     ) {
+        if matches!(post, Post::Nothing) {
+            return;
+        }
         let published = self.state().image();
         let image = &published.image;
         match (post, response) {

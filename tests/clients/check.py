@@ -460,6 +460,98 @@ def secure(args):
     print(json.dumps({"client": lib, "brokers": brokers, "messages": len(got), "committed": committed}))
 
 
+def acl_refused(args):
+    """Logged in as --user, which has no ACLs: producing to --topic must fail with Kafka's
+    topic authorization error, and consuming it in --group with the group authorization
+    error, each as the client reports it."""
+    lib, t, g = args.client, args.topic, args.group
+    errors = {}
+    if lib == "kcat":
+        conf = kcat_x(security_conf(args, "kcat"))
+        p = subprocess.run(["kcat", "-b", args.bootstrap, "-P", "-t", t, "-X", "acks=all"] + conf,
+                           input="m\n", capture_output=True, text=True, timeout=60)
+        errors["produce"] = p.stderr.strip()
+        c = subprocess.run(["kcat", "-b", args.bootstrap, "-G", g, t, "-e", "-q",
+                            "-X", "auto.offset.reset=earliest"] + conf,
+                           capture_output=True, text=True, timeout=20)
+        errors["consume"] = c.stderr.strip()
+        want = {"produce": "Topic authorization failed", "consume": "Group authorization failed"}
+    elif lib == "confluent":
+        from confluent_kafka import Consumer, Producer
+        conf = security_conf(args, lib)
+        got = []
+        prod = Producer({"bootstrap.servers": args.bootstrap, "acks": "all", **conf})
+        prod.produce(t, b"m", on_delivery=lambda err, m: got.append(err))
+        prod.flush(30)
+        errors["produce"] = str(got[0]) if got else "nothing delivered"
+        c = Consumer({"bootstrap.servers": args.bootstrap, "group.id": g,
+                      "auto.offset.reset": "earliest", **conf})
+        c.subscribe([t])
+        deadline = time.time() + 20
+        while "consume" not in errors and time.time() < deadline:
+            m = c.poll(1.0)
+            if m is not None and m.error() is not None:
+                errors["consume"] = str(m.error())
+        c.close()
+        want = {"produce": "TOPIC_AUTHORIZATION_FAILED", "consume": "GROUP_AUTHORIZATION_FAILED"}
+    elif lib == "kafka-python":
+        from kafka import KafkaConsumer, KafkaProducer
+        conf = security_conf(args, lib)
+        prod = KafkaProducer(bootstrap_servers=args.bootstrap, acks="all", max_block_ms=10000,
+                             **conf)
+        try:
+            prod.send(t, b"m").get(timeout=20)
+            errors["produce"] = "sent"
+        except Exception as e:
+            errors["produce"] = repr(e)
+        prod.close()
+        c = KafkaConsumer(t, bootstrap_servers=args.bootstrap, group_id=g,
+                          auto_offset_reset="earliest", **conf)
+        try:
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                c.poll(timeout_ms=1000)
+            errors["consume"] = "no error"
+        except Exception as e:
+            errors["consume"] = repr(e)
+        c.close()
+        want = {"produce": "TopicAuthorizationFailedError",
+                "consume": "GroupAuthorizationFailedError"}
+    elif lib == "aiokafka":
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+        async def run():
+            conf = security_conf(args, lib)
+            prod = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", **conf)
+            await prod.start()
+            try:
+                await asyncio.wait_for(prod.send_and_wait(t, b"m"), 20)
+                errors["produce"] = "sent"
+            except Exception as e:
+                errors["produce"] = repr(e)
+            finally:
+                await prod.stop()
+            # Subscribed to the topic, aiokafka stops at its metadata (the topic refused
+            # first); the group's committed offset asks the group's coordinator alone.
+            from aiokafka import TopicPartition
+            c = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, group_id=g,
+                                 auto_offset_reset="earliest", **conf)
+            try:
+                await asyncio.wait_for(c.start(), 20)
+                await asyncio.wait_for(c.committed(TopicPartition(t, 0)), 20)
+                errors["consume"] = "no error"
+            except Exception as e:
+                errors["consume"] = repr(e)
+            finally:
+                await c.stop()
+        asyncio.run(run())
+        want = {"produce": "TopicAuthorizationFailedError",
+                "consume": "GroupAuthorizationFailedError"}
+    for what, text in want.items():
+        check(text in errors.get(what, ""), f"{lib} {what}: no {text!r} in {errors.get(what)!r}")
+    print(json.dumps({"client": lib, "refused": errors}))
+
+
 # ---------------------------------------------------------------------------- helpers for other tests
 def leaders(args):
     """Prints {partition: leader} for a topic, as confluent-kafka's metadata shows it."""
@@ -853,6 +945,7 @@ SCENARIOS = {
     "group-member": group_member,
     "secure": secure,
     "add-scram-user": add_scram_user,
+    "acl-refused": acl_refused,
 }
 
 if __name__ == "__main__":

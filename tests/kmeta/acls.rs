@@ -230,6 +230,33 @@ fn a_user_without_acls_is_refused_and_a_prefixed_grant_opens_exactly_its_topics(
     let (ok, out) = kmeta_as(&alice, &sasl, &["acls", "list"]);
     assert!(!ok && out.contains("ClusterAuthorizationFailed"), "{out}");
 
+    // Real clients, logged in as alice, see Kafka's authorization errors.
+    let sasl_args = |client: &'static str| {
+        vec![
+            "acl-refused",
+            "--client",
+            client,
+            "--bootstrap",
+            &sasl,
+            "--topic",
+            "payments",
+            "--group",
+            "alice-app",
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--sasl-mechanism",
+            "SCRAM-SHA-256",
+            "--user",
+            "alice",
+            "--password",
+            "alice-secret",
+        ]
+    };
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        let out = crate::cluster::client(&sasl_args(lib));
+        println!("{out}");
+    }
+
     // A prefixed grant on topics and one on groups.
     for args in [
         ["--topic", "orders-", "--operation", "All"],
@@ -327,5 +354,51 @@ fn a_user_without_acls_is_refused_and_a_prefixed_grant_opens_exactly_its_topics(
         ok && out.contains("\"g-\"") && !out.contains("orders-"),
         "{out}"
     );
+
+    // Granted a topic prefix, its groups and a look at the cluster, each real client
+    // creates a topic, produces, consumes in a group and commits as alice.
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        let group = format!("{lib}-secure");
+        let grants: [&[&str]; 3] = [
+            &["--topic", "clients-", "--resource-pattern-type", "prefixed"],
+            &["--group", &group, "--operation", "Read"],
+            &["--cluster", "--operation", "Describe"],
+        ];
+        for grant in grants {
+            let (ok, out) = kmeta_as(
+                &admin,
+                &sasl,
+                &[
+                    &["acls", "add", "--allow-principal", "User:alice"][..],
+                    grant,
+                ]
+                .concat(),
+            );
+            assert!(ok, "{out}");
+        }
+    }
+    for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
+        let topic = format!("clients-{lib}");
+        let out = crate::cluster::client(&[
+            "secure",
+            "--client",
+            lib,
+            "--bootstrap",
+            &sasl,
+            "--topic",
+            &topic,
+            "--count",
+            "20",
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--sasl-mechanism",
+            "SCRAM-SHA-256",
+            "--user",
+            "alice",
+            "--password",
+            "alice-secret",
+        ]);
+        println!("{out}");
+    }
     drop(c);
 }

@@ -472,6 +472,46 @@ async fn send(
             .map(drop)
             .map_err(e)
         }
+        ApiKey::DescribeAcls => c
+            .send(
+                &DescribeAclsRequest::default()
+                    .with_resource_type_filter(1)
+                    .with_pattern_type_filter(1)
+                    .with_operation(1)
+                    .with_permission_type(1),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e),
+        ApiKey::CreateAcls => {
+            let creation = create_acls_request::AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(sb("t"))
+                .with_resource_pattern_type(3)
+                .with_principal(sb("User:alice"))
+                .with_host(sb("*"))
+                .with_operation(3)
+                .with_permission_type(3);
+            c.send(
+                &CreateAclsRequest::default().with_creations(vec![creation]),
+                v,
+            )
+            .await
+            .map(drop)
+            .map_err(e)
+        }
+        ApiKey::DeleteAcls => {
+            let filter = delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1);
+            c.send(&DeleteAclsRequest::default().with_filters(vec![filter]), v)
+                .await
+                .map(drop)
+                .map_err(e)
+        }
         other => Err(format!("the sweep has no sample request for {other:?}")),
     }
 }
