@@ -181,6 +181,12 @@ pub struct NodeConfig {
     /// The authorizer, when `authorizer.class.name` names the StandardAuthorizer; without
     /// one every request is allowed.
     pub authorizer: Option<kmeta_metadata::acl::Authorizer>,
+    /// How this node connects to the controllers (Raft between controllers, brokers to the
+    /// controllers): TLS when the controller listener is SSL.
+    pub controller_tls: Option<crate::tls::SslConfig>,
+    /// How a broker connects to other brokers' inter-broker listener (replica fetches): TLS
+    /// when that listener is SSL.
+    pub inter_broker_tls: Option<crate::tls::SslConfig>,
 }
 
 /// `authorizer.class.name`, `super.users` and `allow.everyone.if.no.acl.found`.
@@ -301,7 +307,6 @@ fn listener_security(
     controller_listener: &str,
     broker_listener: &str,
 ) -> Result<BTreeMap<String, ListenerSecurity>, ConfigError> {
-    use crate::tls::SecurityProtocol;
     let map = crate::tls::parse_protocol_map(
         props
             .get("listener.security.protocol.map")
@@ -315,8 +320,8 @@ fn listener_security(
                 l.name, l.name, l.name
             ))
         })?;
-        // TLS on the connections kmeta opens itself (to the controllers, between brokers)
-        // comes with the client side (issue 15): until then those listeners stay plaintext.
+        // The connections kmeta opens itself (to the controllers, between brokers) are
+        // PLAINTEXT or SSL: nodes authenticate each other with certificates, not SASL.
         let internal = if roles.controller && l.name == controller_listener {
             Some("the controller listener (controller.listener.names)")
         } else if roles.broker && l.name == broker_listener {
@@ -324,9 +329,9 @@ fn listener_security(
         } else {
             None
         };
-        if let (true, Some(what)) = (protocol != SecurityProtocol::Plaintext, internal) {
+        if let (true, Some(what)) = (protocol.uses_sasl(), internal) {
             return Err(ConfigError(format!(
-                "listener.security.protocol.map: listener {} is {}, but {what} is PLAINTEXT only for now; put TLS on a client listener",
+                "listener.security.protocol.map: listener {} is {}, but {what} is PLAINTEXT or SSL: kmeta's nodes authenticate each other with certificates (SSL with ssl.client.auth=required)",
                 l.name,
                 protocol.name()
             )));
@@ -351,6 +356,43 @@ fn listener_security(
         );
     }
     Ok(out)
+}
+
+/// The TLS settings this node uses to connect to `listener` on other nodes (the controller
+/// listener, the inter-broker listener), from `listener.security.protocol.map`: `None` for
+/// PLAINTEXT. SASL there is refused (see [`listener_security`]).
+fn node_client_tls(
+    props: &BTreeMap<String, String>,
+    listener: &str,
+    what: &str,
+) -> Result<Option<crate::tls::SslConfig>, ConfigError> {
+    let map = crate::tls::parse_protocol_map(
+        props
+            .get("listener.security.protocol.map")
+            .map(String::as_str),
+    )?;
+    // A broker's map need not name the controller listener (not one of its own): then
+    // it is PLAINTEXT.
+    let Some(protocol) = map.get(listener) else {
+        return Ok(None);
+    };
+    if protocol.uses_sasl() {
+        return Err(ConfigError(format!(
+            "listener.security.protocol.map: {what} {listener} is {}, but kmeta's nodes connect to each other over PLAINTEXT or SSL",
+            protocol.name()
+        )));
+    }
+    if !protocol.uses_tls() {
+        return Ok(None);
+    }
+    let ssl = crate::tls::SslConfig::from_properties(props, listener)?;
+    if !ssl.has_truststore() {
+        return Err(ConfigError(format!(
+            "{what} {listener} is SSL: set ssl.truststore.location (or listener.name.{}.ssl.truststore.location), the CA that the other nodes' certificates are checked against",
+            listener.to_lowercase()
+        )));
+    }
+    Ok(Some(ssl))
 }
 
 fn parse_voters(value: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -560,7 +602,16 @@ impl NodeConfig {
             )));
         }
         let authorizer = parse_authorizer(props)?;
+        let controller_tls =
+            node_client_tls(props, &controller_listener_name, "the controller listener")?;
+        let inter_broker_tls = if roles.broker {
+            node_client_tls(props, &broker_listener_name, "the inter-broker listener")?
+        } else {
+            None
+        };
         Ok(NodeConfig {
+            controller_tls,
+            inter_broker_tls,
             data,
             groups,
             authorizer,
@@ -736,9 +787,13 @@ log.dirs=/tmp/kmeta-1
         );
         let err = with("listeners=PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094\nssl.keystore.location=/k.pem\nsasl.enabled.mechanisms=GSSAPI").unwrap_err();
         assert!(err.0.contains("sasl.enabled.mechanisms"), "{err}");
-        // Not yet: security on the connections kmeta opens itself.
+        // Between nodes: SSL, with a truststore to check the other nodes against; not SASL.
         let err = with("listeners=SSL://127.0.0.1:9094\ninter.broker.listener.name=SSL\nssl.keystore.location=/k.pem").unwrap_err();
-        assert!(err.0.contains("inter.broker.listener.name"), "{err}");
+        assert!(err.0.contains("ssl.truststore.location"), "{err}");
+        let c = with("listeners=SSL://127.0.0.1:9094\ninter.broker.listener.name=SSL\nssl.keystore.location=/k.pem\nssl.truststore.location=/ca.pem").unwrap();
+        assert!(c.inter_broker_tls.is_some() && c.controller_tls.is_none());
+        let err = with("listeners=SASL_SSL://127.0.0.1:9094\ninter.broker.listener.name=SASL_SSL\nssl.keystore.location=/k.pem").unwrap_err();
+        assert!(err.0.contains("inter-broker listener"), "{err}");
         let mut p = props(GOOD);
         p.insert(
             "listener.security.protocol.map".into(),
@@ -746,7 +801,17 @@ log.dirs=/tmp/kmeta-1
         );
         p.insert("ssl.keystore.location".into(), "/k.pem".into());
         let err = NodeConfig::from_properties(&p).unwrap_err();
-        assert!(err.0.contains("controller.listener.names"), "{err}");
+        assert!(err.0.contains("ssl.truststore.location"), "{err}");
+        p.insert("ssl.truststore.location".into(), "/ca.pem".into());
+        p.insert("ssl.client.auth".into(), "required".into());
+        let c = NodeConfig::from_properties(&p).unwrap();
+        assert!(c.controller_tls.is_some() && c.security["CONTROLLER"].ssl.is_some());
+        p.insert(
+            "listener.security.protocol.map".into(),
+            "CONTROLLER:SASL_SSL".into(),
+        );
+        let err = NodeConfig::from_properties(&p).unwrap_err();
+        assert!(err.0.contains("controller listener"), "{err}");
     }
 
     #[test]

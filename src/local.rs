@@ -67,6 +67,7 @@ impl LocalNode {
             sm.clone(),
             kafka,
             Limits::default(),
+            Default::default(),
             std::future::pending(),
         ));
         Ok(LocalNode {

@@ -348,6 +348,8 @@ async fn broker_setup(
             data: config.data.clone(),
             groups: config.groups,
             authorizer: config.authorizer.clone().map(Arc::new),
+            controller_tls: config.controller_tls.clone(),
+            inter_broker_tls: config.inter_broker_tls.clone(),
             extra_listeners,
         },
         (listener, extra),
@@ -399,7 +401,8 @@ async fn start_controller(
         NetworkFactory::new(
             config.node_id,
             std::time::Duration::from_millis(config.request_timeout_ms),
-        ),
+        )
+        .with_tls(config.controller_tls.clone()),
         log.clone(),
         sm.clone(),
     )
@@ -443,10 +446,20 @@ async fn start_controller(
     // The active-controller loop runs on every controller and acts only while it leads.
     let (controller, controller_task) =
         Controller::start(config.node_id, raft.clone(), sm.clone(), controller_config);
+    let authorizer = config.authorizer.clone().map(Arc::new);
     let kafka = Arc::new(
         ControllerService::new(config.node_id, controller.clone(), raft.clone(), sm.clone())
-            .with_authorizer(config.authorizer.clone().map(Arc::new)),
+            .with_authorizer(authorizer.clone()),
     );
+    let tls = match config
+        .security
+        .get(&config.controller_listener_name)
+        .and_then(|s| s.ssl.clone())
+    {
+        Some(ssl) => Some(crate::tls::ServerTls::load(ssl)?),
+        None => None,
+    };
+    let security = crate::raft::network::NodeListenerSecurity { tls, authorizer };
     let bootstrap = crate::storage::read_bootstrap(&config.log_dir)?;
     let bootstrap = tokio::spawn(write_bootstrap(controller.clone(), sm.clone(), bootstrap));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -456,6 +469,7 @@ async fn start_controller(
         sm.clone(),
         kafka,
         config.listener_limits(),
+        security,
         async {
             let _ = stop_rx.await;
         },

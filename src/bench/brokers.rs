@@ -121,6 +121,8 @@ pub async fn start_cluster(
                 data: crate::broker::replicas::DataConfig::new(dir.join(format!("broker-{id}"))),
                 groups: crate::broker::group::GroupConfig::default(),
                 authorizer: None,
+                controller_tls: None,
+                inter_broker_tls: None,
             },
             listener,
         );

@@ -27,6 +27,8 @@ const UNKNOWN: u64 = u64::MAX;
 pub struct Controllers {
     voters: BTreeMap<u64, String>,
     client_id: String,
+    /// TLS to the controller listener, if it is SSL.
+    tls: Option<crate::tls::SslConfig>,
     leader: AtomicU64,
     slots: Vec<Mutex<Option<Arc<PipelinedClient>>>>,
     next: AtomicUsize,
@@ -36,16 +38,33 @@ pub struct Controllers {
 }
 
 impl Controllers {
-    /// Controllers at `voters` (`id → host:port`), over at most `connections` connections.
-    pub fn new(voters: BTreeMap<u64, String>, client_id: String, connections: usize) -> Self {
+    /// Controllers at `voters` (`id → host:port`), over at most `connections` connections,
+    /// secured with `tls` when the controller listener is SSL.
+    pub fn new(
+        voters: BTreeMap<u64, String>,
+        client_id: String,
+        connections: usize,
+        tls: Option<crate::tls::SslConfig>,
+    ) -> Self {
         Controllers {
             voters,
             client_id,
+            tls,
             leader: AtomicU64::new(UNKNOWN),
             slots: (0..connections.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             finding: Mutex::new(()),
         }
+    }
+
+    /// How connections to the controllers are secured (certificates read afresh).
+    pub fn security(&self) -> io::Result<crate::kafka::connect::ClientSecurity> {
+        crate::kafka::connect::node_security(self.tls.as_ref())
+    }
+
+    /// A client connection to the controller at `addr`.
+    pub async fn connect(&self, addr: &str, timeout: Duration) -> io::Result<KafkaClient> {
+        KafkaClient::connect_with(addr, &self.client_id, timeout, &self.security()?).await
     }
 
     /// The address of the controller believed to lead, finding it if unknown.
@@ -79,11 +98,25 @@ impl Controllers {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no controller answered");
         for addr in self.voters.values() {
             let asked = async {
-                let mut c =
-                    KafkaClient::connect(addr, &self.client_id, Duration::from_secs(2)).await?;
+                let mut c = KafkaClient::connect_with(
+                    addr,
+                    &self.client_id,
+                    Duration::from_secs(2),
+                    &self.security()?,
+                )
+                .await?;
                 c.send(&DescribeQuorumRequest::default(), 0).await
             };
             match asked.await {
+                Ok(r)
+                    if r.error_code
+                        == kmeta_metadata::ErrorCode::ClusterAuthorizationFailed.code() =>
+                {
+                    last = io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("the controller at {addr} refuses this broker (CLUSTER_AUTHORIZATION_FAILED): its principal needs Describe and ClusterAction on the cluster (super.users)"),
+                    );
+                }
                 Ok(r) => {
                     let leader = r
                         .topics
@@ -102,6 +135,10 @@ impl Controllers {
                 Err(e) => last = e,
             }
         }
+        if crate::kafka::connect::is_refusal(&last) {
+            // Kept a refusal (PermissionDenied), whatever the error's own kind.
+            last = io::Error::new(io::ErrorKind::PermissionDenied, last.to_string());
+        }
         Err(last)
     }
 
@@ -115,9 +152,19 @@ impl Controllers {
             match slot.as_ref() {
                 Some(c) if !c.is_dead() && c.addr() == addr => c.clone(),
                 _ => {
-                    match PipelinedClient::connect(&addr, &self.client_id, CONTROLLER_CALL_TIMEOUT)
-                        .await
-                    {
+                    let connected = match self.security() {
+                        Ok(security) => {
+                            PipelinedClient::connect_with(
+                                &addr,
+                                &self.client_id,
+                                CONTROLLER_CALL_TIMEOUT,
+                                &security,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match connected {
                         Ok(c) => {
                             let c = Arc::new(c);
                             *slot = Some(c.clone());

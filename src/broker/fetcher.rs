@@ -332,13 +332,21 @@ async fn run(state: Arc<BrokerState>, leader: i32) {
         }
         if client.is_none() {
             session = None;
-            match KafkaClient::connect(
-                &addr,
-                &state.client_id,
-                Duration::from_millis(WAIT_MAX_MS as u64) + Duration::from_secs(10),
-            )
-            .await
-            {
+            let connected = match crate::kafka::connect::node_security(
+                state.config.inter_broker_tls.as_ref(),
+            ) {
+                Ok(security) => {
+                    KafkaClient::connect_with(
+                        &addr,
+                        &state.client_id,
+                        Duration::from_millis(WAIT_MAX_MS as u64) + Duration::from_secs(10),
+                        &security,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     tracing::debug!(leader, %addr, error = %e, "cannot reach the leader");

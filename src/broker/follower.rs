@@ -43,12 +43,13 @@ pub async fn run(state: Arc<BrokerState>) {
                     continue;
                 }
             };
-            match KafkaClient::connect(
-                &addr,
-                &state.client_id,
-                Duration::from_millis(FETCH_MAX_WAIT_MS as u64) + Duration::from_secs(10),
-            )
-            .await
+            match state
+                .controllers
+                .connect(
+                    &addr,
+                    Duration::from_millis(FETCH_MAX_WAIT_MS as u64) + Duration::from_secs(10),
+                )
+                .await
             {
                 Ok(c) => client = Some(c),
                 Err(e) => {

@@ -31,9 +31,7 @@ use crate::kafka::wire::sb;
 use arc_swap::ArcSwap;
 use controllers::Controllers;
 use kafka_protocol::messages::broker_registration_request::{Feature, Listener};
-use kafka_protocol::messages::{
-    BrokerHeartbeatRequest, BrokerId, BrokerRegistrationRequest, BrokerRegistrationResponse,
-};
+use kafka_protocol::messages::{BrokerHeartbeatRequest, BrokerId, BrokerRegistrationRequest};
 use kmeta_metadata::delta::ImageDelta;
 use kmeta_metadata::{ErrorCode, MetadataImage};
 use std::collections::BTreeMap;
@@ -77,6 +75,10 @@ pub struct BrokerConfig {
     pub groups: group::GroupConfig,
     /// The authorizer (`authorizer.class.name`); `None` allows every request.
     pub authorizer: Option<Arc<kmeta_metadata::acl::Authorizer>>,
+    /// TLS to the controllers, when their listener is SSL.
+    pub controller_tls: Option<crate::tls::SslConfig>,
+    /// TLS to the other brokers' inter-broker listener, when it is SSL.
+    pub inter_broker_tls: Option<crate::tls::SslConfig>,
 }
 
 /// The image as published to request handlers.
@@ -129,8 +131,14 @@ impl BrokerState {
                 config.voters.clone(),
                 client_id.clone(),
                 controllers::CONTROLLER_CONNECTIONS,
+                config.controller_tls.clone(),
             ),
-            session: Controllers::new(config.voters.clone(), client_id.clone(), 1),
+            session: Controllers::new(
+                config.voters.clone(),
+                client_id.clone(),
+                1,
+                config.controller_tls.clone(),
+            ),
             client_id,
             replicas: Arc::new(replicas::Replicas::new(config.node_id, config.data.clone())),
             producer_ids: producer_ids::ProducerIds::default(),
@@ -357,7 +365,11 @@ async fn register_once(
                 &c.listener_name,
                 &c.advertised_host,
                 c.advertised_port,
-                crate::tls::SecurityProtocol::Plaintext,
+                if c.inter_broker_tls.is_some() {
+                    crate::tls::SecurityProtocol::Ssl
+                } else {
+                    crate::tls::SecurityProtocol::Plaintext
+                },
             ))
             .chain(
                 c.extra_listeners
@@ -386,11 +398,7 @@ async fn register_once(
     }
     let mut backoff = Duration::from_millis(100);
     loop {
-        let outcome: Result<BrokerRegistrationResponse, String> = state
-            .session
-            .send(&request, REGISTRATION_VERSION)
-            .await
-            .map_err(|e| e.to_string());
+        let outcome = state.session.send(&request, REGISTRATION_VERSION).await;
         match outcome {
             Ok(r) if r.error_code == 0 => {
                 tracing::info!(broker = c.node_id, epoch = r.broker_epoch, "registered");
@@ -406,7 +414,15 @@ async fn register_once(
                     "the controllers belong to another cluster (INCONSISTENT_CLUSTER_ID); retrying"
                 );
             }
+            Ok(r) if r.error_code == ErrorCode::ClusterAuthorizationFailed.code() => {
+                tracing::error!(
+                    "the controllers refuse this broker (CLUSTER_AUTHORIZATION_FAILED): its principal needs ClusterAction on the cluster (super.users); retrying"
+                );
+            }
             Ok(r) => tracing::info!(error_code = r.error_code, "registration refused; retrying"),
+            Err(e) if crate::kafka::connect::is_refusal(&e) => {
+                tracing::error!(error = %e, "registration refused (TLS or authorization); retrying")
+            }
             Err(e) => tracing::debug!(error = %e, "registration failed; retrying"),
         }
         tokio::time::sleep(backoff).await;
@@ -696,10 +712,15 @@ pub async fn run_with(
     let limits = state.config.limits;
     let mut servers = Vec::new();
     let main_name = state.config.listener_name.clone();
+    // The inter-broker listener is PLAINTEXT or SSL (its TLS also secures this broker's
+    // replica fetches from the others).
     let main = BoundListener {
         name: main_name,
         listener,
-        tls: None,
+        tls: match &state.config.inter_broker_tls {
+            Some(ssl) => Some(crate::tls::ServerTls::load(ssl.clone())?),
+            None => None,
+        },
         sasl: None,
     };
     for l in std::iter::once(main).chain(extra) {

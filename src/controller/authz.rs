@@ -70,6 +70,65 @@ fn may(
 }
 
 impl ControllerService {
+    /// Decides a request of the controller's own APIs, which only cluster nodes send
+    /// (registration, heartbeats, AlterPartition, producer ids, the metadata fetch and
+    /// snapshots, Envelope): CLUSTER_ACTION on the cluster, as Kafka asks; DescribeQuorum
+    /// needs DESCRIBE. Returns the refusal, if refused.
+    pub(super) fn authorize_node_request(
+        &self,
+        caller: &Caller,
+        body: &RequestKind,
+    ) -> Option<ResponseKind> {
+        let authorizer = self.authorizer()?;
+        let op = match body {
+            RequestKind::DescribeQuorum(_) => Op::Describe,
+            RequestKind::BrokerRegistration(_)
+            | RequestKind::BrokerHeartbeat(_)
+            | RequestKind::UnregisterBroker(_)
+            | RequestKind::AlterPartition(_)
+            | RequestKind::AllocateProducerIds(_)
+            | RequestKind::Fetch(_)
+            | RequestKind::FetchSnapshot(_)
+            | RequestKind::Envelope(_) => Op::ClusterAction,
+            _ => return None,
+        };
+        let image = self.image();
+        if may(authorizer, &image, caller, op, Res::Cluster, CLUSTER_NAME) {
+            return None;
+        }
+        tracing::warn!(principal = %caller.principal, host = %caller.host, op = op.name(), "refusing a request: the principal may not do this on the cluster");
+        Some(match body {
+            RequestKind::DescribeQuorum(_) => DescribeQuorumResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            RequestKind::BrokerRegistration(_) => BrokerRegistrationResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            RequestKind::BrokerHeartbeat(_) => BrokerHeartbeatResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            RequestKind::UnregisterBroker(_) => UnregisterBrokerResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .with_error_message(denied_message("Cluster"))
+                .into(),
+            RequestKind::AlterPartition(_) => AlterPartitionResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            RequestKind::AllocateProducerIds(_) => AllocateProducerIdsResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            RequestKind::Fetch(_) => FetchResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            RequestKind::FetchSnapshot(_) => FetchSnapshotResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+            _ => EnvelopeResponse::default()
+                .with_error_code(CLUSTER_DENIED)
+                .into(),
+        })
+    }
+
     /// Decides a forwarded request: `Err` answers it whole with an error; otherwise it may
     /// have lost the parts the caller may not act on, answered by [`Self::add_denied`].
     // The refusal is the answer itself, made once per request and encoded at once.

@@ -1498,11 +1498,14 @@ impl Service for ControllerService {
             principal,
             ..
         } = request;
+        let caller = crate::kafka::wire::Caller::new(principal, &client_host);
+        if let Some(refused) = self.authorize_node_request(&caller, &body) {
+            return encode_response(header.correlation_id, api_key, version, &refused);
+        }
         let response: ResponseKind = match body {
             RequestKind::Envelope(envelope) => self.envelope(envelope).await?.into(),
             // An admin request sent here directly is authorized as its connection's.
             mut other if self.forwardable.versions(api_key).is_some() => {
-                let caller = crate::kafka::wire::Caller::new(principal, &client_host);
                 match self.authorize_forwarded(&caller, &mut other) {
                     Err(refused) => refused,
                     Ok(denied) => {

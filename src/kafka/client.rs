@@ -267,9 +267,34 @@ const PIPELINE_WRITE_BATCH: usize = 256;
 impl PipelinedClient {
     /// Connects to `addr` within `timeout`.
     pub async fn connect(addr: &str, client_id: &str, timeout: Duration) -> io::Result<Self> {
-        use tokio::io::AsyncWriteExt;
-        let stream = connect_tcp(addr, timeout).await?;
-        let (read, mut write) = stream.into_split();
+        Self::connect_with(addr, client_id, timeout, &Default::default()).await
+    }
+
+    /// Connects to `addr` within `timeout`, secured as `security` says.
+    pub async fn connect_with(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        security: &super::connect::ClientSecurity,
+    ) -> io::Result<Self> {
+        use super::connect::ClientStream;
+        use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+        type Halves = (
+            Box<dyn AsyncRead + Send + Unpin>,
+            Box<dyn AsyncWrite + Send + Unpin>,
+        );
+        let (read, mut write): Halves =
+            match super::connect::connect(addr, timeout, security).await? {
+                // Plain TCP splits without a lock between the halves.
+                ClientStream::Plain(tcp) => {
+                    let (r, w) = tcp.into_split();
+                    (Box::new(r), Box::new(w))
+                }
+                tls => {
+                    let (r, w) = tokio::io::split(tls);
+                    (Box::new(r), Box::new(w))
+                }
+            };
         let shared = std::sync::Arc::new(Pipeline {
             waiting: std::sync::Mutex::new(std::collections::HashMap::new()),
             dead: std::sync::atomic::AtomicBool::new(false),

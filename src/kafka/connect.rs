@@ -134,26 +134,10 @@ impl ClientSecurity {
                     .add(cert)
                     .map_err(|e| format!("ssl.truststore.location: {e}"))?;
             }
-            let provider = crate::tls::provider();
-            let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?;
             let check_names = props
                 .get("ssl.endpoint.identification.algorithm")
                 .is_none_or(|v| !v.trim().is_empty());
-            let roots = Arc::new(roots);
-            let builder = if check_names {
-                builder.with_root_certificates(roots)
-            } else {
-                let verifier =
-                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                        .build()
-                        .map_err(|e| format!("ssl.truststore.location: {e}"))?;
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoHostnameCheck(verifier)))
-            };
-            let config = match props.get("ssl.keystore.location") {
+            let identity = match props.get("ssl.keystore.location") {
                 Some(path) => {
                     let pem = std::fs::read(path)
                         .map_err(|e| format!("ssl.keystore.location: cannot read {path}: {e}"))?;
@@ -162,13 +146,13 @@ impl ClientSecurity {
                         .map_err(|e| format!("ssl.keystore.location: {e}"))?;
                     let key = PrivateKeyDer::from_pem_slice(&pem)
                         .map_err(|e| format!("ssl.keystore.location: no private key: {e}"))?;
-                    builder
-                        .with_client_auth_cert(chain, key)
-                        .map_err(|e| format!("ssl.keystore.location: {e}"))?
+                    Some((chain, key))
                 }
-                None => builder.with_no_client_auth(),
+                None => None,
             };
-            out.tls = Some((Arc::new(config), check_names));
+            let config = client_tls_config(roots, identity, check_names)
+                .map_err(|e| format!("ssl.keystore.location: {e}"))?;
+            out.tls = Some((config, check_names));
         }
         if protocol.uses_sasl() {
             let name = props.get("sasl.mechanism").map_or("GSSAPI", |m| m.trim());
@@ -201,6 +185,49 @@ impl ClientSecurity {
     /// Whether anything is secured.
     pub fn is_plaintext(&self) -> bool {
         self.tls.is_none() && self.sasl.is_none()
+    }
+}
+
+/// A client's TLS settings: servers checked against `roots` (and, with `check_names`, the
+/// name connected to, Kafka's `ssl.endpoint.identification.algorithm=https`), `identity` (a
+/// certificate chain and its key) presented when the server asks for one.
+pub fn client_tls_config(
+    roots: rustls::RootCertStore,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    check_names: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = crate::tls::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let roots = Arc::new(roots);
+    let builder = if check_names {
+        builder.with_root_certificates(roots)
+    } else {
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| e.to_string())?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoHostnameCheck(verifier)))
+    };
+    let config = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// How a node connects to a listener of other nodes that `tls` secures (`None`: plaintext),
+/// the certificate files read afresh for each connection.
+pub fn node_security(tls: Option<&crate::tls::SslConfig>) -> io::Result<ClientSecurity> {
+    match tls {
+        None => Ok(ClientSecurity::default()),
+        Some(ssl) => ssl
+            .node_client()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e)),
     }
 }
 
@@ -270,6 +297,16 @@ impl AsyncWrite for ClientStream {
     }
 }
 
+/// Whether `e` is a refusal: a failed TLS handshake or login, or a TLS alert from the peer
+/// (with TLS 1.3 a server refuses a client's certificate after the client has finished its
+/// side of the handshake, so the refusal comes with the first read).
+pub fn is_refusal(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some()
+}
+
 fn refused(why: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, why.to_string())
 }
@@ -296,7 +333,9 @@ pub async fn connect(
                         io::ErrorKind::TimedOut,
                         format!("TLS handshake with {addr}"),
                     )
-                })??;
+                })?
+                // A refused handshake is an authentication failure, reported as one.
+                .map_err(|e| refused(format!("TLS handshake with {addr} failed: {e}")))?;
             ClientStream::Tls(Box::new(tls))
         }
     };

@@ -24,7 +24,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// The largest Raft frame accepted (a full snapshot travels in one frame).
 pub const MAX_RAFT_FRAME_BYTES: usize = 256 * 1024 * 1024;
@@ -220,6 +220,7 @@ pub struct NetworkFactory {
     node_id: u64,
     request_timeout: Duration,
     faults: LinkFaults,
+    tls: Option<crate::tls::SslConfig>,
 }
 
 impl NetworkFactory {
@@ -234,7 +235,15 @@ impl NetworkFactory {
             node_id,
             request_timeout,
             faults,
+            tls: None,
         }
+    }
+
+    /// This network with its connections secured by `tls` (the controller listener's TLS
+    /// settings, when it is SSL).
+    pub fn with_tls(mut self, tls: Option<crate::tls::SslConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -247,6 +256,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             conn: None,
             request_timeout: self.request_timeout,
             link: Some((self.node_id, target, self.faults.clone())),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -255,10 +265,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     addr: String,
     /// Read through a buffer (a frame's size and body in one system call).
-    conn: Option<tokio::io::BufReader<TcpStream>>,
+    conn: Option<tokio::io::BufReader<crate::kafka::connect::ClientStream>>,
     /// See [`rpc_deadline`].
     request_timeout: Duration,
     link: Option<(u64, u64, LinkFaults)>,
+    /// TLS to the peer's controller listener, when it is SSL.
+    tls: Option<crate::tls::SslConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -322,8 +334,10 @@ impl PeerClient {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => {
-                let mut stream = TcpStream::connect(&self.addr).await?;
-                stream.set_nodelay(true)?;
+                let security = crate::kafka::connect::node_security(self.tls.as_ref())?;
+                let mut stream =
+                    crate::kafka::connect::connect(&self.addr, self.request_timeout, &security)
+                        .await?;
                 write_frame(&mut stream, RAFT_HELLO).await?;
                 tokio::io::BufReader::new(stream)
             }
@@ -426,6 +440,7 @@ pub async fn serve<S: Service>(
     sm: StateMachine,
     kafka: Arc<S>,
     limits: Limits,
+    security: NodeListenerSecurity,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -436,7 +451,7 @@ pub async fn serve<S: Service>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(%e, "controller listener accept failed");
@@ -451,33 +466,79 @@ pub async fn serve<S: Service>(
         let raft = raft.clone();
         let sm = sm.clone();
         let kafka = kafka.clone();
+        let security = security.clone();
         connections.spawn(async move {
-            let first = tokio::time::timeout(
-                limits.idle_timeout,
-                crate::kafka::wire::read_frame(&mut stream, limits.max_request_bytes),
-            )
-            .await;
-            match first {
-                Ok(Ok(Some(frame))) if frame.as_ref() == RAFT_HELLO => {
-                    if let Err(e) = serve_connection(stream, raft, sm).await {
-                        tracing::debug!(%peer, %e, "raft connection closed");
+            let _ = stream.set_nodelay(true);
+            match &security.tls {
+                None => route(stream, peer, raft, sm, kafka, limits, &security).await,
+                Some(tls) => {
+                    let accepted =
+                        crate::kafka::listener::tls_handshake(tls, stream, peer, limits).await;
+                    if let Some(stream) = accepted {
+                        route(stream, peer, raft, sm, kafka, limits, &security).await;
                     }
                 }
-                Ok(Ok(Some(frame))) => {
-                    crate::kafka::listener::serve_connection(
-                        stream,
-                        Some(frame),
-                        kafka,
-                        limits,
-                        None,
-                    )
-                    .await
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "closing connection"),
-                Err(_) => tracing::debug!(%peer, "idle connection closed"),
             }
         });
+    }
+}
+
+/// How the controller listener is secured: TLS (for SSL), and the authorizer that decides
+/// who may open a Raft connection (CLUSTER_ACTION on the cluster, as Kafka asks of a
+/// controller's peers).
+#[derive(Clone, Default)]
+pub struct NodeListenerSecurity {
+    /// TLS, when the controller listener is SSL.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// The authorizer, if one is configured.
+    pub authorizer: Option<Arc<kmeta_metadata::acl::Authorizer>>,
+}
+
+/// Reads a connection's first frame and serves it as Raft (it opens with [`RAFT_HELLO`]) or
+/// as the Kafka protocol.
+async fn route<S: Service, T: crate::kafka::listener::Stream>(
+    mut stream: T,
+    peer: std::net::SocketAddr,
+    raft: Raft,
+    sm: StateMachine,
+    kafka: Arc<S>,
+    limits: Limits,
+    security: &NodeListenerSecurity,
+) {
+    let first = tokio::time::timeout(
+        limits.idle_timeout,
+        crate::kafka::wire::read_frame(&mut stream, limits.max_request_bytes),
+    )
+    .await;
+    match first {
+        Ok(Ok(Some(frame))) if frame.as_ref() == RAFT_HELLO => {
+            if let Some(authorizer) = &security.authorizer {
+                let principal = stream
+                    .tls_principal()
+                    .unwrap_or_else(|| crate::kafka::wire::ANONYMOUS.to_string());
+                let allowed = authorizer.authorize(
+                    &sm.image(),
+                    &principal,
+                    &peer.ip().to_string(),
+                    kmeta_metadata::record::AclOperation::ClusterAction,
+                    kmeta_metadata::record::AclResourceType::Cluster,
+                    kmeta_metadata::acl::CLUSTER_NAME,
+                );
+                if !allowed {
+                    tracing::warn!(%peer, %principal, "refusing a Raft connection: the principal may not do CLUSTER_ACTION on the cluster");
+                    return;
+                }
+            }
+            if let Err(e) = serve_connection(stream, raft, sm).await {
+                tracing::debug!(%peer, %e, "raft connection closed");
+            }
+        }
+        Ok(Ok(Some(frame))) => {
+            crate::kafka::listener::serve_connection(stream, Some(frame), kafka, limits, None).await
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "closing connection"),
+        Err(_) => tracing::debug!(%peer, "idle connection closed"),
     }
 }
 
@@ -507,6 +568,7 @@ pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatu
         conn: None,
         request_timeout: timeout,
         link: None,
+        tls: None,
     };
     match client.call(&Request::Status).await {
         Ok(Response::Status(s)) => Ok(s),
@@ -518,8 +580,11 @@ pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatu
     }
 }
 
-async fn serve_connection(stream: TcpStream, raft: Raft, sm: StateMachine) -> io::Result<()> {
-    stream.set_nodelay(true)?;
+async fn serve_connection<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: T,
+    raft: Raft,
+    sm: StateMachine,
+) -> io::Result<()> {
     // A frame's size and body in one read system call; writes pass straight through.
     let mut stream = tokio::io::BufReader::new(stream);
     while let Some(frame) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await? {
@@ -606,6 +671,7 @@ mod tests {
             conn: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             link: None,
+            tls: None,
         };
         // openraft gives up on a heartbeat after its own timeout by dropping the call.
         let abandoned =

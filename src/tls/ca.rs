@@ -76,26 +76,40 @@ impl Authority {
         self.issue(
             name,
             hosts.iter().map(|h| h.to_string()).collect(),
-            ExtendedKeyUsagePurpose::ServerAuth,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+        )
+    }
+
+    /// A node's certificate, for `hosts`, with common name `name`: it serves the node's TLS
+    /// listeners and is presented when the node connects to others (its principal is
+    /// `User:CN=<name>`).
+    pub fn node(&self, name: &str, hosts: &[&str]) -> Result<Issued, String> {
+        self.issue(
+            name,
+            hosts.iter().map(|h| h.to_string()).collect(),
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         )
     }
 
     /// A client certificate with common name `name` (its principal is `User:CN=<name>`).
     pub fn client(&self, name: &str) -> Result<Issued, String> {
-        self.issue(name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(name, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
 
     fn issue(
         &self,
         name: &str,
         hosts: Vec<String>,
-        usage: ExtendedKeyUsagePurpose,
+        usages: Vec<ExtendedKeyUsagePurpose>,
     ) -> Result<Issued, String> {
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::new(hosts).map_err(err)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(err)?;
         Ok(Issued {
             chain_pem: format!("{}{}", cert.pem(), self.cert.pem()),

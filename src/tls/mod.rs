@@ -168,6 +168,9 @@ pub struct SslConfig {
     pub client_auth: ClientAuth,
     /// `ssl.enabled.protocols`: TLS 1.2 allowed beside TLS 1.3.
     tls12: bool,
+    /// `ssl.endpoint.identification.algorithm` is not empty: a node connecting to this
+    /// listener elsewhere checks the server's name.
+    check_names: bool,
 }
 
 /// The `ssl.*` keys kmeta reads, each also taken as `listener.name.<name>.<key>`.
@@ -315,6 +318,8 @@ impl SslConfig {
                 tls12
             }
         };
+        let check_names =
+            get("ssl.endpoint.identification.algorithm").is_none_or(|(_, v)| !v.trim().is_empty());
         Ok(SslConfig {
             listener: name.to_string(),
             key,
@@ -322,7 +327,13 @@ impl SslConfig {
             trust,
             client_auth,
             tls12,
+            check_names,
         })
+    }
+
+    /// Whether a truststore is given (nodes connecting to this listener need one).
+    pub fn has_truststore(&self) -> bool {
+        self.trust.is_some()
     }
 
     fn files(&self) -> Vec<PathBuf> {
@@ -333,6 +344,34 @@ impl SslConfig {
             .collect();
         files.dedup();
         files
+    }
+
+    /// How a node connects to this listener on other nodes (the controller listener, the
+    /// inter-broker listener), as Kafka does: trusting the truststore, presenting the
+    /// keystore's certificate, checking the server's name unless
+    /// `ssl.endpoint.identification.algorithm` is empty. Read afresh on each call, so a
+    /// renewed certificate is used by the next connection.
+    pub fn node_client(&self) -> Result<crate::kafka::connect::ClientSecurity, String> {
+        let trust = self.trust.as_ref().ok_or_else(|| {
+            format!(
+                "listener {}: nodes connecting to it over TLS need ssl.truststore.location or ssl.truststore.certificates",
+                self.listener
+            )
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certificates(trust)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: a certificate is not usable: {e}", trust.key()))?;
+        }
+        let identity = (read_certificates(&self.chain)?, read_key(&self.key)?);
+        let config =
+            crate::kafka::connect::client_tls_config(roots, Some(identity), self.check_names)
+                .map_err(|e| format!("listener {}: {e}", self.listener))?;
+        Ok(crate::kafka::connect::ClientSecurity {
+            tls: Some((config, self.check_names)),
+            sasl: None,
+        })
     }
 
     /// Reads the PEM items and builds the listener's rustls configuration.

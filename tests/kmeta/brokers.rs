@@ -40,6 +40,8 @@ fn broker_one(
         data: kmeta::broker::replicas::DataConfig::new(dir.join("broker-1")),
         groups: kmeta::broker::group::GroupConfig::default(),
         authorizer: None,
+        controller_tls: None,
+        inter_broker_tls: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod data;
 mod dev;
 mod groups;
 mod hostile;
+mod node_security;
 mod processes;
 mod quorum;
 mod raft_storage;
