@@ -48,7 +48,8 @@ pub struct ScaleOptions {
     /// The nodes' log filter (`KMETA_LOG`).
     pub node_log: String,
     /// Brokers also serve clients on a SASL_SSL listener (TLS 1.3, SCRAM-SHA-256, a CA made
-    /// for the run), which [`Nodes::client_addr`] names.
+    /// for the run), which [`Nodes::client_addr`] names; the nodes talk to each other over
+    /// mutual TLS, and the StandardAuthorizer is on.
     pub secure: bool,
 }
 
@@ -170,8 +171,11 @@ impl Nodes {
             .iter()
             .map(|c| format!("{c}@127.0.0.1:{}", self.ports[c]))
             .collect();
+        let secured = !self.secure_ports.is_empty();
         let (role, listener) = if CONTROLLERS.contains(&id) {
             ("controller", "CONTROLLER")
+        } else if secured {
+            ("broker", "INTERNAL")
         } else {
             ("broker", "PLAINTEXT")
         };
@@ -179,13 +183,24 @@ impl Nodes {
             Some(port) => format!("metrics.listener=http://127.0.0.1:{port}\n"),
             None => String::new(),
         };
-        let secure = match self.secure_ports.get(&id) {
+        let mut secure = match self.secure_ports.get(&id) {
             Some(port) => format!(
-                ",SASL_SSL://127.0.0.1:{port}\nssl.keystore.location={}\nsasl.enabled.mechanisms=SCRAM-SHA-256",
-                self.dir.join("broker.pem").display()
+                ",SASL_SSL://127.0.0.1:{port}\ninter.broker.listener.name=INTERNAL\nsasl.enabled.mechanisms=SCRAM-SHA-256"
             ),
             None => String::new(),
         };
+        // A secured cluster is secured throughout: mutual TLS between the nodes with a node
+        // certificate, and the StandardAuthorizer (the nodes and the bench's user are its
+        // super users), so every request pays for its authorization too.
+        if secured {
+            secure.push_str(&format!(
+                "\nlistener.security.protocol.map=CONTROLLER:SSL,INTERNAL:SSL,SASL_SSL:SASL_SSL\nssl.keystore.location={}\nssl.truststore.location={}\nlistener.name.controller.ssl.client.auth=required\nlistener.name.internal.ssl.client.auth=required\nauthorizer.class.name={}\nsuper.users=User:CN=kmeta-node;User:{}",
+                self.dir.join("node.pem").display(),
+                self.dir.join("ca.crt").display(),
+                crate::config::STANDARD_AUTHORIZER,
+                BENCH_USER.0,
+            ));
+        }
         format!(
             "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={}\nlisteners={listener}://127.0.0.1:{}{secure}\nlog.dirs={}\nbroker.session.timeout.ms={}\nmetadata.log.max.record.bytes.between.snapshots={}\n{metrics}",
             voters.join(","),
@@ -243,8 +258,8 @@ impl Nodes {
                 secure_ports.insert(id, crate::free_ports(1)?);
             }
             let ca = crate::tls::ca::Authority::new("kmeta bench CA")?;
-            ca.server("broker", &["127.0.0.1", "localhost"])?
-                .write(&o.data_dir, "broker")
+            ca.node("kmeta-node", &["127.0.0.1", "localhost"])?
+                .write(&o.data_dir, "node")
                 .map_err(|e| format!("writing the bench certificates: {e}"))?;
             let ca_path = o.data_dir.join("ca.crt");
             std::fs::write(&ca_path, ca.cert_pem()).map_err(|e| e.to_string())?;

@@ -36,6 +36,23 @@ const CONTROLLER_PORT: u16 = 9093;
 const BROKER_PORT: u16 = 9092;
 /// The brokers' SASL_SSL listener, where the clients go with `--secure`.
 const SECURE_PORT: u16 = 9093;
+/// The nodes' certificate's common name with `--secure` (their principal is
+/// `User:CN=kmeta-node`, a super user).
+const NODE_CN: &str = "kmeta-node";
+
+/// The settings every node gets with `--secure`: mutual TLS on the controller listener and
+/// the inter-broker listener (INTERNAL) with the node certificate, SASL_SSL for clients, and
+/// the StandardAuthorizer with the nodes and the clients' user as super users.
+fn secure_node_properties(dir: &Path) -> String {
+    format!(
+        "listener.security.protocol.map=CONTROLLER:SSL,INTERNAL:SSL,SASL_SSL:SASL_SSL\ninter.broker.listener.name=INTERNAL\nssl.keystore.location={}\nssl.truststore.location={}\nssl.endpoint.identification.algorithm=\nlistener.name.controller.ssl.client.auth=required\nlistener.name.internal.ssl.client.auth=required\nsasl.enabled.mechanisms=SCRAM-SHA-512\nauthorizer.class.name={}\nsuper.users=User:CN={NODE_CN};User:{}\n",
+        dir.join("node.pem").display(),
+        dir.join("ca.crt").display(),
+        crate::config::STANDARD_AUTHORIZER,
+        FAULT_USER.0,
+    )
+}
+
 /// The clients' user with `--secure`.
 const FAULT_USER: (&str, &str) = ("faults", "faults-secret");
 
@@ -43,6 +60,10 @@ const FAULT_USER: (&str, &str) = ("faults", "faults-secret");
 /// [`SECURE_PORT`].
 static CLIENT_SECURITY: std::sync::OnceLock<crate::kafka::connect::ClientSecurity> =
     std::sync::OnceLock::new();
+
+/// With `--secure`: the nodes' TLS settings (the node certificate, the run's CA), for the
+/// harness's own Raft status queries to the controllers.
+static NODE_TLS: std::sync::OnceLock<crate::tls::SslConfig> = std::sync::OnceLock::new();
 
 /// A connection to a node: secured when `addr` is a broker's SASL_SSL listener.
 pub(crate) async fn connect(
@@ -58,15 +79,23 @@ pub(crate) async fn connect(
     }
 }
 
-/// Makes the run's CA and the brokers' certificate in `dir` (clients check the chain, not
-/// the name: the namespaces' addresses vary), and the clients' settings.
+/// Makes the run's CA and the nodes' certificate in `dir` (checked by chain, not name: the
+/// namespaces' addresses vary), the clients' settings and the harness's own TLS settings.
 fn prepare_secure(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ca = crate::tls::ca::Authority::new("kmeta faults CA")?;
-    ca.server("broker", &["localhost"])?
-        .write(dir, "broker")
+    ca.node(NODE_CN, &["localhost"])?
+        .write(dir, "node")
         .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("ca.crt"), ca.cert_pem()).map_err(|e| e.to_string())?;
+    let node_tls: BTreeMap<String, String> = secure_node_properties(dir)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let node_tls =
+        crate::tls::SslConfig::from_properties(&node_tls, "CONTROLLER").map_err(|e| e.0)?;
+    let _ = NODE_TLS.set(node_tls);
     let props: BTreeMap<String, String> = [
         ("security.protocol", "SASL_SSL".to_string()),
         (
@@ -278,19 +307,19 @@ impl Cluster {
                     format!("CONTROLLER://{}:{CONTROLLER_PORT}", net.addr(id)),
                 )
             } else {
-                let mut listeners = format!("PLAINTEXT://{}:{BROKER_PORT}", net.addr(id));
-                if let Some(secure) = secure {
-                    listeners.push_str(&format!(
-                        ",SASL_SSL://{}:{SECURE_PORT}\nssl.keystore.location={}\nsasl.enabled.mechanisms=SCRAM-SHA-512",
-                        net.addr(id),
-                        secure.join("broker.pem").display()
-                    ));
-                }
+                let listeners = match secure {
+                    None => format!("PLAINTEXT://{}:{BROKER_PORT}", net.addr(id)),
+                    Some(_) => format!(
+                        "INTERNAL://{a}:{BROKER_PORT},SASL_SSL://{a}:{SECURE_PORT}",
+                        a = net.addr(id)
+                    ),
+                };
                 ("broker", listeners)
             };
             let text = format!(
-                "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={voters}\nlisteners={listener}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms={ELECTION_TIMEOUT_MS}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms={SESSION_TIMEOUT_MS}\n",
-                dir.join(format!("data-{id}")).display()
+                "node.id={id}\nprocess.roles={role}\ncontroller.quorum.voters={voters}\nlisteners={listener}\nlog.dirs={}\ncontroller.quorum.election.timeout.ms={ELECTION_TIMEOUT_MS}\nbroker.heartbeat.interval.ms=500\nbroker.session.timeout.ms={SESSION_TIMEOUT_MS}\n{}",
+                dir.join(format!("data-{id}")).display(),
+                secure.map(secure_node_properties).unwrap_or_default(),
             );
             let path = dir.join(format!("node-{id}.properties"));
             std::fs::write(&path, text).map_err(|e| e.to_string())?;
@@ -787,6 +816,7 @@ async fn active_controller(cluster: &Cluster) -> Option<u64> {
         if let Ok(s) = crate::raft::network::query_status(
             &cluster.controller_addr(id),
             Duration::from_millis(500),
+            NODE_TLS.get(),
         )
         .await
         {
@@ -1093,6 +1123,7 @@ async fn check(cluster: &mut Cluster, ledger: &Ledger) -> Vec<String> {
         match crate::raft::network::query_status(
             &cluster.controller_addr(id),
             Duration::from_secs(2),
+            NODE_TLS.get(),
         )
         .await
         {

@@ -561,14 +561,19 @@ fn status(raft: &Raft, sm: &StateMachine) -> NodeStatus {
     }
 }
 
-/// Asks the controller at `addr` for its status (bounded by `timeout`).
-pub async fn query_status(addr: &str, timeout: Duration) -> io::Result<NodeStatus> {
+/// Asks the controller at `addr` for its status (bounded by `timeout`), over TLS with `tls`
+/// (the controller listener's settings) when it is SSL.
+pub async fn query_status(
+    addr: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::SslConfig>,
+) -> io::Result<NodeStatus> {
     let mut client = PeerClient {
         addr: addr.to_string(),
         conn: None,
         request_timeout: timeout,
         link: None,
-        tls: None,
+        tls: tls.cloned(),
     };
     match client.call(&Request::Status).await {
         Ok(Response::Status(s)) => Ok(s),

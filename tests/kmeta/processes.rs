@@ -77,6 +77,7 @@ async fn statuses(ports: &BTreeMap<u64, u16>, ids: &[u64]) -> BTreeMap<u64, Node
         if let Ok(s) = query_status(
             &format!("127.0.0.1:{}", ports[id]),
             Duration::from_millis(500),
+            None,
         )
         .await
         {
