@@ -29,8 +29,10 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     /// `key=value` settings applied to every node.
     pub overrides: Vec<String>,
-    /// Brokers also serve clients on SASL_SSL listeners (ports S, S+1, ...), with a CA, a
-    /// broker certificate and an `admin` user made for the cluster (`docs/SECURITY.md`).
+    /// A secured cluster: brokers serve clients on SASL_SSL listeners (ports S, S+1, ...),
+    /// the nodes talk to each other over mutual TLS, the StandardAuthorizer is on, with a
+    /// CA, a node certificate and an `admin` user (a super user) made for the cluster
+    /// (`docs/SECURITY.md`).
     pub secure: Option<u16>,
 }
 
@@ -40,7 +42,7 @@ struct Secure {
     password: String,
 }
 
-/// The CA, the brokers' certificate, the admin's password and the client settings of a
+/// The CA, the nodes' certificate, the admin's password and the client settings of a
 /// `--secure` cluster, in `dir/secure`; kept ones (a kept `--data-dir`) are used again.
 fn prepare_secure(dir: &Path, host: &str) -> Result<Secure, String> {
     let secure = dir.join("secure");
@@ -58,13 +60,15 @@ fn prepare_secure(dir: &Path, host: &str) -> Result<Secure, String> {
             p
         }
     };
-    if !secure.join("broker.pem").exists() {
+    if !secure.join("node.pem").exists() {
         let ca = crate::tls::ca::Authority::new("kmeta dev CA")?;
         std::fs::write(secure.join("ca.crt"), ca.cert_pem()).map_err(io)?;
         let mut hosts = vec![host, "localhost", "127.0.0.1"];
         hosts.dedup();
-        ca.server("kmeta-dev-broker", &hosts)?
-            .write(&secure, "broker")
+        // One certificate for every node: it serves their TLS listeners and is what they
+        // present to each other (principal User:CN=kmeta-node, a super user).
+        ca.node(DEV_NODE_CN, &hosts)?
+            .write(&secure, "node")
             .map_err(io)?;
     }
     std::fs::write(
@@ -80,6 +84,9 @@ fn prepare_secure(dir: &Path, host: &str) -> Result<Secure, String> {
         password,
     })
 }
+
+/// The common name of a `--secure` cluster's node certificate.
+const DEV_NODE_CN: &str = "kmeta-node";
 
 /// The first controller's node id (brokers are numbered from 1, as clients see them).
 pub const FIRST_CONTROLLER_ID: u64 = 3001;
@@ -124,22 +131,23 @@ fn node_properties(
         p.insert("node.id".into(), id.to_string());
         p.insert("process.roles".into(), "broker".into());
         p.insert("controller.quorum.voters".into(), voters.clone());
-        let mut listeners = format!("PLAINTEXT://{}:{}", o.host, port(o.broker_port, id - 1)?);
-        if let Some(secure_port) = o.secure {
-            listeners.push_str(&format!(
-                ",SASL_SSL://{}:{}",
-                o.host,
-                port(secure_port, id - 1)?
-            ));
-            p.insert(
-                "ssl.keystore.location".into(),
-                dir.join("secure/broker.pem").display().to_string(),
-            );
-            p.insert(
-                "sasl.enabled.mechanisms".into(),
-                "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
-            );
-        }
+        let listeners = match o.secure {
+            None => format!("PLAINTEXT://{}:{}", o.host, port(o.broker_port, id - 1)?),
+            // Replication on INTERNAL (mutual TLS), clients on SASL_SSL.
+            Some(secure_port) => {
+                p.insert("inter.broker.listener.name".into(), "INTERNAL".into());
+                p.insert(
+                    "sasl.enabled.mechanisms".into(),
+                    "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".into(),
+                );
+                format!(
+                    "INTERNAL://{h}:{},SASL_SSL://{h}:{}",
+                    port(o.broker_port, id - 1)?,
+                    port(secure_port, id - 1)?,
+                    h = o.host
+                )
+            }
+        };
         p.insert("listeners".into(), listeners);
         p.insert(
             "log.dirs".into(),
@@ -152,6 +160,38 @@ fn node_properties(
             "default.replication.factor".into(),
             o.brokers.min(3).to_string(),
         );
+        if o.secure.is_some() {
+            let secure = dir.join("secure");
+            for (k, v) in [
+                (
+                    "listener.security.protocol.map",
+                    "CONTROLLER:SSL,INTERNAL:SSL,SASL_SSL:SASL_SSL".to_string(),
+                ),
+                (
+                    "ssl.keystore.location",
+                    secure.join("node.pem").display().to_string(),
+                ),
+                (
+                    "ssl.truststore.location",
+                    secure.join("ca.crt").display().to_string(),
+                ),
+                (
+                    "listener.name.controller.ssl.client.auth",
+                    "required".to_string(),
+                ),
+                (
+                    "listener.name.internal.ssl.client.auth",
+                    "required".to_string(),
+                ),
+                (
+                    "authorizer.class.name",
+                    crate::config::STANDARD_AUTHORIZER.to_string(),
+                ),
+                ("super.users", format!("User:CN={DEV_NODE_CN};User:admin")),
+            ] {
+                p.insert(k.into(), v);
+            }
+        }
         apply_overrides(p, &o.overrides).map_err(|e| e.0)?;
     }
     Ok(nodes)
@@ -256,17 +296,36 @@ async fn run_in(
             brokers.push(task);
         }
     }
-    let bootstrap: Vec<String> = (0..o.brokers)
-        .map(|i| format!("{}:{}", o.host, o.broker_port + i as u16))
-        .collect();
+    // Clients go to the PLAINTEXT listeners, or on a secured cluster to the SASL_SSL ones
+    // as the admin.
+    let (bootstrap, client) = match (&secure, o.secure) {
+        (Some(s), Some(secure_port)) => {
+            let text = std::fs::read_to_string(s.dir.join("client.properties"))
+                .map_err(|e| format!("{}: {e}", s.dir.display()))?;
+            let props = crate::config::parse_properties(&text).map_err(|e| e.0)?;
+            (
+                (0..o.brokers)
+                    .map(|i| format!("{}:{}", o.host, secure_port + i as u16))
+                    .collect::<Vec<_>>(),
+                crate::kafka::connect::ClientSecurity::from_properties(&props)?,
+            )
+        }
+        _ => (
+            (0..o.brokers)
+                .map(|i| format!("{}:{}", o.host, o.broker_port + i as u16))
+                .collect(),
+            Default::default(),
+        ),
+    };
     let secured = secure.is_some();
     let ready = async {
-        wait_ready(&bootstrap[0], o.brokers as usize).await?;
+        // On a secured cluster the admin logs in: that works once the first active
+        // controller has written the admin user and a broker has it, so the settings are
+        // printed once every broker knows it.
+        wait_ready(&bootstrap[0], o.brokers as usize, &client).await?;
         if secured {
-            // The admin user is written by the first active controller after the start:
-            // the settings are printed once every broker knows it.
             for addr in &bootstrap {
-                wait_for_user(addr, "admin").await?;
+                wait_for_user(addr, "admin", &client).await?;
             }
         }
         Ok::<(), String>(())
@@ -279,28 +338,24 @@ async fn run_in(
     };
     if outcome.is_ok() {
         println!("bootstrap.servers={}", bootstrap.join(","));
-        if let (Some(s), Some(secure_port)) = (&secure, o.secure) {
-            let secured: Vec<String> = (0..o.brokers)
-                .map(|i| format!("{}:{}", o.host, secure_port + i as u16))
-                .collect();
+        if let Some(s) = &secure {
             let ca = s.dir.join("ca.crt");
-            println!("secure.bootstrap.servers={}", secured.join(","));
             println!(
                 "client settings (SASL_SSL, SCRAM-SHA-512, user admin): {}",
                 s.dir.join("client.properties").display()
             );
             println!(
                 "  kmeta topics list --bootstrap-server {} --command-config {}",
-                secured[0],
+                bootstrap[0],
                 s.dir.join("client.properties").display()
             );
             println!(
                 "  kcat -b {} -X security.protocol=sasl_ssl -X sasl.mechanism=SCRAM-SHA-512 -X sasl.username=admin -X sasl.password={} -X ssl.ca.location={} -L",
-                secured[0],
+                bootstrap[0],
                 s.password,
                 ca.display()
             );
-            println!("  (the PLAINTEXT listeners stay open: brokers replicate over them until TLS between nodes exists)");
+            println!("  (the nodes talk to each other over mutual TLS; admin is a super user: add users with `kmeta users add` and grant them with `kmeta acls add`)");
         }
         tokio::select! {
             _ = &mut shutdown => {}
@@ -330,7 +385,11 @@ async fn run_in(
 }
 
 /// Waits until the broker at `addr` knows `user`'s SCRAM credentials (at most a minute).
-async fn wait_for_user(addr: &str, user: &str) -> Result<(), String> {
+async fn wait_for_user(
+    addr: &str,
+    user: &str,
+    security: &crate::kafka::connect::ClientSecurity,
+) -> Result<(), String> {
     use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
     use kafka_protocol::messages::DescribeUserScramCredentialsRequest;
     let start = Instant::now();
@@ -338,7 +397,9 @@ async fn wait_for_user(addr: &str, user: &str) -> Result<(), String> {
         UserName::default().with_name(crate::kafka::wire::sb(user)),
     ]));
     loop {
-        if let Ok(mut c) = KafkaClient::connect(addr, "kmeta-dev", Duration::from_secs(2)).await {
+        let connected =
+            KafkaClient::connect_with(addr, "kmeta-dev", Duration::from_secs(2), security).await;
+        if let Ok(mut c) = connected {
             if let Ok(r) = c.send(&request, 0).await {
                 if r.results.first().is_some_and(|u| u.error_code == 0) {
                     return Ok(());
@@ -355,10 +416,16 @@ async fn wait_for_user(addr: &str, user: &str) -> Result<(), String> {
 }
 
 /// Waits until the first broker lists every broker as live (at most a minute).
-async fn wait_ready(addr: &str, brokers: usize) -> Result<(), String> {
+async fn wait_ready(
+    addr: &str,
+    brokers: usize,
+    security: &crate::kafka::connect::ClientSecurity,
+) -> Result<(), String> {
     let start = Instant::now();
     loop {
-        if let Ok(mut c) = KafkaClient::connect(addr, "kmeta-dev", Duration::from_secs(2)).await {
+        let connected =
+            KafkaClient::connect_with(addr, "kmeta-dev", Duration::from_secs(2), security).await;
+        if let Ok(mut c) = connected {
             if let Ok(md) = c.send(&MetadataRequest::default(), 12).await {
                 if md.brokers.len() == brokers {
                     return Ok(());

@@ -564,6 +564,28 @@ async fn survey(addr: &str) -> Option<Survey> {
     Some(survey_of(&md))
 }
 
+/// [`survey`] of broker `id` where its clients reach it (on a secured cluster, its SASL_SSL
+/// listener, logged in as the bench's user).
+async fn survey_as_client(nodes: &Nodes, id: u64) -> Option<Survey> {
+    if !nodes.secure_ports.contains_key(&id) {
+        return survey(&nodes.addr(id)).await;
+    }
+    let security = bench_client_security().ok()?;
+    let mut k = KafkaClient::connect_with(
+        &nodes.client_addr(id),
+        "kmeta-bench-scale",
+        Duration::from_secs(120),
+        &security,
+    )
+    .await
+    .ok()?;
+    let md = k
+        .send(&MetadataRequest::default().with_topics(None), 12)
+        .await
+        .ok()?;
+    Some(survey_of(&md))
+}
+
 /// A broker's survey from its metrics endpoint: the same counts, read off the same image,
 /// at a fraction of an all-topics Metadata's cost.
 async fn survey_metrics(addr: &str) -> Option<Survey> {
@@ -647,7 +669,7 @@ pub(super) async fn until_all(
             let seen = start.elapsed();
             let mut confirmed = true;
             for id in on {
-                if !survey(&nodes.addr(*id)).await.is_some_and(|s| done(&s)) {
+                if !survey_as_client(nodes, *id).await.is_some_and(|s| done(&s)) {
                     confirmed = false;
                     break;
                 }
