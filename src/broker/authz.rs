@@ -9,6 +9,7 @@
 
 use super::api::BrokerService;
 use crate::kafka::wire::sb;
+use crate::kafka::wire::take_denied;
 pub(crate) use crate::kafka::wire::Caller;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -37,14 +38,7 @@ fn topics_denied<T>(
     keep: impl Fn(&T) -> bool,
     parts: impl Fn(&T) -> (StrBytes, Vec<i32>),
 ) -> Post {
-    let mut denied = Vec::new();
-    topics.retain(|t| {
-        let ok = keep(t);
-        if !ok {
-            denied.push(parts(t));
-        }
-        ok
-    });
+    let denied = crate::kafka::wire::take_denied(topics, keep, parts);
     if denied.is_empty() {
         Post::Nothing
     } else {
@@ -206,17 +200,11 @@ impl BrokerService {
                     },
                 )
             }
-            RequestKind::DeleteGroups(r) => {
-                let mut denied = Vec::new();
-                r.groups_names.retain(|g| {
-                    let ok = group(Op::Delete, g);
-                    if !ok {
-                        denied.push(g.clone());
-                    }
-                    ok
-                });
-                Post::Groups(denied)
-            }
+            RequestKind::DeleteGroups(r) => Post::Groups(take_denied(
+                &mut r.groups_names,
+                |g| group(Op::Delete, g),
+                Clone::clone,
+            )),
             RequestKind::Produce(r) => topics_denied(
                 &mut r.topic_data,
                 |t| topic(Op::Write, &t.name),

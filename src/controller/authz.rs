@@ -8,7 +8,7 @@
 //! Also CreateAcls and DeleteAcls, decided by the core (`controller::acls`).
 
 use super::kafka_api::ControllerService;
-use crate::kafka::wire::{sb, Caller};
+use crate::kafka::wire::{sb, take_denied, Caller};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kmeta_metadata::acl::{Authorizer, CLUSTER_NAME};
@@ -150,64 +150,45 @@ impl ControllerService {
                 if cluster(Op::Create) {
                     return Ok(Denied::Nothing);
                 }
-                let mut denied = Vec::new();
-                r.topics.retain(|t| {
-                    let ok = topic(Op::Create, &t.name);
-                    if !ok {
-                        denied.push((Some(t.name.clone()), uuid::Uuid::nil()));
-                    }
-                    ok
-                });
-                Denied::Topics(denied)
+                Denied::Topics(take_denied(
+                    &mut r.topics,
+                    |t| topic(Op::Create, &t.name),
+                    |t| (Some(t.name.clone()), uuid::Uuid::nil()),
+                ))
             }
             RequestKind::DeleteTopics(r) => {
-                let mut denied = Vec::new();
-                r.topic_names.retain(|n| {
-                    let ok = topic(Op::Delete, n);
-                    if !ok {
-                        denied.push((Some(n.clone()), uuid::Uuid::nil()));
-                    }
-                    ok
-                });
-                r.topics.retain(|t| {
-                    let name = match &t.name {
-                        Some(n) => Some(n.0.to_string()),
-                        None => image.topic(&t.topic_id).map(|t| t.name.clone()),
-                    };
-                    // An id no topic has is answered UNKNOWN_TOPIC_ID by the deletion.
-                    let ok = name.as_deref().is_none_or(|n| topic(Op::Delete, n));
-                    if !ok {
-                        denied.push((t.name.clone(), t.topic_id));
-                    }
-                    ok
-                });
+                let mut denied = take_denied(
+                    &mut r.topic_names,
+                    |n| topic(Op::Delete, n),
+                    |n| (Some(n.clone()), uuid::Uuid::nil()),
+                );
+                denied.extend(take_denied(
+                    &mut r.topics,
+                    |t| {
+                        let name = match &t.name {
+                            Some(n) => Some(n.0.to_string()),
+                            None => image.topic(&t.topic_id).map(|t| t.name.clone()),
+                        };
+                        // An id no topic has is answered UNKNOWN_TOPIC_ID by the deletion.
+                        name.as_deref().is_none_or(|n| topic(Op::Delete, n))
+                    },
+                    |t| (t.name.clone(), t.topic_id),
+                ));
                 Denied::Topics(denied)
             }
-            RequestKind::CreatePartitions(r) => {
-                let mut denied = Vec::new();
-                r.topics.retain(|t| {
-                    let ok = topic(Op::Alter, &t.name);
-                    if !ok {
-                        denied.push((Some(t.name.clone()), uuid::Uuid::nil()));
-                    }
-                    ok
-                });
-                Denied::Topics(denied)
-            }
-            RequestKind::IncrementalAlterConfigs(r) => {
-                let mut denied = Vec::new();
-                r.resources.retain(|c| {
-                    let ok = match c.resource_type {
-                        2 => topic(Op::AlterConfigs, &c.resource_name),
-                        _ => cluster(Op::AlterConfigs),
-                    };
-                    if !ok {
-                        denied.push((c.resource_type, c.resource_name.clone()));
-                    }
-                    ok
-                });
-                Denied::Configs(denied)
-            }
+            RequestKind::CreatePartitions(r) => Denied::Topics(take_denied(
+                &mut r.topics,
+                |t| topic(Op::Alter, &t.name),
+                |t| (Some(t.name.clone()), uuid::Uuid::nil()),
+            )),
+            RequestKind::IncrementalAlterConfigs(r) => Denied::Configs(take_denied(
+                &mut r.resources,
+                |c| match c.resource_type {
+                    2 => topic(Op::AlterConfigs, &c.resource_name),
+                    _ => cluster(Op::AlterConfigs),
+                },
+                |c| (c.resource_type, c.resource_name.clone()),
+            )),
             RequestKind::AlterPartitionReassignments(_) if !cluster(Op::Alter) => {
                 return Err(AlterPartitionReassignmentsResponse::default()
                     .with_error_code(CLUSTER_DENIED)
@@ -310,17 +291,11 @@ impl ControllerService {
                     .with_error_code(ErrorCode::GroupAuthorizationFailed.code())
                     .into())
             }
-            RequestKind::DeleteGroups(r) => {
-                let mut denied = Vec::new();
-                r.groups_names.retain(|g| {
-                    let ok = group(Op::Delete, g);
-                    if !ok {
-                        denied.push(g.clone());
-                    }
-                    ok
-                });
-                Denied::Groups(denied)
-            }
+            RequestKind::DeleteGroups(r) => Denied::Groups(take_denied(
+                &mut r.groups_names,
+                |g| group(Op::Delete, g),
+                Clone::clone,
+            )),
             _ => Denied::Nothing,
         })
     }

@@ -154,6 +154,24 @@ impl Caller {
     }
 }
 
+/// Takes out of `items` those `allowed` refuses, returning `denied` of each (what the answer
+/// needs to refuse them by name).
+pub fn take_denied<T, D>(
+    items: &mut Vec<T>,
+    allowed: impl Fn(&T) -> bool,
+    denied: impl Fn(&T) -> D,
+) -> Vec<D> {
+    let mut out = Vec::new();
+    items.retain(|item| {
+        let ok = allowed(item);
+        if !ok {
+            out.push(denied(item));
+        }
+        ok
+    });
+    out
+}
+
 /// The principal of a client that did not authenticate (Kafka's `KafkaPrincipal.ANONYMOUS`).
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
 

@@ -111,6 +111,23 @@ fn listed_topics(config: &str, bootstrap: &str) -> Vec<String> {
     names
 }
 
+/// Runs a check.py scenario as alice over SASL_PLAINTEXT at `bootstrap`; its JSON line.
+fn as_alice(bootstrap: &str, args: &[&str]) -> String {
+    let login = [
+        "--bootstrap",
+        bootstrap,
+        "--security-protocol",
+        "SASL_PLAINTEXT",
+        "--sasl-mechanism",
+        "SCRAM-SHA-256",
+        "--user",
+        "alice",
+        "--password",
+        "alice-secret",
+    ];
+    crate::cluster::client(&[args, &login[..]].concat())
+}
+
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -231,29 +248,19 @@ fn a_user_without_acls_is_refused_and_a_prefixed_grant_opens_exactly_its_topics(
     assert!(!ok && out.contains("ClusterAuthorizationFailed"), "{out}");
 
     // Real clients, logged in as alice, see Kafka's authorization errors.
-    let sasl_args = |client: &'static str| {
-        vec![
-            "acl-refused",
-            "--client",
-            client,
-            "--bootstrap",
-            &sasl,
-            "--topic",
-            "payments",
-            "--group",
-            "alice-app",
-            "--security-protocol",
-            "SASL_PLAINTEXT",
-            "--sasl-mechanism",
-            "SCRAM-SHA-256",
-            "--user",
-            "alice",
-            "--password",
-            "alice-secret",
-        ]
-    };
     for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
-        let out = crate::cluster::client(&sasl_args(lib));
+        let out = as_alice(
+            &sasl,
+            &[
+                "acl-refused",
+                "--client",
+                lib,
+                "--topic",
+                "payments",
+                "--group",
+                "alice-app",
+            ],
+        );
         println!("{out}");
     }
 
@@ -379,25 +386,12 @@ fn a_user_without_acls_is_refused_and_a_prefixed_grant_opens_exactly_its_topics(
     }
     for lib in ["kcat", "confluent", "kafka-python", "aiokafka"] {
         let topic = format!("clients-{lib}");
-        let out = crate::cluster::client(&[
-            "secure",
-            "--client",
-            lib,
-            "--bootstrap",
+        let out = as_alice(
             &sasl,
-            "--topic",
-            &topic,
-            "--count",
-            "20",
-            "--security-protocol",
-            "SASL_PLAINTEXT",
-            "--sasl-mechanism",
-            "SCRAM-SHA-256",
-            "--user",
-            "alice",
-            "--password",
-            "alice-secret",
-        ]);
+            &[
+                "secure", "--client", lib, "--topic", &topic, "--count", "20",
+            ],
+        );
         println!("{out}");
     }
     drop(c);
