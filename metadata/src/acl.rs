@@ -62,26 +62,13 @@ impl Authorizer {
         resource_type: AclResourceType,
         name: &str,
     ) -> bool {
-        if self.super_users.contains(principal) {
-            return true;
-        }
-        let mut any = false;
-        let mut allowed = false;
-        for acl in image.acls_matching(resource_type, name) {
-            any = true;
-            if !applies_to(acl, principal, host) {
-                continue;
-            }
-            match acl.permission {
-                AclPermission::Deny => {
-                    if acl.operation == AclOperation::All || acl.operation == op {
-                        return false;
-                    }
-                }
-                AclPermission::Allow => allowed |= allow_covers(acl.operation, op),
-            }
-        }
-        allowed || (!any && self.allow_everyone_if_no_acl_found)
+        self.decide(
+            image.acls_matching(resource_type, name),
+            principal,
+            host,
+            op,
+            |_| true,
+        )
     }
 
     /// Whether `principal` may do `op` on some resource of `resource_type` (Kafka's
@@ -97,21 +84,40 @@ impl Authorizer {
         op: AclOperation,
         resource_type: AclResourceType,
     ) -> bool {
+        self.decide(
+            image.acls_of_type(resource_type),
+            principal,
+            host,
+            op,
+            |deny| deny.pattern_type == AclPatternType::Literal && deny.resource_name == "*",
+        )
+    }
+
+    /// The decision over the entries that apply to what is asked: a super user passes; a
+    /// DENY of `op` (or of ALL) for the principal and host that `deny_counts` accepts refuses;
+    /// else an ALLOW covering `op` allows; with no entry at all, the default decides.
+    fn decide<'a>(
+        &self,
+        entries: impl Iterator<Item = &'a AccessControlEntryRecord>,
+        principal: &str,
+        host: &str,
+        op: AclOperation,
+        deny_counts: impl Fn(&AccessControlEntryRecord) -> bool,
+    ) -> bool {
         if self.super_users.contains(principal) {
             return true;
         }
         let mut any = false;
         let mut allowed = false;
-        for acl in image.acls_of_type(resource_type) {
+        for acl in entries {
             any = true;
             if !applies_to(acl, principal, host) {
                 continue;
             }
             match acl.permission {
                 AclPermission::Deny => {
-                    let everything =
-                        acl.pattern_type == AclPatternType::Literal && acl.resource_name == "*";
-                    if everything && (acl.operation == AclOperation::All || acl.operation == op) {
+                    let of_op = acl.operation == AclOperation::All || acl.operation == op;
+                    if of_op && deny_counts(acl) {
                         return false;
                     }
                 }
