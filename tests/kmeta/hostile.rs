@@ -25,16 +25,35 @@ fn tls_stream(
     addr: &str,
     ca_pem: &str,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    tls_stream_as(addr, ca_pem, None)
+}
+
+/// [`tls_stream`], presenting `identity` (a PEM file with a key and certificate chain).
+fn tls_stream_as(
+    addr: &str,
+    ca_pem: &str,
+    identity: Option<&std::path::Path>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(kmeta::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(kmeta::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let pem = std::fs::read(path).unwrap();
+            let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let s = TcpStream::connect(addr).unwrap();
@@ -336,4 +355,109 @@ fn tls_exchange_all(addr: &str, ca_pem: &str, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while read_more(&mut s, addr, &mut out) {}
     out
+}
+
+/// A controller listener behind mutual TLS (the nodes' own connections): the hostile frames
+/// inside TLS from a trusted node, a Raft hello followed by garbage, and the same frames in
+/// plaintext (refused at the handshake) never stop a controller; the quorum serves after.
+#[test]
+fn hostile_frames_never_stop_a_controller_behind_mutual_tls() {
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path();
+    let ca = kmeta::tls::ca::Authority::new("kmeta test CA").unwrap();
+    std::fs::write(f.join("ca.crt"), ca.cert_pem()).unwrap();
+    let node = ca
+        .node("kmeta-node", &["127.0.0.1", "localhost"])
+        .unwrap()
+        .write(f, "node")
+        .unwrap();
+    let extra = format!(
+        "listener.security.protocol.map=CONTROLLER:SSL,SSL:SSL\nssl.keystore.location={}\nssl.truststore.location={}\nssl.client.auth=required\nauthorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\nsuper.users=User:CN=kmeta-node\n",
+        node.display(),
+        f.join("ca.crt").display()
+    );
+    let c = ProcessCluster::start_with(
+        3,
+        1,
+        &extra,
+        &|_, port| format!("listeners=SSL://127.0.0.1:{port}\ninter.broker.listener.name=SSL"),
+        &[],
+    );
+    let ca_pem = ca.cert_pem();
+    for id in c.controllers.keys() {
+        let addr = c.controller_addr(*id);
+        until(Duration::from_secs(30), "the controller listening", || {
+            TcpStream::connect(&addr).ok().map(drop)
+        });
+    }
+    let as_node = |addr: &str, bytes: &[u8]| {
+        exchange_on(tls_stream_as(addr, &ca_pem, Some(&node)), addr, bytes)
+    };
+    for id in c.controllers.keys() {
+        let addr = c.controller_addr(*id);
+        assert_survives_with(&|bytes| as_node(&addr, bytes));
+        // Plaintext on the TLS port: the handshake fails, the connection closes with at
+        // most a TLS alert (record type 21), never a Kafka answer.
+        for (what, bytes) in hostile_frames() {
+            let reply = exchange(&addr, &bytes);
+            assert!(reply.is_empty() || reply[0] == 21, "{what}: {reply:?}");
+        }
+        // A Raft hello, then frames that are not Raft requests: the connection closes.
+        let hello = frame(kmeta::raft::network::RAFT_HELLO);
+        for garbage in [&b"\x00\x01\x02"[..], &[0xff; 64], &vec![7; 10_000]] {
+            let reply = as_node(&addr, &[hello.clone(), frame(garbage)].concat());
+            assert!(reply.is_empty(), "{reply:?}");
+        }
+    }
+    // The quorum still serves: every controller answers DescribeQuorum over TLS, and the
+    // broker registers through it.
+    let security = kmeta::kafka::connect::ClientSecurity::from_properties(
+        &[
+            ("security.protocol", "SSL".to_string()),
+            (
+                "ssl.truststore.location",
+                f.join("ca.crt").display().to_string(),
+            ),
+            ("ssl.keystore.location", node.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for id in c.controllers.keys() {
+            let mut k = KafkaClient::connect_with(
+                &c.controller_addr(*id),
+                "test",
+                Duration::from_secs(5),
+                &security,
+            )
+            .await
+            .unwrap();
+            let quorum = k.send(&DescribeQuorumRequest::default(), 2).await.unwrap();
+            assert_eq!(quorum.topics[0].partitions[0].current_voters.len(), 3);
+        }
+        let start = std::time::Instant::now();
+        loop {
+            let mut k = KafkaClient::connect_with(
+                &c.broker_addr(1),
+                "test",
+                Duration::from_secs(5),
+                &security,
+            )
+            .await
+            .unwrap();
+            let md = k.send(&MetadataRequest::default(), 12).await.unwrap();
+            if md.brokers.len() == 1 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the broker never registered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
