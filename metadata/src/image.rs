@@ -1483,6 +1483,11 @@ impl MetadataImage {
             groups_by_topic: &self.groups_by_topic,
             partition_count: self.partition_count,
             under_replicated_count: self.under_replicated_count,
+            acls_by_resource: self
+                .acls_by_resource
+                .iter()
+                .map(|(k, a)| (k.0, k.1, k.2.as_str(), k.3, a.id))
+                .collect(),
         }
     }
 }
@@ -1497,6 +1502,14 @@ pub(crate) struct DerivedIndexes<'a> {
     pub groups_by_topic: &'a OrdMap<TopicId, OrdSet<Arc<str>>>,
     pub partition_count: usize,
     pub under_replicated_count: usize,
+    /// The ACL index's entries: (resource type, pattern type, name, key id, entry id).
+    pub acls_by_resource: Vec<(
+        AclResourceType,
+        AclPatternType,
+        &'a str,
+        uuid::Uuid,
+        uuid::Uuid,
+    )>,
 }
 
 /// Changes of how many partitions each broker leads, summed before they are stored: a few

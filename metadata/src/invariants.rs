@@ -102,6 +102,23 @@ pub fn check(image: &MetadataImage) -> Vec<String> {
             derived.under_replicated_count
         ));
     }
+    // The ACL index holds each entry once, under its own resource and id.
+    let mut expected: Vec<_> = image
+        .acls()
+        .map(|a| {
+            (
+                a.resource_type,
+                a.pattern_type,
+                a.resource_name.as_str(),
+                a.id,
+                a.id,
+            )
+        })
+        .collect();
+    expected.sort();
+    if derived.acls_by_resource != expected {
+        faults.push("ACL index is out of step".into());
+    }
     for group in image.groups() {
         for tp in image
             .group_offsets(group)

@@ -100,11 +100,26 @@ mod tests {
         }
     }
 
+    /// Replays `records`, checking the image's invariants (the ACL index among them) and
+    /// that a snapshot of it rebuilds the same image.
     fn apply(image: &mut MetadataImage, records: &[MetadataRecord]) {
         for r in records {
             let next = LogOffset(image.offset().0 + 1);
             image.replay(next, r).unwrap();
+            assert_eq!(crate::invariants::check(image), Vec::<String>::new());
         }
+        let mut rebuilt = MetadataImage::new();
+        let mut snapshot = Vec::new();
+        image.for_each_record(|r| snapshot.push(r));
+        for r in &snapshot {
+            let next = LogOffset(rebuilt.offset().0 + 1);
+            rebuilt.replay(next, r).unwrap();
+        }
+        assert_eq!(
+            rebuilt.acls().collect::<Vec<_>>(),
+            image.acls().collect::<Vec<_>>()
+        );
+        assert_eq!(crate::invariants::check(&rebuilt), Vec::<String>::new());
     }
 
     #[test]
