@@ -235,6 +235,8 @@ struct Ledger {
     topics: BTreeMap<String, (Option<i32>, i32)>,
     /// Per (group, topic, partition): last acknowledged offset, last attempted offset.
     offsets: BTreeMap<(String, String, i32), (Option<i64>, i64)>,
+    /// ACL grants (principal, topic) attempted, and whether acknowledged.
+    acls: BTreeMap<(String, String), bool>,
     acknowledged: u64,
     indeterminate: u64,
 }
@@ -835,6 +837,31 @@ fn check_ledger(ledger: &Ledger, image: &MetadataImage) -> Vec<String> {
             v.push(format!("topic {name} was never asked for"));
         }
     }
+    for ((principal, topic), acked) in &ledger.acls {
+        let present = image
+            .acls_on(
+                kmeta_metadata::record::AclResourceType::Topic,
+                kmeta_metadata::record::AclPatternType::Literal,
+                topic,
+            )
+            .any(|a| &a.principal == principal);
+        if *acked && !present {
+            v.push(format!(
+                "acknowledged ACL of {principal} on topic {topic} is missing"
+            ));
+        }
+    }
+    for a in image.acls() {
+        if !ledger
+            .acls
+            .contains_key(&(a.principal.clone(), a.resource_name.clone()))
+        {
+            v.push(format!(
+                "ACL of {} on {} was never asked for",
+                a.principal, a.resource_name
+            ));
+        }
+    }
     for ((group, topic, partition), (acked, attempted)) in &ledger.offsets {
         let committed = image.topic_id(topic).and_then(|id| {
             image.group_offsets(group).and_then(|o| {
@@ -1053,6 +1080,48 @@ async fn client(shared: Arc<Shared>, id: u32) {
                         if let Some(t) = ledger.topics.get_mut(&name) {
                             t.0 = Some(t.0.unwrap_or(0).max(count));
                         }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        ledger.indeterminate += 1;
+                        backoff = true;
+                    }
+                }
+            } else if choice == 9 {
+                // An ACL: this client's principal may read the topic.
+                let principal = format!("User:c{id}");
+                let acl = kmeta_metadata::record::AccessControlEntryRecord {
+                    id: uuid::Uuid::from_u128(shared.rng(|r| r.random())),
+                    resource_type: kmeta_metadata::record::AclResourceType::Topic,
+                    resource_name: name.clone(),
+                    pattern_type: kmeta_metadata::record::AclPatternType::Literal,
+                    principal: principal.clone(),
+                    host: "*".into(),
+                    operation: kmeta_metadata::record::AclOperation::Read,
+                    permission: kmeta_metadata::record::AclPermission::Allow,
+                };
+                let key = (principal, name.clone());
+                shared
+                    .ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .acls
+                    .entry(key.clone())
+                    .or_insert(false);
+                let outcome = shared
+                    .submit(2_000, move |ctx| {
+                        let (records, outcomes) = kmeta_metadata::controller::acls::create_acls(
+                            ctx.image,
+                            std::slice::from_ref(&acl),
+                        );
+                        Ok(ControllerResult::atomic(records, outcomes))
+                    })
+                    .await;
+                let mut ledger = shared.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                match outcome {
+                    Some(Ok(results)) if results.iter().all(Option::is_none) => {
+                        ledger.acknowledged += 1;
+                        ledger.acls.insert(key, true);
                     }
                     Some(Ok(_)) => {}
                     _ => {
