@@ -300,6 +300,32 @@ impl ControllerService {
         })
     }
 
+    /// A created topic's configs, partition count and replication factor go only to a
+    /// caller allowed DESCRIBE_CONFIGS on it; others get TOPIC_AUTHORIZATION_FAILED in
+    /// `topic_config_error_code` instead, as in Kafka (the creation itself stands).
+    pub(super) fn hide_configs(&self, caller: &Caller, response: &mut ResponseKind) {
+        let (Some(authorizer), ResponseKind::CreateTopics(out)) = (self.authorizer(), response)
+        else {
+            return;
+        };
+        let image = self.image();
+        for t in out.topics.iter_mut().filter(|t| t.error_code == 0) {
+            if !may(
+                authorizer,
+                &image,
+                caller,
+                Op::DescribeConfigs,
+                Res::Topic,
+                &t.name,
+            ) {
+                t.topic_config_error_code = TOPIC_DENIED;
+                t.configs = None;
+                t.num_partitions = -1;
+                t.replication_factor = -1;
+            }
+        }
+    }
+
     /// Answers what [`Self::authorize_forwarded`] took out, beside the rest.
     pub(super) fn add_denied(denied: Denied, response: &mut ResponseKind) {
         match (denied, response) {

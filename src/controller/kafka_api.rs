@@ -313,6 +313,7 @@ impl ControllerService {
             None => dispatch.await?,
         };
         Self::add_denied(denied, &mut response);
+        self.hide_configs(&caller, &mut response);
         let data = encode_response(
             inner.header.correlation_id,
             inner.api_key,
@@ -1511,6 +1512,7 @@ impl Service for ControllerService {
                     Ok(denied) => {
                         let mut response = self.dispatch(other, version, None).await?.0;
                         Self::add_denied(denied, &mut response);
+                        self.hide_configs(&caller, &mut response);
                         response
                     }
                 }

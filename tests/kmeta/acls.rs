@@ -190,6 +190,31 @@ async fn commit(
         .collect())
 }
 
+/// alice's CreateTopics (v7) of `topic` with one partition: its error, its config error,
+/// the partition count answered and how many configs came back (`None`: none).
+async fn create_as_alice(addr: &str, topic: &str) -> (i16, i16, i32, Option<usize>) {
+    let mut c = client(addr, "alice").await;
+    let response = c
+        .send(
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(30_000)
+                .with_topics(vec![create_topics_request::CreatableTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic.into())))
+                    .with_num_partitions(1)
+                    .with_replication_factor(3)]),
+            7,
+        )
+        .await
+        .unwrap();
+    let t = &response.topics[0];
+    (
+        t.error_code,
+        t.topic_config_error_code,
+        t.num_partitions,
+        t.configs.as_ref().map(Vec::len),
+    )
+}
+
 /// The error alice's Metadata request for `topic` gets from the broker at `addr`.
 async fn metadata_error(addr: &str, topic: &str) -> i16 {
     let mut c = client(addr, "alice").await;
@@ -323,6 +348,43 @@ fn a_user_without_acls_is_refused_and_a_prefixed_grant_opens_exactly_its_topics(
     assert_eq!(block_on(commit(&addrs, "other", &["orders-eu"])), Err(30));
     let (ok, out) = kmeta_as(&alice, &sasl, &["topics", "delete", "--topic", "orders-us"]);
     assert!(ok, "{out}");
+
+    // Allowed to create `cfg-` topics but not to describe their configs: the creation
+    // stands, its configs are refused (topic_config_error_code), as in Kafka.
+    let (ok, out) = kmeta_as(
+        &admin,
+        &sasl,
+        &[
+            "acls",
+            "add",
+            "--allow-principal",
+            "User:alice",
+            "--operation",
+            "Create",
+            "--topic",
+            "cfg-",
+            "--resource-pattern-type",
+            "prefixed",
+        ],
+    );
+    assert!(ok, "{out}");
+    until(
+        Duration::from_secs(10),
+        "the Create grant on broker 1",
+        || {
+            let created = block_on(create_as_alice(&addrs[&1], "cfg-probe"));
+            (created.0 == 0).then_some(())
+        },
+    );
+    let (error, config_error, partitions, configs) =
+        block_on(create_as_alice(&addrs[&1], "cfg-one"));
+    assert_eq!(
+        (error, config_error, partitions, configs),
+        (0, 29, -1, None)
+    );
+    let (error, config_error, partitions, _) =
+        block_on(create_as_alice(&addrs[&1], "orders-with-configs"));
+    assert_eq!((error, config_error, partitions), (0, 0, 1));
 
     // Revoked: every broker refuses within a second of the removal's answer.
     let (ok, out) = kmeta_as(
