@@ -262,11 +262,6 @@ impl BrokerService {
         request: Option<&RequestKind>,
         response: &mut ResponseKind,
     ) {
-        if matches!(post, Post::Nothing) {
-            return;
-        }
-        let published = self.state().image();
-        let image = &published.image;
         match (post, response) {
             (Post::Nothing, _) => {}
             (Post::Topics(denied), ResponseKind::OffsetCommit(out)) => {
@@ -348,7 +343,10 @@ impl BrokerService {
                         .with_error_code(GROUP_DENIED)
                 }))
             }
-            (Post::Filter, response) => self.filter(image, caller, request, response),
+            (Post::Filter, response) => {
+                let published = self.state().image();
+                self.filter(&published.image, caller, request, response)
+            }
             (_, _) => {}
         }
     }

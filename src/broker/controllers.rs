@@ -98,13 +98,7 @@ impl Controllers {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no controller answered");
         for addr in self.voters.values() {
             let asked = async {
-                let mut c = KafkaClient::connect_with(
-                    addr,
-                    &self.client_id,
-                    Duration::from_secs(2),
-                    &self.security()?,
-                )
-                .await?;
+                let mut c = self.connect(addr, Duration::from_secs(2)).await?;
                 c.send(&DescribeQuorumRequest::default(), 0).await
             };
             match asked.await {

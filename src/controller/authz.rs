@@ -58,28 +58,40 @@ pub(super) fn envelope_caller(envelope: &EnvelopeRequest) -> Caller {
     }
 }
 
-fn may(
-    authorizer: &Authorizer,
-    image: &MetadataImage,
-    caller: &Caller,
-    op: Op,
-    kind: Res,
-    name: &str,
-) -> bool {
-    authorizer.authorize(image, &caller.principal, &caller.host, op, kind, name)
+/// What a request is authorized against: the authorizer and the controller's applied image,
+/// taken once for the request (the image is a copy taken under the state machine's lock).
+pub(super) struct Authorization<'a> {
+    authorizer: &'a Authorizer,
+    image: MetadataImage,
+}
+
+impl Authorization<'_> {
+    fn may(&self, caller: &Caller, op: Op, kind: Res, name: &str) -> bool {
+        self.authorizer
+            .authorize(&self.image, &caller.principal, &caller.host, op, kind, name)
+    }
 }
 
 impl ControllerService {
+    /// The authorizer and the image to decide requests against now; `None` without an
+    /// authorizer (everything is allowed).
+    pub(super) fn authorization(&self) -> Option<Authorization<'_>> {
+        Some(Authorization {
+            authorizer: self.authorizer()?,
+            image: self.image(),
+        })
+    }
+
     /// Decides a request of the controller's own APIs, which only cluster nodes send
     /// (registration, heartbeats, AlterPartition, producer ids, the metadata fetch and
     /// snapshots, Envelope): CLUSTER_ACTION on the cluster, as Kafka asks; DescribeQuorum
     /// needs DESCRIBE. Returns the refusal, if refused.
     pub(super) fn authorize_node_request(
-        &self,
+        auth: Option<&Authorization<'_>>,
         caller: &Caller,
         body: &RequestKind,
     ) -> Option<ResponseKind> {
-        let authorizer = self.authorizer()?;
+        let auth = auth?;
         let op = match body {
             RequestKind::DescribeQuorum(_) => Op::Describe,
             RequestKind::BrokerRegistration(_)
@@ -92,8 +104,7 @@ impl ControllerService {
             | RequestKind::Envelope(_) => Op::ClusterAction,
             _ => return None,
         };
-        let image = self.image();
-        if may(authorizer, &image, caller, op, Res::Cluster, CLUSTER_NAME) {
+        if auth.may(caller, op, Res::Cluster, CLUSTER_NAME) {
             return None;
         }
         tracing::warn!(principal = %caller.principal, host = %caller.host, op = op.name(), "refusing a request: the principal may not do this on the cluster");
@@ -134,17 +145,17 @@ impl ControllerService {
     // The refusal is the answer itself, made once per request and encoded at once.
     #[allow(clippy::result_large_err)]
     pub(super) fn authorize_forwarded(
-        &self,
+        auth: Option<&Authorization<'_>>,
         caller: &Caller,
         body: &mut RequestKind,
     ) -> Result<Denied, ResponseKind> {
-        let Some(authorizer) = self.authorizer() else {
+        let Some(auth) = auth else {
             return Ok(Denied::Nothing);
         };
-        let image = self.image();
-        let topic = |op: Op, name: &str| may(authorizer, &image, caller, op, Res::Topic, name);
-        let group = |op: Op, id: &str| may(authorizer, &image, caller, op, Res::Group, id);
-        let cluster = |op: Op| may(authorizer, &image, caller, op, Res::Cluster, CLUSTER_NAME);
+        let image = &auth.image;
+        let topic = |op: Op, name: &str| auth.may(caller, op, Res::Topic, name);
+        let group = |op: Op, id: &str| auth.may(caller, op, Res::Group, id);
+        let cluster = |op: Op| auth.may(caller, op, Res::Cluster, CLUSTER_NAME);
         Ok(match body {
             RequestKind::CreateTopics(r) => {
                 if cluster(Op::Create) {
@@ -303,21 +314,16 @@ impl ControllerService {
     /// A created topic's configs, partition count and replication factor go only to a
     /// caller allowed DESCRIBE_CONFIGS on it; others get TOPIC_AUTHORIZATION_FAILED in
     /// `topic_config_error_code` instead, as in Kafka (the creation itself stands).
-    pub(super) fn hide_configs(&self, caller: &Caller, response: &mut ResponseKind) {
-        let (Some(authorizer), ResponseKind::CreateTopics(out)) = (self.authorizer(), response)
-        else {
+    pub(super) fn hide_configs(
+        auth: Option<&Authorization<'_>>,
+        caller: &Caller,
+        response: &mut ResponseKind,
+    ) {
+        let (Some(auth), ResponseKind::CreateTopics(out)) = (auth, response) else {
             return;
         };
-        let image = self.image();
         for t in out.topics.iter_mut().filter(|t| t.error_code == 0) {
-            if !may(
-                authorizer,
-                &image,
-                caller,
-                Op::DescribeConfigs,
-                Res::Topic,
-                &t.name,
-            ) {
+            if !auth.may(caller, Op::DescribeConfigs, Res::Topic, &t.name) {
                 t.topic_config_error_code = TOPIC_DENIED;
                 t.configs = None;
                 t.num_partitions = -1;

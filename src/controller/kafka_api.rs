@@ -291,7 +291,9 @@ impl ControllerService {
             .get(&ENVELOPE_COORDINATOR_TAG)
             .filter(|t| t.len() == 4)
             .map(|t| i32::from_be_bytes(t[..4].try_into().expect("4 bytes")));
-        let denied = match self.authorize_forwarded(&caller, &mut inner.body) {
+        // Decided on the image as the activation wait above left it.
+        let auth = self.authorization();
+        let denied = match Self::authorize_forwarded(auth.as_ref(), &caller, &mut inner.body) {
             Ok(denied) => denied,
             Err(refused) => {
                 let data = encode_response(
@@ -313,7 +315,7 @@ impl ControllerService {
             None => dispatch.await?,
         };
         Self::add_denied(denied, &mut response);
-        self.hide_configs(&caller, &mut response);
+        Self::hide_configs(auth.as_ref(), &caller, &mut response);
         let data = encode_response(
             inner.header.correlation_id,
             inner.api_key,
@@ -1500,19 +1502,24 @@ impl Service for ControllerService {
             ..
         } = request;
         let caller = crate::kafka::wire::Caller::new(principal, &client_host);
-        if let Some(refused) = self.authorize_node_request(&caller, &body) {
+        let auth = self.authorization();
+        if let Some(refused) = Self::authorize_node_request(auth.as_ref(), &caller, &body) {
             return encode_response(header.correlation_id, api_key, version, &refused);
         }
         let response: ResponseKind = match body {
-            RequestKind::Envelope(envelope) => self.envelope(envelope).await?.into(),
+            RequestKind::Envelope(envelope) => {
+                // The forwarded request is decided on the image after the activation wait.
+                drop(auth);
+                self.envelope(envelope).await?.into()
+            }
             // An admin request sent here directly is authorized as its connection's.
             mut other if self.forwardable.versions(api_key).is_some() => {
-                match self.authorize_forwarded(&caller, &mut other) {
+                match Self::authorize_forwarded(auth.as_ref(), &caller, &mut other) {
                     Err(refused) => refused,
                     Ok(denied) => {
                         let mut response = self.dispatch(other, version, None).await?.0;
                         Self::add_denied(denied, &mut response);
-                        self.hide_configs(&caller, &mut response);
+                        Self::hide_configs(auth.as_ref(), &caller, &mut response);
                         response
                     }
                 }
