@@ -302,16 +302,9 @@ fn parse_listeners(key: &str, value: &str) -> Result<Vec<Listener>, ConfigError>
 /// `listener.security.protocol.map` (Kafka's default map when the key is absent).
 fn listener_security(
     props: &BTreeMap<String, String>,
+    map: &BTreeMap<String, crate::tls::SecurityProtocol>,
     listeners: &[Listener],
-    roles: Roles,
-    controller_listener: &str,
-    broker_listener: &str,
 ) -> Result<BTreeMap<String, ListenerSecurity>, ConfigError> {
-    let map = crate::tls::parse_protocol_map(
-        props
-            .get("listener.security.protocol.map")
-            .map(String::as_str),
-    )?;
     let mut out = BTreeMap::new();
     for l in listeners {
         let protocol = *map.get(&l.name).ok_or_else(|| {
@@ -320,22 +313,6 @@ fn listener_security(
                 l.name, l.name, l.name
             ))
         })?;
-        // The connections kmeta opens itself (to the controllers, between brokers) are
-        // PLAINTEXT or SSL: nodes authenticate each other with certificates, not SASL.
-        let internal = if roles.controller && l.name == controller_listener {
-            Some("the controller listener (controller.listener.names)")
-        } else if roles.broker && l.name == broker_listener {
-            Some("the inter-broker listener (inter.broker.listener.name)")
-        } else {
-            None
-        };
-        if let (true, Some(what)) = (protocol.uses_sasl(), internal) {
-            return Err(ConfigError(format!(
-                "listener.security.protocol.map: listener {} is {}, but {what} is PLAINTEXT or SSL: kmeta's nodes authenticate each other with certificates (SSL with ssl.client.auth=required)",
-                l.name,
-                protocol.name()
-            )));
-        }
         let ssl = if protocol.uses_tls() {
             Some(crate::tls::SslConfig::from_properties(props, &l.name)?)
         } else {
@@ -360,17 +337,14 @@ fn listener_security(
 
 /// The TLS settings this node uses to connect to `listener` on other nodes (the controller
 /// listener, the inter-broker listener), from `listener.security.protocol.map`: `None` for
-/// PLAINTEXT. SASL there is refused (see [`listener_security`]).
+/// PLAINTEXT. The connections kmeta opens itself are PLAINTEXT or SSL: nodes authenticate
+/// each other with certificates, and SASL there is refused.
 fn node_client_tls(
     props: &BTreeMap<String, String>,
+    map: &BTreeMap<String, crate::tls::SecurityProtocol>,
     listener: &str,
     what: &str,
 ) -> Result<Option<crate::tls::SslConfig>, ConfigError> {
-    let map = crate::tls::parse_protocol_map(
-        props
-            .get("listener.security.protocol.map")
-            .map(String::as_str),
-    )?;
     // A broker's map need not name the controller listener (not one of its own): then
     // it is PLAINTEXT.
     let Some(protocol) = map.get(listener) else {
@@ -378,7 +352,7 @@ fn node_client_tls(
     };
     if protocol.uses_sasl() {
         return Err(ConfigError(format!(
-            "listener.security.protocol.map: {what} {listener} is {}, but kmeta's nodes connect to each other over PLAINTEXT or SSL",
+            "listener.security.protocol.map: {what} {listener} is {}, but it must be PLAINTEXT or SSL: kmeta's nodes authenticate each other with certificates (SSL with ssl.client.auth=required)",
             protocol.name()
         )));
     }
@@ -505,13 +479,30 @@ impl NodeConfig {
             .get("inter.broker.listener.name")
             .cloned()
             .unwrap_or_else(|| "PLAINTEXT".into());
-        let security = listener_security(
-            props,
-            &listeners,
-            roles,
-            &controller_listener_name,
-            &broker_listener_name,
+        let protocols = crate::tls::parse_protocol_map(
+            props
+                .get("listener.security.protocol.map")
+                .map(String::as_str),
         )?;
+        // How this node reaches the others, checked first: SASL between nodes is refused
+        // before a listener's own settings are read.
+        let controller_tls = node_client_tls(
+            props,
+            &protocols,
+            &controller_listener_name,
+            "the controller listener (controller.listener.names)",
+        )?;
+        let inter_broker_tls = if roles.broker {
+            node_client_tls(
+                props,
+                &protocols,
+                &broker_listener_name,
+                "the inter-broker listener (inter.broker.listener.name)",
+            )?
+        } else {
+            None
+        };
+        let security = listener_security(props, &protocols, &listeners)?;
         if roles.controller {
             if !voters.contains_key(&node_id) {
                 return Err(ConfigError(format!(
@@ -602,13 +593,6 @@ impl NodeConfig {
             )));
         }
         let authorizer = parse_authorizer(props)?;
-        let controller_tls =
-            node_client_tls(props, &controller_listener_name, "the controller listener")?;
-        let inter_broker_tls = if roles.broker {
-            node_client_tls(props, &broker_listener_name, "the inter-broker listener")?
-        } else {
-            None
-        };
         Ok(NodeConfig {
             controller_tls,
             inter_broker_tls,
