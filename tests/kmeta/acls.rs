@@ -2,7 +2,7 @@
 //! a prefixed grant opens exactly the topics it names, and a revocation reaches every broker
 //! within a second.
 
-use crate::cluster::{until, ProcessCluster, BIN};
+use crate::cluster::{kmeta_as, until, ProcessCluster};
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -82,19 +82,6 @@ fn command_config(dir: &Path, user: &str) -> String {
         .collect();
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
-}
-
-/// Runs `kmeta ARGS --bootstrap-server B --command-config C`; (succeeded, stdout + stderr).
-fn kmeta_as(config: &str, bootstrap: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(BIN)
-        .args(args)
-        .args(["--bootstrap-server", bootstrap, "--command-config", config])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 fn listed_topics(config: &str, bootstrap: &str) -> Vec<String> {

@@ -324,3 +324,36 @@ pub fn wait_for_three_brokers(c: &ProcessCluster) {
         (v["brokers"].as_array()?.len() == 3).then_some(())
     });
 }
+
+/// Runs `kmeta ARGS --bootstrap-server B --command-config CONFIG` (an operator command
+/// logging in as CONFIG says); (succeeded, stdout then stderr).
+pub fn kmeta_as(
+    config: impl AsRef<std::ffi::OsStr>,
+    bootstrap: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--bootstrap-server", bootstrap, "--command-config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A client's settings for SSL: trusting the CA in `ca`, presenting the key and
+/// certificate chain in `keystore`.
+pub fn ssl_client(ca: &Path, keystore: &Path) -> kmeta::kafka::connect::ClientSecurity {
+    let props: BTreeMap<String, String> = [
+        ("security.protocol", "SSL".to_string()),
+        ("ssl.truststore.location", ca.display().to_string()),
+        ("ssl.keystore.location", keystore.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    kmeta::kafka::connect::ClientSecurity::from_properties(&props).unwrap()
+}

@@ -411,20 +411,7 @@ fn hostile_frames_never_stop_a_controller_behind_mutual_tls() {
     }
     // The quorum still serves: every controller answers DescribeQuorum over TLS, and the
     // broker registers through it.
-    let security = kmeta::kafka::connect::ClientSecurity::from_properties(
-        &[
-            ("security.protocol", "SSL".to_string()),
-            (
-                "ssl.truststore.location",
-                f.join("ca.crt").display().to_string(),
-            ),
-            ("ssl.keystore.location", node.display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    )
-    .unwrap();
+    let security = crate::cluster::ssl_client(&f.join("ca.crt"), &node);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for id in c.controllers.keys() {

@@ -4,27 +4,13 @@
 //! for the cluster, with another cluster's id, or with a live broker's id is refused and
 //! changes nothing.
 
-use crate::cluster::{until, ProcessCluster, BIN};
+use crate::cluster::{kmeta_as, until, ProcessCluster, BIN};
 use kmeta::tls::ca::Authority;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const AUTHORIZER: &str = "org.apache.kafka.metadata.authorizer.StandardAuthorizer";
-
-/// Runs `kmeta ARGS --bootstrap-server B --command-config C`; (succeeded, stdout + stderr).
-fn kmeta_as(config: &Path, bootstrap: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .args(["--bootstrap-server", bootstrap, "--command-config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 /// The registered brokers, with " (fenced)" after one that is not active.
 fn registered_brokers(config: &Path, bootstrap: &str) -> Vec<String> {
@@ -272,20 +258,7 @@ fn nodes_talk_over_mutual_tls_and_a_broker_that_cannot_prove_itself_is_refused()
     // certificate the controller closes the connection after the Raft hello; with a node's
     // it waits for the first RPC.
     let raft_stays_open = |keystore: &Path| {
-        let security = kmeta::kafka::connect::ClientSecurity::from_properties(
-            &[
-                ("security.protocol", "SSL".to_string()),
-                (
-                    "ssl.truststore.location",
-                    f.join("ca.crt").display().to_string(),
-                ),
-                ("ssl.keystore.location", keystore.display().to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        )
-        .unwrap();
+        let security = crate::cluster::ssl_client(&f.join("ca.crt"), keystore);
         let addr = c.controller_addr(101);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
