@@ -367,6 +367,10 @@ struct Active {
     next_offset: u64,
     /// Turned true when the session renounces; every parked reply then fails.
     renounced: watch::Sender<bool>,
+    /// The outcome of the session's last proposal, once known: a decision without records
+    /// was still decided on the speculative image, so its reply waits for it (as Kafka's
+    /// controller waits for the last written offset before answering a read it made).
+    last_proposed: Option<watch::Receiver<Option<Result<u64, ApiError>>>>,
 }
 
 /// A proposal of session `.0` did not land as predicted, for reason `.1`.
@@ -557,6 +561,7 @@ impl EventLoop {
             image,
             next_offset,
             renounced: watch::channel(false).0,
+            last_proposed: None,
         });
     }
 
@@ -589,7 +594,24 @@ impl EventLoop {
                 job(&mut ctx)
             };
             if decided.records.is_empty() {
-                (decided.finish)(Ok(offset.saturating_sub(1)));
+                // Decided on what this session proposed: answered once that has committed,
+                // never on records that may yet be lost.
+                if !records.is_empty() {
+                    finishes.push(decided.finish);
+                } else {
+                    match active.last_proposed.clone() {
+                        Some(mut outcome) if outcome.borrow().is_none() => {
+                            tokio::spawn(async move {
+                                let result = match outcome.wait_for(Option::is_some).await {
+                                    Ok(o) => o.clone().expect("waited for Some"),
+                                    Err(_) => Err(not_controller()),
+                                };
+                                (decided.finish)(result);
+                            });
+                        }
+                        _ => (decided.finish)(Ok(offset.saturating_sub(1))),
+                    }
+                }
                 continue;
             }
             // A non-atomic result (fencing, controlled shutdown, unregistration, elections)
@@ -733,6 +755,8 @@ impl EventLoop {
         // The state machine takes the image these records made instead of replaying them.
         let base = std::mem::replace(&mut active.proposed, active.image.clone());
         self.sm.expect(stamp, base, active.image.clone());
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        active.last_proposed = Some(outcome_rx);
         let (responder, committed, applied) = ProgressResponder::new();
         let proposed_at = Instant::now();
         let large = crate::heavy_to_replay(&records);
@@ -793,6 +817,7 @@ impl EventLoop {
                 } => outcome,
                 _ = renounced.wait_for(|r| *r) => Err(not_controller()),
             };
+            let _ = outcome_tx.send(Some(outcome.clone()));
             for f in finishes {
                 f(outcome.clone());
             }
