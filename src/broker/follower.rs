@@ -124,8 +124,14 @@ async fn fetch_once(
     let mut delta = ImageDelta::default();
     // Replay may take seconds (a broker-wide record at a million partitions): then the
     // worker's other tasks (client requests, follower fetches) move to another thread.
-    let heavy = batches.iter().map(|(_, b)| b.0.len()).sum::<usize>() >= 1_000
-        || batches.iter().any(|(_, b)| crate::heavy_to_replay(&b.0));
+    let heavy = batches
+        .iter()
+        .map(|(_, b)| b.records().len())
+        .sum::<usize>()
+        >= 1_000
+        || batches
+            .iter()
+            .any(|(_, b)| crate::heavy_to_replay(b.records()));
     let mut changed = if heavy {
         crate::cpu_bound(|| replay_entries(state, batches, image, next, &mut delta))?
     } else {
@@ -156,7 +162,7 @@ fn replay_entries(
     for (offset, batch) in batches {
         let mut broker_wide = None;
         let timer = crate::WorkTimer::start();
-        for record in &batch.0 {
+        for record in batch.records() {
             if let Err(e) = delta.replay(image, LogOffset(offset as i64), record) {
                 // The image no longer matches the log: start over from a snapshot.
                 tracing::error!(%e, offset, "a committed record does not replay here: resyncing");

@@ -87,7 +87,13 @@ pub fn read(dir: &Path) -> Result<Offline, String> {
                     let admitted = apply_proposal(&mut image, &mut chain, index, &proposal)
                         .map_err(|e| format!("entry {index} does not replay: {e}"))?;
                     if admitted {
-                        records.extend(proposal.batch.0.into_iter().map(|r| (index, r)));
+                        records.extend(
+                            proposal
+                                .batch
+                                .into_records()
+                                .into_iter()
+                                .map(|r| (index, r)),
+                        );
                     }
                 }
                 _ => chain.skip(),

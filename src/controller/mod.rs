@@ -765,7 +765,7 @@ impl EventLoop {
             .raft
             .write(Proposal {
                 stamp: Some(stamp),
-                batch: MetadataBatch(records),
+                batch: MetadataBatch::new(records),
             })
             .with_leader(active.leader_id)
             .responder(responder)

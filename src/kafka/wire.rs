@@ -216,14 +216,24 @@ impl ApiSet {
 }
 
 /// Runs a crate decoder, turning a panic into an error.
+/// `what` names the decoded thing in the error; it is formatted only on failure.
 fn guarded<T, E: std::fmt::Display>(
-    what: &str,
+    what: impl std::fmt::Display,
     f: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, String> {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("malformed {what}: {e:#}")),
         Err(_) => Err(format!("malformed {what}: the decoder panicked")),
+    }
+}
+
+/// "`Produce v9 request`", for errors: written out only when one is reported.
+struct RequestLabel(ApiKey, i16);
+
+impl std::fmt::Display for RequestLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} v{} request", self.0, self.1)
     }
 }
 
@@ -264,10 +274,9 @@ pub fn decode_request(payload: Bytes, apis: &ApiSet) -> Result<Request, Rejected
             range.min, range.max
         )));
     }
-    let body = guarded(&format!("{api_key:?} v{version} request"), || {
-        RequestKind::decode(api_key, &mut frame, version)
-    })
-    .map_err(Rejected::Close)?;
+    let what = RequestLabel(api_key, version);
+    let body = guarded(what, || RequestKind::decode(api_key, &mut frame, version))
+        .map_err(Rejected::Close)?;
     Ok(Request {
         header,
         api_key,

@@ -43,6 +43,100 @@ struct Inner {
     committed_hint: HintFile,
     /// Bytes of entries appended since this store was opened (for the snapshot policy).
     appended_bytes: u64,
+    /// The entries appended last, as appended: openraft reads each entry back right after
+    /// appending it, to send it to every follower and for the state machine to apply it,
+    /// and these are handed out instead of decoding the log's bytes again. Always the log's
+    /// tail (appends, truncations and purges keep them in step), bounded by
+    /// [`RECENT_ENTRIES`] and [`RECENT_BYTES`]; older entries are read from the log.
+    recent: Recent,
+}
+
+/// At most this many entries are kept decoded after their append.
+const RECENT_ENTRIES: usize = 4096;
+/// And at most this many bytes of their encodings.
+const RECENT_BYTES: u64 = 16 << 20;
+
+/// The log's last entries, decoded, each with its encoded size.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry, u64)>,
+    bytes: u64,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index())
+    }
+
+    fn last(&self) -> Option<&Entry> {
+        self.entries.back().map(|(e, _)| e)
+    }
+
+    /// Adds entries just appended after the last one (or starts over when they do not follow
+    /// it), dropping the oldest beyond the bounds.
+    fn push(&mut self, appended: impl IntoIterator<Item = (Entry, u64)>) {
+        for (entry, bytes) in appended {
+            if self
+                .last()
+                .is_some_and(|last| last.log_id.index() + 1 != entry.log_id.index())
+            {
+                self.clear();
+            }
+            self.bytes += bytes;
+            self.entries.push_back((entry, bytes));
+        }
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            let Some((_, bytes)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= bytes;
+        }
+    }
+
+    /// Keeps only entries up to `index` (none for `None`).
+    fn truncate_after(&mut self, index: Option<u64>) {
+        while let Some((entry, bytes)) = self.entries.back() {
+            if index.is_some_and(|i| entry.log_id.index() <= i) {
+                break;
+            }
+            self.bytes -= bytes;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops entries up to `index`.
+    fn purge_upto(&mut self, index: u64) {
+        while let Some((entry, bytes)) = self.entries.front() {
+            if entry.log_id.index() > index {
+                break;
+            }
+            self.bytes -= bytes;
+            self.entries.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries from `start` on while `below_end` holds, if `start` is at or after the
+    /// first kept entry.
+    fn from(&self, start: u64, below_end: impl Fn(u64) -> bool) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        if start < first {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .skip((start - first) as usize)
+                .map(|(e, _)| e)
+                .take_while(|e| below_end(e.log_id.index()))
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 /// The durable Raft log of one controller. Cloning shares the same log (readers).
@@ -158,6 +252,7 @@ impl LogStore {
             committed: None,
             committed_hint,
             appended_bytes: 0,
+            recent: Recent::default(),
         };
         // Nor is one that names an entry the log does not hold: a hint written after an
         // append that was not flushed yet can outlive it in a power loss. Every entry up to
@@ -208,6 +303,9 @@ impl Inner {
     }
 
     fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        if let Some(last) = self.recent.last() {
+            return Ok(Some(last.log_id));
+        }
         match self.log.last_index() {
             Some(i) if i >= self.first_live_index() => {
                 let bytes = self.log.get(i).expect("last index exists");
@@ -239,6 +337,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(Vec::new());
         }
         let end = range.end_bound().cloned();
+        let below_end = |i: u64| match end {
+            Bound::Included(e) => i <= e,
+            Bound::Excluded(e) => i < e,
+            Bound::Unbounded => true,
+        };
+        if let Some(entries) = inner.recent.from(start, below_end) {
+            return Ok(entries);
+        }
         inner
             .log
             .range((Bound::Included(start), end))
@@ -293,14 +399,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded: Vec<(u64, Vec<u8>)> = entries
-            .into_iter()
-            .map(|e| {
-                Ok((
-                    e.log_id.index(),
-                    postcard::to_allocvec(&e).map_err(invalid)?,
-                ))
-            })
+            .iter()
+            .map(|e| Ok((e.log_id.index(), postcard::to_allocvec(e).map_err(invalid)?)))
             .collect::<io::Result<_>>()?;
         let refs: Vec<(u64, &[u8])> = encoded.iter().map(|(i, b)| (*i, b.as_slice())).collect();
         let bytes: u64 = encoded.iter().map(|(_, b)| b.len() as u64).sum();
@@ -309,6 +411,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let r = inner.log.append(&refs);
             if r.is_ok() {
                 inner.appended_bytes += bytes;
+                let sizes = encoded.iter().map(|(_, b)| b.len() as u64);
+                inner.recent.push(entries.into_iter().zip(sizes));
+            } else {
+                // What the log holds after a failed append is read from the log.
+                inner.recent.clear();
             }
             r
         };
@@ -330,7 +437,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         self.flusher.wait().await?;
         let mut inner = self.lock();
-        inner.log.truncate_after(last_log_id.map(|l| l.index()))
+        let index = last_log_id.map(|l| l.index());
+        let r = inner.log.truncate_after(index);
+        match r {
+            Ok(()) => inner.recent.truncate_after(index),
+            Err(_) => inner.recent.clear(),
+        }
+        r
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -339,6 +452,117 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let index = log_id.index();
         inner.state.last_purged = Some(log_id);
         inner.save_state()?;
+        inner.recent.purge_upto(index);
         inner.log.purge_upto(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{MetadataBatch, Proposal};
+    use kmeta_metadata::record::{MetadataRecord, TopicRecord};
+    use openraft::storage::IOFlushed;
+    use openraft::testing::log_id;
+    use openraft::EntryPayload;
+    use proptest::strategy::Strategy;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: log_id::<TypeConfig>(term, 1, index),
+            payload: EntryPayload::Normal(Proposal::unstamped(MetadataBatch::new(vec![
+                MetadataRecord::Topic(TopicRecord {
+                    name: format!("t{term}-{index}"),
+                    topic_id: uuid::Uuid::from_u128(index as u128 + 1),
+                }),
+            ]))),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(usize),
+        Truncate(u64),
+        Purge(u64),
+        Reopen,
+        Read(u64),
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+        /// What openraft reads back is what the log holds, whether it comes from the entries
+        /// kept after their append or from the log's bytes: across appends (each under a new
+        /// term, so an entry cut by truncation and written again differs), truncations,
+        /// purges, reopens and reads from any index.
+        #[test]
+        fn entries_read_back_are_the_logs_through_appends_truncations_purges_and_reopens(
+            ops in proptest::collection::vec(
+                proptest::prop_oneof![
+                    5 => (1usize..5).prop_map(Op::Append),
+                    1 => (0u64..30).prop_map(Op::Truncate),
+                    1 => (0u64..30).prop_map(Op::Purge),
+                    1 => proptest::strategy::Just(Op::Reopen),
+                    2 => (0u64..30).prop_map(Op::Read),
+                ],
+                1..50,
+            )
+        ) {
+            use proptest::prop_assert_eq;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            rt.block_on(async {
+                let mut store = LogStore::open_with_segment_bytes(dir.path(), 300).unwrap();
+                let mut model: Vec<Entry> = Vec::new();
+                let mut purged: Option<u64> = None;
+                let mut term = 1;
+                for op in ops {
+                    let mut from = 0;
+                    match op {
+                        Op::Append(n) => {
+                            term += 1;
+                            let start = model.last().map(|e| e.log_id.index() + 1)
+                                .or(purged.map(|p| p + 1)).unwrap_or(1);
+                            let batch: Vec<Entry> =
+                                (start..start + n as u64).map(|i| entry(term, i)).collect();
+                            store.append(batch.clone(), IOFlushed::noop()).await.unwrap();
+                            model.extend(batch);
+                        }
+                        Op::Truncate(i) => {
+                            let keep = i.max(purged.unwrap_or(0));
+                            let id = model.iter().find(|e| e.log_id.index() == keep).map(|e| e.log_id);
+                            if id.is_some() || keep == 0 {
+                                store.truncate_after(id).await.unwrap();
+                                model.retain(|e| e.log_id.index() <= keep);
+                            }
+                        }
+                        Op::Purge(i) => {
+                            if purged.is_none_or(|p| i > p) {
+                                if let Some(e) = model.iter().find(|e| e.log_id.index() == i) {
+                                    store.purge(e.log_id).await.unwrap();
+                                    purged = Some(i);
+                                    model.retain(|e| e.log_id.index() > i);
+                                }
+                            }
+                        }
+                        Op::Reopen => {
+                            drop(store);
+                            store = LogStore::open_with_segment_bytes(dir.path(), 300).unwrap();
+                        }
+                        Op::Read(i) => from = i,
+                    }
+                    let read = store.try_get_log_entries(from..).await.unwrap();
+                    let expected: Vec<Entry> =
+                        model.iter().filter(|e| e.log_id.index() >= from).cloned().collect();
+                    prop_assert_eq!(read, expected);
+                    let last = store.get_log_state().await.unwrap().last_log_id;
+                    let expected_last = model.last().map(|e| e.log_id).or_else(|| {
+                        store.lock().state.last_purged
+                    });
+                    prop_assert_eq!(last, expected_last);
+                }
+                Ok(())
+            })?;
+        }
     }
 }

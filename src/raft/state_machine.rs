@@ -260,7 +260,7 @@ pub fn apply_proposal(
     if !chain.admit(index, proposal.stamp.as_ref()) {
         return Ok(false);
     }
-    image.replay_batch(LogOffset(index as i64), &proposal.batch.0)?;
+    image.replay_batch(LogOffset(index as i64), proposal.batch.records())?;
     Ok(true)
 }
 
@@ -546,7 +546,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // snapshots one at a time), so what was replayed outside is stored as it is.
             let mut replayed_outside = None;
             if let EntryPayload::Normal(proposal) = &entry.payload {
-                if crate::heavy_to_replay(&proposal.batch.0) {
+                if crate::heavy_to_replay(proposal.batch.records()) {
                     let (base, chain, expected) = {
                         let inner = self.lock();
                         (inner.image.clone(), inner.chain, inner.expects(index))
@@ -574,7 +574,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 if admit {
                                     debug_assert!(
                                         inner.image.partition_count() > 10_000
-                                            || replayed(&inner.image, index, &proposal.batch.0)
+                                            || replayed(&inner.image, index, proposal.batch.records())
                                                 .is_ok_and(|r| r == after),
                                         "an adopted image differs from the replay of its entry"
                                     );
@@ -717,7 +717,7 @@ mod tests {
             ),
             payload: EntryPayload::Normal(Proposal {
                 stamp: Some(stamp),
-                batch: MetadataBatch(records),
+                batch: MetadataBatch::new(records),
             }),
         };
         let entries = futures_util::stream::iter(vec![Ok((entry, None))]);

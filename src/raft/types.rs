@@ -15,14 +15,75 @@
 use kmeta_metadata::MetadataRecord;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
-/// The records of one Raft entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MetadataBatch(pub Vec<MetadataRecord>);
+/// The records of one Raft entry, shared: clones share the records and, once made, their
+/// encodings.
+///
+/// An entry's records are encoded for the leader's log, for each follower, for the brokers'
+/// tail, and again on each follower for its own log and tail; a follower and the state
+/// machine decode them again when they read the log. The encodings are made once (or kept
+/// from the bytes they were decoded from) and the records decoded once, so each of those is
+/// a copy or a shared reference instead (`docs/RAFT.md`, "Encoded once").
+#[derive(Clone, Default)]
+pub struct MetadataBatch(Arc<Batch>);
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<MetadataRecord>,
+    /// Each record's versioned encoding (`docs/RECORDS.md`), made on first need.
+    encoded: OnceLock<Box<[Vec<u8>]>>,
+}
+
+impl MetadataBatch {
+    /// A batch of these records.
+    pub fn new(records: Vec<MetadataRecord>) -> MetadataBatch {
+        MetadataBatch(Arc::new(Batch {
+            records,
+            encoded: OnceLock::new(),
+        }))
+    }
+
+    /// The records, in order.
+    pub fn records(&self) -> &[MetadataRecord] {
+        &self.0.records
+    }
+
+    /// The records, copied only if another holder shares them.
+    pub fn into_records(self) -> Vec<MetadataRecord> {
+        match Arc::try_unwrap(self.0) {
+            Ok(batch) => batch.records,
+            Err(shared) => shared.records.clone(),
+        }
+    }
+
+    /// Each record's encoding, made once.
+    pub fn encodings(&self) -> &[Vec<u8>] {
+        self.0
+            .encoded
+            .get_or_init(|| self.0.records.iter().map(MetadataRecord::encode).collect())
+    }
+}
+
+impl PartialEq for MetadataBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.records() == other.records()
+    }
+}
+
+impl Eq for MetadataBatch {}
+
+impl fmt::Debug for MetadataBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MetadataBatch")
+            .field(&self.0.records)
+            .finish()
+    }
+}
 
 impl fmt::Display for MetadataBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MetadataBatch({} records)", self.0.len())
+        write!(f, "MetadataBatch({} records)", self.0.records.len())
     }
 }
 
@@ -30,23 +91,29 @@ impl fmt::Display for MetadataBatch {
 /// (`docs/RECORDS.md`), so the Raft log and the snapshots share one record format.
 impl Serialize for MetadataBatch {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let encoded: Vec<serde_bytes_vec::Bytes> = self
-            .0
-            .iter()
-            .map(|r| serde_bytes_vec::Bytes(r.encode()))
-            .collect();
-        encoded.serialize(serializer)
+        use serde::ser::SerializeSeq;
+        let encodings = self.encodings();
+        let mut seq = serializer.serialize_seq(Some(encodings.len()))?;
+        for e in encodings {
+            seq.serialize_element(&serde_bytes_vec::BytesRef(e))?;
+        }
+        seq.end()
     }
 }
 
+/// Decoded record by record; the bytes each came from are kept as its encoding.
 impl<'de> Deserialize<'de> for MetadataBatch {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let encoded = Vec::<serde_bytes_vec::Bytes>::deserialize(deserializer)?;
-        encoded
-            .into_iter()
+        let records = encoded
+            .iter()
             .map(|b| MetadataRecord::decode(&b.0).map_err(serde::de::Error::custom))
-            .collect::<Result<Vec<_>, _>>()
-            .map(MetadataBatch)
+            .collect::<Result<Vec<_>, _>>()?;
+        let encodings: Box<[Vec<u8>]> = encoded.into_iter().map(|b| b.0).collect();
+        Ok(MetadataBatch(Arc::new(Batch {
+            records,
+            encoded: OnceLock::from(encodings),
+        })))
     }
 }
 
@@ -58,9 +125,11 @@ mod serde_bytes_vec {
 
     pub struct Bytes(pub Vec<u8>);
 
-    impl Serialize for Bytes {
+    pub struct BytesRef<'a>(pub &'a [u8]);
+
+    impl Serialize for BytesRef<'_> {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_bytes(&self.0)
+            serializer.serialize_bytes(self.0)
         }
     }
 
@@ -222,6 +291,40 @@ mod tests {
             first_offset,
             offset,
         }
+    }
+
+    fn records() -> Vec<MetadataRecord> {
+        use kmeta_metadata::record::{FeatureLevelRecord, TopicRecord};
+        vec![
+            MetadataRecord::Topic(TopicRecord {
+                name: "orders".into(),
+                topic_id: uuid::Uuid::from_u128(7),
+            }),
+            MetadataRecord::FeatureLevel(FeatureLevelRecord {
+                name: "metadata.version".into(),
+                level: 21,
+            }),
+        ]
+    }
+
+    /// A batch is encoded once and its clones share that encoding; one decoded from bytes
+    /// keeps them, and writes out exactly the bytes it came from.
+    #[test]
+    fn a_batch_is_encoded_once_and_a_decoded_one_writes_back_its_own_bytes() {
+        let batch = MetadataBatch::new(records());
+        let copy = batch.clone();
+        let bytes = postcard::to_allocvec(&batch).unwrap();
+        assert!(
+            std::ptr::eq(batch.encodings(), copy.encodings()),
+            "a clone shares the encodings"
+        );
+        let expected: Vec<Vec<u8>> = records().iter().map(MetadataRecord::encode).collect();
+        assert_eq!(batch.encodings(), expected.as_slice());
+        let decoded: MetadataBatch = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(decoded, batch);
+        assert_eq!(decoded.encodings(), expected.as_slice());
+        assert_eq!(postcard::to_allocvec(&decoded).unwrap(), bytes);
+        assert_eq!(decoded.into_records(), records());
     }
 
     #[test]

@@ -575,7 +575,11 @@ async fn a_reply_asked_after_a_prefix_comes_with_an_entry_of_that_prefix_alone_a
     let (first, bytes) = entries.first().expect("the reply's entry");
     assert_eq!(*first, offset);
     let batch = kmeta::raft::state_machine::decode_batch(bytes).unwrap();
-    assert_eq!(batch.0.len(), 1, "the reply's entry holds the prefix alone");
+    assert_eq!(
+        batch.records().len(),
+        1,
+        "the reply's entry holds the prefix alone"
+    );
     // The other 24,999: three more entries of at most 10,000.
     let start = Instant::now();
     while applied(&cluster, leader).0 < before + 4 {

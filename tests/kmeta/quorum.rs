@@ -59,12 +59,13 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let leader = self.leader(Duration::from_secs(10)).await;
-            let batch = Proposal::unstamped(MetadataBatch(vec![MetadataRecord::FeatureLevel(
-                FeatureLevelRecord {
-                    name: format!("f{n}"),
-                    level: n + 1,
-                },
-            )]));
+            let batch =
+                Proposal::unstamped(MetadataBatch::new(vec![MetadataRecord::FeatureLevel(
+                    FeatureLevelRecord {
+                        name: format!("f{n}"),
+                        level: n + 1,
+                    },
+                )]));
             match self.nodes[&leader].raft.client_write(batch).await {
                 Ok(r) => return r.log_id.index(),
                 Err(e)
@@ -190,7 +191,7 @@ async fn the_metadata_shell_reads_a_stopped_controller_and_returns() {
 }
 
 fn feature(name: &str) -> Proposal {
-    Proposal::unstamped(MetadataBatch(vec![MetadataRecord::FeatureLevel(
+    Proposal::unstamped(MetadataBatch::new(vec![MetadataRecord::FeatureLevel(
         FeatureLevelRecord {
             name: name.into(),
             level: 1,

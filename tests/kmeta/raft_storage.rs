@@ -40,7 +40,7 @@ mod restart {
     fn topic_entry(index: u64) -> kmeta::raft::types::Entry {
         Entry {
             log_id: log_id::<TypeConfig>(2, 1, index),
-            payload: EntryPayload::Normal(Proposal::unstamped(MetadataBatch(vec![
+            payload: EntryPayload::Normal(Proposal::unstamped(MetadataBatch::new(vec![
                 MetadataRecord::Topic(TopicRecord {
                     name: format!("topic-{index}"),
                     topic_id: uuid::Uuid::from_u128(index as u128 + 1),
