@@ -538,7 +538,7 @@ impl BrokerService {
     ///
     /// `coordinator`: this broker's id when it checked the request as the group's coordinator
     /// (the controller refuses it if this broker no longer coordinates the group).
-    async fn forward(
+    pub(super) async fn forward(
         &self,
         raw: Bytes,
         coordinator: Option<i32>,
@@ -686,6 +686,11 @@ impl Service for BrokerService {
                 return encode_response(header.correlation_id, api_key, version, &refused)
             }
         };
+        if let (RequestKind::OffsetCommit(r), Post::Nothing) = (&body, &post) {
+            return self
+                .offset_commit_as_sent(r, raw, header.correlation_id, version, &caller)
+                .await;
+        }
         // A read whose answer is filtered keeps what it asked for.
         let asked = matches!(post, Post::Filter)
             .then(|| match &body {

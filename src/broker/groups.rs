@@ -13,7 +13,8 @@
 use super::api::BrokerService;
 use super::group::JoinRequest;
 use crate::controller::kafka_api::offset_commit_response;
-use crate::kafka::wire::sb;
+use crate::kafka::wire::{encode_response, sb};
+use bytes::Bytes;
 use kafka_protocol::messages::*;
 use kmeta_metadata::{ErrorCode, MetadataImage, TopicIdPartition};
 
@@ -256,6 +257,49 @@ impl BrokerService {
             return Ok(offset_commit_response(&r, |_, _| code.code()));
         }
         self.forward_as_coordinator(&r, version, caller).await
+    }
+
+    /// OffsetCommit of a request nothing was taken out of: checked as [`offset_commit`]
+    /// does, then forwarded as the client sent it (`raw`, header and all), and the
+    /// controller's answer, encoded with the client's correlation id at the client's version,
+    /// goes back as it is. Kafka's brokers forward a request's bytes the same way; this
+    /// spares decoding and encoding the request and the answer once more each.
+    ///
+    /// [`offset_commit`]: Self::offset_commit
+    pub(super) async fn offset_commit_as_sent(
+        &self,
+        r: &OffsetCommitRequest,
+        raw: Bytes,
+        correlation_id: i32,
+        version: i16,
+        caller: &super::authz::Caller,
+    ) -> Result<Bytes, String> {
+        let verdict = self.coordinates_now(&r.group_id).and_then(|()| {
+            self.state().groups.validate_commit(
+                &r.group_id,
+                &r.member_id,
+                r.group_instance_id.as_deref(),
+                r.generation_id_or_member_epoch,
+            )
+        });
+        if let Err(code) = verdict {
+            let refused = offset_commit_response(r, |_, _| code.code());
+            return encode_response(
+                correlation_id,
+                ApiKey::OffsetCommit,
+                version,
+                &refused.into(),
+            );
+        }
+        let reply = self
+            .forward(raw, Some(self.state().node_id), caller)
+            .await?;
+        // The answer must be this request's: the controller writes the forwarded header's
+        // correlation id first.
+        match reply.get(..4) {
+            Some(id) if id == correlation_id.to_be_bytes() => Ok(reply),
+            _ => Err("a forwarded OffsetCommit answered with another correlation id".into()),
+        }
     }
 
     pub(super) fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
