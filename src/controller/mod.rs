@@ -671,7 +671,12 @@ impl EventLoop {
                     break;
                 };
                 let at = LogOffset(active.next_offset as i64);
-                let mut next = active.image.clone();
+                // Replayed in place: a replay that fails ends the session (below), and the
+                // speculative image goes with it. (Onto a copy, every decision's inserts
+                // copied their paths through each map they touched, the copy sharing every
+                // node with the image it replaced; in place, only the first decision after a
+                // proposal does, the image then sharing its nodes with the proposed one.)
+                let next = &mut active.image;
                 let mut replay = || next.replay_batch(at, &chunk);
                 let replayed = if crate::heavy_to_replay(&chunk) {
                     let timer = crate::WorkTimer::start();
@@ -691,11 +696,12 @@ impl EventLoop {
                     Ok(()) => {
                         if self.balance_soon.is_none()
                             && self.config.leader_balance_interval_ms > 0
-                            && chunk.iter().any(|r| enables_preferred_election(&next, r))
+                            && chunk
+                                .iter()
+                                .any(|r| enables_preferred_election(&active.image, r))
                         {
                             self.balance_soon = Some(Instant::now() + BALANCE_SOON);
                         }
-                        active.image = next;
                         let reply_reached = before_reply > 0 && before_reply <= chunk.len();
                         before_reply = before_reply.saturating_sub(chunk.len());
                         records.extend(chunk);
