@@ -195,8 +195,11 @@ impl ControllerService {
         self.sm.image()
     }
 
+    /// Read in place: a copy of openraft's metrics (its replication and membership maps)
+    /// for each request cost an allocation per map.
     fn leader(&self) -> (Option<u64>, u64) {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
         (crate::raft::network::known_leader(&m), m.current_term)
     }
 
