@@ -52,9 +52,9 @@ struct Inner {
 }
 
 /// At most this many entries are kept decoded after their append.
-const RECENT_ENTRIES: usize = 4096;
+const RECENT_ENTRIES: usize = 1024;
 /// And at most this many bytes of their encodings.
-const RECENT_BYTES: u64 = 16 << 20;
+const RECENT_BYTES: u64 = 4 << 20;
 
 /// The log's last entries, decoded, each with its encoded size.
 #[derive(Default)]
