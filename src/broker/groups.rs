@@ -237,6 +237,19 @@ impl BrokerService {
         }
     }
 
+    /// Whether this broker coordinates the group and the commit's member and generation
+    /// (or epoch) are the group's.
+    fn commit_verdict(&self, r: &OffsetCommitRequest) -> Result<(), ErrorCode> {
+        self.coordinates_now(&r.group_id).and_then(|()| {
+            self.state().groups.validate_commit(
+                &r.group_id,
+                &r.member_id,
+                r.group_instance_id.as_deref(),
+                r.generation_id_or_member_epoch,
+            )
+        })
+    }
+
     /// OffsetCommit: checked against the group's membership here, then written by the active
     /// controller.
     pub(super) async fn offset_commit(
@@ -245,14 +258,7 @@ impl BrokerService {
         version: i16,
         caller: &super::authz::Caller,
     ) -> Result<OffsetCommitResponse, String> {
-        let verdict = self.coordinates_now(&r.group_id).and_then(|()| {
-            self.state().groups.validate_commit(
-                &r.group_id,
-                &r.member_id,
-                r.group_instance_id.as_deref(),
-                r.generation_id_or_member_epoch,
-            )
-        });
+        let verdict = self.commit_verdict(&r);
         if let Err(code) = verdict {
             return Ok(offset_commit_response(&r, |_, _| code.code()));
         }
@@ -274,14 +280,7 @@ impl BrokerService {
         version: i16,
         caller: &super::authz::Caller,
     ) -> Result<Bytes, String> {
-        let verdict = self.coordinates_now(&r.group_id).and_then(|()| {
-            self.state().groups.validate_commit(
-                &r.group_id,
-                &r.member_id,
-                r.group_instance_id.as_deref(),
-                r.generation_id_or_member_epoch,
-            )
-        });
+        let verdict = self.commit_verdict(r);
         if let Err(code) = verdict {
             let refused = offset_commit_response(r, |_, _| code.code());
             return encode_response(
