@@ -258,8 +258,7 @@ impl BrokerService {
         version: i16,
         caller: &super::authz::Caller,
     ) -> Result<OffsetCommitResponse, String> {
-        let verdict = self.commit_verdict(&r);
-        if let Err(code) = verdict {
+        if let Err(code) = self.commit_verdict(&r) {
             return Ok(offset_commit_response(&r, |_, _| code.code()));
         }
         self.forward_as_coordinator(&r, version, caller).await
@@ -280,8 +279,7 @@ impl BrokerService {
         version: i16,
         caller: &super::authz::Caller,
     ) -> Result<Bytes, String> {
-        let verdict = self.commit_verdict(r);
-        if let Err(code) = verdict {
+        if let Err(code) = self.commit_verdict(r) {
             let refused = offset_commit_response(r, |_, _| code.code());
             return encode_response(
                 correlation_id,

@@ -274,9 +274,10 @@ pub fn decode_request(payload: Bytes, apis: &ApiSet) -> Result<Request, Rejected
             range.min, range.max
         )));
     }
-    let what = RequestLabel(api_key, version);
-    let body = guarded(what, || RequestKind::decode(api_key, &mut frame, version))
-        .map_err(Rejected::Close)?;
+    let body = guarded(RequestLabel(api_key, version), || {
+        RequestKind::decode(api_key, &mut frame, version)
+    })
+    .map_err(Rejected::Close)?;
     Ok(Request {
         header,
         api_key,

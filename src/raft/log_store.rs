@@ -120,9 +120,9 @@ impl Recent {
         self.bytes = 0;
     }
 
-    /// The entries from `start` on while `below_end` holds, if `start` is at or after the
+    /// The entries from `start` on while `in_range` holds, if `start` is at or after the
     /// first kept entry.
-    fn from(&self, start: u64, below_end: impl Fn(u64) -> bool) -> Option<Vec<Entry>> {
+    fn from(&self, start: u64, in_range: impl Fn(u64) -> bool) -> Option<Vec<Entry>> {
         let first = self.first_index()?;
         if start < first {
             return None;
@@ -132,7 +132,7 @@ impl Recent {
                 .iter()
                 .skip((start - first) as usize)
                 .map(|(e, _)| e)
-                .take_while(|e| below_end(e.log_id.index()))
+                .take_while(|e| in_range(e.log_id.index()))
                 .cloned()
                 .collect(),
         )
@@ -336,18 +336,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if empty {
             return Ok(Vec::new());
         }
-        let end = range.end_bound().cloned();
-        let below_end = |i: u64| match end {
-            Bound::Included(e) => i <= e,
-            Bound::Excluded(e) => i < e,
-            Bound::Unbounded => true,
-        };
-        if let Some(entries) = inner.recent.from(start, below_end) {
+        if let Some(entries) = inner.recent.from(start, |i| range.contains(&i)) {
             return Ok(entries);
         }
         inner
             .log
-            .range((Bound::Included(start), end))
+            .range((Bound::Included(start), range.end_bound().cloned()))
             .map(|(_, bytes)| Inner::decode(&bytes))
             .collect()
     }
