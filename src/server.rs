@@ -47,6 +47,13 @@ pub fn raft_timing(election_timeout_ms: u64) -> Result<Arc<openraft::Config>, St
         // entry it appended but had not flushed before the crash may already sit, under the
         // same term and index, on a follower (docs/RAFT.md).
         enable_leader_restore: Some(false),
+        // A controller whose data directory was lost (a replaced disk, a wiped node) comes
+        // back with an empty log, below what the leader last knew it to hold. openraft's
+        // leader, unless allowed to, never lowers what it believes a follower holds: it
+        // answered the follower's conflicts by sending the same snapshot over and over, and
+        // the follower never caught up (`quorum::a_wiped_controller_catches_up_by_snapshot`).
+        // Allowed, it searches the follower's log again and catches it up (docs/RAFT.md).
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     raft.validate()
