@@ -9,16 +9,22 @@
 //! frame is oversized or malformed, logging why.
 
 use super::state_machine::{SnapshotData, StateMachine};
-use super::types::{TypeConfig, Vote};
+use super::types::{LogId, TypeConfig, Vote};
 use crate::kafka::listener::{Limits, Service};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{BoxStream, FuturesOrdered};
+use futures_util::{Stream, StreamExt};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::type_config::alias::{SnapshotMetaOf, SnapshotOf};
-use openraft::{BasicNode, RaftNetworkV2};
+use openraft::{BasicNode, OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -133,6 +139,79 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         ));
     }
     Ok(Some(buf))
+}
+
+/// How many AppendEntries a replication stream sends ahead of their answers, and how many a
+/// peer's connection hands to Raft before it has written their answers. Raft's order is kept:
+/// one connection carries them, and the peer hands them to its Raft core in the order read.
+pub const MAX_APPENDS_IN_FLIGHT: usize = 32;
+
+/// Reads frames through a buffer, and cancel-safely: a [`FrameReader::fill`] dropped before it
+/// finishes (the losing branch of a `select!`) has read nothing, so one task can wait on a
+/// connection's next frame and on other work at once, with no task of its own for reading.
+struct FrameReader {
+    buf: BytesMut,
+    max_bytes: usize,
+}
+
+impl FrameReader {
+    const READ_BYTES: usize = 64 * 1024;
+
+    fn new(max_bytes: usize) -> Self {
+        FrameReader {
+            buf: BytesMut::new(),
+            max_bytes,
+        }
+    }
+
+    /// A whole frame already read, if there is one.
+    fn take(&mut self) -> io::Result<Option<Bytes>> {
+        let Some(head) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
+        if len > self.max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "frame of {len} bytes exceeds the limit of {}",
+                    self.max_bytes
+                ),
+            ));
+        }
+        if self.buf.len() < 4 + len {
+            self.buf.reserve(4 + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(4);
+        Ok(Some(self.buf.split_to(len).freeze()))
+    }
+
+    /// Reads what `r` has into the buffer, once; `Ok(0)` at the end of the stream.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<usize> {
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(Self::READ_BYTES);
+        }
+        r.read_buf(&mut self.buf).await
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of the stream between frames.
+    async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> io::Result<Option<Bytes>> {
+        loop {
+            if let Some(frame) = self.take()? {
+                return Ok(Some(frame));
+            }
+            if self.fill(r).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed inside a frame",
+                ));
+            }
+        }
+    }
 }
 
 /// Links that tests have cut or slowed: RPCs over a cut `(from, to)` link fail as unreachable,
@@ -265,7 +344,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 pub struct PeerClient {
     addr: String,
     /// Read through a buffer (a frame's size and body in one system call).
-    conn: Option<tokio::io::BufReader<crate::kafka::connect::ClientStream>>,
+    conn: Option<PeerConnection>,
     /// See [`rpc_deadline`].
     request_timeout: Duration,
     link: Option<(u64, u64, LinkFaults)>,
@@ -287,21 +366,7 @@ impl PeerClient {
 
     /// One request and its response within [`rpc_deadline`] of its encoded size.
     async fn call(&mut self, request: &Request) -> Result<Response, NetError> {
-        let mut delay = Duration::ZERO;
-        if let Some((from, to, faults)) = &self.link {
-            if faults.blocked(*from, *to) {
-                self.conn = None;
-                return Err(NetError(format!(
-                    "link {from}->{to} is cut (injected fault)"
-                )));
-            }
-            let writes = match request {
-                Request::AppendEntries(rpc) => !rpc.entries.is_empty(),
-                Request::FullSnapshot { .. } => true,
-                _ => false,
-            };
-            delay = faults.delay(*from, *to, writes);
-        }
+        let delay = self.injected_delay(request)?;
         let payload = postcard::to_allocvec(request).map_err(|e| NetError(e.to_string()))?;
         let ttl = rpc_deadline(self.request_timeout, payload.len());
         let exchange = async {
@@ -333,14 +398,7 @@ impl PeerClient {
     async fn exchange(&mut self, payload: &[u8]) -> io::Result<Vec<u8>> {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => {
-                let security = crate::kafka::connect::node_security(self.tls.as_ref())?;
-                let mut stream =
-                    crate::kafka::connect::connect(&self.addr, self.request_timeout, &security)
-                        .await?;
-                write_frame(&mut stream, RAFT_HELLO).await?;
-                tokio::io::BufReader::new(stream)
-            }
+            None => self.connect().await?,
         };
         write_frame(&mut conn, payload).await?;
         let response = read_frame(&mut conn, MAX_RAFT_FRAME_BYTES)
@@ -350,6 +408,200 @@ impl PeerClient {
             })?;
         self.conn = Some(conn);
         Ok(response)
+    }
+
+    /// A new connection to the peer, introduced as Raft.
+    async fn connect(&self) -> io::Result<PeerConnection> {
+        let security = crate::kafka::connect::node_security(self.tls.as_ref())?;
+        let mut stream =
+            crate::kafka::connect::connect(&self.addr, self.request_timeout, &security).await?;
+        write_frame(&mut stream, RAFT_HELLO).await?;
+        Ok(tokio::io::BufReader::new(stream))
+    }
+
+    /// What a test injected into this link for `request`: an error if the link is cut (and
+    /// the connection dropped), else how long the request is held before it is sent.
+    fn injected_delay(&mut self, request: &Request) -> Result<Duration, NetError> {
+        let Some((from, to, faults)) = &self.link else {
+            return Ok(Duration::ZERO);
+        };
+        if faults.blocked(*from, *to) {
+            self.conn = None;
+            return Err(NetError(format!(
+                "link {from}->{to} is cut (injected fault)"
+            )));
+        }
+        let writes = match request {
+            Request::AppendEntries(rpc) => !rpc.entries.is_empty(),
+            Request::FullSnapshot { .. } => true,
+            _ => false,
+        };
+        Ok(faults.delay(*from, *to, writes))
+    }
+}
+
+/// A connection to a peer, read through a buffer (a frame's size and body in one system call).
+type PeerConnection = tokio::io::BufReader<crate::kafka::connect::ClientStream>;
+
+/// An AppendEntries on the connection whose answer has not been read.
+struct SentAppend {
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    deadline: tokio::time::Instant,
+}
+
+/// One replication stream's AppendEntries to a peer, pipelined: each is sent as openraft makes
+/// it, up to [`MAX_APPENDS_IN_FLIGHT`] ahead of their answers, which are read in the order
+/// sent (a peer answers a connection's requests in order). Each answer is due within
+/// [`rpc_deadline`] of its request's size from when it was sent. Any failure ends the stream
+/// and drops the connection; so does a stream dropped midway (openraft ends a session early),
+/// so no later call reads an answer meant for this one. A stream that ends with every answer
+/// read hands the connection back to its client.
+struct AppendPipeline<'a, S> {
+    client: &'a mut PeerClient,
+    input: S,
+    input_done: bool,
+    conn: Option<PeerConnection>,
+    frames: FrameReader,
+    sent: VecDeque<SentAppend>,
+    ended: bool,
+}
+
+type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+impl<S> AppendPipeline<'_, S>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    async fn next(&mut self) -> Option<AppendAnswer> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            if !self.sent.is_empty() {
+                match self.frames.take() {
+                    Ok(Some(frame)) => return Some(self.answer(&frame)),
+                    Ok(None) => {}
+                    Err(e) => return Some(self.fail(e.to_string())),
+                }
+            } else if self.input_done {
+                self.ended = true;
+                if self.frames.buf.is_empty() {
+                    self.client.conn = self.conn.take();
+                }
+                return None;
+            }
+            let sending = !self.input_done && self.sent.len() < MAX_APPENDS_IN_FLIGHT;
+            let deadline = self.sent.front().map(|s| s.deadline);
+            let Self {
+                input,
+                conn,
+                frames,
+                ..
+            } = self;
+            let read = async {
+                match conn.as_mut() {
+                    Some(conn) if deadline.is_some() => frames.fill(conn).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let late = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                read = read => match read {
+                    Ok(0) => return Some(self.fail("the peer closed the connection".into())),
+                    Ok(_) => {}
+                    Err(e) => return Some(self.fail(e.to_string())),
+                },
+                _ = late => return Some(self.fail("no answer in time".into())),
+                request = input.next(), if sending => match request {
+                    None => self.input_done = true,
+                    Some(request) => {
+                        if let Err(e) = self.send(request).await {
+                            return Some(self.fail(e));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send(&mut self, request: AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+        let prev = request.prev_log_id;
+        let last = request.entries.last().map(|e| e.log_id).or(prev);
+        let request = Request::AppendEntries(request);
+        let delay = self.client.injected_delay(&request).map_err(|e| e.0)?;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let payload = postcard::to_allocvec(&request).map_err(|e| e.to_string())?;
+        let ttl = rpc_deadline(self.client.request_timeout, payload.len());
+        let deadline = tokio::time::Instant::now() + ttl;
+        let write = async {
+            if self.conn.is_none() {
+                self.conn = Some(self.client.connect().await?);
+            }
+            let conn = self.conn.as_mut().expect("connected above");
+            write_frame(conn, &payload).await
+        };
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("not sent within {ttl:?}")),
+        }
+        self.sent.push_back(SentAppend {
+            prev,
+            last,
+            deadline,
+        });
+        Ok(())
+    }
+
+    fn answer(&mut self, frame: &[u8]) -> AppendAnswer {
+        let sent = self
+            .sent
+            .pop_front()
+            .expect("answers are read only while requests await them");
+        match postcard::from_bytes::<Response>(frame) {
+            Ok(Response::AppendEntries(Ok(response))) => {
+                // A partial success, a conflict or a higher vote ends the stream (openraft
+                // then decides what to send); answers to what was sent after it are dropped
+                // with the connection.
+                let partial = matches!(&response, AppendEntriesResponse::PartialSuccess(m) if *m != sent.last);
+                let result = response.into_stream_result(sent.prev, sent.last);
+                if partial || result.is_err() {
+                    self.end();
+                }
+                Ok(result)
+            }
+            Ok(Response::AppendEntries(Err(m))) => {
+                self.end();
+                Err(self.client.remote_error(m))
+            }
+            Ok(_) => {
+                self.end();
+                Err(self.client.remote_error("mismatched response".into()))
+            }
+            Err(e) => self.fail(format!("bad response: {e}")),
+        }
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.conn = None;
+    }
+
+    fn fail(&mut self, why: String) -> AppendAnswer {
+        self.end();
+        Err(unreachable(NetError(format!(
+            "{}: {why}",
+            self.client.addr
+        ))))
     }
 }
 
@@ -375,6 +627,34 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             Response::AppendEntries(r) => r.map_err(|m| self.remote_error(m)),
             _ => Err(self.remote_error("mismatched response".into())),
         }
+    }
+
+    /// Pipelined: see [`AppendPipeline`]. openraft's default sends one request and waits for
+    /// its answer before the next, so an entry proposed while an AppendEntries (or a
+    /// commit-only one) was out waited for that round trip first.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendAnswer>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let conn = self.conn.take();
+        let pipeline = AppendPipeline {
+            client: self,
+            input,
+            input_done: false,
+            conn,
+            frames: FrameReader::new(MAX_RAFT_FRAME_BYTES),
+            sent: VecDeque::new(),
+            ended: false,
+        };
+        let answers = futures_util::stream::unfold(pipeline, |mut p| async move {
+            let answer = p.next().await?;
+            Some((answer, p))
+        });
+        Box::pin(async move { Ok(answers.boxed()) })
     }
 
     async fn vote(
@@ -586,23 +866,46 @@ pub async fn query_status(
 }
 
 async fn serve_connection<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    stream: T,
+    mut stream: T,
     raft: Raft,
     sm: StateMachine,
 ) -> io::Result<()> {
-    // A frame's size and body in one read system call; writes pass straight through.
-    let mut stream = tokio::io::BufReader::new(stream);
-    while let Some(frame) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await? {
-        let request: Request = postcard::from_bytes(&frame).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("malformed raft request: {e}"),
-            )
-        })?;
-        let response = match request {
-            Request::AppendEntries(rpc) => {
-                Response::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+    // AppendEntries are handed to Raft as they are read, before the answers to those ahead
+    // of them (a leader pipelines them: `AppendPipeline`), up to MAX_APPENDS_IN_FLIGHT;
+    // answers are written in the order the requests came. Each append reaches the Raft core
+    // before the next frame is read (the answers are polled first), so the core sees them in
+    // the order sent. Any other request waits for the appends before it.
+    let mut frames = FrameReader::new(MAX_RAFT_FRAME_BYTES);
+    let mut appends = FuturesOrdered::new();
+    loop {
+        let request = tokio::select! {
+            biased;
+            Some(answer) = appends.next() => {
+                write_response(&mut stream, &answer).await?;
+                continue;
             }
+            frame = frames.next(&mut stream), if appends.len() < MAX_APPENDS_IN_FLIGHT => {
+                let Some(frame) = frame? else { return Ok(()) };
+                postcard::from_bytes::<Request>(&frame).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("malformed raft request: {e}"),
+                    )
+                })?
+            }
+        };
+        if let Request::AppendEntries(rpc) = request {
+            let raft = raft.clone();
+            appends.push_back(async move {
+                Response::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+            });
+            continue;
+        }
+        while let Some(answer) = appends.next().await {
+            write_response(&mut stream, &answer).await?;
+        }
+        let response = match request {
+            Request::AppendEntries(_) => unreachable!("handed to Raft above"),
             Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
             Request::PreVote(rpc) => {
                 Response::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
@@ -620,11 +923,13 @@ async fn serve_connection<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpi
             }
             Request::Status => Response::Status(status(&raft, &sm)),
         };
-        let bytes =
-            postcard::to_allocvec(&response).map_err(|e| io::Error::other(e.to_string()))?;
-        write_frame(&mut stream, &bytes).await?;
+        write_response(&mut stream, &response).await?;
     }
-    Ok(())
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(w: &mut W, response: &Response) -> io::Result<()> {
+    let bytes = postcard::to_allocvec(response).map_err(|e| io::Error::other(e.to_string()))?;
+    write_frame(w, &bytes).await
 }
 
 #[cfg(test)]
@@ -691,6 +996,156 @@ mod tests {
             2,
             "the second call reads its own answer"
         );
+    }
+
+    fn append(index: u64) -> AppendEntriesRequest<TypeConfig> {
+        use openraft::testing::log_id;
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: (index > 1).then(|| log_id::<TypeConfig>(1, 1, index - 1)),
+            leader_commit: None,
+            entries: vec![super::super::types::Entry {
+                log_id: log_id::<TypeConfig>(1, 1, index),
+                payload: openraft::EntryPayload::Blank,
+            }],
+        }
+    }
+
+    fn client_of(addr: String, request_timeout: Duration) -> PeerClient {
+        PeerClient {
+            addr,
+            conn: None,
+            request_timeout,
+            link: None,
+            tls: None,
+        }
+    }
+
+    /// A peer that reads `ahead` AppendEntries on a connection before it answers any, then
+    /// answers each in order; it counts its connections and answers a vote with its term.
+    async fn peer_reading_ahead(ahead: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _hello = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await;
+                    let mut held = Vec::new();
+                    while let Ok(Some(frame)) = read_frame(&mut stream, MAX_RAFT_FRAME_BYTES).await
+                    {
+                        let answers = match postcard::from_bytes(&frame).unwrap() {
+                            Request::AppendEntries(_) => {
+                                held.push(Response::AppendEntries(Ok(
+                                    AppendEntriesResponse::Success,
+                                )));
+                                if held.len() < ahead {
+                                    continue;
+                                }
+                                std::mem::take(&mut held)
+                            }
+                            Request::Vote(rpc) => {
+                                vec![Response::Vote(Ok(VoteResponse::new(rpc.vote, None, true)))]
+                            }
+                            _ => return,
+                        };
+                        for answer in answers {
+                            let bytes = postcard::to_allocvec(&answer).unwrap();
+                            if write_frame(&mut stream, &bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    #[tokio::test]
+    async fn a_replication_stream_sends_appends_ahead_of_their_answers_and_pairs_answers_in_order()
+    {
+        use openraft::testing::log_id;
+        // The peer answers nothing until it holds three appends: one request at a time
+        // (openraft's default) would wait for the first answer forever.
+        let (addr, connections) = peer_reading_ahead(3).await;
+        let mut client = client_of(addr, DEFAULT_REQUEST_TIMEOUT);
+        let input = futures_util::stream::iter([append(1), append(2), append(3)]);
+        let answers = tokio::time::timeout(Duration::from_secs(5), async {
+            let stream = client
+                .stream_append(input, RPCOption::new(Duration::from_millis(100)))
+                .await
+                .unwrap();
+            stream.collect::<Vec<_>>().await
+        })
+        .await
+        .expect("three appends answered only together are all answered");
+        let matched: Vec<_> = answers
+            .into_iter()
+            .map(|a| a.expect("no RPC error").expect("no append error"))
+            .collect();
+        assert_eq!(
+            matched,
+            (1..=3)
+                .map(|i| Some(log_id::<TypeConfig>(1, 1, i)))
+                .collect::<Vec<_>>(),
+            "each answer acknowledges its own request, in the order sent"
+        );
+        // A stream that read every answer hands its connection to the next call.
+        let vote = client.call(&vote_request(7)).await.unwrap();
+        assert_eq!(answered_term(vote), 7);
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_replication_stream_dropped_with_answers_due_takes_its_connection_with_it() {
+        // The peer answers two appends together; the stream is dropped after sending both and
+        // before reading either.
+        let (addr, connections) = peer_reading_ahead(2).await;
+        let mut client = client_of(addr, DEFAULT_REQUEST_TIMEOUT);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let rx = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|r| (r, rx))
+        }));
+        tx.send(append(1)).unwrap();
+        {
+            let mut stream = client
+                .stream_append(rx, RPCOption::new(Duration::from_millis(100)))
+                .await
+                .unwrap();
+            // Sent, not answered (the peer waits for a second append): give up on it.
+            let first = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+            assert!(first.is_err(), "the peer holds its answer");
+            tx.send(append(2)).unwrap();
+            let _ = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        }
+        // Both answers are now on the old connection; a vote must read its own.
+        let vote = client.call(&vote_request(9)).await.unwrap();
+        assert_eq!(answered_term(vote), 9, "the vote reads its own answer");
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_append_left_unanswered_fails_its_stream_within_the_deadline() {
+        let (addr, _) = peer_reading_ahead(usize::MAX).await;
+        let mut client = client_of(addr, Duration::from_millis(300));
+        let input = futures_util::stream::iter([append(1)]).chain(futures_util::stream::pending());
+        let started = std::time::Instant::now();
+        let mut stream = client
+            .stream_append(Box::pin(input), RPCOption::new(Duration::from_millis(100)))
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream gives up by itself");
+        assert!(
+            matches!(answer, Some(Err(RPCError::Unreachable(_)))),
+            "an unanswered append is an unreachable peer: {answer:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(stream.next().await.is_none(), "a failed stream ends");
     }
 
     #[test]
