@@ -76,6 +76,7 @@ const KNOWN_KEYS: &[(&str, Option<&str>)] = &[
     ("socket.request.max.bytes", Some("8388608")),
     ("max.connections", Some("1000")),
     ("connections.max.idle.ms", Some("600000")),
+    ("connection.failed.authentication.delay.ms", Some("100")),
     // The data plane (docs/DATA.md).
     ("log.segment.bytes", Some("1073741824")),
     ("log.flush.interval.messages", Some("9223372036854775807")),
@@ -172,7 +173,8 @@ pub struct NodeConfig {
     pub metrics_listener: Option<String>,
     /// `inter.broker.listener.name`: the broker listener clients are told about.
     pub broker_listener_name: String,
-    /// `socket.request.max.bytes`, `max.connections`, `connections.max.idle.ms`.
+    /// `socket.request.max.bytes`, `max.connections`, `connections.max.idle.ms`,
+    /// `connection.failed.authentication.delay.ms`.
     pub limits: crate::kafka::listener::Limits,
     /// The data plane's keys (`log.segment.bytes`, `min.insync.replicas`, ...).
     pub data: crate::broker::replicas::DataConfig,
@@ -646,6 +648,11 @@ impl NodeConfig {
                     props,
                     "connections.max.idle.ms",
                     1u64,
+                )?),
+                failed_authentication_delay: std::time::Duration::from_millis(number(
+                    props,
+                    "connection.failed.authentication.delay.ms",
+                    0u64,
                 )?),
             },
         })

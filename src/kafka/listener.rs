@@ -88,6 +88,10 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// A connection silent this long is closed (`connections.max.idle.ms`).
     pub idle_timeout: Duration,
+    /// How long a connection that failed SASL authentication stays open after its refusal
+    /// was written, unless the client closes it first
+    /// (`connection.failed.authentication.delay.ms`).
+    pub failed_authentication_delay: Duration,
 }
 
 impl Default for Limits {
@@ -96,6 +100,7 @@ impl Default for Limits {
             max_connections: 1_000,
             max_request_bytes: super::wire::DEFAULT_MAX_REQUEST_BYTES,
             idle_timeout: Duration::from_secs(600),
+            failed_authentication_delay: Duration::from_millis(100),
         }
     }
 }
@@ -344,7 +349,10 @@ pub async fn serve_connection<S: Service, T: Stream>(
         Some(sasl) => {
             match authenticate(&mut frames, &mut write, service.as_ref(), sasl, &peer).await {
                 Some(principal) => principal,
-                None => return,
+                None => {
+                    linger_after_refusal(&mut frames, limits.failed_authentication_delay).await;
+                    return;
+                }
             }
         }
     };
@@ -634,6 +642,17 @@ async fn authenticate<S: Service, W: AsyncWrite + Unpin>(
             Then::Close => return None,
         }
     }
+}
+
+/// Keeps a connection that failed authentication open for `delay`, or until its client
+/// closes it, reading and dropping whatever it sends, as Kafka delays the close
+/// (`connection.failed.authentication.delay.ms`). A client that reads its socket until it
+/// would block, and drops what it read when the end of the stream came in the same pass
+/// (kafka-python 3.0), would otherwise lose the refusal when it arrives together with the
+/// close, and see only "socket disconnected". The delay also slows a client that retries
+/// passwords.
+async fn linger_after_refusal(frames: &mut tokio::sync::mpsc::Receiver<Bytes>, delay: Duration) {
+    let _ = tokio::time::timeout(delay, async { while frames.recv().await.is_some() {} }).await;
 }
 
 /// Whether the peer has already closed its side (its FIN has arrived, or it reset the

@@ -1019,6 +1019,91 @@ async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
     assert!(send(&mut s, metadata).await.is_none());
 }
 
+/// A refused SASL exchange's answer reaches the client ahead of the close, not with it: the
+/// connection stays open for `connection.failed.authentication.delay.ms`, or until the
+/// client closes it. kafka-python 3.0 reads its socket until it would block and drops what
+/// it read when the end of the stream came in the same pass, so a refusal closely followed
+/// by the close was lost, and the client saw only "socket disconnected" (seen on a loaded
+/// machine in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_sasl_client_reads_its_refusal_before_the_connection_closes() {
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    use kmeta::sasl::{Mechanism, SaslServer};
+    use kmeta_metadata::record::ScramMechanism;
+    let credential = kmeta::sasl::scram::credential(ScramMechanism::Sha256, "alice", "pw", 4096);
+    let sasl = Arc::new(SaslServer::new(
+        vec![Mechanism::Scram(ScramMechanism::Sha256)],
+        Arc::new(OneUser(credential)),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let service = Arc::new(Versions(ApiSet::new(vec![
+        (ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS),
+        (ApiKey::SaslHandshake, SaslHandshakeRequest::VERSIONS),
+        (ApiKey::SaslAuthenticate, SaslAuthenticateRequest::VERSIONS),
+    ])));
+    let delay = Duration::from_secs(3);
+    tokio::spawn(serve(
+        listener,
+        service,
+        Limits {
+            failed_authentication_delay: delay,
+            ..Limits::default()
+        },
+        kmeta::kafka::listener::Security {
+            tls: None,
+            sasl: Some(sasl),
+        },
+        std::future::pending(),
+    ));
+    let id = StrBytes::from_static_str("refusal-test");
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let handshake =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("SCRAM-SHA-256"));
+    write_frame(&mut s, &encode_request(&handshake, 1, 1, &id).unwrap())
+        .await
+        .unwrap();
+    let answer = read_frame(&mut s, 1 << 20).await.unwrap().unwrap();
+    assert_eq!(
+        decode_response::<SaslHandshakeRequest>(answer, 1, 1)
+            .unwrap()
+            .error_code,
+        0
+    );
+    // An unknown user: refused at the first token, with no work to do first.
+    let first = SaslAuthenticateRequest::default()
+        .with_auth_bytes(Bytes::from_static(b"n,,n=mallory,r=abcdefghijklmnop"));
+    let started = std::time::Instant::now();
+    write_frame(&mut s, &encode_request(&first, 2, 2, &id).unwrap())
+        .await
+        .unwrap();
+    // A slow client: everything the server sends meanwhile is waiting when it reads.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = read_frame(&mut s, 1 << 20).await.unwrap().unwrap();
+    let refusal = decode_response::<SaslAuthenticateRequest>(answer, 2, 2).unwrap();
+    assert_eq!(refusal.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    assert!(refusal
+        .error_message
+        .as_deref()
+        .is_some_and(|m| m.contains("invalid credentials with SASL mechanism SCRAM-SHA-256")));
+    // Nothing behind the refusal yet: no end of stream.
+    let mut rest = [0u8; 1];
+    match s.try_read(&mut rest) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        other => panic!("the close came with the refusal: {other:?}"),
+    }
+    // Then the server closes it, after the delay.
+    let end = tokio::time::timeout(Duration::from_secs(30), read_frame(&mut s, 1 << 20))
+        .await
+        .expect("the refused connection was never closed");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    assert!(
+        started.elapsed() >= delay,
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
 /// Records the principal of each request it answers.
 struct Principals(ApiSet, std::sync::Mutex<Vec<String>>);
 
