@@ -672,12 +672,38 @@ enum StorageCommand {
 /// The runtime of the long-running commands (server, dev, benchmarks), with the process's
 /// memory settings (`kmeta::alloc::tune`).
 fn server_runtime() -> tokio::runtime::Runtime {
+    runtime_with_workers(None)
+}
+
+/// [`server_runtime`] with `workers` worker threads (default: one per CPU).
+fn runtime_with_workers(workers: Option<usize>) -> tokio::runtime::Runtime {
     kmeta::alloc::tune();
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .on_thread_park(kmeta::alloc::on_idle)
         .build()
         .expect("tokio runtime")
+}
+
+/// The runtime of `kmeta server`. A controller alone runs one worker thread; a broker (or a
+/// combined node) one per CPU.
+///
+/// A controller's write path is a chain of tasks (listener → decision → openraft's core →
+/// log store → replication → state machine → reply), each woken by the one before. With two
+/// workers, a wake-up often lands on the other, parked, thread: a futex wake, and in a
+/// virtual machine an inter-processor interrupt to a halted CPU (`perf sched latency`: 78 µs
+/// mean wait between a wake-up and the run, about 8 per write). One thread runs the chain
+/// without those hand-offs; the log's flush thread still runs beside it, and long
+/// synchronous work (`cpu_bound`) still hands the worker's other tasks to a new thread.
+/// Interleaved rounds of `kmeta bench compare` (docs/BENCHMARKS.md): OffsetCommits +18% at 1
+/// worker, the rest within the spread; `bench scale` at 100,000 partitions unchanged.
+/// Brokers do the heavy work of a creation (replay, hosting, fetchers) and keep both.
+fn node_runtime(roles: &kmeta::config::Roles) -> tokio::runtime::Runtime {
+    runtime_with_workers((!roles.broker).then_some(1))
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -764,7 +790,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(e),
             };
-            let runtime = server_runtime();
+            let runtime = node_runtime(&config.roles);
             match runtime.block_on(kmeta::server::run(config, shutdown_signal())) {
                 // Everything has stopped and nothing is left unwritten (partition logs and
                 // the Raft log write straight to their files, logging straight to stderr):
