@@ -906,41 +906,60 @@ impl kmeta::sasl::Credentials for OneUser {
     }
 }
 
-/// Both SASL framings: after SaslHandshake v1 the tokens ride in SaslAuthenticate requests;
-/// after v0 (what older clients send) they come as bare frames and each answer is a bare
-/// frame, an empty one for PLAIN. Either way the connection then serves requests.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
+/// Serves on 127.0.0.1 behind SASL (`mechanisms`; one user, alice, password "pw", with a
+/// SCRAM-SHA-256 credential): ApiVersions, SaslHandshake, SaslAuthenticate and `more` are
+/// answered by [`Versions`]. Returns the address.
+async fn sasl_listener(
+    mechanisms: Vec<kmeta::sasl::Mechanism>,
+    more: Vec<(ApiKey, kafka_protocol::protocol::VersionRange)>,
+    limits: Limits,
+) -> String {
     use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
-    use kmeta::sasl::{Mechanism, SaslServer};
     use kmeta_metadata::record::ScramMechanism;
     let credential = kmeta::sasl::scram::credential(ScramMechanism::Sha256, "alice", "pw", 4096);
-    let sasl = Arc::new(SaslServer::new(
-        vec![Mechanism::Plain, Mechanism::Scram(ScramMechanism::Sha256)],
+    let sasl = Arc::new(kmeta::sasl::SaslServer::new(
+        mechanisms,
         Arc::new(OneUser(credential)),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let service = Arc::new(Versions(ApiSet::new(vec![
+    let mut apis = vec![
         (ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS),
         (ApiKey::SaslHandshake, SaslHandshakeRequest::VERSIONS),
         (ApiKey::SaslAuthenticate, SaslAuthenticateRequest::VERSIONS),
-        // Served, so that only the rule of authenticating first refuses it below.
-        (
-            ApiKey::Metadata,
-            kafka_protocol::messages::MetadataRequest::VERSIONS,
-        ),
-    ])));
+    ];
+    apis.extend(more);
     tokio::spawn(serve(
         listener,
-        service,
-        Limits::default(),
+        Arc::new(Versions(ApiSet::new(apis))),
+        limits,
         kmeta::kafka::listener::Security {
             tls: None,
             sasl: Some(sasl),
         },
         std::future::pending(),
     ));
+    addr
+}
+
+/// Both SASL framings: after SaslHandshake v1 the tokens ride in SaslAuthenticate requests;
+/// after v0 (what older clients send) they come as bare frames and each answer is a bare
+/// frame, an empty one for PLAIN. Either way the connection then serves requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
+    use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+    use kmeta::sasl::Mechanism;
+    use kmeta_metadata::record::ScramMechanism;
+    // Metadata is served, so that only the rule of authenticating first refuses it below.
+    let addr = sasl_listener(
+        vec![Mechanism::Plain, Mechanism::Scram(ScramMechanism::Sha256)],
+        vec![(
+            ApiKey::Metadata,
+            kafka_protocol::messages::MetadataRequest::VERSIONS,
+        )],
+        Limits::default(),
+    )
+    .await;
     let id = StrBytes::from_static_str("framing-test");
     /// Sends a frame and reads the answer frame (`None`: closed or reset), within 5 s.
     async fn send(s: &mut TcpStream, payload: Vec<u8>) -> Option<Bytes> {
@@ -1028,34 +1047,18 @@ async fn sasl_tokens_are_exchanged_in_both_of_kafkas_framings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_sasl_client_reads_its_refusal_before_the_connection_closes() {
     use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
-    use kmeta::sasl::{Mechanism, SaslServer};
+    use kmeta::sasl::Mechanism;
     use kmeta_metadata::record::ScramMechanism;
-    let credential = kmeta::sasl::scram::credential(ScramMechanism::Sha256, "alice", "pw", 4096);
-    let sasl = Arc::new(SaslServer::new(
-        vec![Mechanism::Scram(ScramMechanism::Sha256)],
-        Arc::new(OneUser(credential)),
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let service = Arc::new(Versions(ApiSet::new(vec![
-        (ApiKey::ApiVersions, ApiVersionsRequest::VERSIONS),
-        (ApiKey::SaslHandshake, SaslHandshakeRequest::VERSIONS),
-        (ApiKey::SaslAuthenticate, SaslAuthenticateRequest::VERSIONS),
-    ])));
     let delay = Duration::from_secs(3);
-    tokio::spawn(serve(
-        listener,
-        service,
+    let addr = sasl_listener(
+        vec![Mechanism::Scram(ScramMechanism::Sha256)],
+        Vec::new(),
         Limits {
             failed_authentication_delay: delay,
             ..Limits::default()
         },
-        kmeta::kafka::listener::Security {
-            tls: None,
-            sasl: Some(sasl),
-        },
-        std::future::pending(),
-    ));
+    )
+    .await;
     let id = StrBytes::from_static_str("refusal-test");
     let mut s = TcpStream::connect(&addr).await.unwrap();
     let handshake =
