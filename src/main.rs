@@ -699,8 +699,9 @@ fn runtime_with_workers(workers: Option<usize>) -> tokio::runtime::Runtime {
 /// mean wait between a wake-up and the run, about 8 per write). One thread runs the chain
 /// without those hand-offs; the log's flush thread still runs beside it, and long
 /// synchronous work (`cpu_bound`) still hands the worker's other tasks to a new thread.
-/// Interleaved rounds of `kmeta bench compare` (docs/BENCHMARKS.md): OffsetCommits +18% at 1
-/// worker, the rest within the spread; `bench scale` at 100,000 partitions unchanged.
+/// Interleaved rounds of `kmeta bench compare` (docs/BENCHMARKS.md, change 23): OffsetCommits
+/// +10% at 1 worker with 14% less CPU each, the rest within the spread; `bench scale` at
+/// 100,000 partitions unchanged.
 /// Brokers do the heavy work of a creation (replay, hosting, fetchers) and keep both.
 fn node_runtime(roles: &kmeta::config::Roles) -> tokio::runtime::Runtime {
     runtime_with_workers((!roles.broker).then_some(1))

@@ -122,13 +122,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max_bytes {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the limit of {max_bytes}"),
-        ));
-    }
+    let len = frame_len(len, max_bytes)?;
     // Read into spare capacity: a zero-filled buffer would touch every page twice.
     let mut buf = Vec::with_capacity(len);
     r.take(len as u64).read_to_end(&mut buf).await?;
@@ -139,6 +133,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         ));
     }
     Ok(Some(buf))
+}
+
+/// A frame's size from its 4-byte head, refused above `max_bytes`.
+fn frame_len(head: [u8; 4], max_bytes: usize) -> io::Result<usize> {
+    let len = u32::from_be_bytes(head) as usize;
+    if len > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {max_bytes}"),
+        ));
+    }
+    Ok(len)
 }
 
 /// How many AppendEntries a replication stream sends ahead of their answers, and how many a
@@ -169,16 +175,7 @@ impl FrameReader {
         let Some(head) = self.buf.get(..4) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
-        if len > self.max_bytes {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "frame of {len} bytes exceeds the limit of {}",
-                    self.max_bytes
-                ),
-            ));
-        }
+        let len = frame_len(head.try_into().expect("4 bytes"), self.max_bytes)?;
         if self.buf.len() < 4 + len {
             self.buf.reserve(4 + len - self.buf.len());
             return Ok(None);
